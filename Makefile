@@ -1,0 +1,32 @@
+# The two README commands: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+LOCK   := requirements/cpu.lock
+STAMP  := $(VENV)/.recdistill-installed
+
+# Several processes share 2 cores here: one intra-op thread each (see STACK.md).
+export OMP_NUM_THREADS ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): $(LOCK) pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$$(grep '^pip==' $(LOCK))"
+	# --no-deps: the lock is complete; DS_BUILD_OPS=0: DeepSpeed builds its ops lazily.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+demo: setup
+	$(BIN)/python -m jobs.train_teacher --report runs/demo/teacher_report.json \
+		--checkpoint runs/demo/teacher
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

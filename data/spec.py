@@ -1,0 +1,289 @@
+"""Feature schema, example tables and batches.
+
+A dataset split is held as an :class:`ExampleTable`: columnar numpy arrays, one ragged
+(offsets, values) pair per sparse feature. Batches are cut from it as :class:`Batch`
+(torch tensors + a TorchRec ``KeyedJaggedTensor``) for the models, or as
+:class:`BatchArrays` (plain numpy) for transport through an object store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+OOV_ID = 0  # id 0 of every categorical feature: unseen value, padding, missing
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """One categorical feature.
+
+    Attributes:
+        name: feature (KeyedJaggedTensor key) name.
+        cardinality: number of ids, OOV id 0 included; ids lie in ``[0, cardinality)``.
+        multi_valued: True for a bag of ids per example (genres, history).
+        table: name of the embedding table it is looked up in; features naming the
+            same table share it (``user_history`` looks up the ``item_id`` table).
+            Defaults to the feature's own name.
+    """
+
+    name: str
+    cardinality: int
+    multi_valued: bool = False
+    table: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("SparseFeature.name must be non-empty")
+        if self.cardinality < 1:
+            raise ValueError(f"SparseFeature {self.name!r}: cardinality must be >= 1, "
+                             f"got {self.cardinality}")
+        if not self.table:
+            object.__setattr__(self, "table", self.name)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The schema of a dataset.
+
+    Attributes:
+        dense: names of the float features, in column order of ``Batch.dense``.
+        sparse: the categorical features, in KeyedJaggedTensor key order.
+        tasks: binary label names, in column order of ``Batch.labels``.
+        privileged: sparse features only the teacher may use (privileged-feature
+            distillation, Xu et al. KDD 2020); students never see them.
+    """
+
+    dense: tuple[str, ...]
+    sparse: tuple[SparseFeature, ...]
+    tasks: tuple[str, ...]
+    privileged: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.sparse]
+        for kind, seq in (("dense", list(self.dense)), ("sparse", names),
+                          ("tasks", list(self.tasks))):
+            dup = {n for n in seq if seq.count(n) > 1}
+            if dup:
+                raise ValueError(f"FeatureSpec.{kind}: duplicate names {sorted(dup)}")
+        if not self.tasks:
+            raise ValueError("FeatureSpec.tasks: at least one task is needed")
+        unknown = set(self.privileged) - set(names)
+        if unknown:
+            raise ValueError(f"FeatureSpec.privileged: not sparse features {sorted(unknown)}")
+        tables: dict[str, int] = {}
+        for f in self.sparse:
+            if tables.setdefault(f.table, f.cardinality) != f.cardinality:
+                raise ValueError(f"FeatureSpec: features sharing table {f.table!r} "
+                                 "must have one cardinality")
+
+    @property
+    def sparse_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.sparse)
+
+    def feature(self, name: str) -> SparseFeature:
+        for f in self.sparse:
+            if f.name == name:
+                return f
+        raise KeyError(f"unknown sparse feature {name!r}; known: {list(self.sparse_names)}")
+
+    def without(self, names: tuple[str, ...] | list[str]) -> FeatureSpec:
+        """The same schema minus some sparse features (e.g. the privileged ones)."""
+        drop = set(names)
+        for n in drop:
+            self.feature(n)  # raises on an unknown name
+        return replace(self, sparse=tuple(f for f in self.sparse if f.name not in drop),
+                       privileged=tuple(p for p in self.privileged if p not in drop))
+
+    def student_view(self) -> FeatureSpec:
+        """What a student may see: every feature but the privileged ones."""
+        return self.without(self.privileged)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (checkpoints carry the schema they were trained on)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(dense=tuple(d["dense"]),
+                   sparse=tuple(SparseFeature(**f) for f in d["sparse"]),
+                   tasks=tuple(d["tasks"]), privileged=tuple(d.get("privileged", ())))
+
+
+@dataclass
+class BatchArrays:
+    """The numpy form of a :class:`Batch`, for the object store (zero-copy reads).
+
+    Attributes:
+        dense: float32 [B, D].
+        labels: float32 [B, T].
+        ids: int64 [B] example ids.
+        keys: sparse feature names, KeyedJaggedTensor key order.
+        values: int64 [nnz] ids of all features, key-major.
+        lengths: int32 [F * B] bag sizes, key-major.
+    """
+
+    dense: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    keys: tuple[str, ...]
+    values: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to_batch(self) -> Batch:
+        # torch.from_numpy refuses read-only arrays (ray.get returns those) only with a
+        # warning; copy the small ones, they are what the model writes through anyway.
+        return Batch(
+            dense=torch.from_numpy(np.array(self.dense, dtype=np.float32)),
+            sparse=KeyedJaggedTensor.from_lengths_sync(
+                keys=list(self.keys),
+                values=torch.from_numpy(np.array(self.values, dtype=np.int64)),
+                lengths=torch.from_numpy(np.array(self.lengths, dtype=np.int32)),
+            ),
+            labels=torch.from_numpy(np.array(self.labels, dtype=np.float32)),
+            ids=torch.from_numpy(np.array(self.ids, dtype=np.int64)),
+        )
+
+
+@dataclass
+class Batch:
+    """A batch of examples as the models take it.
+
+    Attributes:
+        dense: float32 [B, D] normalised dense features.
+        sparse: KeyedJaggedTensor, one key per sparse feature, stride B.
+        labels: float32 [B, T] 0/1 labels, one column per task.
+        ids: int64 [B] example ids, unique within a dataset.
+    """
+
+    dense: torch.Tensor
+    sparse: KeyedJaggedTensor
+    labels: torch.Tensor
+    ids: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.dense.to(device), self.sparse.to(device),
+                     self.labels.to(device), self.ids.to(device))
+
+    def to_numpy(self) -> BatchArrays:
+        return BatchArrays(
+            dense=self.dense.cpu().numpy(),
+            labels=self.labels.cpu().numpy(),
+            ids=self.ids.cpu().numpy(),
+            keys=tuple(self.sparse.keys()),
+            values=self.sparse.values().cpu().numpy().astype(np.int64, copy=False),
+            lengths=self.sparse.lengths().cpu().numpy().astype(np.int32, copy=False),
+        )
+
+
+def _gather_ragged(offsets: np.ndarray, values: np.ndarray,
+                   rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``rows`` of a ragged column -> (lengths [R], values [sum lengths])."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return lengths, values[:0]
+    # Position of every output value in `values`: its row's start plus its rank in the row.
+    row_base = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return lengths, values[row_base + np.arange(total)]
+
+
+@dataclass
+class ExampleTable:
+    """One dataset split in columnar numpy form.
+
+    Attributes:
+        dense: float32 [N, D].
+        labels: float32 [N, T].
+        ids: int64 [N].
+        sparse: feature name -> (offsets int64 [N + 1], values int64 [nnz]); a
+            single-valued feature has ``offsets == arange(N + 1)``.
+    """
+
+    dense: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    sparse: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def take(self, rows: np.ndarray, keys: tuple[str, ...] | None = None) -> BatchArrays:
+        """Gather ``rows`` into a batch holding the sparse features ``keys`` (all if None)."""
+        keys = tuple(self.sparse) if keys is None else keys
+        lengths, values = [], []
+        for k in keys:
+            offsets, vals = self.sparse[k]
+            ln, v = _gather_ragged(offsets, vals, rows)
+            lengths.append(ln)
+            values.append(v)
+        return BatchArrays(
+            dense=self.dense[rows],
+            labels=self.labels[rows],
+            ids=self.ids[rows],
+            keys=keys,
+            values=np.concatenate(values).astype(np.int64, copy=False) if values
+            else np.zeros(0, np.int64),
+            lengths=np.concatenate(lengths).astype(np.int32, copy=False) if lengths
+            else np.zeros(0, np.int32),
+        )
+
+    def iter_batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                     keys: tuple[str, ...] | None = None, rank: int = 0, world: int = 1,
+                     pad: bool = False) -> Iterator[BatchArrays]:
+        """Yield batches of rank ``rank``'s share of the rows.
+
+        Every rank gets the same number of batches of the same sizes, which the
+        all-to-all of a sharded model needs. With ``pad=False`` (training) the last
+        ``N mod world`` rows of the (shuffled) order are left out; with ``pad=True``
+        (evaluation) short shares are filled up by repeating their first row, so every
+        row is seen; callers de-duplicate by example id.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world of size {world}")
+        n = len(self)
+        order = (np.random.default_rng(seed).permutation(n) if shuffle
+                 else np.arange(n))
+        if pad:
+            shares = np.array_split(order, world)
+            per_rank = len(shares[0])
+            mine = shares[rank]
+            if len(mine) < per_rank:
+                filler = mine[:1] if len(mine) else order[:1]
+                mine = np.concatenate([mine, np.repeat(filler, per_rank - len(mine))])
+        else:
+            per_rank = n // world
+            mine = order[rank * per_rank:(rank + 1) * per_rank]
+        for start in range(0, len(mine), batch_size):
+            yield self.take(mine[start:start + batch_size], keys)
+
+
+@dataclass
+class Dataset:
+    """A schema and its three splits."""
+
+    spec: FeatureSpec
+    train: ExampleTable
+    valid: ExampleTable
+    test: ExampleTable
+    name: str = "dataset"
+
+    def split(self, name: str) -> ExampleTable:
+        if name not in ("train", "valid", "test"):
+            raise ValueError(f"unknown split {name!r}; expected train, valid or test")
+        return getattr(self, name)

@@ -1,0 +1,78 @@
+"""What the jobs share: config files, dataset choice, reports. Config files are parsed
+into frozen dataclasses here (and only in jobs/); TOML is data, nothing in it runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data.errors import ConfigError, DataError
+from data.movielens import SPLITS, load_movielens
+from data.spec import Dataset
+from data.synthetic import SyntheticConfig, synthetic_dataset
+from data.tabular import load_tabular
+
+DATASETS = ("movielens", "synthetic")
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A TOML config file as a dict; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+
+
+def check_sections(doc: dict[str, Any], known: tuple[str, ...], path: str) -> None:
+    for key in doc:
+        if key not in known:
+            raise ConfigError(f"{path}: unknown section or key {key!r}; known: {list(known)}")
+
+
+def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
+                 rows: int = 100_000) -> Dataset:
+    """``movielens`` (recbole's copy), ``synthetic`` (``rows`` rows), or a dataset TOML."""
+    if data == "movielens":
+        if split not in SPLITS:
+            raise ConfigError(f"--split: unknown {split!r}; expected one of {SPLITS}")
+        return load_movielens(split=split, seed=seed)
+    if data == "synthetic":
+        return synthetic_dataset(SyntheticConfig(rows=rows, seed=seed))
+    if data.endswith(".toml"):
+        return load_tabular(data)
+    raise DataError(f"--data: expected {' or '.join(DATASETS)} or a dataset .toml file, "
+                    f"got {data!r}")
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write JSON to a temp file beside ``path`` and rename it in: never half a report."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    os.replace(tmp, p)
+    return p
+
+
+def set_threads() -> None:
+    """One intra-op thread per process when several processes share the cores."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("OMP_NUM_THREADS") == "1":
+        torch.set_num_threads(1)
+
+
+def metrics_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A text table: one line per (model, task) with AUC, logloss, NE, calibration."""
+    lines = [f"{'model':<14}{'task':<10}{'AUC':>8}{'logloss':>9}{'NE':>8}{'calib':>8}"]
+    for model, per_task in rows.items():
+        for task, m in per_task.items():
+            lines.append(f"{model:<14}{task:<10}{m['auc']:>8.4f}{m['logloss']:>9.4f}"
+                         f"{m['ne']:>8.4f}{m['calibration']:>8.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Student configuration: model shape and the loss terms it trains on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from data.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One weighted term of a student's objective.
+
+    Attributes:
+        name: a registered loss (``student.losses.LOSSES``).
+        weight: its weight in the sum.
+        params: the loss's own config fields (temperature, task weights, ...), checked
+            against that loss's config class when the objective is built.
+    """
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"loss {self.name!r}: weight must be >= 0, got {self.weight}")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """A student model and its objective.
+
+    Attributes:
+        name: the student (group) name.
+        embedding_dim: width of its embedding tables (a multiple of 4).
+        hidden: widths of its MLP; the last one is its ``last_hidden`` feature.
+        features: sparse features it reads; empty = every non-privileged feature.
+        label_tasks: tasks whose true labels it sees; empty = all. Other tasks are
+            learned from the teacher alone.
+        losses: the objective, a weighted sum of registered losses.
+        aux_heads: give the student an ExFM-style auxiliary head per task (trained by
+            the ``aux_head_kd`` loss; serving uses the main heads).
+        adapters: student feature -> teacher feature pairs for feature distillation; a
+            linear adapter per pair maps the student tensor to the teacher's width.
+        lr: Adam learning rate.
+        weight_decay: Adam L2 decay.
+        batch_size: examples per step.
+        seed: initialisation seed.
+    """
+
+    name: str = "student"
+    embedding_dim: int = 8
+    hidden: tuple[int, ...] = (64, 32)
+    features: tuple[str, ...] = ()
+    label_tasks: tuple[str, ...] = ()
+    losses: tuple[LossTerm, ...] = (LossTerm("hard_label"),)
+    aux_heads: bool = False
+    adapters: dict[str, str] = field(default_factory=dict)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 4 or self.embedding_dim % 4:
+            raise ConfigError(f"student {self.name}: embedding_dim must be a positive "
+                              f"multiple of 4, got {self.embedding_dim}")
+        if not self.hidden or any(w < 1 for w in self.hidden):
+            raise ConfigError(f"student {self.name}: hidden must be positive widths, "
+                              f"got {self.hidden}")
+        if not self.losses:
+            raise ConfigError(f"student {self.name}: losses must name at least one loss")
+        if not self.lr > 0:
+            raise ConfigError(f"student {self.name}: lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"student {self.name}: batch_size must be >= 1")
+        if any(t.name == "aux_head_kd" for t in self.losses) and not self.aux_heads:
+            raise ConfigError(f"student {self.name}: loss aux_head_kd needs aux_heads = true")

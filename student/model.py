@@ -1,0 +1,137 @@
+"""Small student ranking models.
+
+A student has its own (narrow) embedding tables over a subset of the features, an MLP,
+and a linear head per task. It names its hidden tensors like the teacher does, and
+carries the trainable pieces distillation needs beside the serving model: linear
+adapters for feature distillation, ExFM auxiliary heads, uncertainty log-variances.
+``export_state_dict`` drops those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.mlp import MLP
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from data.errors import ConfigError
+from data.spec import FeatureSpec
+from student.config import StudentConfig
+
+STUDENT_FEATURES = ("pooled_embeddings", "last_hidden")
+_TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars")
+
+
+@dataclass
+class StudentOutputs:
+    """What a student forward returns.
+
+    Attributes:
+        logits: [B, T] serving logits, one column per task.
+        features: name -> [B, d] hidden tensors (``pooled_embeddings``, ``last_hidden``).
+        adapted: teacher feature name -> [B, d_teacher] adapter output of the paired
+            student feature (empty without adapters).
+        aux_logits: [B, T] logits of the auxiliary heads, or None.
+        task_log_vars: [T] learned log-variances (uncertainty weighting), or None.
+        tasks: the T task names, column order (task weights are keyed by name).
+    """
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    adapted: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux_logits: torch.Tensor | None = None
+    task_log_vars: torch.Tensor | None = None
+    tasks: tuple[str, ...] = ()
+
+
+def student_features(spec: FeatureSpec, cfg: StudentConfig) -> tuple[str, ...]:
+    """The sparse features a student reads; privileged ones are refused."""
+    allowed = spec.student_view().sparse_names
+    if not cfg.features:
+        return allowed
+    bad = [f for f in cfg.features if f not in allowed]
+    if bad:
+        raise ConfigError(f"student {cfg.name}: features {bad} are privileged or unknown; "
+                          f"a student may read {list(allowed)}")
+    return tuple(f for f in allowed if f in cfg.features)
+
+
+class StudentModel(nn.Module):
+    """An embedding + MLP multi-task student.
+
+    Args:
+        spec: the dataset schema (privileged features are never read).
+        cfg: the student's config.
+        teacher_dims: teacher feature name -> width, for the adapters of
+            ``cfg.adapters``; needed only when the config asks for adapters.
+        uncertainty: learn per-task log-variances (Kendall et al. 2018).
+
+    Shapes: ``forward(dense [B, D_in], sparse KJT)`` -> :class:`StudentOutputs` with
+    ``logits`` [B, T], ``pooled_embeddings`` [B, F * E], ``last_hidden`` [B, hidden[-1]].
+    """
+
+    def __init__(self, spec: FeatureSpec, cfg: StudentConfig,
+                 teacher_dims: dict[str, int] | None = None,
+                 uncertainty: bool = False) -> None:
+        super().__init__()
+        self.tasks = spec.tasks
+        self.feature_names = student_features(spec, cfg)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            tables: dict[str, EmbeddingBagConfig] = {}
+            for name in self.feature_names:
+                f = spec.feature(name)
+                if f.table in tables:
+                    tables[f.table].feature_names.append(name)
+                else:
+                    tables[f.table] = EmbeddingBagConfig(
+                        name=f"s_{f.table}", embedding_dim=cfg.embedding_dim,
+                        num_embeddings=f.cardinality, feature_names=[name],
+                        pooling=PoolingType.MEAN)
+            self.ebc = EmbeddingBagCollection(tables=list(tables.values()),
+                                              device=torch.device("cpu"))
+            width = len(self.feature_names) * cfg.embedding_dim + len(spec.dense)
+            self.mlp = MLP(width, list(cfg.hidden))
+            self.heads = nn.Linear(cfg.hidden[-1], len(spec.tasks))
+            self.aux_heads = nn.Linear(cfg.hidden[-1], len(spec.tasks)) \
+                if cfg.aux_heads else None
+            dims = {"pooled_embeddings": len(self.feature_names) * cfg.embedding_dim,
+                    "last_hidden": cfg.hidden[-1]}
+            self.adapter_pairs = dict(cfg.adapters)
+            adapters = {}
+            for s_name, t_name in self.adapter_pairs.items():
+                if s_name not in dims:
+                    raise ConfigError(f"student {cfg.name}: adapters.{s_name}: unknown "
+                                      f"student feature; it has {list(dims)}")
+                if teacher_dims is None or t_name not in teacher_dims:
+                    raise ConfigError(f"student {cfg.name}: adapters.{s_name} = "
+                                      f"{t_name!r}: the teacher produces "
+                                      f"{sorted(teacher_dims or {})}")
+                adapters[s_name] = nn.Linear(dims[s_name], teacher_dims[t_name])
+            self.adapters = nn.ModuleDict(adapters)
+            self.task_log_vars = nn.Parameter(torch.zeros(len(spec.tasks))) \
+                if uncertainty else None
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> StudentOutputs:
+        pooled = self.ebc(sparse)
+        emb = torch.cat([pooled[n] for n in self.feature_names], dim=1)
+        hidden = self.mlp(torch.cat([emb, dense], dim=1))
+        features = {"pooled_embeddings": emb, "last_hidden": hidden}
+        adapted = {self.adapter_pairs[s]: a(features[s]) for s, a in self.adapters.items()}
+        return StudentOutputs(
+            logits=self.heads(hidden), features=features, adapted=adapted,
+            aux_logits=self.aux_heads(hidden) if self.aux_heads is not None else None,
+            task_log_vars=self.task_log_vars, tasks=self.tasks)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The serving model's weights: adapters, auxiliary heads and log-variances dropped."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(_TRAINING_ONLY)}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,88 @@
+"""Teacher configuration: frozen, typed, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from data.errors import ConfigError
+
+SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "auto")
+EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher model and how it trains.
+
+    Attributes:
+        embedding_dim: width of every embedding table (a multiple of 4 for FBGEMM, and
+            of 4 * world size for column-wise sharding).
+        use_privileged: whether the teacher uses the dataset's privileged features
+            (MovieLens: ``user_history``); measured, see README.
+        dense_layers: widths of the MLP over the dense features; the last one is the
+            width of the dense "embedding" that joins the pooled sparse embeddings.
+        cross_layers: number of DCN-v2 low-rank cross layers.
+        cross_rank: rank of each cross layer's weight.
+        over_layers: widths of the MLP after the cross network; its output is the
+            ``last_hidden`` feature, read by one linear head per task.
+        sharding: default sharding type of every table.
+        table_sharding: per-table overrides, table name -> sharding type.
+        embedding_optimizer: FBGEMM fused optimizer applied in the backward pass.
+        embedding_lr: its learning rate.
+        embedding_weight_decay: L2 decay of the rows a batch touches.
+        dense_lr: AdamW learning rate of the dense tower.
+        dense_weight_decay: AdamW weight decay.
+        batch_size: examples per rank per step.
+        epochs: maximum passes over train.
+        patience: stop after this many epochs without a better validation AUC on the
+            first task; the best epoch's weights are kept.
+        seed: seed of dense initialisation and data order.
+    """
+
+    embedding_dim: int = 64
+    use_privileged: bool = True
+    dense_layers: tuple[int, ...] = (128, 64)
+    cross_layers: int = 3
+    cross_rank: int = 64
+    over_layers: tuple[int, ...] = (256, 128)
+    sharding: str = "table_wise"
+    table_sharding: dict[str, str] = field(default_factory=dict)
+    embedding_optimizer: str = "rowwise_adagrad"
+    embedding_lr: float = 0.02
+    embedding_weight_decay: float = 0.0
+    dense_lr: float = 1e-3
+    dense_weight_decay: float = 1e-4
+    batch_size: int = 256
+    epochs: int = 8
+    patience: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 4 or self.embedding_dim % 4:
+            raise ConfigError("teacher.embedding_dim must be a positive multiple of 4 "
+                              f"(FBGEMM kernels), got {self.embedding_dim}")
+        for key in ("dense_layers", "over_layers"):
+            widths = getattr(self, key)
+            if not widths or any(w < 1 for w in widths):
+                raise ConfigError(f"teacher.{key} must be non-empty positive widths, "
+                                  f"got {widths}")
+        for key in ("cross_layers", "cross_rank", "batch_size", "epochs", "patience"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"teacher.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("embedding_lr", "dense_lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"teacher.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("embedding_weight_decay", "dense_weight_decay"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"teacher.{key} must be >= 0, got {getattr(self, key)}")
+        if self.sharding not in SHARDING_TYPES:
+            raise ConfigError(f"teacher.sharding: unknown {self.sharding!r}; "
+                              f"expected one of {SHARDING_TYPES}")
+        for table, kind in self.table_sharding.items():
+            if kind not in SHARDING_TYPES[:3]:
+                raise ConfigError(f"teacher.table_sharding.{table}: unknown {kind!r}; "
+                                  f"expected one of {SHARDING_TYPES[:3]}")
+        if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+            raise ConfigError(f"teacher.embedding_optimizer: unknown "
+                              f"{self.embedding_optimizer!r}; expected one of "
+                              f"{EMBEDDING_OPTIMIZERS}")

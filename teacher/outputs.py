@@ -1,0 +1,42 @@
+"""The teacher -> student contract: what one teacher forward hands to the students."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+FEATURE_NAMES = ("pooled_embeddings", "interaction", "last_hidden")
+
+
+@dataclass
+class TeacherOutputs:
+    """Per-task logits and named hidden features of one batch.
+
+    Attributes:
+        logits: [B, T] pre-sigmoid scores, one column per task (dataset task order).
+        features: name -> [B, d_name] hidden tensors. The teacher produces
+            ``pooled_embeddings`` ([B, F * D], the concatenated pooled embeddings),
+            ``interaction`` ([B, C], the cross network's output) and ``last_hidden``
+            ([B, H], the input of the task heads).
+        version: teacher checkpoint version that produced them (0 for an untrained or
+            in-memory teacher).
+    """
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    version: int = 0
+
+    def detach(self) -> TeacherOutputs:
+        return TeacherOutputs(self.logits.detach(),
+                              {k: v.detach() for k, v in self.features.items()},
+                              self.version)
+
+    def select(self, names: tuple[str, ...] | list[str]) -> TeacherOutputs:
+        """Keep only the named features; unknown names raise with the known ones."""
+        missing = [n for n in names if n not in self.features]
+        if missing:
+            raise KeyError(f"teacher features {missing} not produced; it has "
+                           f"{sorted(self.features)}")
+        return TeacherOutputs(self.logits, {n: self.features[n] for n in names},
+                              self.version)
