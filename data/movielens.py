@@ -175,7 +175,7 @@ def load_movielens(split: str = "user_time", seed: int = 0,
     year_at = 1970.0 + ts / (365.25 * 86400.0)
     movie_age = np.nan_to_num(year_at - i_year_num[item], nan=0.0)
     dense = np.stack([np.log1p(u_cnt), u_mean, np.log1p(i_cnt), i_mean,
-                      np.log1p(np.clip(movie_age, 0, None))], axis=1).astype(np.float32)
+                      np.log1p(np.clip(movie_age, 0, None))], axis=1)
 
     # user_history: last HISTORY_LEN items of the user strictly before this rating.
     # In (user, ts) order, row j's earlier ratings are positions [start_j, first_j).
@@ -202,7 +202,7 @@ def load_movielens(split: str = "user_time", seed: int = 0,
     def table(rows: np.ndarray) -> ExampleTable:
         u, i = user[rows], item[rows]
         return ExampleTable(
-            dense=dense[rows],
+            dense=((dense[rows] - mu) / sd).astype(np.float32),
             labels=np.stack([like[rows], love[rows]], axis=1),
             ids=rows.astype(np.int64),
             sparse={
@@ -236,10 +236,7 @@ def load_movielens(split: str = "user_time", seed: int = 0,
         privileged=("user_history",),
     )
     tr, va, te = _split_masks(user, ts, split, seed)
-    train = table(np.flatnonzero(tr))
     # Dense features are standardised with train statistics only.
-    mu, sd = train.dense.mean(axis=0), train.dense.std(axis=0) + 1e-6
-    out = [train, table(np.flatnonzero(va)), table(np.flatnonzero(te))]
-    for t in out:
-        t.dense = ((t.dense - mu) / sd).astype(np.float32)
-    return Dataset(spec, *out, name=f"movielens-100k/{split}")
+    mu, sd = dense[tr].mean(axis=0), dense[tr].std(axis=0) + 1e-6
+    return Dataset(spec, table(np.flatnonzero(tr)), table(np.flatnonzero(va)),
+                   table(np.flatnonzero(te)), name=f"movielens-100k/{split}")

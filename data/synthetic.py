@@ -147,7 +147,7 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> ExampleTable:
     click = (0.45 * eff.sum(axis=1) / np.sqrt(cfg.n_sparse / 4.0) + z @ w_dense * 0.5
              + 0.8 * eff[:, 0] * eff[:, 1] + 0.6 * np.tanh(z[:, 0] * z[:, 1])
              + 0.5 * eff[:, 2] * z[:, 2] - 1.0)
-    like = (0.7 * click + 0.6 * eff[:, 3] - 0.5 * eff[:, 1] * z[:, 1]
+    like = (1.2 * click + 0.6 * eff[:, 3] - 0.5 * eff[:, 1] * z[:, 1]
             + 0.4 * np.sin(2.0 * z[:, 3]) + 0.3)
     y_click = rng.random(n) < _sigmoid(click + rng.normal(0, 0.3, n))
     y_like = rng.random(n) < _sigmoid(like + rng.normal(0, 0.3, n))

@@ -107,13 +107,18 @@ def _read_frame(path: Path, columns: list[str], named_by: str) -> tuple[pd.DataF
     return frame[columns], first_row
 
 
+def _show(value: Any) -> str:
+    """A cell value as a person would write it (2, not np.int64(2))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _numeric(frame: pd.DataFrame, col: str, path: Path, first_row: int) -> np.ndarray:
     raw = frame[col]
     values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
         i = int(bad[0])
-        raise DataError(f"expected a number, got {raw.iloc[i]!r}", path=str(path),
+        raise DataError(f"expected a number, got {_show(raw.iloc[i])}", path=str(path),
                         row=first_row + i, column=col)
     return values
 
@@ -123,7 +128,7 @@ def _labels(frame: pd.DataFrame, col: str, path: Path, first_row: int) -> np.nda
     bad = np.flatnonzero((values != 0) & (values != 1))
     if len(bad):
         i = int(bad[0])
-        raise DataError(f"label must be 0 or 1, got {frame[col].iloc[i]!r}", path=str(path),
+        raise DataError(f"label must be 0 or 1, got {_show(frame[col].iloc[i])}", path=str(path),
                         row=first_row + i, column=col)
     return values.astype(np.float32)
 

@@ -1,0 +1,130 @@
+"""The TOML dataset path, on small datasets the tests write themselves."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.errors import DataError
+from data.tabular import load_tabular
+
+TOML = """
+train = "train.{ext}"
+valid = "valid.{ext}"
+test = "test.{ext}"
+dense = ["age", "hours"]
+sparse = ["workclass", "education"]
+multi_hot = {{ genres = "|" }}
+tasks = ["income"]
+"""
+
+
+def make_frames(n: int = 40, seed: int = 0) -> dict[str, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for split, size in (("train", n), ("valid", n // 4), ("test", n // 4)):
+        frames[split] = pd.DataFrame({
+            "age": rng.integers(18, 70, size),
+            "hours": rng.normal(40, 10, size).round(1),
+            "workclass": rng.choice(["private", "state", "self"], size),
+            "education": rng.choice([9, 12, 16], size),
+            "genres": rng.choice(["a|b", "b", "c|a|b"], size),
+            "income": rng.integers(0, 2, size),
+            "extra": "ignored",
+        })
+    return frames
+
+
+def write_dataset(root: Path, ext: str = "csv", frames: dict | None = None) -> Path:
+    frames = frames or make_frames()
+    for split, frame in frames.items():
+        if ext == "csv":
+            frame.to_csv(root / f"{split}.csv", index=False)
+        else:
+            frame.to_parquet(root / f"{split}.parquet", index=False)
+    path = root / "dataset.toml"
+    path.write_text(TOML.format(ext=ext))
+    return path
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet"])
+def test_loads_vocab_from_train_and_normalises(tmp_path: Path, ext: str) -> None:
+    frames = make_frames()
+    frames["test"].loc[0, "workclass"] = "never-seen"
+    d = load_tabular(write_dataset(tmp_path, ext, frames))
+    assert d.spec.dense == ("age", "hours")
+    assert [(f.name, f.cardinality, f.multi_valued) for f in d.spec.sparse] == [
+        ("workclass", 4, False), ("education", 4, False), ("genres", 4, True)]
+    assert d.spec.tasks == ("income",)
+    # vocab sorted from train: private=1, self=2, state=3; unseen -> 0
+    wc = d.test.sparse["workclass"][1]
+    assert wc[0] == 0
+    expect = {"private": 1, "self": 2, "state": 3}
+    assert wc[1:].tolist() == [expect[v] for v in frames["test"]["workclass"][1:]]
+    # multi-hot "c|a|b" -> ids of c, a, b = 3, 1, 2
+    g_off, g_val = d.train.sparse["genres"]
+    i = int(np.flatnonzero(frames["train"]["genres"] == "c|a|b")[0])
+    assert g_val[g_off[i]:g_off[i + 1]].tolist() == [3, 1, 2]
+    # dense standardised with train mean/std
+    np.testing.assert_allclose(d.train.dense.mean(axis=0), 0, atol=1e-5)
+    age = frames["valid"]["age"].to_numpy(float)
+    mu, sd = frames["train"]["age"].mean(), frames["train"]["age"].std(ddof=0)
+    np.testing.assert_allclose(d.valid.dense[:, 0], (age - mu) / sd, rtol=1e-4)
+    np.testing.assert_array_equal(d.test.labels[:, 0], frames["test"]["income"])
+    assert len(set(d.train.ids) | set(d.valid.ids) | set(d.test.ids)) == 60
+
+
+def test_malformed_csv_row_names_file_and_line(tmp_path: Path) -> None:
+    path = write_dataset(tmp_path)
+    lines = (tmp_path / "valid.csv").read_text().splitlines()
+    lines[3] += ",surplus,fields"
+    (tmp_path / "valid.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"valid\.csv, row 4: malformed row"):
+        load_tabular(path)
+
+
+def test_non_numeric_dense_names_row_and_column(tmp_path: Path) -> None:
+    frames = make_frames()
+    frames["train"]["hours"] = frames["train"]["hours"].astype(object)
+    frames["train"].loc[6, "hours"] = "forty"
+    path = write_dataset(tmp_path, "csv", frames)
+    # data row 6 is line 8 (header is line 1, data row 0 is line 2)
+    with pytest.raises(DataError, match=r"train\.csv, row 8, column 'hours': expected a "
+                                        r"number, got 'forty'"):
+        load_tabular(path)
+
+
+def test_label_not_zero_one(tmp_path: Path) -> None:
+    frames = make_frames()
+    frames["test"].loc[2, "income"] = 2
+    path = write_dataset(tmp_path, "parquet", frames)
+    with pytest.raises(DataError, match=r"test\.parquet, row 3, column 'income': label "
+                                        r"must be 0 or 1, got 2"):
+        load_tabular(path)
+
+
+def test_unknown_column_and_unknown_key(tmp_path: Path) -> None:
+    path = write_dataset(tmp_path)
+    path.write_text(path.read_text().replace('"hours"', '"hours_per_week"'))
+    with pytest.raises(DataError, match=r"train\.csv, column 'hours_per_week': unknown "
+                                        r"column"):
+        load_tabular(path)
+    path.write_text(TOML.format(ext="csv") + 'weights = "w"\n')
+    with pytest.raises(DataError, match=r"dataset\.toml: unknown key 'weights'"):
+        load_tabular(path)
+
+
+def test_missing_file_and_empty_multi_hot(tmp_path: Path) -> None:
+    path = write_dataset(tmp_path)
+    (tmp_path / "valid.csv").unlink()
+    with pytest.raises(DataError, match=r"valid\.csv: file not found \(named by 'valid'\)"):
+        load_tabular(path)
+    with pytest.raises(DataError, match=r"nowhere\.toml: dataset description not found"):
+        load_tabular(tmp_path / "nowhere.toml")
+    frames = make_frames()
+    frames["train"].loc[1, "genres"] = ""
+    path = write_dataset(tmp_path, "csv", frames)
+    with pytest.raises(DataError, match=r"train\.csv, row 3, column 'genres': empty "
+                                        r"multi-hot value"):
+        load_tabular(path)
