@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -46,6 +47,10 @@ class StudentOutputs:
     aux_logits: torch.Tensor | None = None
     task_log_vars: torch.Tensor | None = None
     tasks: tuple[str, ...] = ()
+
+
+# Registered so DistributedDataParallel can find the output tensors (see teacher/outputs.py).
+pytree.register_dataclass(StudentOutputs)
 
 
 def student_features(spec: FeatureSpec, cfg: StudentConfig) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils._pytree as pytree
 
 FEATURE_NAMES = ("pooled_embeddings", "interaction", "last_hidden")
 
@@ -40,3 +41,9 @@ class TeacherOutputs:
                            f"{sorted(self.features)}")
         return TeacherOutputs(self.logits, {n: self.features[n] for n in names},
                               self.version)
+
+
+# DistributedDataParallel finds a forward's output tensors with torch's pytree; an
+# unregistered dataclass hides them, and with static_graph (TorchRec's default) the dense
+# gradients then never get all-reduced across ranks.
+pytree.register_dataclass(TeacherOutputs)

@@ -1,0 +1,138 @@
+"""Sharded teacher == unsharded teacher, on 2 gloo ranks (spawned processes).
+
+Table-wise, column-wise and row-wise plans each load the same checkpoint written by a
+plain single-process model and must reproduce its logits; a checkpoint written by the 2
+ranks after training loads in one process with identical logits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
+from teacher.checkpoint import load_teacher_state, save_teacher
+from teacher.config import TeacherConfig
+from teacher.model import TeacherModel
+from teacher.sharding import make_optimizer, shard_teacher
+from teacher.train import train_step
+
+CFG = TeacherConfig(embedding_dim=16, dense_layers=(16, 16), cross_layers=2, cross_rank=8,
+                    over_layers=(32, 16), batch_size=16)
+
+
+def tiny_dataset(n: int = 64, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    spec = FeatureSpec(
+        dense=("d0", "d1"),
+        sparse=(SparseFeature("user", 50), SparseFeature("item", 80),
+                SparseFeature("history", 80, multi_valued=True, table="item"),
+                SparseFeature("genre", 6, multi_valued=True)),
+        tasks=("click", "like"), privileged=("history",))
+
+    def bag(max_len: int, card: int) -> tuple[np.ndarray, np.ndarray]:
+        lengths = rng.integers(0, max_len + 1, n)
+        return (np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                rng.integers(1, card, int(lengths.sum())))
+
+    table = ExampleTable(
+        dense=rng.normal(size=(n, 2)).astype(np.float32),
+        labels=rng.integers(0, 2, (n, 2)).astype(np.float32), ids=np.arange(n),
+        sparse={"user": (np.arange(n + 1), rng.integers(1, 50, n)),
+                "item": (np.arange(n + 1), rng.integers(1, 80, n)),
+                "history": bag(6, 80), "genre": bag(3, 6)})
+    return Dataset(spec, table, table, table)
+
+
+def _init(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+
+
+def _forward_worker(rank: int, port: int, ckpt: str, out: str) -> None:
+    _init(rank, port)
+    data = tiny_dataset()
+    for kind in ("table_wise", "column_wise", "row_wise"):
+        cfg = TeacherConfig(**{**CFG.__dict__, "sharding": kind})
+        model = TeacherModel(data.spec, cfg)
+        dmp = shard_teacher(model, cfg, dist.group.WORLD, torch.device("cpu"))
+        load_teacher_state(dmp, ckpt)
+        dmp.eval()
+        ids, logits = [], []
+        with torch.no_grad():
+            for arrays in data.test.iter_batches(16, keys=model.feature_names, rank=rank,
+                                                 world=2):
+                b = arrays.to_batch()
+                logits.append(dmp(b.dense, b.sparse).logits)
+                ids.append(b.ids)
+        torch.save({"ids": torch.cat(ids), "logits": torch.cat(logits)},
+                   f"{out}/{kind}_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _train_worker(rank: int, port: int, ckpt: str, out: str) -> None:
+    _init(rank, port)
+    data = tiny_dataset()
+    model = TeacherModel(data.spec, CFG)
+    dmp = shard_teacher(model, CFG, dist.group.WORLD, torch.device("cpu"))
+    opt = make_optimizer(dmp, CFG)
+    for arrays in data.train.iter_batches(16, shuffle=True, keys=model.feature_names,
+                                          rank=rank, world=2):
+        train_step(dmp, opt, arrays.to_batch())
+    save_teacher(dmp, ckpt, spec=data.spec, cfg=CFG, info={"step": 2})
+    dmp.eval()
+    with torch.no_grad():
+        arrays = next(data.test.iter_batches(32, keys=model.feature_names, rank=rank, world=2))
+        b = arrays.to_batch()
+        torch.save({"ids": b.ids, "logits": dmp(b.dense, b.sparse).logits},
+                   f"{out}/trained_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _plain_logits(model: TeacherModel, data: Dataset, ids: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    b = data.test.take(ids.numpy(), keys=model.feature_names).to_batch()
+    with torch.no_grad():
+        return model(b.dense, b.sparse).logits
+
+
+@pytest.mark.timeout(300)
+def test_sharded_logits_equal_unsharded(tmp_path: Path, free_port: int) -> None:
+    data = tiny_dataset()
+    torch.manual_seed(3)
+    plain = TeacherModel(data.spec, CFG, device="cpu")
+    ckpt = str(tmp_path / "ckpt")
+    save_teacher(plain, ckpt, spec=data.spec, cfg=CFG)
+    mp.spawn(_forward_worker, args=(free_port, ckpt, str(tmp_path)), nprocs=2, join=True)
+    for kind in ("table_wise", "column_wise", "row_wise"):
+        for rank in range(2):
+            got = torch.load(tmp_path / f"{kind}_{rank}.pt", weights_only=True)
+            assert got["ids"].tolist() == list(range(32 * rank, 32 * rank + 32))
+            expect = _plain_logits(plain, data, got["ids"])
+            # FBGEMM's pooling kernel and torch's EmbeddingBag sum in different orders
+            # (and row-wise adds partial pools in a reduce-scatter): float rounding only.
+            torch.testing.assert_close(got["logits"], expect, rtol=1e-6, atol=1e-7,
+                                       msg=lambda m, k=kind, r=rank: f"{k} rank {r}: {m}")
+            assert got["logits"].abs().max() > 1e-3  # not a degenerate all-zero model
+
+
+@pytest.mark.timeout(300)
+def test_checkpoint_from_two_ranks_loads_in_one(tmp_path: Path, free_port: int) -> None:
+    ckpt = str(tmp_path / "ckpt")
+    mp.spawn(_train_worker, args=(free_port, ckpt, str(tmp_path)), nprocs=2, join=True)
+    data = tiny_dataset()
+    plain = TeacherModel(data.spec, CFG, device="cpu")
+    before = _plain_logits(plain, data, torch.arange(32))
+    load_teacher_state(plain, ckpt)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"trained_{rank}.pt", weights_only=True)
+        torch.testing.assert_close(_plain_logits(plain, data, got["ids"]), got["logits"],
+                                   rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(before, _plain_logits(plain, data, torch.arange(32)))
