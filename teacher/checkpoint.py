@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from data.configs import from_mapping, to_mapping
@@ -81,6 +82,16 @@ class SafeFileSystemReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
+
+
+def _first_cause(e: BaseException) -> str:
+    """The most telling line of a (possibly DCP-wrapped, multi-rank) load failure."""
+    text = str(e)
+    for line in text.splitlines():
+        if "read failed:" in line:
+            return line.split("read failed:", 1)[1].split(";")[0].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 def _rank() -> int:
@@ -161,6 +172,8 @@ def load_teacher_state(model: nn.Module, path: str | os.PathLike[str]) -> None:
         dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
     except CheckpointError:
         raise
-    except Exception as e:  # noqa: BLE001 - DCP wraps reader errors in its own types
-        raise CheckpointError(f"{path}: cannot load checkpoint ({e})") from e
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP wraps reader
+        # errors in CheckpointException, a BaseException; keep its first line only.
+        raise CheckpointError(f"{path}: cannot load checkpoint "
+                              f"({_first_cause(e)})") from e
     model.load_state_dict(state)
