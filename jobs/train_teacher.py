@@ -72,8 +72,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     p.add_argument("--batch-size", type=int)
     p.add_argument("--sharding", choices=SHARDING_TYPES)
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-privileged", action="store_true",
-                   help="do not give the teacher the privileged features")
+    p.add_argument("--privileged", action="store_true",
+                   help="give the teacher the dataset's privileged features too")
     a = p.parse_args(argv)
 
     doc: dict[str, Any] = read_toml(a.config) if a.config else {}
@@ -82,8 +82,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     job = from_mapping(TrainTeacherArgs, doc.get("job", {}), "job")
     over = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size),
                               ("sharding", a.sharding), ("seed", a.seed)) if v is not None}
-    if a.no_privileged:
-        over["use_privileged"] = False
+    if a.privileged:
+        over["use_privileged"] = True
     cfg = dataclasses.replace(cfg, **over)
     job = dataclasses.replace(job, **{k: v for k, v in (
         ("data", a.data), ("split", a.split), ("rows", a.rows),
@@ -100,6 +100,9 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
     pg = init_distributed(device)
     rank, world = dist.get_rank(pg), dist.get_world_size(pg)
     data = dataset or load_dataset(job.data, split=job.split, seed=cfg.seed, rows=job.rows)
+    # DMP materialises the meta tables with torch's global generator: seed it, so a run
+    # is reproducible (every rank the same seed; each initialises different shards).
+    torch.manual_seed(cfg.seed)
     model = TeacherModel(data.spec, cfg)
     keys = model.feature_names
     n_params = sum(p.numel() for p in model.parameters())  # meta tensors know their sizes

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
@@ -39,24 +40,29 @@ class CheckpointError(RuntimeError):
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata`` allowing only the classes such a file holds.
+    """Unpickles DCP's ``.metadata`` admitting only what such a file holds.
 
     DCP reads its metadata with a bare ``pickle.load``, which runs whatever a tampered
     file asks for. Model weights already load with ``weights_only=True`` inside DCP;
-    this closes the other door.
+    this closes the other door: classes (not functions) of DCP's metadata modules, and
+    the few torch and pathlib names a metadata file refers to.
     """
 
-    _ALLOWED_MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.")
-    _ALLOWED = {("torch", "Size"), ("torch", "float32"), ("collections", "OrderedDict"),
-                ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
-                ("torch.serialization", "_get_layout"), ("torch", "strided"),
-                ("torch._utils", "_rebuild_tensor_v2"), ("torch", "device"),
-                ("enum", "Enum"), ("builtins", "getattr"), ("torch", "dtype"),
-                ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}
+    _CLASS_MODULES = ("torch.distributed.checkpoint.metadata",
+                      "torch.distributed.checkpoint.filesystem")
+    _NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+              ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+              ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+              ("collections", "OrderedDict")}
+    _DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name), torch.dtype)}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith(self._ALLOWED_MODULES) or (module, name) in self._ALLOWED:
+        if (module, name) in self._NAMES or (module == "torch" and name in self._DTYPES):
             return super().find_class(module, name)
+        if module in self._CLASS_MODULES:
+            obj = super().find_class(module, name)
+            if isinstance(obj, type):
+                return obj
         raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, "
                                      "which a DCP metadata file never holds")
 

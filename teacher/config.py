@@ -18,7 +18,8 @@ class TeacherConfig:
         embedding_dim: width of every embedding table (a multiple of 4 for FBGEMM, and
             of 4 * world size for column-wise sharding).
         use_privileged: whether the teacher uses the dataset's privileged features
-            (MovieLens: ``user_history``); measured, see README.
+            (MovieLens: ``user_history``). Off by default: on MovieLens-100k it gained
+            no measurable AUC (README, 3 seeds) and costs ~15% more time.
         dense_layers: widths of the MLP over the dense features; the last one is the
             width of the dense "embedding" that joins the pooled sparse embeddings.
         cross_layers: number of DCN-v2 low-rank cross layers.
@@ -40,7 +41,7 @@ class TeacherConfig:
     """
 
     embedding_dim: int = 64
-    use_privileged: bool = True
+    use_privileged: bool = False
     dense_layers: tuple[int, ...] = (128, 64)
     cross_layers: int = 3
     cross_rank: int = 64

@@ -23,8 +23,8 @@ from teacher.model import TeacherModel
 from teacher.sharding import make_optimizer, shard_teacher
 from teacher.train import train_step
 
-CFG = TeacherConfig(embedding_dim=16, dense_layers=(16, 16), cross_layers=2, cross_rank=8,
-                    over_layers=(32, 16), batch_size=16)
+CFG = TeacherConfig(embedding_dim=16, use_privileged=True, dense_layers=(16, 16), cross_layers=2,
+                    cross_rank=8, over_layers=(32, 16), batch_size=16)
 
 
 def tiny_dataset(n: int = 64, seed: int = 0) -> Dataset:

@@ -109,3 +109,19 @@ def test_crash_mid_save_keeps_previous_version(tmp_path: Path, monkeypatch) -> N
     load_teacher_state(probe, tmp_path / "teacher")
     torch.testing.assert_close(probe.state_dict()["heads.click.weight"],
                                old.state_dict()["heads.click.weight"], rtol=0, atol=0)
+
+
+def test_planner_plan_on_one_rank_matches_plain_model(tmp_path: Path) -> None:
+    """sharding = "auto": TorchRec's planner picks the plan; same logits as the plain model."""
+    data = tiny_dataset()
+    plain = TeacherModel(data.spec, CFG, device="cpu").eval()
+    save_teacher(plain, tmp_path / "ck", spec=data.spec, cfg=CFG)
+    cfg = TeacherConfig(**{**CFG.__dict__, "sharding": "auto"})
+    model = TeacherModel(data.spec, cfg)
+    dmp = shard_teacher(model, cfg, device=torch.device("cpu"))
+    load_teacher_state(dmp, tmp_path / "ck")
+    pred = predict(dmp, data.test, model.feature_names, 16, torch.device("cpu"))
+    b = data.test.take(pred.ids, keys=model.feature_names).to_batch()
+    with torch.no_grad():
+        expect = plain(b.dense, b.sparse).logits.numpy()
+    np.testing.assert_allclose(pred.logits, expect, rtol=1e-5, atol=1e-6)
