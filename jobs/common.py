@@ -4,8 +4,10 @@ into frozen dataclasses here (and only in jobs/); TOML is data, nothing in it ru
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,15 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
     os.replace(tmp, p)
     return p
+
+
+def quiet_library_warnings() -> None:
+    """Silence deprecation chatter from the pinned libraries that a user cannot act on
+    (ShardedTensor -> DTensor in DCP, DDP's broadcast_buffers in TorchRec, fx tracing)."""
+    for module in ("torch.distributed", "torchrec"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=module)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def set_threads() -> None:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
 from data.spec import Dataset
-from jobs.common import (check_sections, load_dataset, metrics_table, read_toml,
-                         set_threads, write_json_atomic)
+from jobs.common import (check_sections, load_dataset, metrics_table,
+                         quiet_library_warnings, read_toml, set_threads, write_json_atomic)
 from student.metrics import task_metrics
 from teacher.checkpoint import CheckpointError, load_teacher_state, save_teacher
 from teacher.config import SHARDING_TYPES, TeacherConfig
@@ -175,6 +175,7 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_warnings()
     try:
         job, cfg = parse_args(argv)
         run(job, cfg)
