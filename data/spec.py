@@ -138,6 +138,18 @@ class BatchArrays:
     def batch_size(self) -> int:
         return int(self.ids.shape[0])
 
+    def to_table(self) -> ExampleTable:
+        """The batch as a table (to cut it into row slices, e.g. one per replica)."""
+        b = self.batch_size
+        per_key = self.lengths.reshape(len(self.keys), b) if self.keys else \
+            np.zeros((0, b), np.int32)
+        sparse, start = {}, 0
+        for k, lengths in zip(self.keys, per_key):
+            offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+            sparse[k] = (offsets, self.values[start:start + offsets[-1]])
+            start += int(offsets[-1])
+        return ExampleTable(self.dense, self.labels, self.ids, sparse)
+
     def to_batch(self) -> Batch:
         # torch.from_numpy refuses read-only arrays (ray.get returns those) only with a
         # warning; copy the small ones, they are what the model writes through anyway.

@@ -35,9 +35,17 @@ def mask_labels(batch: Batch, tasks: tuple[str, ...], label_tasks: tuple[str, ..
 def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
                  objective: Objective, batch: Batch,
                  teacher: TeacherOutputs | None) -> dict[str, float]:
-    """One optimizer step on ``batch``; returns the total loss and each term's value."""
+    """One optimizer step on ``batch``.
+
+    Returns the total loss (``loss``), each term's value, and with a teacher the share
+    of rows where student and teacher agree on the first task's side of 0.5
+    (``agreement``, measured before the step).
+    """
     out = model(batch.dense, batch.sparse)
     loss, parts = objective(out, teacher, batch)
+    if teacher is not None:
+        parts["agreement"] = float(((out.logits[:, 0] > 0) ==
+                                    (teacher.logits[:, 0] > 0)).float().mean())
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -45,7 +45,8 @@ def test_student_trains_on_teacher_batches_with_extra_keys() -> None:
             with torch.no_grad():
                 t = teacher(b.dense, b.sparse)
             losses.append(student_step(student, opt, obj, b, t))
-    assert set(losses[0]) == {"hard_label", "prediction_kd", "feature_kd", "loss"}
+    assert set(losses[0]) == {"hard_label", "prediction_kd", "feature_kd", "loss",
+                              "agreement"}
     # the KD terms shrink as the student fits the (fixed) teacher
     assert np.mean([x["prediction_kd"] for x in losses[-4:]]) < \
         np.mean([x["prediction_kd"] for x in losses[:4]])

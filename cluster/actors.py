@@ -1,0 +1,278 @@
+"""The two kinds of actors, as plain classes (``ray.remote`` is applied in pipeline.py).
+
+``TeacherRank``: one rank of the sharded teacher. K of them form one torch.distributed
+group (gloo on CPU, nccl on GPU) and label their share of the stream in lockstep (the
+sharded forward's all-to-alls need every rank). ``StudentReplica``: one of a student
+group's M data-parallel replicas (DDP over their own gloo group); each trains on its
+1/M of every labelled batch, all M step together.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from cluster.config import GroupConfig
+from cluster.data import arrow_to_batch
+from cluster.metrics import ActorMetrics
+from data.spec import BatchArrays, ExampleTable, FeatureSpec
+from student.losses import build_objective
+from student.model import StudentModel
+from student.train import make_student_optimizer, mask_labels, student_step
+from teacher.checkpoint import load_teacher_state, read_meta
+from teacher.model import TeacherModel
+from teacher.outputs import TeacherOutputs
+from teacher.sharding import backend_for, default_device, shard_teacher
+from teacher.train import predict
+
+# A collective that waits this long on a dead peer fails instead of hanging the group.
+COLLECTIVE_TIMEOUT = timedelta(seconds=30)
+
+
+def node_address() -> str:
+    """This node's address for rendezvous: loopback unless Ray runs on a real network."""
+    import ray
+    return ray.util.get_node_ip_address()
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _encode(t: torch.Tensor, dtype: str) -> np.ndarray:
+    """A tensor in the transport dtype, as numpy (bfloat16 travels as its uint16 bits)."""
+    if dtype == "bfloat16":
+        return t.detach().to(torch.bfloat16).view(torch.int16).cpu().numpy()
+    return t.detach().to(getattr(torch, dtype)).cpu().numpy()
+
+
+def _decode(a: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(np.array(a))  # ray.get gives read-only arrays: copy the slice
+    if dtype == "bfloat16":
+        t = t.view(torch.bfloat16)
+    return t.float()
+
+
+@dataclass
+class LabelledBatch:
+    """What one teacher rank puts in the object store for one batch.
+
+    Attributes:
+        inputs: the examples (features, labels, ids).
+        logits: [B, T] teacher logits in ``logit_dtype``.
+        features: name -> [B, d] requested teacher features in ``feature_dtype``.
+        version: teacher checkpoint version.
+        logit_dtype: transport dtype of the logits.
+        feature_dtype: transport dtype of the features.
+    """
+
+    inputs: BatchArrays
+    logits: np.ndarray
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    version: int = 0
+    logit_dtype: str = "float16"
+    feature_dtype: str = "float16"
+
+    def teacher_outputs(self, rows: slice | np.ndarray = slice(None)) -> TeacherOutputs:
+        return TeacherOutputs(
+            logits=_decode(self.logits[rows], self.logit_dtype),
+            features={k: _decode(v[rows], self.feature_dtype)
+                      for k, v in self.features.items()},
+            version=self.version)
+
+
+def _init_group(addr: str, port: int, rank: int, world: int, device: torch.device) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if addr.startswith("127.") and backend_for(device) == "gloo":
+        # A local run keeps gloo's sockets on loopback too (DEVELOPERS: bind 127.0.0.1).
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group(backend_for(device), init_method=f"tcp://{addr}:{port}",
+                            rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
+
+
+class TeacherRank:
+    """Rank ``rank`` of the K-rank sharded teacher."""
+
+    def __init__(self, rank: int, world: int, checkpoint: str, features: tuple[str, ...],
+                 batch_size: int, logit_dtype: str = "float16",
+                 feature_dtype: str = "float16") -> None:
+        torch.set_num_threads(1)
+        self.rank, self.world = rank, world
+        self.checkpoint, self.features = checkpoint, features
+        self.batch_size = batch_size
+        self.logit_dtype, self.feature_dtype = logit_dtype, feature_dtype
+        self.device = default_device()
+        self._batches: Iterator[Any] | None = None
+        self.metrics = ActorMetrics("teacher", {"rank": str(rank)})
+
+    def address(self) -> tuple[str, int]:
+        host = node_address()
+        return host, free_port(host)
+
+    def setup(self, addr: str, port: int) -> dict[str, Any]:
+        """Join the group, build the teacher on meta, shard it and load the checkpoint."""
+        _init_group(addr, port, self.rank, self.world, self.device)
+        spec, cfg, info = read_meta(self.checkpoint)
+        model = TeacherModel(spec, cfg)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.keys = model.feature_names
+        self.spec = spec
+        self.model = shard_teacher(model, cfg, dist.group.WORLD, self.device)
+        load_teacher_state(self.model, self.checkpoint)
+        self.model.eval()
+        self.version = int(info.get("step", 0))
+        self.metrics.gauge("recdistill_teacher_version", self.version)
+        dims = {"pooled_embeddings": len(self.keys) * cfg.embedding_dim,
+                "interaction": (len(self.keys) + (1 if spec.dense else 0)) * cfg.embedding_dim,
+                "last_hidden": cfg.over_layers[-1]}
+        return {"spec": spec, "version": self.version, "parameters": self.n_params,
+                "feature_dims": dims, "keys": self.keys}
+
+    def start_pass(self, shard: Any) -> None:
+        """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""
+        self._batches = iter(shard.iter_batches(batch_size=self.batch_size,
+                                                batch_format="pyarrow", prefetch_batches=2))
+
+    @torch.no_grad()
+    def label_next(self) -> tuple[Any, Any]:
+        """(ids, LabelledBatch) of the next batch of this rank, or (None, None) at the end.
+
+        Every rank must call this the same number of times: the forward's all-to-alls
+        meet across ranks; equal splits of the stream guarantee it.
+        """
+        assert self._batches is not None, "start_pass first"
+        try:
+            arrow = next(self._batches)
+        except StopIteration:
+            self._batches = None
+            return None, None
+        arrays = arrow_to_batch(arrow, self.keys)
+        batch = arrays.to_batch().to(self.device)
+        out: TeacherOutputs = self.model(batch.dense, batch.sparse)
+        self.metrics.count("recdistill_teacher_examples", arrays.batch_size)
+        labelled = LabelledBatch(
+            inputs=arrays, logits=_encode(out.logits, self.logit_dtype),
+            features={k: _encode(out.features[k], self.feature_dtype) for k in self.features},
+            version=self.version, logit_dtype=self.logit_dtype,
+            feature_dtype=self.feature_dtype)
+        return arrays.ids, labelled
+
+    def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher (logits, labels) of every row of ``table``; every rank must call it."""
+        p = predict(self.model, table, self.keys, batch_size, self.device)
+        return p.logits, p.labels
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class StudentReplica:
+    """Replica ``rank`` of a student group of ``world`` data-parallel replicas."""
+
+    def __init__(self, group: GroupConfig, spec: FeatureSpec, teacher_dims: dict[str, int],
+                 rank: int, world: int) -> None:
+        torch.set_num_threads(1)
+        self.cfg = group.student
+        self.rank, self.world = rank, world
+        self.tasks = spec.tasks
+        self.objective = build_objective(self.cfg, spec.tasks)
+        self.model = StudentModel(spec, self.cfg, teacher_dims,
+                                  uncertainty=self.objective.uncertainty)
+        self.net: torch.nn.Module = self.model
+        self.optimizer = make_student_optimizer(self.model, self.cfg)
+        self.best: dict[str, Any] | None = None
+        self.metrics = ActorMetrics("student", {"group": self.cfg.name})
+        self._t_last = time.perf_counter()
+
+    def address(self) -> tuple[str, int]:
+        host = node_address()
+        return host, free_port(host)
+
+    def setup(self, addr: str, port: int, state: dict[str, Any] | None = None) -> int:
+        """Join the group's process group (M > 1), load ``state`` if given."""
+        if state is not None:
+            self.load_state(state)
+        if self.world > 1:
+            _init_group(addr, port, self.rank, self.world, torch.device("cpu"))
+            # DDP all-reduces gradients inside backward; unused parameters (an auxiliary
+            # head that no loss reads, say) must not stall it.
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=True)
+        return self.rank
+
+    def _my_rows(self, n: int) -> np.ndarray:
+        return np.array_split(np.arange(n), self.world)[self.rank]
+
+    def train_on(self, labelled: LabelledBatch) -> dict[str, Any]:
+        """One optimizer step (all replicas together) on this replica's rows."""
+        rows = self._my_rows(labelled.inputs.batch_size)
+        batch = labelled.inputs.to_table().take(rows).to_batch()
+        batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
+        teacher = labelled.teacher_outputs(rows)
+        out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
+                           batch, teacher)
+        agree = out.pop("agreement")
+        now = time.perf_counter()
+        self.metrics.count("recdistill_examples_trained", len(rows))
+        self.metrics.gauge("recdistill_examples_per_s", len(rows) / max(now - self._t_last, 1e-9))
+        self.metrics.gauge("recdistill_teacher_agreement", agree)
+        for term, value in out.items():
+            self.metrics.gauge("recdistill_loss", value, {"term": term})
+        self._t_last = now
+        return {"ids": labelled.inputs.ids[rows], "loss": out, "agreement": agree,
+                "version": labelled.version}
+
+    @torch.no_grad()
+    def evaluate(self, table: ExampleTable, batch_size: int, best: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Serving logits and labels of every row of ``table`` (the best state if asked)."""
+        current = None
+        if best and self.best is not None:
+            current = self.state()
+            self.load_state(self.best)
+        self.model.eval()
+        logits, labels = [], []
+        for arrays in table.iter_batches(batch_size, keys=self.model.feature_names):
+            b = arrays.to_batch()
+            logits.append(self.model(b.dense, b.sparse).logits)
+            labels.append(b.labels)
+        self.model.train()
+        if current is not None:
+            self.load_state(current)
+        return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+    def keep_best(self) -> None:
+        self.best = self.state()
+
+    def state(self) -> dict[str, Any]:
+        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "best": self.best}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best = state.get("best")
+
+    def parameters_count(self) -> dict[str, int]:
+        export = self.model.export_state_dict()
+        return {"total": sum(p.numel() for p in self.model.parameters()),
+                "serving": sum(v.numel() for v in export.values())}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

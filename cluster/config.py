@@ -1,0 +1,170 @@
+"""Configuration of the online distillation job: frozen, typed, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from data.errors import ConfigError
+from student.config import LossTerm, StudentConfig
+from teacher.config import TeacherConfig
+from teacher.outputs import FEATURE_NAMES
+
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How soft labels flow from the teacher group to the student groups.
+
+    Attributes:
+        max_inflight: most labelled batches a student group may have unacknowledged
+            (queued or being trained). It bounds object-store memory: each batch stays
+            in the store until every group has acknowledged it. The teachers wait when
+            a group is this far behind.
+        logit_dtype: dtype the teacher's logits travel in.
+        feature_dtype: dtype the teacher's hidden features travel in.
+    """
+
+    max_inflight: int = 8
+    logit_dtype: str = "float16"
+    feature_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if self.max_inflight < 1:
+            raise ConfigError(f"stream.max_inflight must be >= 1, got {self.max_inflight}")
+        for key in ("logit_dtype", "feature_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise ConfigError(f"stream.{key}: unknown dtype {getattr(self, key)!r}; "
+                                  f"expected one of {DTYPES}")
+
+
+@dataclass(frozen=True)
+class TeacherGroupConfig:
+    """The teacher as a group of Ray actors.
+
+    Attributes:
+        ranks: K actors forming one torch.distributed group (one shard each).
+        batch_size: examples each rank labels per step.
+        checkpoint: the teacher checkpoint directory; trained first if missing.
+        train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
+            does not exist; otherwise a missing checkpoint is an error.
+        cpus: CPUs reserved per teacher actor.
+    """
+
+    ranks: int = 1
+    batch_size: int = 512
+    checkpoint: str = "runs/distill/teacher"
+    train_if_missing: bool = True
+    cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1:
+            raise ConfigError(f"teacher_group.ranks must be >= 1, got {self.ranks}")
+        if self.batch_size < 1:
+            raise ConfigError(f"teacher_group.batch_size must be >= 1, got {self.batch_size}")
+        if not self.checkpoint:
+            raise ConfigError("teacher_group.checkpoint must name a directory")
+        if self.cpus < 0:
+            raise ConfigError(f"teacher_group.cpus must be >= 0, got {self.cpus}")
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One student group: a student model trained data-parallel by ``replicas`` actors.
+
+    Attributes:
+        student: the student model and its objective (its name is the group's name).
+        replicas: M actors training it with DDP; each takes 1/M of every batch's rows.
+        cpus: CPUs reserved per replica actor.
+    """
+
+    student: StudentConfig
+    replicas: int = 1
+    cpus: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ConfigError(f"groups.{self.student.name}.replicas must be >= 1, got "
+                              f"{self.replicas}")
+        if self.cpus < 0:
+            raise ConfigError(f"groups.{self.student.name}.cpus must be >= 0")
+
+    @property
+    def name(self) -> str:
+        return self.student.name
+
+    @property
+    def teacher_features(self) -> tuple[str, ...]:
+        """The teacher features this group's adapters read."""
+        return tuple(sorted(set(self.student.adapters.values())))
+
+
+def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
+    """baseline (no KD), pred_kd, feat_kd, multitask_kd: the README's comparison."""
+    common = dict(embedding_dim=8, hidden=(64, 32), lr=2e-3, seed=seed)
+    return (
+        GroupConfig(StudentConfig(name="baseline", losses=(LossTerm("hard_label"),),
+                                  **common)),
+        GroupConfig(StudentConfig(name="pred_kd", losses=(
+            LossTerm("hard_label", 0.5),
+            LossTerm("prediction_kd", 0.5, {"temperature": 2.0})), **common)),
+        GroupConfig(StudentConfig(name="feat_kd", losses=(
+            LossTerm("hard_label", 1.0), LossTerm("feature_kd", 1.0, {"metric": "mse"})),
+            adapters={"last_hidden": "last_hidden"}, **common)),
+        # Sees `like` labels only: learns `love` from the teacher alone.
+        GroupConfig(StudentConfig(name="multitask_kd", label_tasks=("like",), losses=(
+            LossTerm("multitask_kd", 1.0, {"temperature": 2.0, "alpha": 0.5,
+                                           "uncertainty": True}),), **common)),
+    )
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The whole online distillation job.
+
+    Attributes:
+        data: ``movielens``, ``synthetic`` or a dataset TOML file.
+        split: MovieLens split.
+        rows: synthetic rows.
+        passes: passes over train, every group sees every example once per pass.
+        seed: seed of the data order (and of the default groups' initialisation).
+        teacher: the teacher model (used when the teacher is trained first).
+        teacher_group: the teacher's actors and checkpoint.
+        stream: the soft-label stream.
+        groups: the student groups; names must be unique.
+        eval_batch_size: rows per evaluation batch.
+    """
+
+    data: str = "movielens"
+    split: str = "user_time"
+    rows: int = 100_000
+    passes: int = 8
+    seed: int = 0
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher_group: TeacherGroupConfig = field(default_factory=TeacherGroupConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    groups: tuple[GroupConfig, ...] = field(default_factory=default_groups)
+    eval_batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.passes < 1:
+            raise ConfigError(f"passes must be >= 1, got {self.passes}")
+        if not self.groups:
+            raise ConfigError("groups: at least one student group is needed")
+        names = [g.name for g in self.groups]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"groups: duplicate group names {dup}")
+        for g in self.groups:
+            unknown = set(g.teacher_features) - set(FEATURE_NAMES)
+            if unknown:
+                raise ConfigError(f"groups.{g.name}.adapters: the teacher produces "
+                                  f"{list(FEATURE_NAMES)}, not {sorted(unknown)}")
+            if self.teacher_group.batch_size < g.replicas:
+                raise ConfigError(f"groups.{g.name}.replicas ({g.replicas}) exceeds "
+                                  f"teacher_group.batch_size ({self.teacher_group.batch_size})")
+
+    @property
+    def requested_features(self) -> tuple[str, ...]:
+        """Teacher features some group needs; only these travel."""
+        return tuple(sorted({f for g in self.groups for f in g.teacher_features}))

@@ -1,0 +1,307 @@
+"""Online distillation on Ray: the teacher group streams soft labels to student groups.
+
+The driver runs one event loop. It asks the K teacher ranks for their next batch in
+lockstep (each rank reads its equal share of a Ray Data stream), publishes each rank's
+labelled batch to the :class:`SoftLabelStream` (a ref, one stored copy), and hands
+each group's next batch to all of the group's M replicas, which each train on their
+1/M of its rows and step together (DDP). A group acknowledges a batch when the step is
+done. Teachers wait while any group has ``max_inflight`` batches unacknowledged.
+
+Student groups are actor groups rather than Ray Train ``TorchTrainer`` runs: the
+stream must see every step's acknowledgement per batch and re-deliver exactly the
+batches a dead replica held, while a TorchTrainer owns its own input loop and restarts
+the whole group from a checkpoint on failure, which would re-train or lose batches.
+
+A replica that dies mid-pass: if any replica of the group finished the step, the step
+happened (the gradient all-reduce had completed), so the batch counts as trained;
+otherwise it is re-delivered. The group is then re-formed (new actors, new process
+group) from a surviving replica's state; re-delivered batches whose examples were
+already trained are dropped as duplicates, so each example is trained once per pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError
+from tqdm import tqdm
+
+from cluster.actors import COLLECTIVE_TIMEOUT, StudentReplica, TeacherRank
+from cluster.config import DistillConfig, GroupConfig
+from cluster.data import to_ray_dataset
+from cluster.metrics import ActorMetrics
+from cluster.stream import SoftLabelStream, StreamItem
+from data.spec import Dataset
+from student.metrics import task_metrics
+
+ROUNDS_AHEAD = 2  # rounds queued per group beyond the one running: hides call latency
+
+
+@dataclass
+class Round:
+    item: StreamItem
+    refs: list[Any]
+
+
+@dataclass
+class GroupRuntime:
+    cfg: GroupConfig
+    replicas: list[Any]
+    generation: int = 0
+    rounds: list[Round] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[dict[str, float]] = field(default_factory=list)
+    best_auc: float = -1.0
+    best_pass: int = -1
+    restarts: int = 0
+    versions: set[int] = field(default_factory=set)
+
+
+class OnlineDistillation:
+    """Runs the teacher group and the student groups for ``cfg.passes`` passes.
+
+    Args:
+        cfg: the validated job config.
+        data: the dataset (the driver holds it; train goes to Ray Data, valid and test
+            to the object store once).
+        teacher_dims: width of every teacher feature (from the checkpoint).
+        progress: show a progress bar.
+        after_ack: called as ``after_ack(group, acked_so_far)`` after each acknowledged
+            batch (tests use it to inject failures mid-pass).
+    """
+
+    def __init__(self, cfg: DistillConfig, data: Dataset, teacher_dims: dict[str, int],
+                 progress: bool = True,
+                 after_ack: Callable[[str, int], None] | None = None) -> None:
+        self.cfg, self.data, self.teacher_dims = cfg, data, teacher_dims
+        self.progress = progress
+        self.after_ack = after_ack
+        self.stream = SoftLabelStream([g.name for g in cfg.groups], cfg.stream.max_inflight)
+        self.metrics = ActorMetrics("driver", {})
+        self.teachers: list[Any] = []
+        self.groups: dict[str, GroupRuntime] = {}
+
+    # ----------------------------------------------------------------- actor groups
+    def _start_teachers(self) -> dict[str, Any]:
+        tg = self.cfg.teacher_group
+        actor = ray.remote(TeacherRank)
+        self.teachers = [actor.options(name=f"teacher-{k}", num_cpus=tg.cpus,
+                                       max_restarts=0).remote(
+            k, tg.ranks, tg.checkpoint, self.cfg.requested_features, tg.batch_size,
+            self.cfg.stream.logit_dtype, self.cfg.stream.feature_dtype)
+            for k in range(tg.ranks)]
+        addr, port = ray.get(self.teachers[0].address.remote())
+        infos = ray.get([t.setup.remote(addr, port) for t in self.teachers])
+        return infos[0]
+
+    def _spawn_group(self, g: GroupConfig, generation: int,
+                     state: dict[str, Any] | None = None) -> list[Any]:
+        actor = ray.remote(StudentReplica)
+        suffix = f".{generation}" if generation else ""
+        replicas = [actor.options(name=f"student-{g.name}-{j}{suffix}", num_cpus=g.cpus,
+                                  max_restarts=0).remote(
+            g, self.data.spec, self.teacher_dims, j, g.replicas)
+            for j in range(g.replicas)]
+        addr, port = ray.get(replicas[0].address.remote())
+        ray.get([r.setup.remote(addr, port, state) for r in replicas])
+        return replicas
+
+    # ------------------------------------------------------------------- the loop
+    def _submit_rounds(self) -> None:
+        for name, g in self.groups.items():
+            while len(g.rounds) <= ROUNDS_AHEAD:
+                item = self.stream.next_for(name)
+                if item is None:
+                    break
+                refs = [r.train_on.remote(item.ref) for r in g.replicas]
+                g.rounds.append(Round(item, refs))
+
+    def _finish_round(self, name: str, rnd: Round) -> bool:
+        """Book a finished round; False if a replica died in it."""
+        g = self.groups[name]
+        results, failed = [], False
+        for ref in rnd.refs:
+            try:
+                results.append(ray.get(ref))
+            except RayActorError:
+                failed = True
+            except Exception:  # noqa: BLE001 - a peer died mid-collective: gloo error
+                failed = True
+        if results:  # the step happened: all-reduce done on every live replica
+            ids = np.concatenate([r["ids"] for r in results])
+            if not failed and not np.array_equal(np.sort(ids), np.sort(rnd.item.ids)):
+                raise RuntimeError(f"group {name}: replicas trained ids that do not match "
+                                   f"batch {rnd.item.seq}")
+            self.stream.ack(name, rnd.item)
+            g.losses.append(results[0]["loss"])
+            g.versions.add(int(results[0]["version"]))
+            if self.after_ack is not None:
+                self.after_ack(name, self.stream.books[name].acked)
+        else:
+            self.stream.redeliver(name, rnd.item)
+        return not failed
+
+    def _recover(self, name: str) -> None:
+        """Re-form a group after a replica died: book its rounds, restart from a survivor."""
+        g = self.groups[name]
+        deadline = time.monotonic() + COLLECTIVE_TIMEOUT.total_seconds() + 10
+        for rnd in g.rounds:
+            ray.wait(rnd.refs, num_returns=len(rnd.refs),
+                     timeout=max(0.0, deadline - time.monotonic()))
+        for rnd in g.rounds:
+            self._finish_round(name, rnd)
+        g.rounds.clear()
+        state = None
+        for r in g.replicas:
+            try:
+                state = ray.get(r.state.remote(), timeout=30)
+                break
+            except (RayActorError, GetTimeoutError):
+                continue
+        if state is None:
+            raise RuntimeError(f"group {name}: every replica died; nothing to restore from")
+        for r in g.replicas:
+            ray.kill(r, no_restart=True)
+        g.generation += 1
+        g.restarts += 1
+        g.replicas = self._spawn_group(g.cfg, g.generation, state)
+        # Rounds of this group that were not trained went back to the front of its queue.
+
+    def _run_pass(self, pass_index: int, ds: Any, bar: tqdm) -> None:
+        k = len(self.teachers)
+        shards = ds.random_shuffle(seed=self.cfg.seed * 1000 + pass_index) \
+            .streaming_split(k, equal=True)
+        ray.get([t.start_pass.remote(s) for t, s in zip(self.teachers, shards)])
+        teacher_call: list[tuple[Any, Any]] | None = None
+        teacher_done = False
+        last_gauge = 0.0
+        while True:
+            if not teacher_done and teacher_call is None and self.stream.has_room(k):
+                teacher_call = [t.label_next.options(num_returns=2).remote()
+                                for t in self.teachers]
+            self._submit_rounds()
+            waiting = [ref for g in self.groups.values() for rnd in g.rounds
+                       for ref in rnd.refs]
+            if teacher_call is not None:
+                waiting += [ids for ids, _ in teacher_call]
+            if not waiting:
+                if teacher_done and self.stream.drained():
+                    return
+                raise RuntimeError("distillation stalled: nothing in flight")  # a bug
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=5.0)
+            ready_set = set(ready) | set(ray.wait(waiting, num_returns=len(waiting),
+                                                  timeout=0)[0])
+            if teacher_call is not None and all(ids in ready_set for ids, _ in teacher_call):
+                ids_list = ray.get([ids for ids, _ in teacher_call])
+                if any(ids is None for ids in ids_list):
+                    if not all(ids is None for ids in ids_list):
+                        raise RuntimeError("teacher ranks ran out of data unevenly")
+                    teacher_done = True
+                else:
+                    for ids, (_, batch_ref) in zip(ids_list, teacher_call):
+                        self.stream.publish(batch_ref, ids, self.version, pass_index)
+                teacher_call = None
+            for name, g in self.groups.items():
+                while g.rounds and all(ref in ready_set for ref in g.rounds[0].refs):
+                    rnd = g.rounds.pop(0)
+                    if self._finish_round(name, rnd):
+                        bar.update(1)
+                    else:
+                        self._recover(name)
+                        break
+            now = time.monotonic()
+            if now - last_gauge > 0.5:
+                for name, books in self.stream.books.items():
+                    self.metrics.gauge("recdistill_queue_depth", books.depth, {"group": name})
+                last_gauge = now
+
+    def _evaluate_groups(self, split: str, table_ref: Any, best: bool = False
+                         ) -> dict[str, dict[str, dict[str, float]]]:
+        refs = {name: g.replicas[0].evaluate.remote(table_ref, self.cfg.eval_batch_size, best)
+                for name, g in self.groups.items()}
+        out = {}
+        for name, ref in refs.items():
+            logits, labels = ray.get(ref)
+            out[name] = task_metrics(torch.from_numpy(logits), torch.from_numpy(labels),
+                                     self.data.spec.tasks)
+        return out
+
+    def run(self) -> dict[str, Any]:
+        """Start the actors, run every pass, evaluate; returns the report's body."""
+        t0 = time.perf_counter()
+        info = self._start_teachers()
+        self.version = int(info["version"])
+        for g in self.cfg.groups:
+            self.groups[g.name] = GroupRuntime(g, self._spawn_group(g, 0))
+        params = {name: ray.get(g.replicas[0].parameters_count.remote())
+                  for name, g in self.groups.items()}
+        ds = to_ray_dataset(self.data.train)
+        valid_ref, test_ref = ray.put(self.data.valid), ray.put(self.data.test)
+        eval_bs = self.cfg.eval_batch_size
+        teacher_valid = self._teacher_metrics(valid_ref, eval_bs)
+        first = self.data.spec.tasks[0]
+        k, bs = self.cfg.teacher_group.ranks, self.cfg.teacher_group.batch_size
+        per_pass = k * -(-(len(self.data.train) // k) // bs)
+        bar = tqdm(total=per_pass * self.cfg.passes * len(self.groups), unit="batch",
+                   desc="distilling", disable=None if self.progress else True,
+                   mininterval=0.5)
+        for p in range(self.cfg.passes):
+            start = {n: self.stream.books[n].acked for n in self.groups}
+            self._run_pass(p, ds, bar)
+            valid = self._evaluate_groups("valid", valid_ref)
+            for name, g in self.groups.items():
+                auc = valid[name][first]["auc"]
+                n_rounds = self.stream.books[name].acked - start[name]
+                recent = g.losses[-n_rounds:] if n_rounds else []
+                g.curve.append({"pass": p + 1, "valid": valid[name],
+                                "train_loss": {t: float(np.mean([x[t] for x in recent]))
+                                               for t in (recent[0] if recent else {})},
+                                "examples": len(self.stream.trained_ids(name, p))})
+                if auc > g.best_auc:
+                    g.best_auc, g.best_pass = auc, p + 1
+                    ray.get([r.keep_best.remote() for r in g.replicas])
+            bar.set_postfix({n: f"{valid[n][first]['auc']:.4f}" for n in self.groups})
+        bar.close()
+        test = self._evaluate_groups("test", test_ref, best=True)
+        teacher_test = self._teacher_metrics(test_ref, eval_bs)
+        students = {}
+        for name, g in self.groups.items():
+            students[name] = {
+                "kd": [t.name for t in g.cfg.student.losses if t.name != "hard_label"],
+                "losses": [{"name": t.name, "weight": t.weight, "params": t.params}
+                           for t in g.cfg.student.losses],
+                "label_tasks": list(g.cfg.student.label_tasks or self.data.spec.tasks),
+                "test": test[name], "best_pass": g.best_pass,
+                "valid_best": g.curve[g.best_pass - 1]["valid"],
+                "examples_trained": sum(c["examples"] for c in g.curve),
+                "examples_per_pass": [c["examples"] for c in g.curve],
+                "parameters": params[name]["serving"],
+                "parameters_with_training_heads": params[name]["total"],
+                "replicas": g.cfg.replicas, "restarts": g.restarts,
+                "teacher_versions": sorted(g.versions), "curve": g.curve,
+            }
+        return {
+            "teacher": {"test": teacher_test, "valid": teacher_valid,
+                        "parameters": int(info["parameters"]), "version": self.version,
+                        "ranks": k},
+            "students": students,
+            "stream": self.stream.counters(),
+            "run_wall_s": time.perf_counter() - t0,
+        }
+
+    def _teacher_metrics(self, table_ref: Any, bs: int) -> dict[str, dict[str, float]]:
+        logits, labels = ray.get([t.evaluate.remote(table_ref, bs) for t in self.teachers])[0]
+        return task_metrics(torch.from_numpy(logits), torch.from_numpy(labels),
+                            self.data.spec.tasks)
+
+    def shutdown(self) -> None:
+        for a in self.teachers + [r for g in self.groups.values() for r in g.replicas]:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass

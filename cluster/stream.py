@@ -1,0 +1,128 @@
+"""The soft-label stream: fan-out of labelled-batch refs to student groups.
+
+The stream holds Ray object refs, never the data: the teacher rank's output is stored
+once in the object store and every group's replicas read that one copy. For each group
+it keeps a queue of batches not yet delivered and the set of batches delivered but not
+acknowledged; ``max_inflight`` bounds their sum (backpressure on the teachers).
+A batch whose delivery failed (its replica died before the step) goes back to the front
+of its group's queue; a batch whose example ids the group already trained this pass is
+dropped as a duplicate. No Ray calls here: the driver moves refs, this keeps the books.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class StreamItem:
+    """One labelled batch from one teacher rank.
+
+    Attributes:
+        seq: position in the stream (production order).
+        ref: object ref of the labelled batch (a ``LabelledBatch``).
+        ids: int64 [B] example ids in it (small; kept on the driver for the books).
+        version: teacher checkpoint version that labelled it.
+        pass_index: the pass it belongs to.
+    """
+
+    seq: int
+    ref: Any
+    ids: np.ndarray
+    version: int
+    pass_index: int
+
+
+@dataclass
+class GroupBooks:
+    queue: deque[StreamItem] = field(default_factory=deque)
+    in_flight: dict[int, StreamItem] = field(default_factory=dict)
+    delivered: int = 0
+    acked: int = 0
+    redelivered: int = 0
+    duplicates_dropped: int = 0
+    examples_acked: int = 0
+    max_depth: int = 0
+    trained: dict[int, set[int]] = field(default_factory=dict)  # pass -> example ids
+
+    @property
+    def depth(self) -> int:
+        return len(self.queue) + len(self.in_flight)
+
+
+class SoftLabelStream:
+    """Books of the stream for G groups, bounded by ``max_inflight`` per group."""
+
+    def __init__(self, groups: list[str], max_inflight: int) -> None:
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        self.max_inflight = max_inflight
+        self.books = {g: GroupBooks() for g in groups}
+        self.produced = 0
+        self._seq = 0
+
+    def has_room(self, n: int = 1) -> bool:
+        """Whether ``n`` more batches fit every group's window."""
+        return all(b.depth + n <= self.max_inflight for b in self.books.values())
+
+    def publish(self, ref: Any, ids: np.ndarray, version: int, pass_index: int) -> StreamItem:
+        """Hand one labelled batch to every group (the same ref: one stored copy)."""
+        item = StreamItem(self._seq, ref, ids, version, pass_index)
+        self._seq += 1
+        self.produced += 1
+        for b in self.books.values():
+            b.queue.append(item)
+            b.max_depth = max(b.max_depth, b.depth)
+        return item
+
+    def next_for(self, group: str) -> StreamItem | None:
+        """The next batch to deliver to ``group``, skipping duplicates; None if none."""
+        b = self.books[group]
+        while b.queue:
+            item = b.queue.popleft()
+            seen = b.trained.get(item.pass_index)
+            if seen is not None and seen.issuperset(item.ids.tolist()):
+                b.duplicates_dropped += 1
+                continue
+            b.in_flight[item.seq] = item
+            b.delivered += 1
+            return item
+        return None
+
+    def ack(self, group: str, item: StreamItem) -> None:
+        """``group`` took an optimizer step on ``item``."""
+        b = self.books[group]
+        b.in_flight.pop(item.seq)
+        b.acked += 1
+        b.examples_acked += len(item.ids)
+        b.trained.setdefault(item.pass_index, set()).update(item.ids.tolist())
+
+    def redeliver(self, group: str, item: StreamItem) -> None:
+        """The replica holding ``item`` died before the step: deliver it again, first."""
+        b = self.books[group]
+        if b.in_flight.pop(item.seq, None) is not None:
+            b.queue.appendleft(item)
+            b.redelivered += 1
+
+    def drained(self) -> bool:
+        return all(b.depth == 0 for b in self.books.values())
+
+    def trained_ids(self, group: str, pass_index: int) -> set[int]:
+        return self.books[group].trained.get(pass_index, set())
+
+    def counters(self) -> dict[str, Any]:
+        """The report's ``stream`` section."""
+        return {
+            "produced": self.produced,
+            "max_inflight": self.max_inflight,
+            "delivered": {g: b.delivered for g, b in self.books.items()},
+            "acked": {g: b.acked for g, b in self.books.items()},
+            "redelivered": sum(b.redelivered for b in self.books.values()),
+            "redelivered_by_group": {g: b.redelivered for g, b in self.books.items()},
+            "duplicates_dropped": sum(b.duplicates_dropped for b in self.books.values()),
+            "max_depth": {g: b.max_depth for g, b in self.books.items()},
+        }
