@@ -111,8 +111,9 @@ def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
         GroupConfig(StudentConfig(name="feat_kd", losses=(
             LossTerm("hard_label", 1.0), LossTerm("feature_kd", 1.0, {"metric": "mse"})),
             adapters={"last_hidden": "last_hidden"}, **common)),
-        # Sees `like` labels only: learns `love` from the teacher alone.
-        GroupConfig(StudentConfig(name="multitask_kd", label_tasks=("like",), losses=(
+        # Per-task KD with learned task weights; `label_tasks = ["like"]` in a config
+        # would make it learn the other tasks from the teacher alone.
+        GroupConfig(StudentConfig(name="multitask_kd", losses=(
             LossTerm("multitask_kd", 1.0, {"temperature": 2.0, "alpha": 0.5,
                                            "uncertainty": True}),), **common)),
     )

@@ -226,8 +226,8 @@ class OnlineDistillation:
                 for name, g in self.groups.items()}
         out = {}
         for name, ref in refs.items():
-            logits, labels = ray.get(ref)
-            out[name] = task_metrics(torch.from_numpy(logits), torch.from_numpy(labels),
+            logits, labels = ray.get(ref)  # read-only arrays from the object store
+            out[name] = task_metrics(torch.tensor(logits), torch.tensor(labels),
                                      self.data.spec.tasks)
         return out
 
@@ -296,8 +296,7 @@ class OnlineDistillation:
 
     def _teacher_metrics(self, table_ref: Any, bs: int) -> dict[str, dict[str, float]]:
         logits, labels = ray.get([t.evaluate.remote(table_ref, bs) for t in self.teachers])[0]
-        return task_metrics(torch.from_numpy(logits), torch.from_numpy(labels),
-                            self.data.spec.tasks)
+        return task_metrics(torch.tensor(logits), torch.tensor(labels), self.data.spec.tasks)
 
     def shutdown(self) -> None:
         for a in self.teachers + [r for g in self.groups.values() for r in g.replicas]:

@@ -48,6 +48,7 @@ class GroupBooks:
     examples_acked: int = 0
     max_depth: int = 0
     trained: dict[int, set[int]] = field(default_factory=dict)  # pass -> example ids
+    examples_by_pass: dict[int, int] = field(default_factory=dict)  # pass -> acked rows
 
     @property
     def depth(self) -> int:
@@ -99,6 +100,8 @@ class SoftLabelStream:
         b.in_flight.pop(item.seq)
         b.acked += 1
         b.examples_acked += len(item.ids)
+        b.examples_by_pass[item.pass_index] = \
+            b.examples_by_pass.get(item.pass_index, 0) + len(item.ids)
         b.trained.setdefault(item.pass_index, set()).update(item.ids.tolist())
 
     def redeliver(self, group: str, item: StreamItem) -> None:

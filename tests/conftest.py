@@ -35,3 +35,13 @@ def free_port() -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real single-node Ray cluster for every Ray test (ray.init costs ~5 s)."""
+    import ray
+    ray.init(num_cpus=16, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
