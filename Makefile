@@ -22,8 +22,8 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $@
 
 demo: setup
-	$(BIN)/python -m jobs.train_teacher --report runs/demo/teacher_report.json \
-		--checkpoint runs/demo/teacher
+	$(BIN)/python -m jobs.distill --report runs/demo/report.json \
+		--teacher-checkpoint runs/demo/teacher
 
 test: setup
 	$(BIN)/python -m pytest -q

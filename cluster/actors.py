@@ -28,7 +28,7 @@ from student.losses import build_objective
 from student.model import StudentModel
 from student.train import make_student_optimizer, mask_labels, student_step
 from teacher.checkpoint import load_teacher_state, read_meta
-from teacher.model import TeacherModel
+from teacher.model import TeacherModel, feature_dims
 from teacher.outputs import TeacherOutputs
 from teacher.sharding import backend_for, default_device, shard_teacher
 from teacher.train import predict
@@ -133,11 +133,8 @@ class TeacherRank:
         self.model.eval()
         self.version = int(info.get("step", 0))
         self.metrics.gauge("recdistill_teacher_version", self.version)
-        dims = {"pooled_embeddings": len(self.keys) * cfg.embedding_dim,
-                "interaction": (len(self.keys) + (1 if spec.dense else 0)) * cfg.embedding_dim,
-                "last_hidden": cfg.over_layers[-1]}
         return {"spec": spec, "version": self.version, "parameters": self.n_params,
-                "feature_dims": dims, "keys": self.keys}
+                "feature_dims": feature_dims(spec, cfg), "keys": self.keys}
 
     def start_pass(self, shard: Any) -> None:
         """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""

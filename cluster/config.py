@@ -101,7 +101,7 @@ class GroupConfig:
 
 def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
     """baseline (no KD), pred_kd, feat_kd, multitask_kd: the README's comparison."""
-    common = dict(embedding_dim=8, hidden=(64, 32), lr=2e-3, seed=seed)
+    common = dict(embedding_dim=8, hidden=(64, 32), lr=5e-3, seed=seed)
     return (
         GroupConfig(StudentConfig(name="baseline", losses=(LossTerm("hard_label"),),
                                   **common)),

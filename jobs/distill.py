@@ -55,7 +55,13 @@ def load_config(path: str | None, **overrides: Any) -> DistillConfig:
     if groups is not None:
         if not isinstance(groups, list) or not groups:
             raise ConfigError("groups: expected a non-empty array of tables ([[groups]])")
-        cfg = dataclasses.replace(cfg, groups=tuple(_group(i, g) for i, g in enumerate(groups)))
+        parsed = [_group(i, g) for i, g in enumerate(groups)]
+        if seed is not None or "seed" in doc:  # the run's seed, unless a group sets its own
+            run_seed = cfg.seed if seed is None else seed
+            parsed = [g if "seed" in table else dataclasses.replace(
+                g, student=dataclasses.replace(g.student, seed=run_seed))
+                for g, table in zip(parsed, groups)]
+        cfg = dataclasses.replace(cfg, groups=tuple(parsed))
     elif seed is not None or "seed" in doc:
         cfg = dataclasses.replace(cfg, groups=default_groups(cfg.seed if seed is None else seed))
     tg = {k: overrides.pop(k) for k in ("ranks", "checkpoint")
@@ -98,15 +104,28 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
 def start_ray(address: str, cfg: DistillConfig) -> None:
     """Join ``address``, or start a single-node cluster bound to 127.0.0.1."""
     import ray
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
     needed = cfg.teacher_group.ranks * cfg.teacher_group.cpus + sum(
         g.replicas * g.cpus for g in cfg.groups)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        have = ray.cluster_resources().get("CPU", 0.0)
+        # Actors reserve their CPUs; Ray Data's tasks need at least one more.
+        if have < needed + 1:
+            ray.shutdown()
+            raise ConfigError(
+                f"the cluster at {address} has {have:g} CPUs; this job's actors reserve "
+                f"{needed:g} (teacher_group.cpus x ranks + groups' cpus x replicas) and Ray "
+                f"Data needs 1 more: start it with `ray start --head --num-cpus "
+                f"{int(needed) + 2}` or lower the cpus in the config")
+        return
     # Logical CPUs: the actors mostly wait on each other, so the job may reserve more
     # than the machine has (each actor runs one intra-op thread); on top of the actors'
     # share, Ray Data's read and shuffle tasks need CPUs of their own or they never run.
-    ray.init(num_cpus=int(needed + 0.999) + max(2, os.cpu_count() or 1),
+    # Ray turns 127.0.0.1 into the machine's address unless told this is a one-machine
+    # "cluster" (its macOS/Windows mode); with it every Ray process binds to loopback.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # address="local": always a new cluster, never silently joining one `ray start` left.
+    ray.init(address="local", num_cpus=int(needed + 0.999) + max(2, os.cpu_count() or 1),
              include_dashboard=True, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", log_to_driver=False)
 
@@ -114,31 +133,23 @@ def start_ray(address: str, cfg: DistillConfig) -> None:
 def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
     """Width of each teacher feature: from the checkpoint if there is one, else the config."""
     from teacher.checkpoint import read_meta
-    from teacher.model import teacher_features
+    from teacher.model import feature_dims
     ckpt = Path(cfg.teacher_group.checkpoint)
     tcfg = read_meta(ckpt)[1] if (ckpt / "recdistill.json").is_file() else cfg.teacher
-    n_sparse = len(teacher_features(spec, tcfg))
-    return {"pooled_embeddings": n_sparse * tcfg.embedding_dim,
-            "interaction": (n_sparse + (1 if spec.dense else 0)) * tcfg.embedding_dim,
-            "last_hidden": tcfg.over_layers[-1]}
+    return feature_dims(spec, tcfg)
 
 
-def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> dict[str, int]:
+def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> None:
     """Build every student once here, so a bad group fails before any actor starts."""
     from student.losses import build_objective
-    from student.model import StudentModel, count_parameters
-    sizes = {}
+    from student.model import StudentModel
     for g in cfg.groups:
+        unknown = set(g.student.label_tasks) - set(spec.tasks)
+        if unknown:
+            raise ConfigError(f"groups.{g.name}.label_tasks: unknown tasks "
+                              f"{sorted(unknown)}; tasks are {list(spec.tasks)}")
         objective = build_objective(g.student, spec.tasks)
-        model = StudentModel(spec, g.student, dims, uncertainty=objective.uncertainty)
-        sizes[g.name] = sum(v.numel() for v in model.export_state_dict().values())
-        if g.student.label_tasks:
-            unknown = set(g.student.label_tasks) - set(spec.tasks)
-            if unknown:
-                raise ConfigError(f"groups.{g.name}.label_tasks: unknown tasks "
-                                  f"{sorted(unknown)}; tasks are {list(spec.tasks)}")
-        _ = count_parameters(model)
-    return sizes
+        StudentModel(spec, g.student, dims, uncertainty=objective.uncertainty)
 
 
 def ensure_teacher(cfg: DistillConfig) -> None:

@@ -27,6 +27,14 @@ def teacher_features(spec: FeatureSpec, cfg: TeacherConfig) -> tuple[str, ...]:
     return tuple(n for n in spec.sparse_names if n not in drop)
 
 
+def feature_dims(spec: FeatureSpec, cfg: TeacherConfig) -> dict[str, int]:
+    """Width of each named feature ``TeacherModel.forward`` returns."""
+    n_slots = len(teacher_features(spec, cfg)) + (1 if spec.dense else 0)
+    return {"pooled_embeddings": len(teacher_features(spec, cfg)) * cfg.embedding_dim,
+            "interaction": n_slots * cfg.embedding_dim,
+            "last_hidden": cfg.over_layers[-1]}
+
+
 def embedding_tables(spec: FeatureSpec, cfg: TeacherConfig) -> list[EmbeddingBagConfig]:
     """One table per distinct ``SparseFeature.table``; shared tables list all features."""
     used = teacher_features(spec, cfg)

@@ -1,0 +1,64 @@
+"""Submit ``jobs.distill`` to a running Ray cluster with Ray's JobSubmissionClient.
+
+    python -m jobs.submit [--address http://127.0.0.1:8265] [--no-wait] -- --passes 4
+
+Everything after ``--`` goes to ``jobs.distill``. The repository is uploaded as the job's
+working directory (Ray skips what ``.gitignore`` lists, so ``.venv`` and ``runs`` stay
+home); the job's logs are streamed here until it ends, and the exit status follows the
+job's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    job_args: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, job_args = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", default="http://127.0.0.1:8265",
+                   help="the cluster's dashboard / job server (default: local)")
+    p.add_argument("--no-wait", action="store_true", help="submit and return the job id")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to follow the job")
+    a = p.parse_args(argv)
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    client = JobSubmissionClient(a.address)
+    root = Path(__file__).resolve().parents[1]
+    entrypoint = " ".join(["python", "-m", "jobs.distill", *map(shlex.quote, job_args)])
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(root), "excludes": [".venv", "runs", ".git"]})
+    print(f"submitted {job_id}: {entrypoint}", flush=True)
+    if a.no_wait:
+        return 0
+    printed = 0
+    deadline = time.monotonic() + a.timeout
+    status = client.get_job_status(job_id)
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        if len(logs) > printed:
+            print(logs[printed:], end="", flush=True)
+            printed = len(logs)
+        if str(status) in TERMINAL or status in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                 JobStatus.STOPPED):
+            break
+        time.sleep(1.0)
+    print(f"\njob {job_id}: {status}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
