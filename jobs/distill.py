@@ -194,8 +194,9 @@ def gains(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
         for task, m in s["test"].items():
             gain = m["auc"] - base[task]["auc"]
             gap = teacher[task]["auc"] - base[task]["auc"]
+            # Undefined (None) when the teacher is not better than the baseline.
             out[name][task] = {"auc_gain_vs_baseline": gain,
-                               "gap_recovered": gain / gap if abs(gap) > 1e-9 else float("nan")}
+                               "gap_recovered": gain / gap if gap > 0 else None}
     return out
 
 
@@ -214,7 +215,9 @@ def table(report: dict[str, Any]) -> str:
             extra = ""
             if name in g and name != "baseline":
                 gg = g[name][task]
-                extra = f"{gg['auc_gain_vs_baseline']:>+9.4f}{gg['gap_recovered']:>10.0%}"
+                rec = gg["gap_recovered"]
+                extra = f"{gg['auc_gain_vs_baseline']:>+9.4f}" + (
+                    f"{rec:>10.0%}" if rec is not None else f"{'n/a':>10}")
             lines.append(f"{'':<8}{name:<14}{s['parameters']:>9,}{m['auc']:>8.4f}"
                          f"{m['logloss']:>9.4f}{m['ne']:>8.4f}{extra}")
     return "\n".join(lines)
