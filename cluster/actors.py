@@ -158,6 +158,7 @@ class TeacherRank:
         batch = arrays.to_batch().to(self.device)
         out: TeacherOutputs = self.model(batch.dense, batch.sparse)
         self.metrics.count("recdistill_teacher_examples", arrays.batch_size)
+        self.metrics.gauge("recdistill_teacher_version", self.version)
         labelled = LabelledBatch(
             inputs=arrays, logits=_encode(out.logits, self.logit_dtype),
             features={k: _encode(out.features[k], self.feature_dtype) for k in self.features},

@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--teacher-checkpoint", dest="checkpoint",
                    help="teacher checkpoint dir (trained first if missing)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
-                   help="join this Ray cluster (default: RAY_ADDRESS, else start one)")
+                   help="join this Ray cluster: its GCS address (host:6379) or 'auto' "
+                        "(default: RAY_ADDRESS, else start a local one)")
     p.add_argument("--report", default="runs/distill/report.json", help="JSON report path")
     p.add_argument("--plot", default="", help="PNG path (default: beside the report)")
     p.add_argument("--no-progress", action="store_true")
