@@ -26,7 +26,8 @@ from cluster.metrics import ActorMetrics
 from data.spec import BatchArrays, ExampleTable, FeatureSpec
 from student.losses import build_objective
 from student.model import StudentModel
-from student.train import make_student_optimizer, mask_labels, student_step
+from student.train import (make_student_optimizer, mask_labels, predict_student,
+                           student_step)
 from teacher.checkpoint import load_teacher_state, read_meta
 from teacher.model import TeacherModel, feature_dims
 from teacher.outputs import TeacherOutputs
@@ -240,16 +241,10 @@ class StudentReplica:
         if best and self.best is not None:
             current = self.state()
             self.load_state(self.best)
-        self.model.eval()
-        logits, labels = [], []
-        for arrays in table.iter_batches(batch_size, keys=self.model.feature_names):
-            b = arrays.to_batch()
-            logits.append(self.model(b.dense, b.sparse).logits)
-            labels.append(b.labels)
-        self.model.train()
+        out = predict_student(self.model, table, batch_size)
         if current is not None:
             self.load_state(current)
-        return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+        return out
 
     def keep_best(self) -> None:
         self.best = self.state()
