@@ -25,7 +25,7 @@ from cluster.data import arrow_to_batch
 from cluster.metrics import ActorMetrics
 from data.spec import BatchArrays, ExampleTable, FeatureSpec
 from student.losses import build_objective
-from student.model import StudentModel
+from student.model import StudentModel, count_parameters
 from student.train import (make_student_optimizer, mask_labels, predict_student,
                            student_step)
 from teacher.checkpoint import load_teacher_state, read_meta
@@ -260,7 +260,7 @@ class StudentReplica:
 
     def parameters_count(self) -> dict[str, int]:
         export = self.model.export_state_dict()
-        return {"total": sum(p.numel() for p in self.model.parameters()),
+        return {"total": count_parameters(self.model),
                 "serving": sum(v.numel() for v in export.values())}
 
     def pid(self) -> int:

@@ -220,7 +220,7 @@ class OnlineDistillation:
                     self.metrics.gauge("recdistill_queue_depth", books.depth, {"group": name})
                 last_gauge = now
 
-    def _evaluate_groups(self, split: str, table_ref: Any, best: bool = False
+    def _evaluate_groups(self, table_ref: Any, best: bool = False
                          ) -> dict[str, dict[str, dict[str, float]]]:
         refs = {name: g.replicas[0].evaluate.remote(table_ref, self.cfg.eval_batch_size, best)
                 for name, g in self.groups.items()}
@@ -246,14 +246,14 @@ class OnlineDistillation:
         teacher_valid = self._teacher_metrics(valid_ref, eval_bs)
         first = self.data.spec.tasks[0]
         k, bs = self.cfg.teacher_group.ranks, self.cfg.teacher_group.batch_size
-        per_pass = k * -(-(len(self.data.train) // k) // bs)
+        per_pass = k * self.data.train.num_batches(bs, k)
         bar = tqdm(total=per_pass * self.cfg.passes * len(self.groups), unit="batch",
                    desc="distilling", disable=None if self.progress else True,
                    mininterval=0.5)
         for p in range(self.cfg.passes):
             start = {n: self.stream.books[n].acked for n in self.groups}
             self._run_pass(p, ds, bar)
-            valid = self._evaluate_groups("valid", valid_ref)
+            valid = self._evaluate_groups(valid_ref)
             for name, g in self.groups.items():
                 auc = valid[name][first]["auc"]
                 n_rounds = self.stream.books[name].acked - start[name]
@@ -267,7 +267,7 @@ class OnlineDistillation:
                     ray.get([r.keep_best.remote() for r in g.replicas])
             bar.set_postfix({n: f"{valid[n][first]['auc']:.4f}" for n in self.groups})
         bar.close()
-        test = self._evaluate_groups("test", test_ref, best=True)
+        test = self._evaluate_groups(test_ref, best=True)
         teacher_test = self._teacher_metrics(test_ref, eval_bs)
         students = {}
         for name, g in self.groups.items():

@@ -45,7 +45,6 @@ class GroupBooks:
     acked: int = 0
     redelivered: int = 0
     duplicates_dropped: int = 0
-    examples_acked: int = 0
     max_depth: int = 0
     trained: dict[int, set[int]] = field(default_factory=dict)  # pass -> example ids
     examples_by_pass: dict[int, int] = field(default_factory=dict)  # pass -> acked rows
@@ -99,7 +98,6 @@ class SoftLabelStream:
         b = self.books[group]
         b.in_flight.pop(item.seq)
         b.acked += 1
-        b.examples_acked += len(item.ids)
         b.examples_by_pass[item.pass_index] = \
             b.examples_by_pass.get(item.pass_index, 0) + len(item.ids)
         b.trained.setdefault(item.pass_index, set()).update(item.ids.tolist())

@@ -253,6 +253,10 @@ class ExampleTable:
             else np.zeros(0, np.int32),
         )
 
+    def num_batches(self, batch_size: int, world: int = 1) -> int:
+        """Batches ``iter_batches(batch_size, world=world)`` yields per rank (no padding)."""
+        return -(-(len(self) // world) // batch_size)
+
     def iter_batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                      keys: tuple[str, ...] | None = None, rank: int = 0, world: int = 1,
                      pad: bool = False) -> Iterator[BatchArrays]:

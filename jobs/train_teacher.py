@@ -118,8 +118,7 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
         f"{world} rank(s), sharding {cfg.sharding}, data {data.name} "
         f"({len(data.train):,} train rows)")
     best_auc, best_epoch, history = -1.0, -1, []
-    steps_per_epoch = len(data.train) // world // cfg.batch_size + \
-        (1 if (len(data.train) // world) % cfg.batch_size else 0)
+    steps_per_epoch = data.train.num_batches(cfg.batch_size, world)
     step = 0
     for epoch in range(cfg.epochs):
         dmp.train()

@@ -16,9 +16,6 @@ from torchrec.metrics.calibration import CalibrationMetric
 from torchrec.metrics.metrics_config import RecTaskInfo
 from torchrec.metrics.ne import NEMetric
 
-METRIC_NAMES = ("auc", "logloss", "ne", "calibration")
-
-
 def task_metrics(logits: torch.Tensor, labels: torch.Tensor,
                  tasks: tuple[str, ...] | list[str]) -> dict[str, dict[str, float]]:
     """Metrics of every task over a whole split.

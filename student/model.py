@@ -23,7 +23,6 @@ from data.errors import ConfigError
 from data.spec import FeatureSpec
 from student.config import StudentConfig
 
-STUDENT_FEATURES = ("pooled_embeddings", "last_hidden")
 _TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars")
 
 

@@ -39,6 +39,8 @@ def test_sharded_iteration_equal_sizes_and_disjoint() -> None:
     shares = [[b.ids.tolist() for b in t.iter_batches(2, rank=r, world=2)] for r in range(2)]
     # 5 rows over 2 ranks without padding: 2 rows each, row 104 left out.
     assert shares == [[[100, 101]], [[102, 103]]]
+    for world, bs in ((1, 2), (2, 1), (2, 2), (3, 1)):
+        assert t.num_batches(bs, world) == len(list(t.iter_batches(bs, world=world)))
 
 
 def test_padded_iteration_covers_every_row() -> None:
