@@ -45,7 +45,11 @@ class TeacherGroupConfig:
     Attributes:
         ranks: K actors forming one torch.distributed group (one shard each).
         batch_size: examples each rank labels per step.
-        checkpoint: the teacher checkpoint directory; trained first if missing.
+        checkpoint: the teacher checkpoint: a training run's root of versions (as
+            ``jobs.train_teacher`` writes it) or one version's directory; trained
+            first if missing.
+        version: which version of a root to load: ``best`` (by validation AUC),
+            ``latest``, or a version number (the training step that wrote it).
         train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
             does not exist; otherwise a missing checkpoint is an error.
         cpus: CPUs reserved per teacher actor.
@@ -54,6 +58,7 @@ class TeacherGroupConfig:
     ranks: int = 1
     batch_size: int = 512
     checkpoint: str = "runs/distill/teacher"
+    version: str = "best"
     train_if_missing: bool = True
     cpus: float = 1.0
 
@@ -64,6 +69,9 @@ class TeacherGroupConfig:
             raise ConfigError(f"teacher_group.batch_size must be >= 1, got {self.batch_size}")
         if not self.checkpoint:
             raise ConfigError("teacher_group.checkpoint must name a directory")
+        if self.version not in ("best", "latest") and not self.version.isdigit():
+            raise ConfigError("teacher_group.version must be best, latest or a version "
+                              f"number, got {self.version!r}")
         if self.cpus < 0:
             raise ConfigError(f"teacher_group.cpus must be >= 0, got {self.cpus}")
 

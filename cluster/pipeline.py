@@ -38,6 +38,7 @@ from cluster.metrics import ActorMetrics
 from cluster.stream import SoftLabelStream, StreamItem
 from data.spec import Dataset
 from student.metrics import task_metrics
+from teacher.checkpoint import resolve
 
 ROUNDS_AHEAD = 2  # rounds queued per group beyond the one running: hides call latency
 
@@ -89,10 +90,13 @@ class OnlineDistillation:
     # ----------------------------------------------------------------- actor groups
     def _start_teachers(self) -> dict[str, Any]:
         tg = self.cfg.teacher_group
+        # Resolved once here: every rank loads the same version, even if training
+        # writes a newer one meanwhile.
+        checkpoint = str(resolve(tg.checkpoint, tg.version))
         actor = ray.remote(TeacherRank)
         self.teachers = [actor.options(name=f"teacher-{k}", num_cpus=tg.cpus,
                                        max_restarts=0).remote(
-            k, tg.ranks, tg.checkpoint, self.cfg.requested_features, tg.batch_size,
+            k, tg.ranks, checkpoint, self.cfg.requested_features, tg.batch_size,
             self.cfg.stream.logit_dtype, self.cfg.stream.feature_dtype)
             for k in range(tg.ranks)]
         addr, port = ray.get(self.teachers[0].address.remote())

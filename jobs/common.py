@@ -87,3 +87,20 @@ def metrics_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
             lines.append(f"{model:<14}{task:<10}{m['auc']:>8.4f}{m['logloss']:>9.4f}"
                          f"{m['ne']:>8.4f}{m['calibration']:>8.3f}")
     return "\n".join(lines)
+
+
+def start_local_ray(num_cpus: int, *, dashboard: bool = True,
+                    log_to_driver: bool = False) -> None:
+    """Start a new single-node Ray cluster bound to 127.0.0.1 (the local mode of the jobs).
+
+    Ray turns 127.0.0.1 into the machine's address unless told this is a one-machine
+    "cluster" (its macOS/Windows mode); with it every Ray process binds to loopback, and
+    gloo (which Ray Train and the actor groups use on CPU) is kept on loopback too.
+    ``address="local"``: always a new cluster, never silently joining one `ray start` left.
+    """
+    import ray
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+             dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             log_to_driver=log_to_driver,
+             runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}})

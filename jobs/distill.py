@@ -22,7 +22,7 @@ from cluster.config import DistillConfig, GroupConfig, default_groups
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
 from jobs.common import (check_sections, load_dataset, quiet_library_warnings, read_toml,
-                         write_json_atomic)
+                         start_local_ray, write_json_atomic)
 from teacher.checkpoint import CheckpointError
 
 SECTIONS = ("data", "split", "rows", "passes", "seed", "teacher", "teacher_group",
@@ -122,21 +122,16 @@ def start_ray(address: str, cfg: DistillConfig) -> None:
     # Logical CPUs: the actors mostly wait on each other, so the job may reserve more
     # than the machine has (each actor runs one intra-op thread); on top of the actors'
     # share, Ray Data's read and shuffle tasks need CPUs of their own or they never run.
-    # Ray turns 127.0.0.1 into the machine's address unless told this is a one-machine
-    # "cluster" (its macOS/Windows mode); with it every Ray process binds to loopback.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # address="local": always a new cluster, never silently joining one `ray start` left.
-    ray.init(address="local", num_cpus=int(needed + 0.999) + max(2, os.cpu_count() or 1),
-             include_dashboard=True, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+    start_local_ray(int(needed + 0.999) + max(2, os.cpu_count() or 1))
 
 
 def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
     """Width of each teacher feature: from the checkpoint if there is one, else the config."""
-    from teacher.checkpoint import read_meta
+    from teacher.checkpoint import read_meta, resolve
     from teacher.model import feature_dims
-    ckpt = Path(cfg.teacher_group.checkpoint)
-    tcfg = read_meta(ckpt)[1] if (ckpt / "recdistill.json").is_file() else cfg.teacher
+    tg = cfg.teacher_group
+    tcfg = read_meta(resolve(tg.checkpoint, tg.version))[1] if teacher_exists(cfg) \
+        else cfg.teacher
     return feature_dims(spec, tcfg)
 
 
@@ -153,12 +148,20 @@ def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> No
         StudentModel(spec, g.student, dims, uncertainty=objective.uncertainty)
 
 
+def teacher_exists(cfg: DistillConfig) -> bool:
+    """Whether the configured teacher checkpoint (a version directory or a root holding
+    versions) is there to load."""
+    from teacher.checkpoint import META_FILE, versions
+    ckpt = Path(cfg.teacher_group.checkpoint)
+    return (ckpt / META_FILE).is_file() or bool(versions(ckpt))
+
+
 def ensure_teacher(cfg: DistillConfig) -> None:
     """Train the teacher as a Ray task if its checkpoint is missing."""
     import ray
     from jobs.train_teacher import TrainTeacherArgs
     ckpt = Path(cfg.teacher_group.checkpoint)
-    if (ckpt / "recdistill.json").is_file():
+    if teacher_exists(cfg):
         return
     if not cfg.teacher_group.train_if_missing:
         raise CheckpointError(f"{ckpt}: teacher checkpoint not found and "

@@ -1,19 +1,34 @@
-"""Train the teacher: ``python -m jobs.train_teacher`` (one process) or
-``torchrun --standalone --nproc_per_node=2 -m jobs.train_teacher`` (sharded ranks).
+"""Train the teacher.
 
-Trains on the train split with early stopping on the first task's validation AUC,
-keeps the best epoch as a torch.distributed.checkpoint directory, evaluates it on test,
-prints per-task AUC / logloss / NE and writes ``--report`` JSON.
+  python -m jobs.train_teacher                                  # this process
+  python -m jobs.train_teacher --workers 2 --zero-stage 2       # Ray Train worker group
+  torchrun --standalone --nproc_per_node=2 -m jobs.train_teacher # plain torchrun ranks
+
+Tables are TorchRec-sharded over the ranks with their fused FBGEMM optimizer; the dense
+tower trains under DDP (default) or DeepSpeed ZeRO (``--zero-stage``, ``--precision``,
+``--offload``). With ``--workers N`` the ranks are a Ray Train ``TorchTrainer`` worker
+group on a single-node cluster this job starts on 127.0.0.1 (or the cluster at
+``--address`` / ``RAY_ADDRESS``, e.g. under ``ray job submit``).
+
+Trains on the train split with early stopping on the first task's validation AUC. Every
+epoch end (and every ``--checkpoint-every`` steps) writes a checkpoint version
+``<checkpoint>/v<step>`` atomically; ``versions.json`` names the best and the latest.
+``--resume`` continues from the latest version. Prints per-task test AUC / logloss / NE of
+the best version and writes ``--report`` JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -23,26 +38,40 @@ from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
 from data.spec import Dataset
 from jobs.common import (check_sections, load_dataset, metrics_table,
-                         quiet_library_warnings, read_toml, set_threads, write_json_atomic)
+                         quiet_library_warnings, read_toml, set_threads, start_local_ray,
+                         write_json_atomic)
 from student.metrics import task_metrics
-from teacher.checkpoint import CheckpointError, load_teacher_state, save_teacher
-from teacher.config import SHARDING_TYPES, TeacherConfig
+from teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
+                                write_index)
+from teacher.config import DENSE_ENGINES, PRECISIONS, SHARDING_TYPES, TeacherConfig
+from teacher.engine import TeacherTrainer
 from teacher.model import TeacherModel
-from teacher.sharding import default_device, init_distributed, make_optimizer, shard_teacher
-from teacher.train import device_batches, predict, train_step
+from teacher.sharding import default_device, init_distributed
+from teacher.train import predict
+
+# Progress lines per epoch where no terminal shows a bar (Ray workers, CI logs).
+_LOG_POINTS = 5
 
 
 @dataclass(frozen=True)
 class TrainTeacherArgs:
-    """Where the data comes from and where results go.
+    """Where the data comes from, where results go, and how the job runs.
 
     Attributes:
         data: ``movielens``, ``synthetic`` or a dataset TOML file.
         split: MovieLens split (user_time, random, global_time).
         rows: synthetic rows.
-        checkpoint: directory of the best checkpoint.
+        checkpoint: root directory of the run's checkpoint versions.
         report: JSON report path (none if empty).
         eval_batch_size: rows per rank per evaluation batch.
+        workers: 0 trains in this process (or the ranks torchrun started); N >= 1 runs N
+            ranks as a Ray Train worker group.
+        address: Ray cluster to join with ``workers`` (GCS address or ``auto``); empty
+            starts a local one (``RAY_ADDRESS`` is honoured).
+        gpu: one GPU per Ray worker (nccl); CPU and gloo otherwise.
+        resume: continue from the latest version under ``checkpoint``.
+        checkpoint_every: also write a version every this many steps (0: epoch ends only).
+        keep_versions: versions kept besides the best (older ones are deleted; 0 keeps all).
     """
 
     data: str = "movielens"
@@ -51,12 +80,20 @@ class TrainTeacherArgs:
     checkpoint: str = "runs/teacher"
     report: str = ""
     eval_batch_size: int = 4096
+    workers: int = 0
+    address: str = ""
+    gpu: bool = False
+    resume: bool = False
+    checkpoint_every: int = 0
+    keep_versions: int = 3
 
     def __post_init__(self) -> None:
-        if self.rows < 1:
-            raise ConfigError(f"--rows must be >= 1, got {self.rows}")
-        if self.eval_batch_size < 1:
-            raise ConfigError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
+        for key, low in (("rows", 1), ("eval_batch_size", 1), ("workers", 0),
+                         ("checkpoint_every", 0), ("keep_versions", 0)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"job.{key} must be >= {low}, got {getattr(self, key)}")
+        if self.address and not self.workers:
+            raise ConfigError("job.address (--address) needs job.workers >= 1 (--workers)")
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]:
@@ -66,7 +103,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
     p.add_argument("--split", help="MovieLens split: user_time (default), random, global_time")
     p.add_argument("--rows", type=int, help="synthetic rows (default 100000)")
-    p.add_argument("--checkpoint", help="checkpoint directory (default runs/teacher)")
+    p.add_argument("--checkpoint", help="checkpoint root directory (default runs/teacher)")
     p.add_argument("--report", help="write a JSON report here")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -74,6 +111,20 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     p.add_argument("--seed", type=int)
     p.add_argument("--privileged", action="store_true",
                    help="give the teacher the dataset's privileged features too")
+    p.add_argument("--workers", type=int,
+                   help="run N ranks as a Ray Train worker group (default: this process)")
+    p.add_argument("--address", help="Ray cluster to join with --workers (or RAY_ADDRESS)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per Ray worker (nccl)")
+    p.add_argument("--dense-engine", choices=DENSE_ENGINES,
+                   help="what trains the dense tower (default ddp)")
+    p.add_argument("--zero-stage", type=int,
+                   help="DeepSpeed ZeRO stage 0-3 (implies --dense-engine deepspeed)")
+    p.add_argument("--precision", choices=PRECISIONS, help="dense tower precision (DeepSpeed)")
+    p.add_argument("--offload", action="store_true",
+                   help="DeepSpeed optimizer-state offload to host memory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint version")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     a = p.parse_args(argv)
 
     doc: dict[str, Any] = read_toml(a.config) if a.config else {}
@@ -81,24 +132,86 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     cfg = from_mapping(TeacherConfig, doc.get("teacher", {}), "teacher")
     job = from_mapping(TrainTeacherArgs, doc.get("job", {}), "job")
     over = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size),
-                              ("sharding", a.sharding), ("seed", a.seed)) if v is not None}
+                              ("sharding", a.sharding), ("seed", a.seed),
+                              ("dense_engine", a.dense_engine), ("zero_stage", a.zero_stage),
+                              ("precision", a.precision)) if v is not None}
+    if a.zero_stage is not None or a.offload:
+        over.setdefault("dense_engine", "deepspeed")
     if a.privileged:
         over["use_privileged"] = True
+    if a.offload:
+        over["offload_optimizer"] = True
     cfg = dataclasses.replace(cfg, **over)
+    address = a.address if a.address is not None else (
+        os.environ.get("RAY_ADDRESS", "") if (a.workers or job.workers) else "")
     job = dataclasses.replace(job, **{k: v for k, v in (
         ("data", a.data), ("split", a.split), ("rows", a.rows),
-        ("checkpoint", a.checkpoint), ("report", a.report)) if v is not None})
+        ("checkpoint", a.checkpoint), ("report", a.report), ("workers", a.workers),
+        ("address", address or None), ("checkpoint_every", a.checkpoint_every))
+        if v is not None})
+    if a.gpu:
+        job = dataclasses.replace(job, gpu=True)
+    if a.resume:
+        job = dataclasses.replace(job, resume=True)
     return job, cfg
 
 
-def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = None
-        ) -> dict[str, Any]:
-    """Train, keep the best epoch, evaluate on test; returns the report (every rank)."""
+@dataclass
+class _Progress:
+    """Where training stands; saved in every version so ``--resume`` continues there."""
+
+    epoch: int = 0            # epochs completed
+    batch_in_epoch: int = 0   # batches of epoch ``epoch`` already trained
+    loss_sum: float = 0.0     # their summed training loss
+    step: int = 0
+    best_auc: float = -1.0
+    best_version: int = -1
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_test: dict[str, Any] = dataclasses.field(default_factory=dict)
+    world: int = 1
+
+
+def _restore(job: TrainTeacherArgs, world: int, log: Callable[[str], None]
+             ) -> tuple[Path | None, _Progress]:
+    """The version to resume from and its progress; (None, fresh) without --resume."""
+    if not job.resume:
+        return None, _Progress(world=world)
+    path = resolve(job.checkpoint, "latest")
+    _, _, info = read_meta(path)
+    if "progress" not in info:
+        raise CheckpointError(f"{path}: holds no training progress to resume from "
+                              "(written by an older version of this job)")
+    prog = _Progress(**info["progress"])
+    if prog.batch_in_epoch and prog.world != world:
+        log(f"resume: {path} was written mid-epoch by {prog.world} rank(s); with {world} "
+            f"the batches differ, so epoch {prog.epoch + 1} restarts from its beginning")
+        prog.batch_in_epoch = 0
+    log(f"resuming from {path} (step {prog.step}, epoch {prog.epoch + 1}, batch "
+        f"{prog.batch_in_epoch})")
+    prog.world = world
+    return path, prog
+
+
+def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train, checkpoint, keep the best version, evaluate it on test (every rank).
+
+    ``on_progress`` is called on every rank with ``{"epoch", "step", "loss",
+    "examples_per_s"}`` at each progress point and with ``"valid"`` at each epoch end
+    (the Ray worker loop turns these into dashboard metrics and Ray Train reports).
+    """
     t0 = time.perf_counter()
     set_threads()
     device = default_device()
     pg = init_distributed(device)
     rank, world = dist.get_rank(pg), dist.get_world_size(pg)
+
+    def log(msg: str) -> None:
+        if rank == 0:
+            tqdm.write(msg)
+
+    resume_from, prog = _restore(job, world, log)
     data = dataset or load_dataset(job.data, split=job.split, seed=cfg.seed, rows=job.rows)
     # DMP materialises the meta tables with torch's global generator: seed it, so a run
     # is reproducible (every rank the same seed; each initialises different shards).
@@ -106,70 +219,168 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
     model = TeacherModel(data.spec, cfg)
     keys = model.feature_names
     n_params = sum(p.numel() for p in model.parameters())  # meta tensors know their sizes
-    dmp = shard_teacher(model, cfg, pg, device)
-    opt = make_optimizer(dmp, cfg)
+    trainer = TeacherTrainer(model, cfg, pg, device, init_from=resume_from,
+                             resume_engine=True)
     first_task = data.spec.tasks[0]
-
-    def log(msg: str) -> None:
-        if rank == 0:
-            tqdm.write(msg)
-
-    log(f"teacher: {n_params:,} parameters, {len(keys)} sparse features, "
-        f"{world} rank(s), sharding {cfg.sharding}, data {data.name} "
+    engine = cfg.dense_engine + (f" ZeRO-{cfg.zero_stage} {cfg.precision}"
+                                 if cfg.dense_engine == "deepspeed" else "")
+    log(f"teacher: {n_params:,} parameters, {len(keys)} sparse features, {world} rank(s), "
+        f"tables {cfg.sharding}, dense {engine}, data {data.name} "
         f"({len(data.train):,} train rows)")
-    best_auc, best_epoch, history = -1.0, -1, []
     steps_per_epoch = data.train.num_batches(cfg.batch_size, world)
-    step = 0
-    for epoch in range(cfg.epochs):
-        dmp.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+
+    def save(progress: _Progress) -> None:
+        path = version_dir(job.checkpoint, progress.step)
+        trainer.save(path, spec=data.spec,
+                     info={"epoch": progress.epoch, "step": progress.step,
+                           "valid": progress.history[-1]["valid"] if progress.history
+                           else {}, "progress": dataclasses.asdict(progress)})
+        if rank == 0:
+            write_index(job.checkpoint, best=max(progress.best_version, 0) or progress.step,
+                        latest=progress.step, keep=job.keep_versions)
+
+    for epoch in range(prog.epoch, cfg.epochs):
+        if prog.best_epoch > 0 and epoch - prog.best_epoch >= cfg.patience:
+            break  # a resumed run that had already stopped early
+        trainer.model.train()
+        skip, loss_before = prog.batch_in_epoch, prog.loss_sum
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=True if rank != 0 else None,  # None: only on a terminal
                    leave=False, file=sys.stderr, mininterval=0.5)
-        losses = []
-        for batch in device_batches(data.train.iter_batches(
-                cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, keys=keys,
-                rank=rank, world=world), device):
-            losses.append(train_step(dmp, opt, batch))
-            step += 1
+        points = {steps_per_epoch * (i + 1) // _LOG_POINTS for i in range(_LOG_POINTS - 1)}
+        losses: list[float] = []
+        t_epoch = time.perf_counter()
+        arrays = data.train.iter_batches(cfg.batch_size, shuffle=True,
+                                         seed=cfg.seed * 1000 + epoch, keys=keys,
+                                         rank=rank, world=world)
+        for i, batch_arrays in enumerate(itertools.islice(arrays, skip, None), start=skip):
+            losses.append(trainer.train_step(batch_arrays.to_batch().to(device)))
+            prog.step += 1
             bar.update(1)
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
+            if i + 1 in points:
+                rate = len(losses) * cfg.batch_size * world / (time.perf_counter() - t_epoch)
+                loss20 = sum(losses[-20:]) / len(losses[-20:])
+                if bar.disable:
+                    log(f"epoch {epoch + 1}: {i + 1}/{steps_per_epoch} steps, loss "
+                        f"{loss20:.4f}, {rate:,.0f} examples/s")
+                if on_progress:
+                    on_progress({"epoch": epoch + 1, "step": prog.step, "loss": loss20,
+                                 "examples_per_s": rate})
+            if (job.checkpoint_every and prog.step % job.checkpoint_every == 0
+                    and i + 1 < steps_per_epoch):
+                prog.batch_in_epoch, prog.loss_sum = i + 1, loss_before + sum(losses)
+                save(prog)
         bar.close()
-        val = predict(dmp, data.valid, keys, job.eval_batch_size, device, pg)
+        train_loss = (loss_before + sum(losses)) / max(skip + len(losses), 1)
+        prog.epoch, prog.batch_in_epoch, prog.loss_sum = epoch + 1, 0, 0.0
+        val = predict(trainer.model, data.valid, keys, job.eval_batch_size, device, pg)
         vm = task_metrics(torch.from_numpy(val.logits), torch.from_numpy(val.labels),
                           data.spec.tasks)
         auc = vm[first_task]["auc"]
-        history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
-                        "valid": vm})
-        better = auc > best_auc
-        log(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, valid "
-            f"{first_task} AUC {auc:.4f}{'  (best, saved)' if better else ''}")
+        prog.history.append({"epoch": epoch + 1, "step": prog.step,
+                             "train_loss": train_loss, "valid": vm})
+        better = auc > prog.best_auc
         if better:
-            best_auc, best_epoch = auc, epoch + 1
-            save_teacher(dmp, job.checkpoint, spec=data.spec, cfg=cfg,
-                         info={"epoch": epoch + 1, "step": step, "valid": vm})
-        elif epoch + 1 - best_epoch >= cfg.patience:
+            # Test metrics of each new best now, while its weights are live: reloading
+            # the best version into a ZeRO-3 engine afterwards would mean a new engine.
+            test = predict(trainer.model, data.test, keys, job.eval_batch_size, device, pg)
+            prog.best_test = task_metrics(torch.from_numpy(test.logits),
+                                          torch.from_numpy(test.labels), data.spec.tasks)
+            prog.best_auc, prog.best_version, prog.best_epoch = auc, prog.step, epoch + 1
+        save(prog)
+        log(f"epoch {epoch + 1}: train loss {prog.history[-1]['train_loss']:.4f}, valid "
+            f"{first_task} AUC {auc:.4f}{'  (best)' if better else ''}, version "
+            f"{prog.step} saved")
+        if on_progress:
+            on_progress({"epoch": epoch + 1, "step": prog.step,
+                         "loss": prog.history[-1]["train_loss"], "valid": vm})
+        if not better and epoch + 1 - prog.best_epoch >= cfg.patience:
             log(f"no better valid AUC for {cfg.patience} epochs: stopping")
             break
 
-    load_teacher_state(dmp, job.checkpoint)
-    test = predict(dmp, data.test, keys, job.eval_batch_size, device, pg)
-    tm = task_metrics(torch.from_numpy(test.logits), torch.from_numpy(test.labels),
-                      data.spec.tasks)
+    best_path = version_dir(job.checkpoint, prog.best_version)
+    best = next(h for h in prog.history if h["step"] == prog.best_version)
     report = {
-        "dataset": data.name, "test": tm, "valid": history[best_epoch - 1]["valid"],
-        "best_epoch": best_epoch, "epochs_run": len(history), "history": history,
-        "world_size": world, "parameters": n_params, "checkpoint": job.checkpoint,
-        "wall_s": time.perf_counter() - t0,
+        "dataset": data.name, "test": prog.best_test, "valid": best["valid"],
+        "best_epoch": prog.best_epoch, "best_version": prog.best_version,
+        "epochs_run": len(prog.history), "history": prog.history, "world_size": world,
+        "parameters": n_params, "checkpoint": str(best_path),
+        "checkpoint_root": job.checkpoint, "wall_s": time.perf_counter() - t0,
         "config": {"teacher": to_mapping(cfg), "job": to_mapping(job)},
     }
     if rank == 0:
-        print(metrics_table({"teacher": tm}))
-        print(f"best epoch {best_epoch}, wall {report['wall_s']:.1f}s, checkpoint "
-              f"{job.checkpoint}")
+        print(metrics_table({"teacher": prog.best_test}), flush=True)
+        print(f"best epoch {prog.best_epoch} (version {best_path}), wall "
+              f"{report['wall_s']:.1f}s", flush=True)
         if job.report:
             write_json_atomic(job.report, report)
-            print(f"report written to {job.report}")
+            print(f"report written to {job.report}", flush=True)
+    return report
+
+
+# -- Ray Train -----------------------------------------------------------------------------
+def _worker_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: Ray Train has set up torch.distributed and the rank env
+    (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) that DeepSpeed reads."""
+    import ray.train
+
+    from cluster.metrics import ActorMetrics
+    quiet_library_warnings()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    metrics = ActorMetrics("teacher_train", {"rank": str(ctx.get_world_rank())})
+
+    def on_progress(p: dict[str, Any]) -> None:
+        metrics.gauge("recdistill_teacher_train_loss", p["loss"])
+        metrics.gauge("recdistill_teacher_train_step", p["step"])
+        if "examples_per_s" in p:
+            metrics.gauge("recdistill_teacher_train_examples_per_s", p["examples_per_s"])
+        if "valid" in p:  # epoch end: a Ray Train report (shown on the Train dashboard)
+            first = next(iter(p["valid"].values()))
+            ray.train.report({"epoch": p["epoch"], "step": p["step"],
+                              "train_loss": p["loss"], "valid_auc": first["auc"]})
+
+    run(config["job"], config["cfg"], on_progress=on_progress)
+
+
+def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
+    """Run :func:`run` on ``job.workers`` Ray Train workers; returns rank 0's report.
+
+    Why Ray Train's TorchTrainer: it places the N workers (placement group), sets up
+    the process group and the env torch.distributed and DeepSpeed expect, and shows the
+    run on the dashboard's Train page; the loop inside is the same :func:`run` that
+    torchrun ranks execute.
+    """
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    # Workers may not share the driver's working directory (``ray job submit``, other
+    # nodes): paths travel absolute, and must be on storage every node sees.
+    job = dataclasses.replace(
+        job, checkpoint=os.path.abspath(job.checkpoint),
+        report=os.path.abspath(job.report or os.path.join(job.checkpoint, "report.json")))
+    if job.address:
+        ray.init(address=job.address, log_to_driver=True)
+    else:
+        start_local_ray(job.workers + 2, dashboard=True, log_to_driver=True)
+    try:
+        trainer = TorchTrainer(
+            _worker_loop, train_loop_config={"job": job, "cfg": cfg},
+            scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
+                                         resources_per_worker={"CPU": 1}),
+            torch_config=TorchConfig(backend="nccl" if job.gpu else "gloo", timeout_s=300),
+            run_config=RunConfig(name="train_teacher",
+                                 storage_path=os.path.abspath("runs/ray_train")))
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    finally:
+        ray.shutdown()
+    import json
+    report: dict[str, Any] = json.loads(Path(job.report).read_text())
     return report
 
 
@@ -177,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
         job, cfg = parse_args(argv)
-        run(job, cfg)
+        if job.workers:
+            run_on_ray(job, cfg)
+        else:
+            run(job, cfg)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

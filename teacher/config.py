@@ -8,6 +8,8 @@ from data.errors import ConfigError
 
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "auto")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
+DENSE_ENGINES = ("ddp", "deepspeed")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,16 @@ class TeacherConfig:
         patience: stop after this many epochs without a better validation AUC on the
             first task; the best epoch's weights are kept.
         seed: seed of dense initialisation and data order.
+        dense_engine: what trains the dense tower (everything but the tables): ``ddp``
+            (torch DDP + AdamW, what DistributedModelParallel sets up) or ``deepspeed``
+            (a DeepSpeed engine with ZeRO; ``teacher/engine.py``). The tables are
+            TorchRec-sharded with their fused FBGEMM optimizer either way.
+        zero_stage: DeepSpeed ZeRO stage 0-3 (0: plain data parallel; 1: optimizer
+            state partitioned; 2: + gradients; 3: + parameters).
+        precision: dense tower precision under DeepSpeed: ``fp32`` or ``bf16`` (bf16
+            weights and activations, fp32 master weights in the optimizer).
+        offload_optimizer: DeepSpeed ZeRO optimizer-state offload to host memory (stage
+            1-3; a GPU memory saving, no effect on a CPU run).
     """
 
     embedding_dim: int = 64
@@ -57,6 +69,10 @@ class TeacherConfig:
     epochs: int = 8
     patience: int = 2
     seed: int = 0
+    dense_engine: str = "ddp"
+    zero_stage: int = 2
+    precision: str = "fp32"
+    offload_optimizer: bool = False
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 4 or self.embedding_dim % 4:
@@ -87,3 +103,19 @@ class TeacherConfig:
             raise ConfigError(f"teacher.embedding_optimizer: unknown "
                               f"{self.embedding_optimizer!r}; expected one of "
                               f"{EMBEDDING_OPTIMIZERS}")
+        if self.dense_engine not in DENSE_ENGINES:
+            raise ConfigError(f"teacher.dense_engine: unknown {self.dense_engine!r}; "
+                              f"expected one of {DENSE_ENGINES}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"teacher.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"teacher.precision: unknown {self.precision!r}; "
+                              f"expected one of {PRECISIONS}")
+        if self.dense_engine == "ddp" and self.precision != "fp32":
+            raise ConfigError(f"teacher.precision = {self.precision!r} needs "
+                              "teacher.dense_engine = 'deepspeed' (ddp trains in fp32)")
+        if self.offload_optimizer and self.dense_engine != "deepspeed":
+            raise ConfigError("teacher.offload_optimizer needs teacher.dense_engine = "
+                              "'deepspeed'")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("teacher.offload_optimizer needs teacher.zero_stage >= 1")

@@ -51,6 +51,39 @@ def embedding_tables(spec: FeatureSpec, cfg: TeacherConfig) -> list[EmbeddingBag
     return list(tables.values())
 
 
+class DenseTower(nn.Module):
+    """Everything but the tables: dense MLP, cross network, over-arch MLP, task heads.
+
+    A module of its own so a trainer can hand exactly these parameters to another
+    engine (DDP or DeepSpeed ZeRO, ``teacher/engine.py``) while the tables stay sharded.
+
+    Shapes: ``forward(emb [B, F * E], dense [B, D_in])`` returns ``TeacherOutputs``.
+    """
+
+    def __init__(self, spec: FeatureSpec, cfg: TeacherConfig, n_sparse: int) -> None:
+        super().__init__()
+        self.tasks = spec.tasks
+        e = cfg.embedding_dim
+        self.dense_arch = MLP(len(spec.dense), [*cfg.dense_layers[:-1], e]) \
+            if spec.dense else None
+        width = (n_sparse + (1 if spec.dense else 0)) * e
+        self.cross = LowRankCrossNet(width, cfg.cross_layers, cfg.cross_rank)
+        self.over = MLP(width, list(cfg.over_layers))
+        self.heads = nn.ModuleDict(
+            {t: nn.Linear(cfg.over_layers[-1], 1) for t in spec.tasks})
+
+    def forward(self, emb: torch.Tensor, dense: torch.Tensor) -> TeacherOutputs:
+        parts = [emb]
+        if self.dense_arch is not None:
+            parts.append(self.dense_arch(dense))
+        x = torch.cat(parts, dim=1)
+        interaction = self.cross(x)
+        hidden = self.over(interaction)
+        logits = torch.cat([self.heads[t](hidden) for t in self.tasks], dim=1)
+        return TeacherOutputs(logits=logits, features={
+            "pooled_embeddings": emb, "interaction": interaction, "last_hidden": hidden})
+
+
 class TeacherModel(nn.Module):
     """Multi-task DCN-v2 ranking model over a :class:`FeatureSpec`.
 
@@ -73,29 +106,15 @@ class TeacherModel(nn.Module):
         self.feature_names = teacher_features(spec, cfg)
         self.ebc = EmbeddingBagCollection(tables=embedding_tables(spec, cfg),
                                           device=torch.device(device))
-        gen = torch.random.fork_rng()
-        with gen:
+        with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
-            e = cfg.embedding_dim
-            self.dense_arch = MLP(len(spec.dense), [*cfg.dense_layers[:-1], e]) \
-                if spec.dense else None
-            n_slots = len(self.feature_names) + (1 if spec.dense else 0)
-            width = n_slots * e
-            self.cross = LowRankCrossNet(width, cfg.cross_layers, cfg.cross_rank)
-            self.over = MLP(width, list(cfg.over_layers))
-            self.heads = nn.ModuleDict(
-                {t: nn.Linear(cfg.over_layers[-1], 1) for t in spec.tasks})
+            self.tower = DenseTower(spec, cfg, len(self.feature_names))
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> TeacherOutputs:
+    def pool(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Pooled embeddings of every sparse feature, [B, F * E], in feature order."""
         pooled = self.ebc(sparse)
         # KeyedTensor values are [B, sum of widths] in the EBC's feature order.
-        emb = torch.cat([pooled[n] for n in self.feature_names], dim=1)
-        parts = [emb]
-        if self.dense_arch is not None:
-            parts.append(self.dense_arch(dense))
-        x = torch.cat(parts, dim=1)
-        interaction = self.cross(x)
-        hidden = self.over(interaction)
-        logits = torch.cat([self.heads[t](hidden) for t in self.tasks], dim=1)
-        return TeacherOutputs(logits=logits, features={
-            "pooled_embeddings": emb, "interaction": interaction, "last_hidden": hidden})
+        return torch.cat([pooled[n] for n in self.feature_names], dim=1)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> TeacherOutputs:
+        return self.tower(self.pool(sparse), dense)

@@ -41,9 +41,14 @@ _OPTIMIZERS = {
 
 
 def default_device() -> torch.device:
-    """This process's CUDA device (by LOCAL_RANK) if there is one, else the CPU."""
+    """This process's CUDA device (by LOCAL_RANK) if there is one, else the CPU.
+
+    Ray Train and Ray actors see only their own GPU(s) (CUDA_VISIBLE_DEVICES), so the
+    local rank is taken modulo the devices this process can see.
+    """
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device("cuda", local % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -137,17 +142,21 @@ def sharding_plan(model: TeacherModel, cfg: TeacherConfig, sharder: TeacherShard
 
 def shard_teacher(model: TeacherModel, cfg: TeacherConfig,
                   pg: dist.ProcessGroup | None = None,
-                  device: torch.device | None = None) -> DistributedModelParallel:
+                  device: torch.device | None = None,
+                  data_parallel: bool = True) -> DistributedModelParallel:
     """Wrap a (meta-built) teacher in DistributedModelParallel over ``pg``.
 
     Every rank of ``pg`` must call this with an identically built model.
+    ``data_parallel=False`` leaves the dense tower unwrapped (no DDP), for an engine
+    that brings its own data parallelism (DeepSpeed, ``teacher/engine.py``).
     """
     device = device or default_device()
     pg = pg or init_distributed(device)
     sharder = TeacherSharder(fused_params=fused_params(cfg))
     plan = sharding_plan(model, cfg, sharder, pg, device)
     return DistributedModelParallel(module=model, env=ShardingEnv.from_process_group(pg),
-                                    device=device, plan=plan, sharders=[sharder])
+                                    device=device, plan=plan, sharders=[sharder],
+                                    init_data_parallel=data_parallel)
 
 
 def make_optimizer(dmp: DistributedModelParallel, cfg: TeacherConfig) -> CombinedOptimizer:

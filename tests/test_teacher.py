@@ -107,8 +107,8 @@ def test_crash_mid_save_keeps_previous_version(tmp_path: Path, monkeypatch) -> N
     assert read_meta(tmp_path / "teacher")[2]["step"] == 1
     probe = TeacherModel(data.spec, TeacherConfig(**{**CFG.__dict__, "seed": 5}), device="cpu")
     load_teacher_state(probe, tmp_path / "teacher")
-    torch.testing.assert_close(probe.state_dict()["heads.click.weight"],
-                               old.state_dict()["heads.click.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(probe.state_dict()["tower.heads.click.weight"],
+                               old.state_dict()["tower.heads.click.weight"], rtol=0, atol=0)
 
 
 def test_planner_plan_on_one_rank_matches_plain_model(tmp_path: Path) -> None:
