@@ -19,6 +19,9 @@ $(STAMP): $(LOCK) pyproject.toml
 	# --no-deps: the lock is complete; DS_BUILD_OPS=0: DeepSpeed builds its ops lazily.
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	# DeepSpeed compiles one small C++ op on first use (~1 min); build it now, into
+	# .venv/torch_extensions, so no job or test stalls on it later.
+	$(BIN)/python -m teacher.engine
 	@touch $@
 
 demo: setup

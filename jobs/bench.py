@@ -15,7 +15,6 @@ Suites:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -44,8 +44,8 @@ def _group(i: int, table: dict[str, Any]) -> GroupConfig:
 def load_config(path: str | None, **overrides: Any) -> DistillConfig:
     """A DistillConfig from an optional TOML file plus command-line overrides.
 
-    Fails, naming the key, before any actor starts. Overrides: ``ranks`` and
-    ``checkpoint`` (teacher group), ``replicas`` (every group), and any top-level field.
+    Fails, naming the key, before any actor starts. Overrides: ``ranks``, ``checkpoint``
+    and ``version`` (teacher group), ``replicas`` (every group), and any top-level field.
     """
     doc: dict[str, Any] = dict(read_toml(path)) if path else {}
     check_sections(doc, SECTIONS, path or "config")
@@ -64,7 +64,7 @@ def load_config(path: str | None, **overrides: Any) -> DistillConfig:
         cfg = dataclasses.replace(cfg, groups=tuple(parsed))
     elif seed is not None or "seed" in doc:
         cfg = dataclasses.replace(cfg, groups=default_groups(cfg.seed if seed is None else seed))
-    tg = {k: overrides.pop(k) for k in ("ranks", "checkpoint")
+    tg = {k: overrides.pop(k) for k in ("ranks", "checkpoint", "version")
           if overrides.get(k) is not None}
     if tg:
         cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(cfg.teacher_group,
@@ -88,7 +88,10 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
     p.add_argument("--replicas", type=int, help="M replicas in every student group")
     p.add_argument("--teacher-checkpoint", dest="checkpoint",
-                   help="teacher checkpoint dir (trained first if missing)")
+                   help="teacher checkpoint: a train_teacher root of versions or one "
+                        "version's directory (trained first if missing)")
+    p.add_argument("--teacher-version", dest="version",
+                   help="version of a checkpoint root: best (default), latest or a step")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
                    help="join this Ray cluster: its GCS address (host:6379) or 'auto' "
                         "(default: RAY_ADDRESS, else start a local one)")
@@ -98,7 +101,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     a = p.parse_args(argv)
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
-                      checkpoint=a.checkpoint)
+                      checkpoint=a.checkpoint, version=a.version)
     return cfg, a
 
 

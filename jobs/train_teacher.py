@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import sys
@@ -194,18 +195,21 @@ def _restore(job: TrainTeacherArgs, world: int, log: Callable[[str], None]
 
 
 def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = None,
-        on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        summary: bool = True) -> dict[str, Any]:
     """Train, checkpoint, keep the best version, evaluate it on test (every rank).
 
     ``on_progress`` is called on every rank with ``{"epoch", "step", "loss",
     "examples_per_s"}`` at each progress point and with ``"valid"`` at each epoch end
     (the Ray worker loop turns these into dashboard metrics and Ray Train reports).
+    ``summary``: rank 0 prints the test table (the Ray driver prints it instead).
     """
     t0 = time.perf_counter()
     set_threads()
     device = default_device()
     pg = init_distributed(device)
     rank, world = dist.get_rank(pg), dist.get_world_size(pg)
+    cfg.check_world(world)
 
     def log(msg: str) -> None:
         if rank == 0:
@@ -311,13 +315,19 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
         "config": {"teacher": to_mapping(cfg), "job": to_mapping(job)},
     }
     if rank == 0:
-        print(metrics_table({"teacher": prog.best_test}), flush=True)
-        print(f"best epoch {prog.best_epoch} (version {best_path}), wall "
-              f"{report['wall_s']:.1f}s", flush=True)
         if job.report:
             write_json_atomic(job.report, report)
-            print(f"report written to {job.report}", flush=True)
+        if summary:
+            print_summary(report)
     return report
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    print(metrics_table({"teacher": report["test"]}), flush=True)
+    print(f"best epoch {report['best_epoch']} (version {report['checkpoint']}), "
+          f"{report['world_size']} rank(s), wall {report['wall_s']:.1f}s", flush=True)
+    if report["config"]["job"]["report"]:
+        print(f"report written to {report['config']['job']['report']}", flush=True)
 
 
 # -- Ray Train -----------------------------------------------------------------------------
@@ -342,7 +352,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             ray.train.report({"epoch": p["epoch"], "step": p["step"],
                               "train_loss": p["loss"], "valid_auc": first["auc"]})
 
-    run(config["job"], config["cfg"], on_progress=on_progress)
+    run(config["job"], config["cfg"], on_progress=on_progress, summary=False)
 
 
 def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
@@ -372,15 +382,16 @@ def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
             scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
                                          resources_per_worker={"CPU": 1}),
             torch_config=TorchConfig(backend="nccl" if job.gpu else "gloo", timeout_s=300),
-            run_config=RunConfig(name="train_teacher",
-                                 storage_path=os.path.abspath("runs/ray_train")))
+            # Ray Train's own run records go beside the checkpoint root.
+            run_config=RunConfig(name="train_teacher", storage_path=str(
+                Path(job.checkpoint).parent / "ray_train")))
         result = trainer.fit()
         if result.error is not None:
             raise result.error
     finally:
         ray.shutdown()
-    import json
     report: dict[str, Any] = json.loads(Path(job.report).read_text())
+    print_summary(report)
     return report
 
 
@@ -389,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job, cfg = parse_args(argv)
         if job.workers:
+            cfg.check_world(job.workers)
             run_on_ray(job, cfg)
         else:
             run(job, cfg)

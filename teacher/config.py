@@ -119,3 +119,13 @@ class TeacherConfig:
                               "'deepspeed'")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("teacher.offload_optimizer needs teacher.zero_stage >= 1")
+
+    def check_world(self, world: int) -> None:
+        """Fail before any rank starts if the tables cannot be sharded over ``world``."""
+        if world < 1:
+            raise ConfigError(f"world size must be >= 1, got {world}")
+        kinds = {self.sharding, *self.table_sharding.values()}
+        if "column_wise" in kinds and self.embedding_dim % (4 * world):
+            raise ConfigError(
+                f"teacher.embedding_dim = {self.embedding_dim} cannot be split column-wise "
+                f"over {world} ranks: it must be a multiple of 4 x world size = {4 * world}")

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchrec.distributed.model_parallel import DistributedModelParallel
 
 from data.spec import Batch, FeatureSpec
 from teacher.checkpoint import read_meta, load_state, save_teacher
@@ -43,6 +44,11 @@ from teacher.train import multitask_bce
 
 DEEPSPEED_DIR = "deepspeed"
 _DS_TAG = "dense"
+
+# DeepSpeed compiles a small C++ op (its shared-memory collectives, ~1 min) the first
+# time it starts a process group on CPU, and caches it. Keep that cache beside the
+# environment it was built for (``make setup`` builds it: ``python -m teacher.engine``).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 log = logging.getLogger(__name__)
 
@@ -235,3 +241,17 @@ class TeacherTrainer:
         else:
             self.model.load_state_dict({k: state[k] for k in model_state})
         self.optimizer.load_state_dict(state["optim"])
+
+
+def prebuild_ops() -> None:
+    """Compile (or find cached) the DeepSpeed ops this engine uses on this machine."""
+    from deepspeed.comm.torch import build_shm_op
+    t0 = time.perf_counter()
+    print(f"DeepSpeed ops: building or loading the shared-memory comm op in "
+          f"{os.environ['TORCH_EXTENSIONS_DIR']} (first time ~1 min)", flush=True)
+    build_shm_op()
+    print(f"DeepSpeed ops ready in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    prebuild_ops()

@@ -25,7 +25,7 @@ from teacher.checkpoint import (load_teacher_state, read_index, read_meta, resol
                                 version_dir, versions)
 from teacher.config import TeacherConfig
 from teacher.model import TeacherModel
-from tests.test_sharding import CFG, tiny_dataset
+from test_sharding import CFG, tiny_dataset
 
 # A tower that can fit its tiny data in a few epochs (loss must fall visibly).
 FIT = dataclasses.replace(CFG, dense_lr=1e-2, embedding_lr=0.05, batch_size=16)

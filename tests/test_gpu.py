@@ -55,3 +55,43 @@ def test_nccl_sharded_teacher_matches_cpu(tmp_path: Path, free_port: int) -> Non
             # TF32 / different kernels on the GPU: compare at float32-on-GPU tolerance
             torch.testing.assert_close(got["logits"], _plain_logits(plain, data, got["ids"]),
                                        rtol=1e-3, atol=1e-4)
+
+
+def _deepspeed_worker(rank: int, world: int, port: int, out: str) -> None:
+    import dataclasses
+
+    from teacher.engine import TeacherTrainer
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    device = default_device()
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", rank=rank, world_size=world)
+    data = tiny_dataset(256)
+    cfg = dataclasses.replace(CFG, dense_engine="deepspeed", zero_stage=2, precision="bf16",
+                              dense_lr=1e-2, embedding_lr=0.05)
+    torch.manual_seed(0)
+    tr = TeacherTrainer(TeacherModel(data.spec, cfg), cfg, dist.group.WORLD, device)
+    losses = []
+    for epoch in range(6):
+        for arrays in data.train.iter_batches(16, shuffle=True, seed=epoch,
+                                              keys=tr.model.module.feature_names,
+                                              rank=rank, world=world):
+            losses.append(tr.train_step(arrays.to_batch().to(device)))
+    flat = torch.cat([v.flatten() for v in tr.dense_state().values()]).to(device)
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save({"losses": losses, "gathered": [g.cpu() for g in gathered]}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(600)
+def test_deepspeed_zero2_bf16_on_cuda(tmp_path: Path, free_port: int) -> None:
+    """The DeepSpeed dense engine on CUDA (nccl, bf16 tower), tables on fbgemm-gpu."""
+    world = min(2, torch.cuda.device_count())
+    out = str(tmp_path / "ds.pt")
+    mp.spawn(_deepspeed_worker, args=(world, free_port, out), nprocs=world, join=True)
+    r = torch.load(out, weights_only=True)
+    assert sum(r["losses"][-4:]) / 4 < sum(r["losses"][:4]) / 4 - 0.1
+    for g in r["gathered"][1:]:
+        torch.testing.assert_close(g, r["gathered"][0], rtol=0, atol=0)

@@ -125,3 +125,28 @@ def test_planner_plan_on_one_rank_matches_plain_model(tmp_path: Path) -> None:
     with torch.no_grad():
         expect = plain(b.dense, b.sparse).logits.numpy()
     np.testing.assert_allclose(pred.logits, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_versions_resolve_best_latest_and_numbers(tmp_path: Path) -> None:
+    from teacher.checkpoint import resolve, version_dir, versions, write_index
+    data = tiny_dataset()
+    root = tmp_path / "run"
+    for step, seed in ((3, 1), (4, 2), (6, 3), (8, 4)):
+        cfg = TeacherConfig(**{**CFG.__dict__, "seed": seed})
+        save_teacher(TeacherModel(data.spec, cfg, device="cpu"), version_dir(root, step),
+                     spec=data.spec, cfg=cfg, info={"step": step})
+    assert resolve(root) == version_dir(root, 8)  # no index yet: the newest
+    write_index(root, best=4, latest=8, keep=2)  # keeps the 2 newest and the best
+    assert versions(root) == [4, 6, 8]
+    assert resolve(root) == resolve(root, "best") == version_dir(root, 4)
+    assert resolve(root, "latest") == version_dir(root, 8)
+    assert resolve(root, 6) == resolve(root, "6") == version_dir(root, 6)
+    assert read_meta(root)[1].seed == 2  # a root reads as its best version
+    (root / "v00000009.partial").mkdir()  # an unfinished write is not a version
+    assert versions(root) == [4, 6, 8]
+    with pytest.raises(CheckpointError, match=r"no version 5; it holds \[4, 6, 8\]"):
+        resolve(root, 5)
+    with pytest.raises(CheckpointError, match="nor a root of versions"):
+        resolve(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint directory not found"):
+        resolve(tmp_path / "nope")

@@ -69,18 +69,67 @@ def test_single_process_and_torchrun_on_a_toml_dataset(tmp_path: Path) -> None:
 
     # The checkpoint the 2 ranks wrote loads in this one process, on a plain model, and
     # gives the test metrics the 2 ranks reported.
-    spec, cfg, info = read_meta(tmp_path / "ck2")
+    _, _, info = read_meta(tmp_path / "ck2")
     assert info["world_size"] == 2
-    model = TeacherModel(spec, cfg, device="cpu")
-    load_teacher_state(model, tmp_path / "ck2")
-    from data.tabular import load_tabular
-    test = load_tabular(data).test
-    pred = predict(model, test, model.feature_names, 4096, torch.device("cpu"))
-    got = task_metrics(torch.from_numpy(pred.logits), torch.from_numpy(pred.labels),
-                       spec.tasks)["income"]
+    got = _reload_metrics(tmp_path / "ck2", data)
     for k in ("auc", "logloss", "ne"):
         assert got[k] == pytest.approx(r2["test"]["income"][k], rel=1e-5), k
     assert np.isfinite(got["logloss"])
+
+
+def _reload_metrics(checkpoint: Path, data: Path) -> dict[str, float]:
+    """Test metrics of ``checkpoint`` loaded into a plain model in this process."""
+    from data.tabular import load_tabular
+    spec, cfg, _ = read_meta(checkpoint)
+    model = TeacherModel(spec, cfg, device="cpu")
+    load_teacher_state(model, checkpoint)
+    test = load_tabular(data).test
+    pred = predict(model, test, model.feature_names, 4096, torch.device("cpu"))
+    return task_metrics(torch.from_numpy(pred.logits), torch.from_numpy(pred.labels),
+                        spec.tasks)["income"]
+
+
+@pytest.mark.timeout(300)
+def test_ray_train_workers_with_deepspeed_zero2(tmp_path: Path) -> None:
+    """``--workers 2 --zero-stage 2``: a Ray Train worker group on a local Ray cluster
+    the job starts; the checkpoint it writes reproduces its report in this process."""
+    data = _dataset(tmp_path)
+    config = tmp_path / "teacher.toml"
+    config.write_text(SMALL)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.train_teacher", "--data", str(data), "--config",
+         str(config), "--workers", "2", "--zero-stage", "2", "--checkpoint",
+         str(tmp_path / "run"), "--report", str(tmp_path / "r.json")],
+        capture_output=True, text=True, env=_env(), timeout=280)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["world_size"] == 2 and report["test"]["income"]["auc"] > 0.8
+    assert "income" in r.stdout and "2 rank(s)" in r.stdout  # the driver's summary
+    spec, cfg, info = read_meta(tmp_path / "run")
+    assert (cfg.dense_engine, cfg.zero_stage, info["world_size"]) == ("deepspeed", 2, 2)
+    assert info["step"] == report["best_version"]
+    got = _reload_metrics(tmp_path / "run", data)
+    for k in ("auc", "logloss", "ne"):
+        assert got[k] == pytest.approx(report["test"]["income"][k], rel=1e-5), k
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "3", "--sharding", "column_wise"],
+     "teacher.embedding_dim = 8 cannot be split column-wise over 3 ranks"),
+    (["--workers", "2", "--zero-stage", "4"], "teacher.zero_stage must be 0, 1, 2 or 3"),
+    (["--precision", "bf16"], "teacher.precision = 'bf16' needs teacher.dense_engine"),
+    (["--resume", "--checkpoint", "{tmp}/nothing"], "nothing: checkpoint directory not found"),
+])
+def test_bad_worker_config_fails_before_any_worker(tmp_path: Path, args: list[str],
+                                                   message: str) -> None:
+    config = tmp_path / "teacher.toml"
+    config.write_text(SMALL)
+    r = subprocess.run([sys.executable, "-m", "jobs.train_teacher", "--config", str(config),
+                        *[a.format(tmp=tmp_path) for a in args]],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr
+    assert "Started a local Ray instance" not in r.stdout + r.stderr
 
 
 def test_config_typo_fails_naming_the_key(tmp_path: Path) -> None:
