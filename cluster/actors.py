@@ -9,6 +9,7 @@ group's M data-parallel replicas (DDP over their own gloo group); each trains on
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -102,7 +103,30 @@ def _init_group(addr: str, port: int, rank: int, world: int, device: torch.devic
                             rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
 
 
-class TeacherRank:
+class PassInput:
+    """A label source's share of one pass: the Ray Data stream a rank reads from."""
+
+    batch_size: int
+    keys: tuple[str, ...]
+    _batches: Iterator[Any] | None = None
+
+    def start_pass(self, shard: Any) -> None:
+        """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""
+        self._batches = iter(shard.iter_batches(batch_size=self.batch_size,
+                                                batch_format="pyarrow", prefetch_batches=2))
+
+    def _next_arrays(self) -> BatchArrays | None:
+        """The next batch of this pass (features ``keys``), or None at its end."""
+        assert self._batches is not None, "start_pass first"
+        try:
+            arrow = next(self._batches)
+        except StopIteration:
+            self._batches = None
+            return None
+        return arrow_to_batch(arrow, self.keys)
+
+
+class TeacherRank(PassInput):
     """Rank ``rank`` of the K-rank sharded teacher."""
 
     def __init__(self, rank: int, world: int, checkpoint: str, features: tuple[str, ...],
@@ -135,12 +159,18 @@ class TeacherRank:
         self.version = int(info.get("step", 0))
         self.metrics.gauge("recdistill_teacher_version", self.version)
         return {"spec": spec, "version": self.version, "parameters": self.n_params,
+                "checkpoint": self.checkpoint,
                 "feature_dims": feature_dims(spec, cfg), "keys": self.keys}
 
-    def start_pass(self, shard: Any) -> None:
-        """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""
-        self._batches = iter(shard.iter_batches(batch_size=self.batch_size,
-                                                batch_format="pyarrow", prefetch_batches=2))
+    def reload(self, checkpoint: str) -> int:
+        """Load another version of the same teacher between batches (teacher refresh);
+        every rank calls it. Returns the new version."""
+        _, _, info = read_meta(checkpoint)
+        load_teacher_state(self.model, checkpoint)
+        self.model.eval()
+        self.checkpoint, self.version = checkpoint, int(info.get("step", 0))
+        self.metrics.gauge("recdistill_teacher_version", self.version)
+        return self.version
 
     @torch.no_grad()
     def label_next(self) -> tuple[Any, Any]:
@@ -149,13 +179,9 @@ class TeacherRank:
         Every rank must call this the same number of times: the forward's all-to-alls
         meet across ranks; equal splits of the stream guarantee it.
         """
-        assert self._batches is not None, "start_pass first"
-        try:
-            arrow = next(self._batches)
-        except StopIteration:
-            self._batches = None
+        arrays = self._next_arrays()
+        if arrays is None:
             return None, None
-        arrays = arrow_to_batch(arrow, self.keys)
         batch = arrays.to_batch().to(self.device)
         out: TeacherOutputs = self.model(batch.dense, batch.sparse)
         self.metrics.count("recdistill_teacher_examples", arrays.batch_size)
@@ -166,6 +192,26 @@ class TeacherRank:
             version=self.version, logit_dtype=self.logit_dtype,
             feature_dtype=self.feature_dtype)
         return arrays.ids, labelled
+
+    @torch.no_grad()
+    def label_rows(self, table: ExampleTable) -> tuple[np.ndarray, np.ndarray,
+                                                        dict[str, np.ndarray]]:
+        """(ids, logits, features) of this rank's share of ``table``, in the transport
+        dtypes (for offline soft labels). Every rank must call it: the shares are padded
+        to equal length so the ranks stay in lockstep; the padding repeats ids, which
+        the caller drops."""
+        ids, logits, feats = [], [], {k: [] for k in self.features}
+        for arrays in table.iter_batches(self.batch_size, keys=self.keys, rank=self.rank,
+                                         world=self.world, pad=True):
+            batch = arrays.to_batch().to(self.device)
+            out: TeacherOutputs = self.model(batch.dense, batch.sparse)
+            ids.append(arrays.ids)
+            logits.append(_encode(out.logits, self.logit_dtype))
+            for k in self.features:
+                feats[k].append(_encode(out.features[k], self.feature_dtype))
+        self.metrics.count("recdistill_teacher_examples", sum(len(i) for i in ids))
+        return (np.concatenate(ids), np.concatenate(logits),
+                {k: np.concatenate(v) for k, v in feats.items()})
 
     def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Teacher (logits, labels) of every row of ``table``; every rank must call it."""
@@ -214,14 +260,22 @@ class StudentReplica:
     def _my_rows(self, n: int) -> np.ndarray:
         return np.array_split(np.arange(n), self.world)[self.rank]
 
-    def train_on(self, labelled: LabelledBatch) -> dict[str, Any]:
-        """One optimizer step (all replicas together) on this replica's rows."""
+    def train_on(self, labelled: LabelledBatch, newest_version: int | None = None
+                 ) -> dict[str, Any]:
+        """One optimizer step (all replicas together) on this replica's rows.
+
+        ``newest_version``: the newest teacher version the stream has seen; with
+        ``staleness_tau`` the KD terms are weighted by ``exp(-staleness / tau)``.
+        """
         rows = self._my_rows(labelled.inputs.batch_size)
         batch = labelled.inputs.to_table().take(rows).to_batch()
         batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
         teacher = labelled.teacher_outputs(rows)
+        staleness = max(0, (newest_version or labelled.version) - labelled.version)
+        kd_scale = math.exp(-staleness / self.cfg.staleness_tau) \
+            if self.cfg.staleness_tau > 0 else 1.0
         out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
-                           batch, teacher)
+                           batch, teacher, kd_scale)
         agree = out.pop("agreement")
         now = time.perf_counter()
         self.metrics.count("recdistill_examples_trained", len(rows))
@@ -230,8 +284,9 @@ class StudentReplica:
         for term, value in out.items():
             self.metrics.gauge("recdistill_loss", value, {"term": term})
         self._t_last = now
+        self.metrics.gauge("recdistill_kd_scale", kd_scale)
         return {"ids": labelled.inputs.ids[rows], "loss": out, "agreement": agree,
-                "version": labelled.version}
+                "version": labelled.version, "kd_scale": kd_scale}
 
     @torch.no_grad()
     def evaluate(self, table: ExampleTable, batch_size: int, best: bool = False

@@ -50,6 +50,9 @@ class TeacherGroupConfig:
             first if missing.
         version: which version of a root to load: ``best`` (by validation AUC),
             ``latest``, or a version number (the training step that wrote it).
+        refresh_every: check the checkpoint root for a newer ``version`` every this many
+            teacher rounds and load it between batches without stopping the stream
+            (0: never; a root of versions only).
         train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
             does not exist; otherwise a missing checkpoint is an error.
         cpus: CPUs reserved per teacher actor.
@@ -59,6 +62,7 @@ class TeacherGroupConfig:
     batch_size: int = 512
     checkpoint: str = "runs/distill/teacher"
     version: str = "best"
+    refresh_every: int = 0
     train_if_missing: bool = True
     cpus: float = 1.0
 
@@ -69,6 +73,12 @@ class TeacherGroupConfig:
             raise ConfigError(f"teacher_group.batch_size must be >= 1, got {self.batch_size}")
         if not self.checkpoint:
             raise ConfigError("teacher_group.checkpoint must name a directory")
+        if self.refresh_every < 0:
+            raise ConfigError(f"teacher_group.refresh_every must be >= 0, got "
+                              f"{self.refresh_every}")
+        if self.refresh_every and self.version.isdigit():
+            raise ConfigError("teacher_group.refresh_every needs version = 'best' or "
+                              f"'latest' (a fixed version {self.version} never changes)")
         if self.version not in ("best", "latest") and not self.version.isdigit():
             raise ConfigError("teacher_group.version must be best, latest or a version "
                               f"number, got {self.version!r}")

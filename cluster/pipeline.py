@@ -35,12 +35,36 @@ from cluster.actors import COLLECTIVE_TIMEOUT, StudentReplica, TeacherRank
 from cluster.config import DistillConfig, GroupConfig
 from cluster.data import to_ray_dataset
 from cluster.metrics import ActorMetrics
+from cluster.soft_labels import SoftLabelReader
 from cluster.stream import SoftLabelStream, StreamItem
 from data.spec import Dataset
 from student.metrics import task_metrics
 from teacher.checkpoint import resolve
 
 ROUNDS_AHEAD = 2  # rounds queued per group beyond the one running: hides call latency
+
+
+def start_label_group(cfg: DistillConfig, cls: type, source: str, name: str
+                      ) -> tuple[list[Any], dict[str, Any]]:
+    """K actors of ``cls`` (teacher ranks or soft-label readers) named ``{name}-{k}``,
+    set up as one group; returns them and rank 0's setup info."""
+    tg = cfg.teacher_group
+    actor = ray.remote(cls)
+    group = [actor.options(name=f"{name}-{k}", num_cpus=tg.cpus, max_restarts=0).remote(
+        k, tg.ranks, source, cfg.requested_features, tg.batch_size,
+        cfg.stream.logit_dtype, cfg.stream.feature_dtype) for k in range(tg.ranks)]
+    addr, port = ray.get(group[0].address.remote())
+    infos = ray.get([t.setup.remote(addr, port) for t in group])
+    return group, infos[0]
+
+
+def start_teacher_group(cfg: DistillConfig) -> tuple[list[Any], dict[str, Any]]:
+    """The K sharded teacher ranks, loaded from the configured checkpoint version."""
+    tg = cfg.teacher_group
+    # Resolved once here: every rank loads the same version, even if training writes a
+    # newer one meanwhile.
+    return start_label_group(cfg, TeacherRank, str(resolve(tg.checkpoint, tg.version)),
+                             "teacher")
 
 
 @dataclass
@@ -60,7 +84,8 @@ class GroupRuntime:
     best_auc: float = -1.0
     best_pass: int = -1
     restarts: int = 0
-    versions: set[int] = field(default_factory=set)
+    examples_by_version: dict[int, int] = field(default_factory=dict)
+    kd_scales: list[float] = field(default_factory=list)
 
 
 class OnlineDistillation:
@@ -74,12 +99,16 @@ class OnlineDistillation:
         progress: show a progress bar.
         after_ack: called as ``after_ack(group, acked_so_far)`` after each acknowledged
             batch (tests use it to inject failures mid-pass).
+        soft_labels: a directory of precomputed soft labels (``jobs.precompute``): its
+            readers replace the live teacher ranks; everything else is the same.
     """
 
     def __init__(self, cfg: DistillConfig, data: Dataset, teacher_dims: dict[str, int],
                  progress: bool = True,
-                 after_ack: Callable[[str, int], None] | None = None) -> None:
+                 after_ack: Callable[[str, int], None] | None = None,
+                 soft_labels: str = "") -> None:
         self.cfg, self.data, self.teacher_dims = cfg, data, teacher_dims
+        self.soft_labels = soft_labels
         self.progress = progress
         self.after_ack = after_ack
         self.stream = SoftLabelStream([g.name for g in cfg.groups], cfg.stream.max_inflight)
@@ -89,19 +118,14 @@ class OnlineDistillation:
 
     # ----------------------------------------------------------------- actor groups
     def _start_teachers(self) -> dict[str, Any]:
-        tg = self.cfg.teacher_group
-        # Resolved once here: every rank loads the same version, even if training
-        # writes a newer one meanwhile.
-        checkpoint = str(resolve(tg.checkpoint, tg.version))
-        actor = ray.remote(TeacherRank)
-        self.teachers = [actor.options(name=f"teacher-{k}", num_cpus=tg.cpus,
-                                       max_restarts=0).remote(
-            k, tg.ranks, checkpoint, self.cfg.requested_features, tg.batch_size,
-            self.cfg.stream.logit_dtype, self.cfg.stream.feature_dtype)
-            for k in range(tg.ranks)]
-        addr, port = ray.get(self.teachers[0].address.remote())
-        infos = ray.get([t.setup.remote(addr, port) for t in self.teachers])
-        return infos[0]
+        if self.soft_labels:
+            # Readers of precomputed labels in the teacher ranks' place: the same K
+            # shares of the same shuffled stream, so the students see the same batches.
+            self.teachers, info = start_label_group(self.cfg, SoftLabelReader,
+                                                    self.soft_labels, "soft-labels")
+        else:
+            self.teachers, info = start_teacher_group(self.cfg)
+        return info
 
     def _spawn_group(self, g: GroupConfig, generation: int,
                      state: dict[str, Any] | None = None) -> list[Any]:
@@ -122,7 +146,7 @@ class OnlineDistillation:
                 item = self.stream.next_for(name)
                 if item is None:
                     break
-                refs = [r.train_on.remote(item.ref) for r in g.replicas]
+                refs = [r.train_on.remote(item.ref, self.version) for r in g.replicas]
                 g.rounds.append(Round(item, refs))
 
     def _finish_round(self, name: str, rnd: Round) -> bool:
@@ -143,7 +167,9 @@ class OnlineDistillation:
                                    f"batch {rnd.item.seq}")
             self.stream.ack(name, rnd.item)
             g.losses.append(results[0]["loss"])
-            g.versions.add(int(results[0]["version"]))
+            v = int(results[0]["version"])
+            g.examples_by_version[v] = g.examples_by_version.get(v, 0) + len(rnd.item.ids)
+            g.kd_scales.append(float(results[0]["kd_scale"]))
             if self.after_ack is not None:
                 self.after_ack(name, self.stream.books[name].acked)
         else:
@@ -186,6 +212,7 @@ class OnlineDistillation:
         last_gauge = 0.0
         while True:
             if not teacher_done and teacher_call is None and self.stream.has_room(k):
+                self._maybe_refresh()
                 teacher_call = [t.label_next.options(num_returns=2).remote()
                                 for t in self.teachers]
             self._submit_rounds()
@@ -224,6 +251,21 @@ class OnlineDistillation:
                     self.metrics.gauge("recdistill_queue_depth", books.depth, {"group": name})
                 last_gauge = now
 
+    def _maybe_refresh(self) -> None:
+        """Every ``refresh_every`` teacher rounds, load a newer checkpoint version if the
+        root has one (between batches: no teacher call is in flight here)."""
+        tg = self.cfg.teacher_group
+        self._rounds += 1
+        if self.soft_labels or not tg.refresh_every or self._rounds % tg.refresh_every:
+            return
+        path = str(resolve(tg.checkpoint, tg.version))
+        if path == self._loaded:
+            return
+        versions = ray.get([t.reload.remote(path) for t in self.teachers])
+        self._loaded, self.version = path, int(versions[0])
+        self.refreshes.append({"round": self._rounds, "produced": self.stream.produced,
+                               "version": self.version})
+
     def _evaluate_groups(self, table_ref: Any, best: bool = False
                          ) -> dict[str, dict[str, dict[str, float]]]:
         refs = {name: g.replicas[0].evaluate.remote(table_ref, self.cfg.eval_batch_size, best)
@@ -240,6 +282,8 @@ class OnlineDistillation:
         t0 = time.perf_counter()
         info = self._start_teachers()
         self.version = int(info["version"])
+        self._rounds, self._loaded = 0, info.get("checkpoint", "")
+        self.refreshes: list[dict[str, int]] = []
         for g in self.cfg.groups:
             self.groups[g.name] = GroupRuntime(g, self._spawn_group(g, 0))
         params = {name: ray.get(g.replicas[0].parameters_count.remote())
@@ -287,12 +331,17 @@ class OnlineDistillation:
                 "parameters": params[name]["serving"],
                 "parameters_with_training_heads": params[name]["total"],
                 "replicas": g.cfg.replicas, "restarts": g.restarts,
-                "teacher_versions": sorted(g.versions), "curve": g.curve,
+                "teacher_versions": sorted(g.examples_by_version),
+                "examples_by_version": {str(v): n for v, n in
+                                        sorted(g.examples_by_version.items())},
+                "mean_kd_scale": float(np.mean(g.kd_scales)) if g.kd_scales else 1.0,
+                "curve": g.curve,
             }
         return {
             "teacher": {"test": teacher_test, "valid": teacher_valid,
                         "parameters": int(info["parameters"]), "version": self.version,
-                        "ranks": k},
+                        "first_version": int(info["version"]),
+                        "refreshes": self.refreshes, "ranks": k},
             "students": students,
             "stream": self.stream.counters(),
             "run_wall_s": time.perf_counter() - t0,

@@ -48,6 +48,7 @@ class GroupBooks:
     max_depth: int = 0
     trained: dict[int, set[int]] = field(default_factory=dict)  # pass -> example ids
     examples_by_pass: dict[int, int] = field(default_factory=dict)  # pass -> acked rows
+    acked_by_version: dict[int, int] = field(default_factory=dict)  # version -> batches
 
     @property
     def depth(self) -> int:
@@ -63,6 +64,7 @@ class SoftLabelStream:
         self.max_inflight = max_inflight
         self.books = {g: GroupBooks() for g in groups}
         self.produced = 0
+        self.produced_by_version: dict[int, int] = {}
         self._seq = 0
 
     def has_room(self, n: int = 1) -> bool:
@@ -74,6 +76,7 @@ class SoftLabelStream:
         item = StreamItem(self._seq, ref, ids, version, pass_index)
         self._seq += 1
         self.produced += 1
+        self.produced_by_version[version] = self.produced_by_version.get(version, 0) + 1
         for b in self.books.values():
             b.queue.append(item)
             b.max_depth = max(b.max_depth, b.depth)
@@ -98,6 +101,7 @@ class SoftLabelStream:
         b = self.books[group]
         b.in_flight.pop(item.seq)
         b.acked += 1
+        b.acked_by_version[item.version] = b.acked_by_version.get(item.version, 0) + 1
         b.examples_by_pass[item.pass_index] = \
             b.examples_by_pass.get(item.pass_index, 0) + len(item.ids)
         b.trained.setdefault(item.pass_index, set()).update(item.ids.tolist())
@@ -119,6 +123,11 @@ class SoftLabelStream:
         """The report's ``stream`` section."""
         return {
             "produced": self.produced,
+            # JSON keys are strings: version -> batches
+            "produced_by_version": {str(v): n for v, n in
+                                    sorted(self.produced_by_version.items())},
+            "acked_by_version": {g: {str(v): n for v, n in sorted(b.acked_by_version.items())}
+                                 for g, b in self.books.items()},
             "max_inflight": self.max_inflight,
             "delivered": {g: b.delivered for g, b in self.books.items()},
             "acked": {g: b.acked for g, b in self.books.items()},

@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--report", default="runs/distill/report.json", help="JSON report path")
     p.add_argument("--plot", default="", help="PNG path (default: beside the report)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--soft-labels", default="",
+                   help="train from soft labels jobs.precompute wrote here, not the live "
+                        "teacher")
     a = p.parse_args(argv)
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
@@ -267,23 +270,41 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 
 def run(cfg: DistillConfig, address: str = "", report_path: str = "",
-        plot_path: str = "", progress: bool = True, after_ack: Any = None) -> dict[str, Any]:
-    """The whole job; returns the report. Ray is started (or joined) and shut down here."""
+        plot_path: str = "", progress: bool = True, after_ack: Any = None,
+        soft_labels: str = "") -> dict[str, Any]:
+    """The whole job; returns the report. Ray is started (or joined) and shut down here.
+
+    ``soft_labels``: train from a directory ``jobs.precompute`` wrote instead of the
+    live teacher.
+    """
     import ray
 
     from cluster.pipeline import OnlineDistillation
+    from cluster.soft_labels import Manifest, spec_check
     t0 = time.perf_counter()
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
-    dims = teacher_dims(cfg, data.spec)
+    manifest = Manifest.load(soft_labels) if soft_labels else None
+    if manifest is not None:
+        spec_check(manifest, data.spec, soft_labels)
+        missing = set(cfg.requested_features) - set(manifest.features)
+        if missing:
+            raise ConfigError(f"students request teacher features {sorted(missing)} that "
+                              f"{soft_labels} does not hold (it has "
+                              f"{sorted(manifest.features)}); precompute with this config")
+        dims = dict(manifest.features)
+    else:
+        dims = teacher_dims(cfg, data.spec)
     validate_students(cfg, data.spec, dims)  # before any actor starts
     own_cluster = not ray.is_initialized()
     if own_cluster:
         start_ray(address, cfg)
     pipeline = None
     try:
-        ensure_teacher(cfg)
-        dims = teacher_dims(cfg, data.spec)
-        pipeline = OnlineDistillation(cfg, data, dims, progress=progress, after_ack=after_ack)
+        if manifest is None:
+            ensure_teacher(cfg)
+            dims = teacher_dims(cfg, data.spec)
+        pipeline = OnlineDistillation(cfg, data, dims, progress=progress, after_ack=after_ack,
+                                      soft_labels=soft_labels)
         body = pipeline.run()
     finally:
         if pipeline is not None:
@@ -291,7 +312,7 @@ def run(cfg: DistillConfig, address: str = "", report_path: str = "",
         if own_cluster:
             ray.shutdown()
     report = {"dataset": data.name, **body, "wall_s": time.perf_counter() - t0,
-              "config": to_mapping(cfg)}
+              "config": to_mapping(cfg), "soft_labels": soft_labels or None}
     report["gains"] = gains(report)
     if report_path:
         write_json_atomic(report_path, report)
@@ -303,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
         cfg, a = parse_args(argv)
-        report = run(cfg, a.address, a.report, a.plot, progress=not a.no_progress)
+        report = run(cfg, a.address, a.report, a.plot, progress=not a.no_progress,
+                     soft_labels=a.soft_labels)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

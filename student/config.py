@@ -48,6 +48,14 @@ class StudentConfig:
         weight_decay: Adam L2 decay.
         batch_size: examples per step.
         seed: initialisation seed.
+        staleness_tau: weight the KD terms of a batch by ``exp(-staleness / tau)``, the
+            staleness being how many training steps the teacher version that labelled
+            the batch is behind the newest version the stream has seen (teacher
+            refresh, ``teacher_group.refresh_every``); 0 = no weighting.
+        teacher_adapter: an ExFM-style adapter on the student side: a per-task affine map
+            ``a_k * t_k + b_k`` of the teacher logits, trained on the true labels, whose
+            output (detached) replaces the teacher logits as the KD target, absorbing
+            the shift between a stale teacher and fresh data. Dropped at export.
     """
 
     name: str = "student"
@@ -62,6 +70,8 @@ class StudentConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     seed: int = 0
+    staleness_tau: float = 0.0
+    teacher_adapter: bool = False
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 4 or self.embedding_dim % 4:
@@ -76,5 +86,8 @@ class StudentConfig:
             raise ConfigError(f"student {self.name}: lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"student {self.name}: batch_size must be >= 1")
+        if self.staleness_tau < 0:
+            raise ConfigError(f"student {self.name}: staleness_tau must be >= 0, got "
+                              f"{self.staleness_tau}")
         if any(t.name == "aux_head_kd" for t in self.losses) and not self.aux_heads:
             raise ConfigError(f"student {self.name}: loss aux_head_kd needs aux_heads = true")

@@ -69,6 +69,13 @@ def _per_task_hard(logits: torch.Tensor, labels: torch.Tensor
     return per_task, count > 0
 
 
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled tasks of the per-task BCE over labelled rows (NaN = no label);
+    zero (still connected to ``logits``) when nothing is labelled."""
+    per_task, have = _per_task_hard(logits, labels)
+    return per_task[have].mean() if bool(have.any()) else logits.sum() * 0.0
+
+
 def _per_task_soft(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                    temperature: float) -> torch.Tensor:
     """Per-task T^2 * mean_b BCE(sigmoid(t/T), sigmoid(s/T)), [T]."""
@@ -296,13 +303,16 @@ class Objective:
         return any(getattr(c, "uncertainty", False) for _, _, _, c in self.terms)
 
     def __call__(self, student: StudentOutputs, teacher: TeacherOutputs | None,
-                 batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss and each term's (unweighted) value."""
+                 batch: Batch, kd_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss and each term's (unweighted) value; ``kd_scale`` multiplies the
+        weight of every term that reads the teacher (staleness weighting)."""
         total: torch.Tensor | None = None
         parts: dict[str, float] = {}
         for name, weight, reg, cfg in self.terms:
             value = reg.fn(student, teacher, batch, cfg)
             parts[name] = float(value.detach())
+            if reg.needs_teacher:
+                weight = weight * kd_scale
             total = weight * value if total is None else total + weight * value
         assert total is not None
         return total, parts

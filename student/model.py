@@ -23,7 +23,7 @@ from data.errors import ConfigError
 from data.spec import FeatureSpec
 from student.config import StudentConfig
 
-_TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars")
+_TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars", "teacher_adapter.")
 
 
 @dataclass
@@ -38,6 +38,8 @@ class StudentOutputs:
         aux_logits: [B, T] logits of the auxiliary heads, or None.
         task_log_vars: [T] learned log-variances (uncertainty weighting), or None.
         tasks: the T task names, column order (task weights are keyed by name).
+        teacher_mapped: [B, T] the teacher adapter's map of the teacher logits passed to
+            ``forward``, or None.
     """
 
     logits: torch.Tensor
@@ -46,10 +48,27 @@ class StudentOutputs:
     aux_logits: torch.Tensor | None = None
     task_log_vars: torch.Tensor | None = None
     tasks: tuple[str, ...] = ()
+    teacher_mapped: torch.Tensor | None = None
 
 
 # Registered so DistributedDataParallel can find the output tensors (see teacher/outputs.py).
 pytree.register_dataclass(StudentOutputs)
+
+
+class TeacherLogitAdapter(nn.Module):
+    """Per-task affine map of teacher logits, ``a_k * t_k + b_k`` (ExFM's student-side
+    adapter, Meta 2025): starts as the identity; trained on the true labels.
+
+    Shapes: ``forward(teacher_logits [B, T])`` -> [B, T].
+    """
+
+    def __init__(self, n_tasks: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(n_tasks))
+        self.bias = nn.Parameter(torch.zeros(n_tasks))
+
+    def forward(self, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return teacher_logits * self.scale + self.bias
 
 
 def student_features(spec: FeatureSpec, cfg: StudentConfig) -> tuple[str, ...]:
@@ -119,8 +138,13 @@ class StudentModel(nn.Module):
             self.adapters = nn.ModuleDict(adapters)
             self.task_log_vars = nn.Parameter(torch.zeros(len(spec.tasks))) \
                 if uncertainty else None
+            self.teacher_adapter = TeacherLogitAdapter(len(spec.tasks)) \
+                if cfg.teacher_adapter else None
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> StudentOutputs:
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor,
+                teacher_logits: torch.Tensor | None = None) -> StudentOutputs:
+        """``teacher_logits`` [B, T]: mapped by the teacher adapter, if there is one
+        (inside forward so DDP sees the adapter's parameters used)."""
         pooled = self.ebc(sparse)
         emb = torch.cat([pooled[n] for n in self.feature_names], dim=1)
         hidden = self.mlp(torch.cat([emb, dense], dim=1))
@@ -129,7 +153,9 @@ class StudentModel(nn.Module):
         return StudentOutputs(
             logits=self.heads(hidden), features=features, adapted=adapted,
             aux_logits=self.aux_heads(hidden) if self.aux_heads is not None else None,
-            task_log_vars=self.task_log_vars, tasks=self.tasks)
+            task_log_vars=self.task_log_vars, tasks=self.tasks,
+            teacher_mapped=self.teacher_adapter(teacher_logits)
+            if self.teacher_adapter is not None and teacher_logits is not None else None)
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The serving model's weights: adapters, auxiliary heads and log-variances dropped."""

@@ -11,7 +11,7 @@ import torch
 
 from data.spec import Batch, ExampleTable
 from student.config import StudentConfig
-from student.losses import Objective
+from student.losses import Objective, masked_bce
 from student.model import StudentModel
 from teacher.outputs import TeacherOutputs
 
@@ -34,15 +34,28 @@ def mask_labels(batch: Batch, tasks: tuple[str, ...], label_tasks: tuple[str, ..
 
 def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
                  objective: Objective, batch: Batch,
-                 teacher: TeacherOutputs | None) -> dict[str, float]:
+                 teacher: TeacherOutputs | None, kd_scale: float = 1.0) -> dict[str, float]:
     """One optimizer step on ``batch``.
+
+    ``kd_scale`` multiplies the KD terms (staleness weighting). With a teacher adapter
+    (``StudentConfig.teacher_adapter``) the adapter's map of the teacher logits, trained
+    here on the true labels, is the KD target.
 
     Returns the total loss (``loss``), each term's value, and with a teacher the share
     of rows where student and teacher agree on the first task's side of 0.5
     (``agreement``, measured before the step).
     """
-    out = model(batch.dense, batch.sparse)
-    loss, parts = objective(out, teacher, batch)
+    out = model(batch.dense, batch.sparse,
+                teacher.logits if teacher is not None else None)
+    adapter_loss = None
+    if out.teacher_mapped is not None and teacher is not None:
+        adapter_loss = masked_bce(out.teacher_mapped, batch.labels)
+        teacher = TeacherOutputs(logits=out.teacher_mapped.detach(),
+                                 features=teacher.features, version=teacher.version)
+    loss, parts = objective(out, teacher, batch, kd_scale)
+    if adapter_loss is not None:
+        loss = loss + adapter_loss
+        parts["teacher_adapter"] = float(adapter_loss.detach())
     if teacher is not None:
         parts["agreement"] = float(((out.logits[:, 0] > 0) ==
                                     (teacher.logits[:, 0] > 0)).float().mean())

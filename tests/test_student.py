@@ -54,3 +54,45 @@ def test_student_trains_on_teacher_batches_with_extra_keys() -> None:
         0.5 * np.mean([x["feature_kd"] for x in losses[:4]])
     logits, labels = predict_student(student, data.test)
     assert logits.shape == labels.shape == (128, 2)
+
+
+def test_teacher_adapter_and_staleness_weighting() -> None:
+    """ExFM adapter: learns a*t+b on the true labels only; the KD term's target is its
+    (detached) output. Staleness: the KD terms scale by exp(-staleness / tau)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from cluster.actors import LabelledBatch, StudentReplica, _encode
+    from cluster.config import GroupConfig
+    from teacher.outputs import TeacherOutputs
+    data = tiny_dataset(n=64)
+    cfg = StudentConfig(name="exfm", embedding_dim=4, hidden=(8,), teacher_adapter=True,
+                        losses=(make_term("prediction_kd", 1.0, temperature=1.0),))
+    student = StudentModel(data.spec, cfg)
+    assert not any(k.startswith("teacher_adapter") for k in student.export_state_dict())
+    b = data.train.take(np.arange(64)).to_batch()
+    t = TeacherOutputs(logits=torch.full((64, 2), 2.0))
+    obj = build_objective(cfg, data.spec.tasks)
+    opt = torch.optim.SGD(student.parameters(), lr=1.0)
+    parts = student_step(student, opt, obj, b, t)
+    # identity at the start: adapter loss = BCE(labels, sigmoid(2)), KD target sigmoid(2)
+    want = float(F.binary_cross_entropy_with_logits(torch.full((64, 2), 2.0), b.labels))
+    assert parts["teacher_adapter"] == pytest.approx(want, rel=1e-6)
+    # its gradient is the label BCE's alone: d/db = mean(sigmoid(2) - y) per task
+    grad_b = (torch.sigmoid(torch.tensor(2.0)) - b.labels).mean(0) / 2  # mean of 2 tasks
+    torch.testing.assert_close(student.teacher_adapter.bias.detach(), -grad_b,
+                               rtol=1e-5, atol=1e-6)
+
+    # staleness: a batch labelled by version 5 while version 9 is the newest, tau 2
+    group = GroupConfig(StudentConfig(name="stale", embedding_dim=4, hidden=(8,),
+                                      staleness_tau=2.0,
+                                      losses=(make_term("hard_label", 0.5),
+                                              make_term("prediction_kd", 0.5))))
+    replica = StudentReplica(group, data.spec, {}, rank=0, world=1)
+    arrays = data.train.take(np.arange(32))
+    labelled = LabelledBatch(inputs=arrays, logits=_encode(torch.zeros(32, 2), "float16"),
+                             version=5)
+    assert replica.train_on(labelled, newest_version=9)["kd_scale"] == \
+        pytest.approx(math.exp(-2.0))
+    assert replica.train_on(labelled, newest_version=5)["kd_scale"] == 1.0

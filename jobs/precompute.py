@@ -1,0 +1,157 @@
+"""Label a dataset once with the teacher group and write the soft labels as Parquet.
+
+  python -m jobs.precompute --out runs/soft_labels                 # MovieLens-100k
+  python -m jobs.precompute --config jobs/configs/distill_movielens.toml --out DIR
+  python -m jobs.distill --soft-labels runs/soft_labels            # train from them
+
+The teacher group (K ranks, the checkpoint version and the features the config's student
+groups request, in the stream's dtypes) labels train, valid and test in parts of
+``--part-rows`` rows; Ray Data writes each part's Parquet; ``manifest.json`` records every
+finished part. Run it again after a crash and it writes only the missing parts: the
+result is the same as an uninterrupted run. See ``cluster/soft_labels.py`` for the layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from cluster.config import DistillConfig
+from data.errors import ConfigError, DataError
+from data.spec import Dataset
+from jobs.common import load_dataset, quiet_library_warnings, start_local_ray
+from teacher.checkpoint import CheckpointError, read_meta, resolve
+
+
+def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespace]:
+    from jobs.distill import load_config
+    p = argparse.ArgumentParser(prog="python -m jobs.precompute", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="soft-label directory (created or resumed)")
+    p.add_argument("--config", help="a distill TOML (its data, teacher group, stream "
+                                    "dtypes and the features its groups request)")
+    p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
+    p.add_argument("--split", help="MovieLens split (default user_time)")
+    p.add_argument("--rows", type=int, help="synthetic rows")
+    p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
+    p.add_argument("--teacher-checkpoint", dest="checkpoint")
+    p.add_argument("--teacher-version", dest="version")
+    p.add_argument("--part-rows", type=int, default=20_000, help="rows per Parquet part")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
+                   help="join this Ray cluster (default: RAY_ADDRESS, else start one)")
+    a = p.parse_args(argv)
+    if a.part_rows < 1:
+        raise ConfigError(f"--part-rows must be >= 1, got {a.part_rows}")
+    cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows, ranks=a.ranks,
+                      checkpoint=a.checkpoint, version=a.version)
+    return cfg, a
+
+
+def _check_resumable(m: Any, want: dict[str, Any], out: Path) -> None:
+    for key, value in want.items():
+        if getattr(m, key) != value:
+            raise ConfigError(f"{out} was precomputed with {key} = {getattr(m, key)!r}, this "
+                              f"run has {value!r}: use another --out, or delete it")
+
+
+def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = "",
+        progress: bool = True, after_part: Callable[[str, int], None] | None = None,
+        dataset: Dataset | None = None) -> dict[str, Any]:
+    """Precompute (or finish) ``out``; returns the manifest as a dict.
+
+    ``after_part(split, part)`` is called after each part is recorded (tests stop a run
+    there to check that a restart finishes it identically).
+    """
+    import ray
+
+    from cluster.pipeline import start_teacher_group
+    from cluster.soft_labels import SPLITS, Manifest, labels_table, part_slices, write_part
+    from jobs.distill import ensure_teacher
+    t0 = time.perf_counter()
+    root = Path(out)
+    data = dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
+    own_cluster = not ray.is_initialized()
+    if own_cluster:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            start_local_ray(cfg.teacher_group.ranks + 2)
+    teachers: list[Any] = []
+    try:
+        ensure_teacher(cfg)
+        tg = cfg.teacher_group
+        path = resolve(tg.checkpoint, tg.version)
+        _, tcfg, info = read_meta(path)
+        want = {"checkpoint": str(path.resolve()), "version": int(info.get("step", 0)),
+                "logit_dtype": cfg.stream.logit_dtype,
+                "feature_dtype": cfg.stream.feature_dtype, "part_rows": part_rows,
+                "dataset": data.name, "tasks": list(data.spec.tasks),
+                "rows": {s: len(data.split(s)) for s in SPLITS}}
+        teachers, tinfo = start_teacher_group(cfg)
+        features = {k: int(tinfo["feature_dims"][k]) for k in cfg.requested_features}
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / "manifest.json").is_file():
+            m = Manifest.load(root)
+            _check_resumable(m, {**want, "features": features}, root)
+        else:
+            m = Manifest(**want, features=features, keys=list(tinfo["keys"]),
+                         parameters=int(tinfo["parameters"]), parts={})
+            m.save(root)
+        todo = [(s, i, sl) for s in SPLITS
+                for i, sl in enumerate(part_slices(len(data.split(s)), part_rows))]
+        left = [t for t in todo if not m.done(t[0], t[1])]
+        bar = tqdm(total=sum(sl.stop - sl.start for _, _, sl in todo), unit="row",
+                   desc="precompute", disable=None if progress else True,
+                   initial=sum(sl.stop - sl.start for s, i, sl in todo if m.done(s, i)))
+        for split, i, sl in left:
+            part = data.split(split).take(np.arange(sl.start, sl.stop)).to_table()
+            ref = ray.put(part)
+            results = ray.get([t.label_rows.remote(ref) for t in teachers])
+            ids = np.concatenate([r[0] for r in results])
+            _, first = np.unique(ids, return_index=True)  # drop the ranks' padding
+            table = labels_table(
+                ids[first], m.version, np.concatenate([r[1] for r in results])[first],
+                {k: np.concatenate([r[2][k] for r in results])[first] for k in features})
+            files = write_part(root, split, i, table)
+            m.parts[f"{split}/{i:05d}"] = {"rows": len(first), "files": files}
+            m.save(root)
+            bar.update(len(first))
+            if after_part is not None:
+                after_part(split, i)
+        bar.close()
+        m.complete = True
+        m.save(root)
+    finally:
+        for t in teachers:
+            ray.kill(t, no_restart=True)
+        if own_cluster:
+            ray.shutdown()
+    size = sum(f.stat().st_size for f in root.rglob("*.parquet"))
+    rows = sum(m.rows.values())
+    print(f"soft labels of {rows:,} rows ({', '.join(f'{k} {v:,}' for k, v in m.rows.items())})"
+          f" by teacher version {m.version} in {root}: {len(m.parts)} parts, "
+          f"{size / 1e6:.1f} MB ({size / rows:.1f} bytes/example), "
+          f"{time.perf_counter() - t0:.0f}s", flush=True)
+    return dict(m.__dict__, bytes=size, wall_s=time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_library_warnings()
+    try:
+        cfg, a = parse_args(argv)
+        run(cfg, a.out, a.part_rows, a.address)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Offline soft labels: precompute to Parquet (resumable), distil from them like online."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.pipeline import OnlineDistillation
+from cluster.soft_labels import SPLITS, Manifest, read_split
+from test_cluster import N, _setup
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.timeout(400)
+def test_precompute_resumes_to_the_same_output(ray_cluster, tmp_path: Path) -> None:
+    from jobs.precompute import run
+    cfg, data, _ = _setup(tmp_path)
+    whole = run(cfg, str(tmp_path / "whole"), part_rows=200, progress=False, dataset=data)
+    assert whole["complete"] and len(whole["parts"]) == 3 * 4  # 640 rows: 200+200+200+40
+
+    def stop_after_five(split: str, part: int) -> None:
+        if len(Manifest.load(tmp_path / "broken").parts) == 5:
+            # die with the next part half-written: Ray Data's files, no rename, no manifest
+            (tmp_path / "broken" / "valid" / "part-00002.partial").mkdir(parents=True)
+            (tmp_path / "broken" / "valid" / "part-00002.partial" / "x.parquet").write_bytes(b"x")
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(cfg, str(tmp_path / "broken"), part_rows=200, progress=False, dataset=data,
+            after_part=stop_after_five)
+    m = Manifest.load(tmp_path / "broken")
+    assert len(m.parts) == 5 and not m.complete
+    with pytest.raises(Exception, match="not .fully. precomputed"):
+        read_split(tmp_path / "broken", "train")
+    written: list[str] = []
+    again = run(cfg, str(tmp_path / "broken"), part_rows=200, progress=False, dataset=data,
+                after_part=lambda s, i: written.append(f"{s}/{i:05d}"))
+    assert len(written) == 12 - 5  # only the missing parts
+    assert again["complete"] and again["parts"].keys() == whole["parts"].keys()
+    for split in SPLITS:
+        a, b = read_split(tmp_path / "whole", split), read_split(tmp_path / "broken", split)
+        assert len(a.ids) == N and np.array_equal(a.ids, np.sort(data.split(split).ids))
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.logits, b.logits)
+        np.testing.assert_array_equal(a.versions, b.versions)
+        assert a.logits.dtype == np.float16 and a.features["last_hidden"].shape == (N, 16)
+        np.testing.assert_array_equal(a.features["last_hidden"], b.features["last_hidden"])
+    assert set(np.unique(a.versions)) == {5}  # the checkpoint's step
+
+
+@pytest.mark.timeout(500)
+def test_offline_students_train_like_online(ray_cluster, tmp_path: Path) -> None:
+    from jobs.precompute import run
+    cfg, data, dims = _setup(tmp_path)
+    run(cfg, str(tmp_path / "labels"), part_rows=256, progress=False, dataset=data)
+    reports = {}
+    for mode, source in (("online", ""), ("offline", str(tmp_path / "labels"))):
+        job = OnlineDistillation(cfg, data, dims, progress=False, soft_labels=source)
+        try:
+            reports[mode] = job.run()
+        finally:
+            job.shutdown()
+    on, off = reports["online"], reports["offline"]
+    assert off["stream"]["produced"] == on["stream"]["produced"]
+    for name in on["students"]:
+        assert off["students"][name]["examples_trained"] == 2 * N
+        for task, m in on["students"][name]["test"].items():
+            for k in ("auc", "logloss"):
+                # the same batches in the same order; the labels may differ in the last
+                # fp16 bit where the teacher's forward ran in another batch composition
+                assert off["students"][name]["test"][task][k] == pytest.approx(
+                    m[k], abs=1e-4), (name, task, k)
+    for task, m in on["teacher"]["test"].items():  # stored fp16 logits vs the live teacher
+        assert off["teacher"]["test"][task]["auc"] == pytest.approx(m["auc"], abs=1e-3)
+    assert off["teacher"]["version"] == on["teacher"]["version"] == 5
+
+
+@pytest.mark.timeout(400)
+def test_teacher_version_swapped_mid_stream(ray_cluster, tmp_path: Path) -> None:
+    """A newer checkpoint version appears mid-pass; the teacher group loads it between
+    batches: no batch lost, every batch tagged, the version counters add up, and a
+    student with staleness weighting (and the ExFM adapter) trains."""
+    import dataclasses
+
+    from cluster.config import GroupConfig
+    from student.config import LossTerm, StudentConfig
+    from teacher.checkpoint import save_teacher, version_dir
+    from teacher.model import TeacherModel
+    from test_cluster import _assert_exactly_once
+    from test_sharding import CFG
+    cfg, data, dims = _setup(tmp_path)
+    root = tmp_path / "root"
+    save_teacher(TeacherModel(data.spec, CFG, device="cpu"), version_dir(root, 5),
+                 spec=data.spec, cfg=CFG, info={"step": 5})
+    stale = GroupConfig(StudentConfig(
+        name="stale", embedding_dim=4, hidden=(8,), staleness_tau=2.0, teacher_adapter=True,
+        losses=(LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5))), replicas=1)
+    cfg = dataclasses.replace(
+        cfg, groups=(*cfg.groups, stale), teacher_group=dataclasses.replace(
+            cfg.teacher_group, checkpoint=str(root), version="latest", refresh_every=1))
+    newer = dataclasses.replace(CFG, seed=7)
+
+    def write_newer(group: str, acked: int) -> None:
+        if group == "kd" and acked == 3:  # mid-pass 1 (10 batches a pass)
+            save_teacher(TeacherModel(data.spec, newer, device="cpu"), version_dir(root, 9),
+                         spec=data.spec, cfg=newer, info={"step": 9})
+
+    job = OnlineDistillation(cfg, data, dims, progress=False, after_ack=write_newer)
+    try:
+        report = job.run()
+    finally:
+        job.shutdown()
+    _assert_exactly_once(job, data, passes=2)  # nothing lost, nothing twice
+    s = report["stream"]
+    assert set(s["produced_by_version"]) == {"5", "9"}
+    assert sum(s["produced_by_version"].values()) == s["produced"] == 20
+    assert s["produced_by_version"]["5"] >= 3
+    for name, per_version in s["acked_by_version"].items():
+        assert sum(per_version.values()) == s["acked"][name] == 20
+    assert report["teacher"]["first_version"] == 5 and report["teacher"]["version"] == 9
+    assert [r["version"] for r in report["teacher"]["refreshes"]] == [9]
+    for name, st in report["students"].items():
+        assert st["teacher_versions"] == [5, 9]
+        assert sum(st["examples_by_version"].values()) == st["examples_trained"] == 2 * N
+    st = report["students"]["stale"]
+    assert 0 < st["mean_kd_scale"] <= 1 and np.isfinite(st["test"]["click"]["logloss"])
+    assert all(s_["mean_kd_scale"] == 1.0 for n, s_ in report["students"].items()
+               if n != "stale")
