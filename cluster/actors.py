@@ -114,6 +114,23 @@ class PassInput:
         """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""
         self._batches = iter(shard.iter_batches(batch_size=self.batch_size,
                                                 batch_format="pyarrow", prefetch_batches=2))
+        self._cpu0 = time.process_time()
+
+    def usage(self) -> dict[str, float]:
+        """CPU seconds this process spent in passes (input, forward, encoding, handing
+        batches to the object store: all its threads), and what it produced."""
+        return {"cpu_s": getattr(self, "_cpu_s", 0.0),
+                "examples": getattr(self, "_examples", 0),
+                "label_bytes": getattr(self, "_label_bytes", 0),
+                "input_bytes": getattr(self, "_input_bytes", 0)}
+
+    def _account(self, labelled: LabelledBatch) -> None:
+        self._examples = getattr(self, "_examples", 0) + labelled.inputs.batch_size
+        self._label_bytes = getattr(self, "_label_bytes", 0) + labelled.logits.nbytes + sum(
+            v.nbytes for v in labelled.features.values())
+        i = labelled.inputs
+        self._input_bytes = getattr(self, "_input_bytes", 0) + sum(
+            x.nbytes for x in (i.dense, i.labels, i.ids, i.values, i.lengths))
 
     def _next_arrays(self) -> BatchArrays | None:
         """The next batch of this pass (features ``keys``), or None at its end."""
@@ -122,6 +139,7 @@ class PassInput:
             arrow = next(self._batches)
         except StopIteration:
             self._batches = None
+            self._cpu_s = getattr(self, "_cpu_s", 0.0) + time.process_time() - self._cpu0
             return None
         return arrow_to_batch(arrow, self.keys)
 
@@ -191,6 +209,7 @@ class TeacherRank(PassInput):
             features={k: _encode(out.features[k], self.feature_dtype) for k in self.features},
             version=self.version, logit_dtype=self.logit_dtype,
             feature_dtype=self.feature_dtype)
+        self._account(labelled)
         return arrays.ids, labelled
 
     @torch.no_grad()

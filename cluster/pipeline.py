@@ -315,6 +315,7 @@ class OnlineDistillation:
                     ray.get([r.keep_best.remote() for r in g.replicas])
             bar.set_postfix({n: f"{valid[n][first]['auc']:.4f}" for n in self.groups})
         bar.close()
+        usage = ray.get([t.usage.remote() for t in self.teachers])
         test = self._evaluate_groups(test_ref, best=True)
         teacher_test = self._teacher_metrics(test_ref, eval_bs)
         students = {}
@@ -341,7 +342,10 @@ class OnlineDistillation:
             "teacher": {"test": teacher_test, "valid": teacher_valid,
                         "parameters": int(info["parameters"]), "version": self.version,
                         "first_version": int(info["version"]),
-                        "refreshes": self.refreshes, "ranks": k},
+                        "refreshes": self.refreshes, "ranks": k,
+                        # what the label source (teacher ranks or soft-label readers) spent
+                        # and produced over all passes
+                        "usage": {key: sum(u[key] for u in usage) for key in usage[0]}},
             "students": students,
             "stream": self.stream.counters(),
             "run_wall_s": time.perf_counter() - t0,

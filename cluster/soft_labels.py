@@ -222,6 +222,7 @@ class SoftLabelReader(PassInput):
             features={k: self.train.features[k][pos] for k in self.features},
             version=int(versions.max()), logit_dtype=self.manifest.logit_dtype,
             feature_dtype=self.manifest.feature_dtype)
+        self._account(labelled)
         return arrays.ids, labelled
 
     def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -131,3 +131,52 @@ def test_teacher_version_swapped_mid_stream(ray_cluster, tmp_path: Path) -> None
     assert 0 < st["mean_kd_scale"] <= 1 and np.isfinite(st["test"]["click"]["logloss"])
     assert all(s_["mean_kd_scale"] == 1.0 for n, s_ in report["students"].items()
                if n != "stale")
+
+
+@pytest.mark.timeout(400)
+def test_precompute_killed_by_sigkill_resumes_identically(tmp_path: Path) -> None:
+    """``python -m jobs.precompute`` SIGKILLed (its whole process group, Ray included)
+    once parts are on disk; the same command finishes it, equal to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_train_teacher_job import SMALL, _dataset, _env
+    data = _dataset(tmp_path)
+    config = tmp_path / "distill.toml"
+    config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 16\ncheckpoint = '
+                      f'"{tmp_path / "teacher"}"\n')
+
+    def cmd(out: str) -> list[str]:
+        return [sys.executable, "-m", "jobs.precompute", "--config", str(config), "--data",
+                str(data), "--out", str(tmp_path / out), "--part-rows", "20"]
+
+    whole = subprocess.run(cmd("whole"), capture_output=True, text=True, env=_env(),
+                           timeout=300)  # trains the teacher first (a Ray task)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    proc = subprocess.Popen(cmd("killed"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+    manifest = tmp_path / "killed" / "manifest.json"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        if manifest.is_file() and len(Manifest.load(tmp_path / "killed").parts) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(Manifest.load(tmp_path / "killed").parts)
+    total = len(Manifest.load(tmp_path / "whole").parts)
+    assert 3 <= killed_at < total and not Manifest.load(tmp_path / "killed").complete
+    again = subprocess.run(cmd("killed"), capture_output=True, text=True, env=_env(),
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert Manifest.load(tmp_path / "killed").parts.keys() == \
+        Manifest.load(tmp_path / "whole").parts.keys()
+    for split in SPLITS:
+        a, b = read_split(tmp_path / "whole", split), read_split(tmp_path / "killed", split)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.logits, b.logits)
+        for name in a.features:
+            np.testing.assert_array_equal(a.features[name], b.features[name])
