@@ -240,8 +240,10 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
                            "valid": progress.history[-1]["valid"] if progress.history
                            else {}, "progress": dataclasses.asdict(progress)})
         if rank == 0:
-            write_index(job.checkpoint, best=max(progress.best_version, 0) or progress.step,
-                        latest=progress.step, keep=job.keep_versions)
+            # Before the first validation there is no best yet: the newest stands in.
+            best = progress.best_version if progress.best_version > 0 else progress.step
+            write_index(job.checkpoint, best=best, latest=progress.step,
+                        keep=job.keep_versions)
 
     for epoch in range(prog.epoch, cfg.epochs):
         if prog.best_epoch > 0 and epoch - prog.best_epoch >= cfg.patience:

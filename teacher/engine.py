@@ -219,21 +219,19 @@ class TeacherTrainer:
 
     def _load(self, path: Path) -> None:
         """Weights and optimizer states from ``path``, before any DeepSpeed engine exists."""
-        if self.engine is None and self.cfg.dense_engine == "ddp":
+        deep = self.cfg.dense_engine == "deepspeed"
+        if not deep:
             # AdamW's state is created lazily; TorchRec's init_state makes it so DCP can
             # load into it in place (its zero-gradient step is overwritten by the load).
             for _, opt in self.optimizer.optimizers:
                 if opt is not self.model.fused_optimizer:
                     opt.init_state()
-        model_state = self._table_state() if self.cfg.dense_engine == "deepspeed" \
+        dense = _prefixed(self.tower.state_dict(), "tower.") if deep else {}
+        model_state = {**self._table_state(), **dense} if deep \
             else dict(self.model.state_dict())
-        dense: dict[str, torch.Tensor] = {}
-        if self.cfg.dense_engine == "deepspeed":
-            dense = _prefixed(self.tower.state_dict(), "tower.")
-            model_state.update(dense)
         state = {**model_state, "optim": self.optimizer.state_dict()}
         load_state(state, path)
-        if self.cfg.dense_engine == "deepspeed":
+        if deep:
             self.model.module.ebc.load_state_dict(
                 {k[len("ebc."):]: v for k, v in state.items() if k.startswith("ebc.")})
             self.tower.load_state_dict(
