@@ -109,6 +109,12 @@ class PassInput:
     batch_size: int
     keys: tuple[str, ...]
     _batches: Iterator[Any] | None = None
+    # What the passes cost and produced (``usage``); per instance once first added to.
+    _cpu0 = 0.0
+    _cpu_s = 0.0
+    _examples = 0
+    _label_bytes = 0
+    _input_bytes = 0
 
     def start_pass(self, shard: Any) -> None:
         """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""
@@ -119,18 +125,16 @@ class PassInput:
     def usage(self) -> dict[str, float]:
         """CPU seconds this process spent in passes (input, forward, encoding, handing
         batches to the object store: all its threads), and what it produced."""
-        return {"cpu_s": getattr(self, "_cpu_s", 0.0),
-                "examples": getattr(self, "_examples", 0),
-                "label_bytes": getattr(self, "_label_bytes", 0),
-                "input_bytes": getattr(self, "_input_bytes", 0)}
+        return {"cpu_s": self._cpu_s, "examples": self._examples,
+                "label_bytes": self._label_bytes, "input_bytes": self._input_bytes}
 
     def _account(self, labelled: LabelledBatch) -> None:
-        self._examples = getattr(self, "_examples", 0) + labelled.inputs.batch_size
-        self._label_bytes = getattr(self, "_label_bytes", 0) + labelled.logits.nbytes + sum(
-            v.nbytes for v in labelled.features.values())
         i = labelled.inputs
-        self._input_bytes = getattr(self, "_input_bytes", 0) + sum(
-            x.nbytes for x in (i.dense, i.labels, i.ids, i.values, i.lengths))
+        self._examples += i.batch_size
+        self._label_bytes += labelled.logits.nbytes + sum(
+            v.nbytes for v in labelled.features.values())
+        self._input_bytes += sum(x.nbytes for x in (i.dense, i.labels, i.ids, i.values,
+                                                     i.lengths))
 
     def _next_arrays(self) -> BatchArrays | None:
         """The next batch of this pass (features ``keys``), or None at its end."""
@@ -139,7 +143,7 @@ class PassInput:
             arrow = next(self._batches)
         except StopIteration:
             self._batches = None
-            self._cpu_s = getattr(self, "_cpu_s", 0.0) + time.process_time() - self._cpu0
+            self._cpu_s += time.process_time() - self._cpu0
             return None
         return arrow_to_batch(arrow, self.keys)
 
@@ -200,17 +204,22 @@ class TeacherRank(PassInput):
         arrays = self._next_arrays()
         if arrays is None:
             return None, None
+        labelled = self._label(arrays)
+        self.metrics.gauge("recdistill_teacher_version", self.version)
+        self._account(labelled)
+        return arrays.ids, labelled
+
+    @torch.no_grad()
+    def _label(self, arrays: BatchArrays) -> LabelledBatch:
+        """The teacher's forward on one batch, encoded in the transport dtypes."""
         batch = arrays.to_batch().to(self.device)
         out: TeacherOutputs = self.model(batch.dense, batch.sparse)
         self.metrics.count("recdistill_teacher_examples", arrays.batch_size)
-        self.metrics.gauge("recdistill_teacher_version", self.version)
-        labelled = LabelledBatch(
+        return LabelledBatch(
             inputs=arrays, logits=_encode(out.logits, self.logit_dtype),
             features={k: _encode(out.features[k], self.feature_dtype) for k in self.features},
             version=self.version, logit_dtype=self.logit_dtype,
             feature_dtype=self.feature_dtype)
-        self._account(labelled)
-        return arrays.ids, labelled
 
     @torch.no_grad()
     def label_rows(self, table: ExampleTable) -> tuple[np.ndarray, np.ndarray,
@@ -219,18 +228,11 @@ class TeacherRank(PassInput):
         dtypes (for offline soft labels). Every rank must call it: the shares are padded
         to equal length so the ranks stay in lockstep; the padding repeats ids, which
         the caller drops."""
-        ids, logits, feats = [], [], {k: [] for k in self.features}
-        for arrays in table.iter_batches(self.batch_size, keys=self.keys, rank=self.rank,
-                                         world=self.world, pad=True):
-            batch = arrays.to_batch().to(self.device)
-            out: TeacherOutputs = self.model(batch.dense, batch.sparse)
-            ids.append(arrays.ids)
-            logits.append(_encode(out.logits, self.logit_dtype))
-            for k in self.features:
-                feats[k].append(_encode(out.features[k], self.feature_dtype))
-        self.metrics.count("recdistill_teacher_examples", sum(len(i) for i in ids))
-        return (np.concatenate(ids), np.concatenate(logits),
-                {k: np.concatenate(v) for k, v in feats.items()})
+        parts = [self._label(arrays) for arrays in table.iter_batches(
+            self.batch_size, keys=self.keys, rank=self.rank, world=self.world, pad=True)]
+        return (np.concatenate([p.inputs.ids for p in parts]),
+                np.concatenate([p.logits for p in parts]),
+                {k: np.concatenate([p.features[k] for p in parts]) for k in self.features})
 
     def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Teacher (logits, labels) of every row of ``table``; every rank must call it."""

@@ -104,3 +104,12 @@ def start_local_ray(num_cpus: int, *, dashboard: bool = True,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=log_to_driver,
              runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}})
+
+
+def connect_ray(address: str, num_cpus: int, *, log_to_driver: bool = False) -> None:
+    """Join the Ray cluster at ``address``, or start a local one with ``num_cpus``."""
+    import ray
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        start_local_ray(num_cpus, log_to_driver=log_to_driver)

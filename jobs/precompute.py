@@ -26,7 +26,7 @@ from tqdm import tqdm
 from cluster.config import DistillConfig
 from data.errors import ConfigError, DataError
 from data.spec import Dataset
-from jobs.common import load_dataset, quiet_library_warnings, start_local_ray
+from jobs.common import connect_ray, load_dataset, quiet_library_warnings
 from teacher.checkpoint import CheckpointError, read_meta, resolve
 
 
@@ -79,10 +79,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     data = dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:
-            start_local_ray(cfg.teacher_group.ranks + 2)
+        connect_ray(address, cfg.teacher_group.ranks + 2)
     teachers: list[Any] = []
     try:
         ensure_teacher(cfg)

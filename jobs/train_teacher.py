@@ -38,9 +38,8 @@ from tqdm import tqdm
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
 from data.spec import Dataset
-from jobs.common import (check_sections, load_dataset, metrics_table,
-                         quiet_library_warnings, read_toml, set_threads, start_local_ray,
-                         write_json_atomic)
+from jobs.common import (check_sections, connect_ray, load_dataset, metrics_table,
+                         quiet_library_warnings, read_toml, set_threads, write_json_atomic)
 from student.metrics import task_metrics
 from teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
                                 write_index)
@@ -374,10 +373,7 @@ def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
     job = dataclasses.replace(
         job, checkpoint=os.path.abspath(job.checkpoint),
         report=os.path.abspath(job.report or os.path.join(job.checkpoint, "report.json")))
-    if job.address:
-        ray.init(address=job.address, log_to_driver=True)
-    else:
-        start_local_ray(job.workers + 2, dashboard=True, log_to_driver=True)
+    connect_ray(job.address, job.workers + 2, log_to_driver=True)
     try:
         trainer = TorchTrainer(
             _worker_loop, train_loop_config={"job": job, "cfg": cfg},
