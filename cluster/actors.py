@@ -115,6 +115,11 @@ class PassInput:
     _examples = 0
     _label_bytes = 0
     _input_bytes = 0
+    _batches_done = 0
+    # Wall seconds in each stage of producing a batch (the pipeline benchmark's profile).
+    _input_s = 0.0
+    _forward_s = 0.0
+    _encode_s = 0.0
 
     def start_pass(self, shard: Any) -> None:
         """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""
@@ -126,10 +131,14 @@ class PassInput:
         """CPU seconds this process spent in passes (input, forward, encoding, handing
         batches to the object store: all its threads), and what it produced."""
         return {"cpu_s": self._cpu_s, "examples": self._examples,
-                "label_bytes": self._label_bytes, "input_bytes": self._input_bytes}
+                "batches": self._batches_done,
+                "label_bytes": self._label_bytes, "input_bytes": self._input_bytes,
+                "input_s": self._input_s, "forward_s": self._forward_s,
+                "encode_s": self._encode_s}
 
     def _account(self, labelled: LabelledBatch) -> None:
         i = labelled.inputs
+        self._batches_done += 1
         self._examples += i.batch_size
         self._label_bytes += labelled.logits.nbytes + sum(
             v.nbytes for v in labelled.features.values())
@@ -139,13 +148,16 @@ class PassInput:
     def _next_arrays(self) -> BatchArrays | None:
         """The next batch of this pass (features ``keys``), or None at its end."""
         assert self._batches is not None, "start_pass first"
+        t0 = time.perf_counter()
         try:
             arrow = next(self._batches)
         except StopIteration:
             self._batches = None
             self._cpu_s += time.process_time() - self._cpu0
             return None
-        return arrow_to_batch(arrow, self.keys)
+        arrays = arrow_to_batch(arrow, self.keys)
+        self._input_s += time.perf_counter() - t0
+        return arrays
 
 
 class TeacherRank(PassInput):
@@ -212,14 +224,19 @@ class TeacherRank(PassInput):
     @torch.no_grad()
     def _label(self, arrays: BatchArrays) -> LabelledBatch:
         """The teacher's forward on one batch, encoded in the transport dtypes."""
+        t0 = time.perf_counter()
         batch = arrays.to_batch().to(self.device)
         out: TeacherOutputs = self.model(batch.dense, batch.sparse)
+        t1 = time.perf_counter()
         self.metrics.count("recdistill_teacher_examples", arrays.batch_size)
-        return LabelledBatch(
+        labelled = LabelledBatch(
             inputs=arrays, logits=_encode(out.logits, self.logit_dtype),
             features={k: _encode(out.features[k], self.feature_dtype) for k in self.features},
             version=self.version, logit_dtype=self.logit_dtype,
             feature_dtype=self.feature_dtype)
+        self._forward_s += t1 - t0
+        self._encode_s += time.perf_counter() - t1
+        return labelled
 
     @torch.no_grad()
     def label_rows(self, table: ExampleTable) -> tuple[np.ndarray, np.ndarray,
@@ -288,10 +305,12 @@ class StudentReplica:
         ``newest_version``: the newest teacher version the stream has seen; with
         ``staleness_tau`` the KD terms are weighted by ``exp(-staleness / tau)``.
         """
+        t0 = time.perf_counter()
         rows = self._my_rows(labelled.inputs.batch_size)
         batch = labelled.inputs.to_table().take(rows).to_batch()
         batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
         teacher = labelled.teacher_outputs(rows)
+        t1 = time.perf_counter()
         staleness = max(0, (newest_version or labelled.version) - labelled.version)
         kd_scale = math.exp(-staleness / self.cfg.staleness_tau) \
             if self.cfg.staleness_tau > 0 else 1.0
@@ -299,6 +318,7 @@ class StudentReplica:
                            batch, teacher, kd_scale)
         agree = out.pop("agreement")
         now = time.perf_counter()
+        timing = {"prepare_s": t1 - t0, "step_s": now - t1}
         self.metrics.count("recdistill_examples_trained", len(rows))
         self.metrics.gauge("recdistill_examples_per_s", len(rows) / max(now - self._t_last, 1e-9))
         self.metrics.gauge("recdistill_teacher_agreement", agree)
@@ -307,7 +327,7 @@ class StudentReplica:
         self._t_last = now
         self.metrics.gauge("recdistill_kd_scale", kd_scale)
         return {"ids": labelled.inputs.ids[rows], "loss": out, "agreement": agree,
-                "version": labelled.version, "kd_scale": kd_scale}
+                "version": labelled.version, "kd_scale": kd_scale, "timing": timing}
 
     @torch.no_grad()
     def evaluate(self, table: ExampleTable, batch_size: int, best: bool = False

@@ -142,9 +142,12 @@ class DistillConfig:
     """The whole online distillation job.
 
     Attributes:
-        data: ``movielens``, ``synthetic`` or a dataset TOML file.
+        data: ``movielens``, ``synthetic``, ``synthetic-stream`` (training rows generated
+            as Ray Data reads them: memory does not grow with ``rows``) or a dataset
+            TOML file.
         split: MovieLens split.
-        rows: synthetic rows.
+        rows: synthetic rows (``synthetic-stream``: training rows).
+        max_cardinality: cap on the synthetic features' ids (1e7: Criteo's own sizes).
         passes: passes over train, every group sees every example once per pass.
         seed: seed of the data order (and of the default groups' initialisation).
         teacher: the teacher model (used when the teacher is trained first).
@@ -157,6 +160,7 @@ class DistillConfig:
     data: str = "movielens"
     split: str = "user_time"
     rows: int = 100_000
+    max_cardinality: int = 100_000
     passes: int = 8
     seed: int = 0
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

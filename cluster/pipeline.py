@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from cluster.actors import COLLECTIVE_TIMEOUT, StudentReplica, TeacherRank
 from cluster.config import DistillConfig, GroupConfig
-from cluster.data import to_ray_dataset
+from cluster.data import pass_dataset, train_dataset
 from cluster.metrics import ActorMetrics
 from cluster.soft_labels import SoftLabelReader
 from cluster.stream import SoftLabelStream, StreamItem
@@ -86,6 +86,8 @@ class GroupRuntime:
     restarts: int = 0
     examples_by_version: dict[int, int] = field(default_factory=dict)
     kd_scales: list[float] = field(default_factory=list)
+    # Sums over acknowledged rounds of replica 0's step timing (prepare_s, step_s).
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 class OnlineDistillation:
@@ -115,6 +117,10 @@ class OnlineDistillation:
         self.metrics = ActorMetrics("driver", {})
         self.teachers: list[Any] = []
         self.groups: dict[str, GroupRuntime] = {}
+        self._busy_s = 0.0  # the driver's own time in the pass loops (not waiting)
+        self._train_wall_s = 0.0
+        self._driver_cpu_s = 0.0  # the driver process's CPU (all threads) in the passes
+        self._loop_cpu_s = 0.0  # of which the event loop's own thread
 
     # ----------------------------------------------------------------- actor groups
     def _start_teachers(self) -> dict[str, Any]:
@@ -170,6 +176,8 @@ class OnlineDistillation:
             v = int(results[0]["version"])
             g.examples_by_version[v] = g.examples_by_version.get(v, 0) + len(rnd.item.ids)
             g.kd_scales.append(float(results[0]["kd_scale"]))
+            for key, value in results[0]["timing"].items():
+                g.timing[key] = g.timing.get(key, 0.0) + value
             if self.after_ack is not None:
                 self.after_ack(name, self.stream.books[name].acked)
         else:
@@ -204,12 +212,13 @@ class OnlineDistillation:
 
     def _run_pass(self, pass_index: int, ds: Any, bar: tqdm) -> None:
         k = len(self.teachers)
-        shards = ds.random_shuffle(seed=self.cfg.seed * 1000 + pass_index) \
+        shards = pass_dataset(ds, self.data.train, self.cfg.seed * 1000 + pass_index) \
             .streaming_split(k, equal=True)
         ray.get([t.start_pass.remote(s) for t, s in zip(self.teachers, shards)])
         teacher_call: list[tuple[Any, Any]] | None = None
         teacher_done = False
         last_gauge = 0.0
+        busy0 = time.perf_counter()
         while True:
             if not teacher_done and teacher_call is None and self.stream.has_room(k):
                 self._maybe_refresh()
@@ -222,9 +231,12 @@ class OnlineDistillation:
                 waiting += [ids for ids, _ in teacher_call]
             if not waiting:
                 if teacher_done and self.stream.drained():
+                    self._busy_s += time.perf_counter() - busy0
                     return
                 raise RuntimeError("distillation stalled: nothing in flight")  # a bug
+            self._busy_s += time.perf_counter() - busy0
             ready, _ = ray.wait(waiting, num_returns=1, timeout=5.0)
+            busy0 = time.perf_counter()
             ready_set = set(ready) | set(ray.wait(waiting, num_returns=len(waiting),
                                                   timeout=0)[0])
             if teacher_call is not None and all(ids in ready_set for ids, _ in teacher_call):
@@ -288,7 +300,7 @@ class OnlineDistillation:
             self.groups[g.name] = GroupRuntime(g, self._spawn_group(g, 0))
         params = {name: ray.get(g.replicas[0].parameters_count.remote())
                   for name, g in self.groups.items()}
-        ds = to_ray_dataset(self.data.train)
+        ds = train_dataset(self.data.train)
         valid_ref, test_ref = ray.put(self.data.valid), ray.put(self.data.test)
         eval_bs = self.cfg.eval_batch_size
         teacher_valid = self._teacher_metrics(valid_ref, eval_bs)
@@ -300,7 +312,12 @@ class OnlineDistillation:
                    mininterval=0.5)
         for p in range(self.cfg.passes):
             start = {n: self.stream.books[n].acked for n in self.groups}
+            t_pass, cpu_pass = time.perf_counter(), time.process_time()
+            thread_pass = time.thread_time()
             self._run_pass(p, ds, bar)
+            self._train_wall_s += time.perf_counter() - t_pass
+            self._driver_cpu_s += time.process_time() - cpu_pass
+            self._loop_cpu_s += time.thread_time() - thread_pass
             valid = self._evaluate_groups(valid_ref)
             for name, g in self.groups.items():
                 auc = valid[name][first]["auc"]
@@ -336,6 +353,10 @@ class OnlineDistillation:
                 "examples_by_version": {str(v): n for v, n in
                                         sorted(g.examples_by_version.items())},
                 "mean_kd_scale": float(np.mean(g.kd_scales)) if g.kd_scales else 1.0,
+                # replica 0's seconds per acknowledged batch: reading its rows and the
+                # teacher outputs out of the batch, and the optimizer step
+                "seconds_per_batch": {k: v / max(1, len(g.losses))
+                                      for k, v in g.timing.items()},
                 "curve": g.curve,
             }
         return {
@@ -349,6 +370,11 @@ class OnlineDistillation:
             "students": students,
             "stream": self.stream.counters(),
             "run_wall_s": time.perf_counter() - t0,
+            # wall seconds of the passes alone (no setup, no evaluation), and the
+            # driver's own work in them: the broker's cost
+            "train_wall_s": self._train_wall_s,
+            "driver_busy_s": self._busy_s, "driver_cpu_s": self._driver_cpu_s,
+            "driver_loop_cpu_s": self._loop_cpu_s,
         }
 
     def _teacher_metrics(self, table_ref: Any, bs: int) -> dict[str, dict[str, float]]:

@@ -18,10 +18,14 @@ import numpy as np
 from data.errors import ConfigError
 from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 
-# Criteo Kaggle's spread of cardinalities (rounded), capped by max_cardinality.
-_CRITEO_CARDINALITIES = (1460, 583, 100000, 100000, 305, 24, 12517, 633, 3, 93145,
-                         5683, 100000, 3194, 27, 14992, 100000, 10, 5652, 2173, 4,
-                         100000, 18, 15, 100000, 105, 100000)
+# Criteo Kaggle's cardinalities (33.8 M ids in all), capped by max_cardinality: the
+# default cap of 1e5 gives 0.84 M ids; a cap of 1e7 gives 33.6 M, a 1.08e9-parameter
+# teacher at embedding dim 32.
+_CRITEO_CARDINALITIES = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145,
+                         5683, 8351593, 3194, 27, 14992, 5461306, 10, 5652, 2173, 4,
+                         7046547, 18, 15, 286181, 105, 142572)
+# Chunk keys of the evaluation rows of a streamed dataset: far above any training chunk.
+_EVAL_CHUNK_BASE = 1 << 30
 TASKS = ("click", "like", "convert")
 
 
@@ -126,8 +130,12 @@ def generate_chunk(cfg: SyntheticConfig, chunk: int) -> ExampleTable:
     if not 0 <= chunk < cfg.n_chunks:
         raise IndexError(f"chunk {chunk} outside [0, {cfg.n_chunks})")
     start = chunk * cfg.chunk_rows
-    n = min(cfg.chunk_rows, cfg.rows - start)
-    rng = np.random.default_rng([cfg.seed, chunk])
+    return _rows(cfg, chunk, start, min(cfg.chunk_rows, cfg.rows - start))
+
+
+def _rows(cfg: SyntheticConfig, key: int, start: int, n: int) -> ExampleTable:
+    """``n`` rows drawn with the generator seeded by ``(seed, key)``, ids from ``start``."""
+    rng = np.random.default_rng([cfg.seed, key])
     cards = cfg.cardinalities()
 
     # Dense: log-normal counts, as Criteo's integer features, fed in as log1p.
@@ -197,3 +205,46 @@ def synthetic_dataset(cfg: SyntheticConfig) -> Dataset:
                              for k, (_, v) in table.sparse.items()})
 
     return Dataset(cfg.spec(), *(rows(p) for p in parts), name=f"synthetic-{cfg.rows}")
+
+
+@dataclass(frozen=True)
+class SyntheticStream:
+    """Training rows that are never all in memory: chunk ``c`` is generated where it is
+    read (a Ray Data task, see ``cluster.data``), from ``(seed, c)`` alone.
+
+    Attributes:
+        cfg: ``cfg.rows`` is the number of training rows.
+    """
+
+    cfg: SyntheticConfig
+
+    def __len__(self) -> int:
+        return self.cfg.rows
+
+    def num_batches(self, batch_size: int, world: int = 1) -> int:
+        """Batches per rank of a pass (as ``ExampleTable.num_batches``)."""
+        return -(-(len(self) // world) // batch_size)
+
+    def chunk(self, c: int, seed: int | None = None) -> ExampleTable:
+        """Chunk ``c``; with ``seed``, its rows in an order drawn from ``(seed, c)`` (the
+        within-chunk half of a pass's shuffle; the pass shuffles the chunk order too)."""
+        t = generate_chunk(self.cfg, c)
+        if seed is None:
+            return t
+        order = np.random.default_rng([seed, c]).permutation(len(t))
+        n = len(order)
+        return ExampleTable(t.dense[order], t.labels[order], t.ids[order],
+                            {k: (np.arange(n + 1, dtype=np.int64), v[order])
+                             for k, (_, v) in t.sparse.items()})
+
+
+def synthetic_stream_dataset(cfg: SyntheticConfig, eval_rows: int = 50_000) -> Dataset:
+    """``cfg.rows`` training rows streamed (:class:`SyntheticStream`), and validation and
+    test sets of ``eval_rows`` rows each in memory, from the same planted model (ids
+    after the training ids). Memory does not grow with ``cfg.rows``."""
+    if eval_rows < 1:
+        raise ConfigError(f"eval_rows must be >= 1, got {eval_rows}")
+    valid = _rows(cfg, _EVAL_CHUNK_BASE, cfg.rows, eval_rows)
+    test = _rows(cfg, _EVAL_CHUNK_BASE + 1, cfg.rows + eval_rows, eval_rows)
+    return Dataset(cfg.spec(), SyntheticStream(cfg), valid, test,  # type: ignore[arg-type]
+                   name=f"synthetic-stream-{cfg.rows}")

@@ -16,10 +16,10 @@ import torch
 from data.errors import ConfigError, DataError
 from data.movielens import SPLITS, load_movielens
 from data.spec import Dataset
-from data.synthetic import SyntheticConfig, synthetic_dataset
+from data.synthetic import SyntheticConfig, synthetic_dataset, synthetic_stream_dataset
 from data.tabular import load_tabular
 
-DATASETS = ("movielens", "synthetic")
+DATASETS = ("movielens", "synthetic", "synthetic-stream")
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -40,18 +40,32 @@ def check_sections(doc: dict[str, Any], known: tuple[str, ...], path: str) -> No
 
 
 def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
-                 rows: int = 100_000) -> Dataset:
-    """``movielens`` (recbole's copy), ``synthetic`` (``rows`` rows), or a dataset TOML."""
+                 rows: int = 100_000, max_cardinality: int = 100_000) -> Dataset:
+    """``movielens`` (recbole's copy), ``synthetic`` (``rows`` rows in memory, split
+    80/10/10), ``synthetic-stream`` (``rows`` training rows generated as they are read,
+    50,000 validation and test rows; online distillation only), or a dataset TOML.
+    ``max_cardinality`` caps the synthetic features' ids."""
     if data == "movielens":
         if split not in SPLITS:
             raise ConfigError(f"--split: unknown {split!r}; expected one of {SPLITS}")
         return load_movielens(split=split, seed=seed)
-    if data == "synthetic":
-        return synthetic_dataset(SyntheticConfig(rows=rows, seed=seed))
+    if data in ("synthetic", "synthetic-stream"):
+        cfg = SyntheticConfig(rows=rows, seed=seed, max_cardinality=max_cardinality)
+        return synthetic_dataset(cfg) if data == "synthetic" else synthetic_stream_dataset(cfg)
     if data.endswith(".toml"):
         return load_tabular(data)
     raise DataError(f"--data: expected {' or '.join(DATASETS)} or a dataset .toml file, "
                     f"got {data!r}")
+
+
+def in_memory(data: Dataset, job: str) -> Dataset:
+    """``data`` if its training rows are in memory; jobs that index rows need that."""
+    from data.synthetic import SyntheticStream
+    if isinstance(data.train, SyntheticStream):
+        raise ConfigError(f"--data synthetic-stream streams its training rows for "
+                          f"jobs.distill only; {job} needs them in memory: use --data "
+                          "synthetic (the same generator and feature spec)")
+    return data
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -25,7 +25,8 @@ from jobs.common import (check_sections, load_dataset, quiet_library_warnings, r
                          start_local_ray, write_json_atomic)
 from teacher.checkpoint import CheckpointError
 
-SECTIONS = ("data", "split", "rows", "passes", "seed", "teacher", "teacher_group",
+SECTIONS = ("data", "split", "rows", "max_cardinality", "passes", "seed", "teacher",
+            "teacher_group",
             "stream", "groups", "eval_batch_size")
 
 
@@ -83,6 +84,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
     p.add_argument("--split", help="MovieLens split (default user_time)")
     p.add_argument("--rows", type=int, help="synthetic rows")
+    p.add_argument("--max-cardinality", type=int, dest="max_cardinality",
+                   help="cap on synthetic ids per feature (default 100000)")
     p.add_argument("--passes", type=int, help="passes over train")
     p.add_argument("--seed", type=int)
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
@@ -102,7 +105,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
                    help="train from soft labels jobs.precompute wrote here, not the live "
                         "teacher")
     a = p.parse_args(argv)
-    cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows, passes=a.passes,
+    cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,
+                      max_cardinality=a.max_cardinality, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
                       checkpoint=a.checkpoint, version=a.version)
     return cfg, a
@@ -173,7 +177,12 @@ def ensure_teacher(cfg: DistillConfig) -> None:
         raise CheckpointError(f"{ckpt}: teacher checkpoint not found and "
                               "teacher_group.train_if_missing is false")
     print(f"teacher checkpoint {ckpt} not found: training the teacher first", flush=True)
-    job = TrainTeacherArgs(data=cfg.data, split=cfg.split, rows=cfg.rows,
+    # A streamed dataset trains its teacher on up to 1e6 in-memory rows of the same
+    # generator (same feature spec).
+    data, rows = (("synthetic", min(cfg.rows, 1_000_000)) if cfg.data == "synthetic-stream"
+                  else (cfg.data, cfg.rows))
+    job = TrainTeacherArgs(data=data, split=cfg.split, rows=rows,
+                           max_cardinality=cfg.max_cardinality,
                            checkpoint=str(ckpt), report=str(ckpt) + "_report.json")
     task = ray.remote(num_cpus=1)(_train_teacher)
     ray.get(task.remote(job, cfg.teacher))
@@ -282,7 +291,8 @@ def run(cfg: DistillConfig, address: str = "", report_path: str = "",
     from cluster.pipeline import OnlineDistillation
     from cluster.soft_labels import Manifest, spec_check
     t0 = time.perf_counter()
-    data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
+    data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows,
+                        max_cardinality=cfg.max_cardinality)
     manifest = Manifest.load(soft_labels) if soft_labels else None
     if manifest is not None:
         spec_check(manifest, data.spec, soft_labels)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from cluster.config import DistillConfig
 from data.errors import ConfigError, DataError
 from data.spec import Dataset
-from jobs.common import connect_ray, load_dataset, quiet_library_warnings
+from jobs.common import connect_ray, in_memory, load_dataset, quiet_library_warnings
 from teacher.checkpoint import CheckpointError, read_meta, resolve
 
 
@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
     p.add_argument("--split", help="MovieLens split (default user_time)")
     p.add_argument("--rows", type=int, help="synthetic rows")
+    p.add_argument("--max-cardinality", type=int, dest="max_cardinality",
+                   help="cap on synthetic ids per feature (default 100000)")
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
     p.add_argument("--teacher-checkpoint", dest="checkpoint")
     p.add_argument("--teacher-version", dest="version")
@@ -49,7 +51,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     a = p.parse_args(argv)
     if a.part_rows < 1:
         raise ConfigError(f"--part-rows must be >= 1, got {a.part_rows}")
-    cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows, ranks=a.ranks,
+    cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,
+                      max_cardinality=a.max_cardinality, ranks=a.ranks,
                       checkpoint=a.checkpoint, version=a.version)
     return cfg, a
 
@@ -76,7 +79,10 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     from jobs.distill import ensure_teacher
     t0 = time.perf_counter()
     root = Path(out)
-    data = dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
+    data = in_memory(dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed,
+                                             rows=cfg.rows,
+                                             max_cardinality=cfg.max_cardinality),
+                     "jobs.precompute")
     own_cluster = not ray.is_initialized()
     if own_cluster:
         connect_ray(address, cfg.teacher_group.ranks + 2)

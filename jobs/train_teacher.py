@@ -38,8 +38,9 @@ from tqdm import tqdm
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
 from data.spec import Dataset
-from jobs.common import (check_sections, connect_ray, load_dataset, metrics_table,
-                         quiet_library_warnings, read_toml, set_threads, write_json_atomic)
+from jobs.common import (check_sections, connect_ray, in_memory, load_dataset,
+                         metrics_table, quiet_library_warnings, read_toml, set_threads,
+                         write_json_atomic)
 from student.metrics import task_metrics
 from teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
                                 write_index)
@@ -61,6 +62,7 @@ class TrainTeacherArgs:
         data: ``movielens``, ``synthetic`` or a dataset TOML file.
         split: MovieLens split (user_time, random, global_time).
         rows: synthetic rows.
+        max_cardinality: cap on the synthetic features' ids (1e7: Criteo's own sizes).
         checkpoint: root directory of the run's checkpoint versions.
         report: JSON report path (none if empty).
         eval_batch_size: rows per rank per evaluation batch.
@@ -77,6 +79,7 @@ class TrainTeacherArgs:
     data: str = "movielens"
     split: str = "user_time"
     rows: int = 100_000
+    max_cardinality: int = 100_000
     checkpoint: str = "runs/teacher"
     report: str = ""
     eval_batch_size: int = 4096
@@ -88,7 +91,8 @@ class TrainTeacherArgs:
     keep_versions: int = 3
 
     def __post_init__(self) -> None:
-        for key, low in (("rows", 1), ("eval_batch_size", 1), ("workers", 0),
+        for key, low in (("rows", 1), ("max_cardinality", 1), ("eval_batch_size", 1),
+                         ("workers", 0),
                          ("checkpoint_every", 0), ("keep_versions", 0)):
             if getattr(self, key) < low:
                 raise ConfigError(f"job.{key} must be >= {low}, got {getattr(self, key)}")
@@ -103,6 +107,10 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
     p.add_argument("--split", help="MovieLens split: user_time (default), random, global_time")
     p.add_argument("--rows", type=int, help="synthetic rows (default 100000)")
+    p.add_argument("--max-cardinality", type=int,
+                   help="cap on synthetic ids per feature (default 100000; 10000000 gives "
+                        "a 1.08e9-parameter teacher at --embedding-dim 32)")
+    p.add_argument("--embedding-dim", type=int)
     p.add_argument("--checkpoint", help="checkpoint root directory (default runs/teacher)")
     p.add_argument("--report", help="write a JSON report here")
     p.add_argument("--epochs", type=int)
@@ -132,6 +140,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     cfg = from_mapping(TeacherConfig, doc.get("teacher", {}), "teacher")
     job = from_mapping(TrainTeacherArgs, doc.get("job", {}), "job")
     over = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size),
+                              ("embedding_dim", a.embedding_dim),
                               ("sharding", a.sharding), ("seed", a.seed),
                               ("dense_engine", a.dense_engine), ("zero_stage", a.zero_stage),
                               ("precision", a.precision)) if v is not None}
@@ -146,7 +155,8 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
         os.environ.get("RAY_ADDRESS", "") if (a.workers or job.workers) else "")
     job = dataclasses.replace(job, **{k: v for k, v in (
         ("data", a.data), ("split", a.split), ("rows", a.rows),
-        ("checkpoint", a.checkpoint), ("report", a.report), ("workers", a.workers),
+        ("max_cardinality", a.max_cardinality), ("checkpoint", a.checkpoint),
+        ("report", a.report), ("workers", a.workers),
         ("address", address or None), ("checkpoint_every", a.checkpoint_every))
         if v is not None})
     if a.gpu:
@@ -215,7 +225,10 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
             tqdm.write(msg)
 
     resume_from, prog = _restore(job, world, log)
-    data = dataset or load_dataset(job.data, split=job.split, seed=cfg.seed, rows=job.rows)
+    data = in_memory(dataset or load_dataset(job.data, split=job.split, seed=cfg.seed,
+                                             rows=job.rows,
+                                             max_cardinality=job.max_cardinality),
+                     "jobs.train_teacher")
     # DMP materialises the meta tables with torch's global generator: seed it, so a run
     # is reproducible (every rank the same seed; each initialises different shards).
     torch.manual_seed(cfg.seed)

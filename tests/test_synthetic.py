@@ -51,3 +51,33 @@ def test_ten_million_rows_stream_in_bounded_memory() -> None:
     assert rows == 10_000_000
     # One 65k-row chunk is ~15 MB; 10 M rows held at once would be ~2.4 GB.
     assert proc.memory_info().rss - rss_after_first < 150 * 2**20
+
+
+def test_stream_dataset_chunks_and_fixed_eval_sets() -> None:
+    from data.synthetic import SyntheticStream, synthetic_stream_dataset
+    cfg = SyntheticConfig(rows=5000, chunk_rows=2048, seed=3)
+    d = synthetic_stream_dataset(cfg, eval_rows=300)
+    assert isinstance(d.train, SyntheticStream) and len(d.train) == 5000
+    assert d.train.num_batches(512, 2) == 5  # 2500 rows per rank -> 5 batches of <= 512
+    # validation and test: eval_rows each, ids after the training ids, distinct draws
+    assert d.valid.ids.tolist() == list(range(5000, 5300))
+    assert d.test.ids.tolist() == list(range(5300, 5600))
+    assert not np.array_equal(d.valid.dense, d.test.dense)
+    assert d.spec == cfg.spec()
+    # a chunk shuffled for a pass holds the same rows, in a seed-determined order
+    plain, shuffled = d.train.chunk(1), d.train.chunk(1, seed=11)
+    order = np.argsort(shuffled.ids)
+    np.testing.assert_array_equal(shuffled.ids[order], plain.ids)
+    np.testing.assert_array_equal(shuffled.dense[order], plain.dense)
+    np.testing.assert_array_equal(shuffled.sparse["c5"][1][order], plain.sparse["c5"][1])
+    assert not np.array_equal(shuffled.ids, plain.ids)
+    np.testing.assert_array_equal(d.train.chunk(1, seed=11).ids, shuffled.ids)
+    # the default cap reproduces the in-memory dataset's rows and spec
+    np.testing.assert_array_equal(plain.dense, generate_chunk(cfg, 1).dense)
+
+
+def test_criteo_cardinalities_make_a_billion_parameter_teacher_at_dim_32() -> None:
+    small = SyntheticConfig().cardinalities()
+    big = SyntheticConfig(max_cardinality=10_000_000).cardinalities()
+    assert max(small) == 100_001 and sum(small) == 840_569  # as before the uncapped table
+    assert max(big) == 10_000_001 and sum(big) * 32 >= 1e9

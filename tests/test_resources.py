@@ -1,0 +1,59 @@
+import os
+
+from cluster.resources import ResourceSampler, role
+
+
+def test_sampler_names_actor_processes_and_keeps_their_peaks(ray_cluster) -> None:
+    ray = ray_cluster
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def grow(self, mb: int) -> int:
+            self.block = bytearray(mb * 2**20)
+            for i in range(0, len(self.block), 4096):  # touch every page: it counts in RSS
+                self.block[i] = 1
+            return os.getpid()
+
+        def shrink(self) -> None:
+            self.block = bytearray(0)
+
+    probe = Probe.remote()
+    pid = ray.get(probe.grow.remote(1))
+    sampler = ResourceSampler(interval=3600, object_store=False)  # sampled by hand here
+    first = sampler.sample().rss[pid]
+    ray.get(probe.grow.remote(200))
+    grown = sampler.sample().rss[pid]
+    ray.get(probe.shrink.remote())
+    sampler.sample()
+    assert grown - first > 150 * 2**20
+    summary = sampler.summary()
+    assert sampler.roles[pid] == "Probe"
+    assert summary["roles"]["Probe"] == {"peak_rss": grown, "processes": 1,
+                                         "peak_rss_each": [grown]}
+    assert summary["samples"] == 3
+    assert summary["roles"]["driver"]["processes"] == 1
+    assert summary["peak_total_rss"] == max(sum(s.rss.values()) for s in sampler.samples)
+    curve = sampler.curve()
+    assert [c["by_role"]["Probe"] for c in curve][1] == grown
+    ray.kill(probe)
+
+
+class _Proc:
+    def __init__(self, pid: int, cmd: list[str]) -> None:
+        self.pid, self._cmd = pid, cmd
+
+    def cmdline(self) -> list[str]:
+        return self._cmd
+
+    def name(self) -> str:
+        return "x"
+
+
+def test_role_names() -> None:
+    assert role(_Proc(1, ["python"]), driver=1) == "driver"
+    assert role(_Proc(2, ["ray::TeacherRank.label_next()"]), driver=1) == "TeacherRank"
+    assert role(_Proc(2, ["ray::StudentReplica"]), driver=1) == "StudentReplica"
+    assert role(_Proc(2, ["ray::MapBatches(_Chunks)"]), driver=1) == "MapBatches(_Chunks)"
+    assert role(_Proc(2, ["/x/bin/raylet", "--flag"]), driver=1) == "raylet"
+    assert role(_Proc(2, ["/x/python", "/x/ray/_private/log_monitor.py"]), driver=1) == \
+        "log_monitor"

@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from cluster.stream import IdSet, SoftLabelStream
+
+
+def test_idset_counts_membership_and_growth() -> None:
+    s = IdSet()
+    s.add(np.array([3, 5, 9, 8, 17]))  # 8 and 9 share a byte with nothing else; 3, 5 do
+    assert len(s) == 5
+    s.add(np.array([5, 6, 100, 100]))  # one old id, one repeated new id
+    assert len(s) == 7
+    assert s.to_array().tolist() == [3, 5, 6, 8, 9, 17, 100]
+    assert s.contains(np.array([3, 4, 100, 101, 10_000])).tolist() == \
+        [True, False, True, False, False]
+    assert s.issuperset(np.array([6, 9])) and not s.issuperset(np.array([6, 7]))
+    assert s == {3, 5, 6, 8, 9, 17, 100} and s != {3, 5}
+    with pytest.raises(ValueError, match="ids must be >= 0"):
+        s.add(np.array([-1, 2]))
+
+
+def test_idset_matches_a_python_set_on_random_batches() -> None:
+    rng = np.random.default_rng(0)
+    s, ref = IdSet(), set()
+    for _ in range(50):
+        ids = rng.integers(0, 5000, size=rng.integers(1, 300))
+        s.add(ids)
+        ref.update(ids.tolist())
+        assert len(s) == len(ref)
+    assert s.to_array().tolist() == sorted(ref)
+    assert len(s._bits) <= 2 * (5000 // 8 + 1)  # 1 bit per id, growth by doubling
+
+
+def test_redelivered_batch_of_trained_ids_is_dropped_as_duplicate() -> None:
+    st = SoftLabelStream(["g"], max_inflight=4)
+    a = st.publish("ref-a", np.array([0, 1, 2]), version=1, pass_index=0)
+    item = st.next_for("g")
+    assert item is a
+    st.ack("g", item)
+    st.publish("ref-b", np.array([1, 2]), version=1, pass_index=0)  # all trained already
+    st.publish("ref-c", np.array([2, 3]), version=1, pass_index=0)  # 3 is new
+    assert st.next_for("g").ref == "ref-c"
+    assert st.books["g"].duplicates_dropped == 1
+    assert len(st.trained_ids("g", 0)) == 3 and len(st.trained_ids("g", 1)) == 0
