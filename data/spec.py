@@ -298,6 +298,9 @@ class Dataset:
     valid: ExampleTable
     test: ExampleTable
     name: str = "dataset"
+    # Rows left out while loading (``skip_bad_rows``): split -> {"rows": n, "reasons":
+    # {reason: n}, "first": [where, ...]}. Empty when nothing was skipped.
+    skipped: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> ExampleTable:
         if name not in ("train", "valid", "test"):

@@ -8,12 +8,18 @@ dense = ["age", "hours"]                # numeric columns
 sparse = ["workclass", "education"]     # categorical columns, raw values (str or int)
 multi_hot = { genres = "|" }            # categorical columns holding several values
 tasks = ["income"]                      # label columns, 0/1
+skip_bad_rows = false                   # true: leave malformed rows out, counted
 ```
 
 Vocabularies come from train (ids 1..V, unseen or missing values -> id 0); dense
 columns are standardised with train's mean and standard deviation. Every error names the
 file, and where it applies the row (CSV: the line number, header = line 1; Parquet: the
 1-based data row) and the column. The TOML file is parsed as data; nothing in it runs.
+
+With ``skip_bad_rows = true`` malformed rows (a CSV line with the wrong number of
+fields, a non-numeric dense value, a label other than 0/1, an empty multi-hot value) are
+left out instead, and ``Dataset.skipped`` counts them per split and reason, with the
+first few places; the jobs print the counts and put them in their reports.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from data.errors import DataError
 from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 
 _KEYS = {"train": str, "valid": str, "test": str, "dense": list, "sparse": list,
-         "multi_hot": dict, "tasks": list}
+         "multi_hot": dict, "tasks": list, "skip_bad_rows": bool}
+_FIRST = 5  # places of skipped rows kept per split
 _REQUIRED = ("train", "valid", "test", "tasks")
 
 
@@ -76,14 +83,23 @@ def _describe(toml_path: Path) -> dict[str, Any]:
 _CSV_LINE = re.compile(r"line (\d+)")
 
 
-def _read_frame(path: Path, columns: list[str], named_by: str) -> tuple[pd.DataFrame, int]:
-    """The needed columns as object/str frame and the row number of data row 0."""
+def _read_frame(path: Path, columns: list[str], named_by: str,
+                skipped: list[list[str]] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """The needed columns as object/str frame and each data row's number in the file.
+
+    ``skipped``: CSV lines with the wrong number of fields are left out and appended
+    there (pandas' python engine hands them over without their line numbers), instead
+    of failing."""
     if not path.is_file():
         raise DataError(f"file not found (named by {named_by!r})", path=str(path))
     suffix = path.suffix.lower()
     if suffix == ".csv":
+        kw: dict[str, Any] = {}
+        if skipped is not None:
+            kw = {"engine": "python",
+                  "on_bad_lines": lambda fields: skipped.append(fields)}  # None: drop
         try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **kw)
         except pd.errors.ParserError as e:
             m = _CSV_LINE.search(str(e))
             raise DataError(f"malformed row: {e}", path=str(path),
@@ -91,12 +107,16 @@ def _read_frame(path: Path, columns: list[str], named_by: str) -> tuple[pd.DataF
         except pd.errors.EmptyDataError:
             raise DataError("file is empty", path=str(path)) from None
         first_row = 2  # line 1 is the header
+        if skipped:  # line numbers of the kept rows are no longer contiguous: unknown
+            rows = np.full(len(frame), -1)
+        else:
+            rows = np.arange(first_row, first_row + len(frame))
     elif suffix in (".parquet", ".pq"):
         try:
             frame = pq.read_table(path).to_pandas()
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types here
             raise DataError(f"cannot read Parquet: {e}", path=str(path)) from None
-        first_row = 1
+        rows = np.arange(1, 1 + len(frame))
     else:
         raise DataError(f"unsupported file type {suffix!r}; use .csv or .parquet",
                         path=str(path))
@@ -104,7 +124,7 @@ def _read_frame(path: Path, columns: list[str], named_by: str) -> tuple[pd.DataF
     if missing:
         raise DataError(f"unknown column (not in the file; it has {list(frame.columns)})",
                         path=str(path), column=missing[0])
-    return frame[columns], first_row
+    return frame[columns].reset_index(drop=True), rows
 
 
 def _show(value: Any) -> str:
@@ -112,41 +132,46 @@ def _show(value: Any) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
 
 
-def _numeric(frame: pd.DataFrame, col: str, path: Path, first_row: int) -> np.ndarray:
-    raw = frame[col]
-    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(values))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(f"expected a number, got {_show(raw.iloc[i])}", path=str(path),
-                        row=first_row + i, column=col)
-    return values
+def _row(rows: np.ndarray, i: int) -> int | None:
+    return int(rows[i]) if rows[i] >= 0 else None
 
 
-def _labels(frame: pd.DataFrame, col: str, path: Path, first_row: int) -> np.ndarray:
-    values = _numeric(frame, col, path, first_row)
-    bad = np.flatnonzero((values != 0) & (values != 1))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(f"label must be 0 or 1, got {_show(frame[col].iloc[i])}", path=str(path),
-                        row=first_row + i, column=col)
-    return values.astype(np.float32)
+def _check(bad: np.ndarray, message: str, frame: pd.DataFrame, col: str, path: Path,
+           rows: np.ndarray) -> None:
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(message.format(_show(frame[col].iloc[i])), path=str(path),
+                        row=_row(rows, i), column=col)
 
 
-def _tokens(frame: pd.DataFrame, col: str, sep: str | None, path: Path,
-            first_row: int) -> list[list[str]]:
-    out: list[list[str]] = []
-    for i, v in enumerate(frame[col].tolist()):
-        missing = v is None or (isinstance(v, float) and np.isnan(v))
-        if sep is None:
-            out.append([] if missing else [str(v)])
-            continue
-        parts = [] if missing else [p for p in str(v).split(sep) if p != ""]
-        if not parts:
-            raise DataError("empty multi-hot value", path=str(path), row=first_row + i,
-                            column=col)
-        out.append(parts)
+def _numeric_values(frame: pd.DataFrame, col: str) -> np.ndarray:
+    return pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _bad_rows(frame: pd.DataFrame, dense: list[str], tasks: list[str],
+              multi: dict[str, str]) -> dict[tuple[str, str], np.ndarray]:
+    """(reason, column) -> bool mask of the rows that fail that check."""
+    out = {}
+    for c in dense:
+        out[("expected a number, got {}", c)] = ~np.isfinite(_numeric_values(frame, c))
+    for c in tasks:
+        v = _numeric_values(frame, c)
+        out[("label must be 0 or 1, got {}", c)] = ~((v == 0) | (v == 1))
+    for c, sep in multi.items():
+        out[("empty multi-hot value", c)] = np.array(
+            [not _parts(v, sep) for v in frame[c].tolist()], bool)
     return out
+
+
+def _parts(v: Any, sep: str | None) -> list[str]:
+    """A cell's categorical values: none if missing, else the value or its parts."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return []
+    return [str(v)] if sep is None else [p for p in str(v).split(sep) if p != ""]
+
+
+def _tokens(frame: pd.DataFrame, col: str, sep: str | None) -> list[list[str]]:
+    return [_parts(v, sep) for v in frame[col].tolist()]
 
 
 def load_tabular(toml_path: str | Path) -> Dataset:
@@ -160,17 +185,44 @@ def load_tabular(toml_path: str | Path) -> Dataset:
     cat_cols = sparse_cols + list(multi)
     columns = dense_cols + cat_cols + tasks
 
-    parsed = {}
+    skip = bool(desc.get("skip_bad_rows", False))
+    parsed, skipped = {}, {}
     for split in ("train", "valid", "test"):
         path = (toml_path.parent / desc[split]).resolve()
-        frame, first = _read_frame(path, columns, split)
+        wrong_width: list[list[str]] | None = [] if skip else None
+        frame, rows = _read_frame(path, columns, split, wrong_width)
+        bad = _bad_rows(frame, dense_cols, tasks, multi)
+        if skip:
+            drop = np.zeros(len(frame), bool)
+            reasons: dict[str, int] = {}
+            first: list[str] = []
+            if wrong_width:
+                reasons["wrong number of fields"] = len(wrong_width)
+                first.append(f"{len(wrong_width)} line(s) with the wrong number of fields")
+            for (message, col), mask in bad.items():
+                if mask.any():
+                    reasons[f"{col}: {message.format('').strip().rstrip(',')}"] = \
+                        int(mask.sum())
+                    first += [f"row {_row(rows, i)}, column {col!r}"
+                              for i in np.flatnonzero(mask & ~drop)[:_FIRST]]
+                drop |= mask
+            if drop.any() or wrong_width:
+                skipped[split] = {"rows": int(drop.sum()) + len(wrong_width or []),
+                                  "reasons": reasons, "first": first[:_FIRST],
+                                  "file": str(path)}
+            frame, rows = frame[~drop].reset_index(drop=True), rows[~drop]
+        else:
+            for (message, col), mask in bad.items():
+                _check(mask, message, frame, col, path, rows)
         if len(frame) == 0:
-            raise DataError("file has no rows", path=str(path))
+            raise DataError("file has no rows" + (" left after skipping bad rows" if skip
+                                                  else ""), path=str(path))
         parsed[split] = {
-            "dense": np.stack([_numeric(frame, c, path, first) for c in dense_cols], axis=1)
+            "dense": np.stack([_numeric_values(frame, c) for c in dense_cols], axis=1)
             if dense_cols else np.zeros((len(frame), 0)),
-            "labels": np.stack([_labels(frame, c, path, first) for c in tasks], axis=1),
-            "cats": {c: _tokens(frame, c, multi.get(c), path, first) for c in cat_cols},
+            "labels": np.stack([_numeric_values(frame, c) for c in tasks],
+                               axis=1).astype(np.float32),
+            "cats": {c: _tokens(frame, c, multi.get(c)) for c in cat_cols},
             "n": len(frame),
         }
 
@@ -207,4 +259,4 @@ def load_tabular(toml_path: str | Path) -> Dataset:
                      for c in cat_cols),
         tasks=tuple(tasks))
     return Dataset(spec, tables["train"], tables["valid"], tables["test"],
-                   name=str(toml_path))
+                   name=str(toml_path), skipped=skipped)

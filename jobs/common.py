@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tomllib
 import warnings
 from pathlib import Path
@@ -53,7 +54,12 @@ def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
         cfg = SyntheticConfig(rows=rows, seed=seed, max_cardinality=max_cardinality)
         return synthetic_dataset(cfg) if data == "synthetic" else synthetic_stream_dataset(cfg)
     if data.endswith(".toml"):
-        return load_tabular(data)
+        d = load_tabular(data)
+        for split, s in d.skipped.items():  # skip_bad_rows: say what was left out
+            print(f"warning: {s['file']}: skipped {s['rows']} malformed row(s) of {split} "
+                  f"({'; '.join(f'{k}: {n}' for k, n in s['reasons'].items())}); first: "
+                  f"{'; '.join(s['first'])}", file=sys.stderr, flush=True)
+        return d
     raise DataError(f"--data: expected {' or '.join(DATASETS)} or a dataset .toml file, "
                     f"got {data!r}")
 

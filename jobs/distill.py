@@ -321,7 +321,8 @@ def run(cfg: DistillConfig, address: str = "", report_path: str = "",
             pipeline.shutdown()
         if own_cluster:
             ray.shutdown()
-    report = {"dataset": data.name, **body, "wall_s": time.perf_counter() - t0,
+    report = {"dataset": data.name, "data_skipped": data.skipped, **body,
+              "wall_s": time.perf_counter() - t0,
               "config": to_mapping(cfg), "soft_labels": soft_labels or None}
     report["gains"] = gains(report)
     if report_path:

@@ -321,7 +321,8 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
     best_path = version_dir(job.checkpoint, prog.best_version)
     best = next(h for h in prog.history if h["step"] == prog.best_version)
     report = {
-        "dataset": data.name, "test": prog.best_test, "valid": best["valid"],
+        "dataset": data.name, "data_skipped": data.skipped,
+        "test": prog.best_test, "valid": best["valid"],
         "best_epoch": prog.best_epoch, "best_version": prog.best_version,
         "epochs_run": len(prog.history), "history": prog.history, "world_size": world,
         "parameters": n_params, "checkpoint": str(best_path),

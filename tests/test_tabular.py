@@ -128,3 +128,58 @@ def test_missing_file_and_empty_multi_hot(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"train\.csv, row 3, column 'genres': empty "
                                         r"multi-hot value"):
         load_tabular(path)
+
+
+def test_skip_bad_rows_leaves_them_out_counted_and_keeps_the_rest_exact(tmp_path: Path
+                                                                        ) -> None:
+    frames = make_frames()
+    train = frames["train"]
+    train["hours"] = train["hours"].astype(object)
+    train.loc[6, "hours"] = "forty"       # non-numeric dense value: line 8
+    train.loc[9, "income"] = 3            # label not 0/1: line 11
+    train.loc[12, "genres"] = ""          # empty multi-hot value: line 14
+    path = write_dataset(tmp_path, "csv", frames)
+    lines = (tmp_path / "train.csv").read_text().splitlines()
+    lines[21] += ",surplus"               # data row 20: wrong number of fields
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv, row 22: malformed row"):
+        load_tabular(path)                # the default still fails, naming the place
+    path.write_text(path.read_text() + "skip_bad_rows = true\n")
+    d = load_tabular(path)
+    s = d.skipped["train"]
+    assert s["rows"] == 4 and set(d.skipped) == {"train"}
+    assert s["reasons"] == {"wrong number of fields": 1, "hours: expected a number, got": 1,
+                            "income: label must be 0 or 1, got": 1,
+                            "genres: empty multi-hot value": 1}
+    # after a dropped CSV line pandas cannot say which line a kept row came from
+    assert s["first"][0] == "1 line(s) with the wrong number of fields"
+    assert len(d.train) == 36 and len(d.valid) == 10 and len(d.test) == 10
+
+    # the kept rows load exactly as a clean file holding only them
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    clean = make_frames()
+    clean["train"] = clean["train"].drop(index=[6, 9, 12, 20]).reset_index(drop=True)
+    c = load_tabular(write_dataset(clean_dir, "csv", clean))
+    assert c.skipped == {}
+    for split in ("train", "valid", "test"):
+        got, want = d.split(split), c.split(split)
+        np.testing.assert_allclose(got.dense, want.dense, rtol=1e-6)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        for k in want.sparse:
+            for a, b in zip(got.sparse[k], want.sparse[k]):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_skip_bad_rows_names_rows_when_no_line_was_dropped(tmp_path: Path) -> None:
+    frames = make_frames()
+    frames["test"].loc[2, "income"] = 2
+    path = write_dataset(tmp_path, "parquet", frames)
+    path.write_text(path.read_text() + "skip_bad_rows = true\n")
+    d = load_tabular(path)
+    assert d.skipped["test"]["rows"] == 1
+    assert d.skipped["test"]["first"] == ["row 3, column 'income'"]
+    path.write_text(path.read_text().replace("skip_bad_rows = true", 'skip_bad_rows = "yes"'))
+    with pytest.raises(DataError, match=r"key 'skip_bad_rows' must be a bool, got str"):
+        load_tabular(path)
