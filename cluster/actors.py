@@ -37,6 +37,7 @@ from teacher.train import predict
 
 # A collective that waits this long on a dead peer fails instead of hanging the group.
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)
+_STORE_SOCKETS: list[socket.socket] = []  # rendezvous sockets this process serves
 
 
 def node_address() -> str:
@@ -96,11 +97,24 @@ class LabelledBatch:
 def _init_group(addr: str, port: int, rank: int, world: int, device: torch.device) -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    while _STORE_SOCKETS:  # a previous group's rendezvous
+        _STORE_SOCKETS.pop().close()
     if addr.startswith("127.") and backend_for(device) == "gloo":
         # A local run keeps gloo's sockets on loopback too (DEVELOPERS: bind 127.0.0.1).
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(backend_for(device), init_method=f"tcp://{addr}:{port}",
-                            rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
+    # Rank 0 serves the rendezvous store. Left to itself, torch's TCPStore listens on
+    # every interface; given a socket bound to the group's address it listens there only.
+    listen = None
+    if rank == 0:
+        listen = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listen.bind((addr, port))
+        listen.listen(max(8, 2 * world))
+        _STORE_SOCKETS.append(listen)  # the store uses the fd: keep the socket open
+    store = dist.TCPStore(addr, port, world, rank == 0, timeout=COLLECTIVE_TIMEOUT,
+                          master_listen_fd=listen.fileno() if listen is not None else None)
+    dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world,
+                            timeout=COLLECTIVE_TIMEOUT)
 
 
 class PassInput:

@@ -110,17 +110,24 @@ def metrics_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def start_local_ray(num_cpus: int, *, dashboard: bool = True,
-                    log_to_driver: bool = False) -> None:
+                    log_to_driver: bool = False) -> Any:
     """Start a new single-node Ray cluster bound to 127.0.0.1 (the local mode of the jobs).
 
     Ray turns 127.0.0.1 into the machine's address unless told this is a one-machine
-    "cluster" (its macOS/Windows mode); with it every Ray process binds to loopback, and
-    gloo (which Ray Train and the actor groups use on CPU) is kept on loopback too.
+    "cluster" (its macOS/Windows mode); with it every Ray process (GCS, raylet, workers,
+    dashboard and its agents) listens on loopback only (``tests/test_security.py``),
+    and gloo (which Ray Train and the actor groups use on CPU) is kept on loopback too.
     ``address="local"``: always a new cluster, never silently joining one `ray start` left.
     """
     import ray
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+    from ray._private import ray_constants
+    # Ray reads this switch from the environment when it is imported, which in the
+    # driver has already happened; set it for the processes Ray is about to start and
+    # on the imported module (node_ip_address() reads the module attribute), or every
+    # Ray server and worker would bind the machine's address or all interfaces.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    return ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=log_to_driver,
              runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}})

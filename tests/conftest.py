@@ -41,8 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def ray_cluster():
     """One real single-node Ray cluster for every Ray test (ray.init costs ~5 s)."""
     import ray
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
-    ray.init(address="local", num_cpus=16, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+
+    from jobs.common import start_local_ray
+    start_local_ray(16, dashboard=False)  # as the jobs start theirs: loopback only
     yield ray
     ray.shutdown()
