@@ -265,6 +265,9 @@ class TeacherRank(PassInput):
                 np.concatenate([p.logits for p in parts]),
                 {k: np.concatenate([p.features[k] for p in parts]) for k in self.features})
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Teacher (logits, labels) of every row of ``table``; every rank must call it."""
         p = predict(self.model, table, self.keys, batch_size, self.device)
@@ -309,27 +312,32 @@ class StudentReplica:
                 self.model, find_unused_parameters=True)
         return self.rank
 
-    def _my_rows(self, n: int) -> np.ndarray:
-        return np.array_split(np.arange(n), self.world)[self.rank]
+    def _my_rows(self, n: int, rows: np.ndarray | None = None) -> np.ndarray:
+        return np.array_split(np.arange(n) if rows is None else np.asarray(rows),
+                              self.world)[self.rank]
 
-    def train_on(self, labelled: LabelledBatch, newest_version: int | None = None
-                 ) -> dict[str, Any]:
+    def train_on(self, labelled: LabelledBatch, newest_version: int | None = None,
+                 rows: np.ndarray | None = None) -> dict[str, Any]:
         """One optimizer step (all replicas together) on this replica's rows.
 
         ``newest_version``: the newest teacher version the stream has seen; with
         ``staleness_tau`` the KD terms are weighted by ``exp(-staleness / tau)``.
+        ``rows``: train on these rows of the batch only (None: all of them).
         """
         t0 = time.perf_counter()
-        rows = self._my_rows(labelled.inputs.batch_size)
-        batch = labelled.inputs.to_table().take(rows).to_batch()
+        rows = self._my_rows(labelled.inputs.batch_size, rows)
+        # A replayed batch's leftover may give this replica no rows; it still takes part
+        # in the step (DDP's all-reduce needs every replica) with a zero-weighted row.
+        step_rows, weight = (rows, 1.0) if len(rows) else (np.zeros(1, np.int64), 0.0)
+        batch = labelled.inputs.to_table().take(step_rows).to_batch()
         batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
-        teacher = labelled.teacher_outputs(rows)
+        teacher = labelled.teacher_outputs(step_rows)
         t1 = time.perf_counter()
         staleness = max(0, (newest_version or labelled.version) - labelled.version)
         kd_scale = math.exp(-staleness / self.cfg.staleness_tau) \
             if self.cfg.staleness_tau > 0 else 1.0
         out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
-                           batch, teacher, kd_scale)
+                           batch, teacher, kd_scale, weight)
         agree = out.pop("agreement")
         now = time.perf_counter()
         timing = {"prepare_s": t1 - t0, "step_s": now - t1}

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from tqdm import tqdm
 
 from cluster.actors import COLLECTIVE_TIMEOUT, StudentReplica, TeacherRank
@@ -44,13 +44,14 @@ from teacher.checkpoint import resolve
 ROUNDS_AHEAD = 2  # rounds queued per group beyond the one running: hides call latency
 
 
-def start_label_group(cfg: DistillConfig, cls: type, source: str, name: str
-                      ) -> tuple[list[Any], dict[str, Any]]:
-    """K actors of ``cls`` (teacher ranks or soft-label readers) named ``{name}-{k}``,
-    set up as one group; returns them and rank 0's setup info."""
+def start_label_group(cfg: DistillConfig, cls: type, source: str, name: str,
+                      suffix: str = "") -> tuple[list[Any], dict[str, Any]]:
+    """K actors of ``cls`` (teacher ranks or soft-label readers) named
+    ``{name}-{k}{suffix}``, set up as one group; returns them and rank 0's setup info."""
     tg = cfg.teacher_group
     actor = ray.remote(cls)
-    group = [actor.options(name=f"{name}-{k}", num_cpus=tg.cpus, max_restarts=0).remote(
+    group = [actor.options(name=f"{name}-{k}{suffix}", num_cpus=tg.cpus,
+                           max_restarts=0).remote(
         k, tg.ranks, source, cfg.requested_features, tg.batch_size,
         cfg.stream.logit_dtype, cfg.stream.feature_dtype) for k in range(tg.ranks)]
     addr, port = ray.get(group[0].address.remote())
@@ -117,6 +118,7 @@ class OnlineDistillation:
         self.metrics = ActorMetrics("driver", {})
         self.teachers: list[Any] = []
         self.groups: dict[str, GroupRuntime] = {}
+        self.teacher_restarts = 0
         self._busy_s = 0.0  # the driver's own time in the pass loops (not waiting)
         self._train_wall_s = 0.0
         self._driver_cpu_s = 0.0  # the driver process's CPU (all threads) in the passes
@@ -152,7 +154,8 @@ class OnlineDistillation:
                 item = self.stream.next_for(name)
                 if item is None:
                     break
-                refs = [r.train_on.remote(item.ref, self.version) for r in g.replicas]
+                refs = [r.train_on.remote(item.ref, self.version, item.rows)
+                        for r in g.replicas]
                 g.rounds.append(Round(item, refs))
 
     def _finish_round(self, name: str, rnd: Round) -> bool:
@@ -239,6 +242,9 @@ class OnlineDistillation:
             busy0 = time.perf_counter()
             ready_set = set(ready) | set(ray.wait(waiting, num_returns=len(waiting),
                                                   timeout=0)[0])
+            if teacher_call is not None and self._teacher_failed(teacher_call, ready_set):
+                self._recover_teachers(pass_index, ds)
+                teacher_call = None
             if teacher_call is not None and all(ids in ready_set for ids, _ in teacher_call):
                 ids_list = ray.get([ids for ids, _ in teacher_call])
                 if any(ids is None for ids in ids_list):
@@ -247,6 +253,7 @@ class OnlineDistillation:
                     teacher_done = True
                 else:
                     for ids, (_, batch_ref) in zip(ids_list, teacher_call):
+                        # None: a re-formed group replayed rows already published
                         self.stream.publish(batch_ref, ids, self.version, pass_index)
                 teacher_call = None
             for name, g in self.groups.items():
@@ -262,6 +269,38 @@ class OnlineDistillation:
                 for name, books in self.stream.books.items():
                     self.metrics.gauge("recdistill_queue_depth", books.depth, {"group": name})
                 last_gauge = now
+
+    def _teacher_failed(self, call: list[tuple[Any, Any]], ready: set[Any]) -> bool:
+        """Whether a rank of the label group died in this round. A dead rank's call
+        fails at once; its peers would wait out the collective timeout, so the calls
+        that are done are checked without waiting for the rest."""
+        done = [ids for ids, _ in call if ids in ready]
+        if not done:
+            return False
+        try:
+            ray.get(done)
+        except RayError:  # the actor died, or a peer's collective failed
+            return True
+        return False
+
+    def _recover_teachers(self, pass_index: int, ds: Any) -> None:
+        """Re-form the label group after a rank died mid-pass: new actors and process
+        group, shards reloaded from the same checkpoint version, the pass's stream read
+        again from the start. Rows already published are not published again
+        (``SoftLabelStream.publish``), so the groups train each example once."""
+        for t in self.teachers:
+            ray.kill(t, no_restart=True)
+        self.teacher_restarts += 1
+        suffix = f".{self.teacher_restarts}"
+        if self.soft_labels:
+            self.teachers, _ = start_label_group(self.cfg, SoftLabelReader,
+                                                 self.soft_labels, "soft-labels", suffix)
+        else:
+            self.teachers, _ = start_label_group(self.cfg, TeacherRank, self._loaded,
+                                                 "teacher", suffix)
+        shards = pass_dataset(ds, self.data.train, self.cfg.seed * 1000 + pass_index) \
+            .streaming_split(len(self.teachers), equal=True)
+        ray.get([t.start_pass.remote(s) for t, s in zip(self.teachers, shards)])
 
     def _maybe_refresh(self) -> None:
         """Every ``refresh_every`` teacher rounds, load a newer checkpoint version if the
@@ -364,6 +403,7 @@ class OnlineDistillation:
                         "parameters": int(info["parameters"]), "version": self.version,
                         "first_version": int(info["version"]),
                         "refreshes": self.refreshes, "ranks": k,
+                        "restarts": self.teacher_restarts,
                         # what the label source (teacher ranks or soft-label readers) spent
                         # and produced over all passes
                         "usage": {key: sum(u[key] for u in usage) for key in usage[0]}},

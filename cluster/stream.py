@@ -28,6 +28,9 @@ class StreamItem:
         ids: int64 [B] example ids in it (small; kept on the driver for the books).
         version: teacher checkpoint version that labelled it.
         pass_index: the pass it belongs to.
+        rows: the rows of the labelled batch to train on (None: all). A teacher group
+            re-formed mid-pass replays the pass; rows it had already published are left
+            out this way, so a replayed batch that only partly overlaps trains the rest.
     """
 
     seq: int
@@ -35,6 +38,7 @@ class StreamItem:
     ids: np.ndarray
     version: int
     pass_index: int
+    rows: np.ndarray | None = None
 
 
 class IdSet:
@@ -123,15 +127,30 @@ class SoftLabelStream:
         self.books = {g: GroupBooks() for g in groups}
         self.produced = 0
         self.produced_by_version: dict[int, int] = {}
+        self.published: dict[int, IdSet] = {}  # pass -> ids handed to the groups
+        self.replayed_rows = 0  # rows a re-formed teacher group labelled again, dropped
         self._seq = 0
 
     def has_room(self, n: int = 1) -> bool:
         """Whether ``n`` more batches fit every group's window."""
         return all(b.depth + n <= self.max_inflight for b in self.books.values())
 
-    def publish(self, ref: Any, ids: np.ndarray, version: int, pass_index: int) -> StreamItem:
-        """Hand one labelled batch to every group (the same ref: one stored copy)."""
-        item = StreamItem(self._seq, ref, ids, version, pass_index)
+    def publish(self, ref: Any, ids: np.ndarray, version: int, pass_index: int
+                ) -> StreamItem | None:
+        """Hand one labelled batch to every group (the same ref: one stored copy).
+
+        Rows whose ids this pass already published (a re-formed teacher group replaying
+        the pass) are left out; a batch with none left is dropped (None)."""
+        seen = self.published.setdefault(pass_index, IdSet())
+        new = ~seen.contains(ids)
+        rows = None
+        if not new.all():
+            self.replayed_rows += int((~new).sum())
+            if not new.any():
+                return None
+            rows, ids = np.flatnonzero(new), ids[new]
+        seen.add(ids)
+        item = StreamItem(self._seq, ref, ids, version, pass_index, rows)
         self._seq += 1
         self.produced += 1
         self.produced_by_version[version] = self.produced_by_version.get(version, 0) + 1
@@ -193,4 +212,5 @@ class SoftLabelStream:
             "redelivered_by_group": {g: b.redelivered for g, b in self.books.items()},
             "duplicates_dropped": sum(b.duplicates_dropped for b in self.books.values()),
             "max_depth": {g: b.max_depth for g, b in self.books.items()},
+            "replayed_rows": self.replayed_rows,
         }

@@ -34,10 +34,13 @@ def mask_labels(batch: Batch, tasks: tuple[str, ...], label_tasks: tuple[str, ..
 
 def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
                  objective: Objective, batch: Batch,
-                 teacher: TeacherOutputs | None, kd_scale: float = 1.0) -> dict[str, float]:
+                 teacher: TeacherOutputs | None, kd_scale: float = 1.0,
+                 weight: float = 1.0) -> dict[str, float]:
     """One optimizer step on ``batch``.
 
-    ``kd_scale`` multiplies the KD terms (staleness weighting). With a teacher adapter
+    ``kd_scale`` multiplies the KD terms (staleness weighting). ``weight`` multiplies
+    the whole loss before backward (0: this replica contributes no gradient to a DDP
+    step it must take part in). With a teacher adapter
     (``StudentConfig.teacher_adapter``) the adapter's map of the teacher logits, trained
     here on the true labels, is the KD target.
 
@@ -60,7 +63,7 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
         parts["agreement"] = float(((out.logits[:, 0] > 0) ==
                                     (teacher.logits[:, 0] > 0)).float().mean())
     optimizer.zero_grad()
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     optimizer.step()
     parts["loss"] = float(loss.detach())
     return parts

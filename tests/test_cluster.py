@@ -97,6 +97,42 @@ def test_killed_replica_is_replaced_and_counts_stay_exact(ray_cluster, tmp_path)
     assert s["acked"] == {"hard": 20, "kd": 20}
 
 
+@pytest.mark.timeout(300)
+def test_killed_teacher_rank_reforms_the_group_and_counts_stay_exact(ray_cluster,
+                                                                      tmp_path) -> None:
+    """kill -9 of one of the 2 teacher ranks mid-pass: the group is re-formed (new
+    actors, new process group, shards reloaded from the checkpoint), the pass is read
+    again and what was already published is dropped; every group trains every example
+    of each pass exactly once, and no student restarts."""
+    cfg, data, dims = _setup(tmp_path, max_inflight=3)
+    killed = {}
+
+    def kill_once(group: str, acked: int) -> None:
+        if group == "kd" and acked == 3 and not killed:
+            pid = ray_cluster.get(run.teachers[1].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed["pid"] = pid
+        if group == "kd" and acked == 15:  # in pass 2
+            killed["new"] = ray_cluster.get([t.pid.remote() for t in run.teachers])
+
+    run = OnlineDistillation(cfg, data, dims, progress=False, after_ack=kill_once)
+    try:
+        body = run.run()
+    finally:
+        run.shutdown()
+    assert killed, "the failure was injected"
+    assert body["teacher"]["restarts"] == 1
+    assert body["students"]["kd"]["restarts"] == body["students"]["hard"]["restarts"] == 0
+    _assert_exactly_once(run, data, passes=2)
+    s = body["stream"]
+    # every row of pass 0 published before the kill was labelled again and dropped
+    assert s["replayed_rows"] > 0 and s["replayed_rows"] % 64 == 0
+    assert body["students"]["kd"]["examples_per_pass"] == [N, N]
+    assert body["students"]["kd"]["examples_trained"] == 2 * N
+    # pass 2 was labelled by the new ranks: other processes than the killed one
+    assert len(killed["new"]) == 2 and killed["pid"] not in killed["new"]
+
+
 def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None:
     from jobs.distill import load_config, run
     bad = tmp_path / "bad.toml"
