@@ -94,11 +94,16 @@ class GroupConfig:
         student: the student model and its objective (its name is the group's name).
         replicas: M actors training it with DDP; each takes 1/M of every batch's rows.
         cpus: CPUs reserved per replica actor.
+        snapshot_every: every this many acknowledged batches (and at each pass end) the
+            driver keeps a snapshot of the group's state in the object store; if every
+            replica dies, the group restarts from it and the batches trained since are
+            delivered again. 0: no snapshots (a group with no survivor ends the job).
     """
 
     student: StudentConfig
     replicas: int = 1
     cpus: float = 1.0
+    snapshot_every: int = 50
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -106,6 +111,9 @@ class GroupConfig:
                               f"{self.replicas}")
         if self.cpus < 0:
             raise ConfigError(f"groups.{self.student.name}.cpus must be >= 0")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"groups.{self.student.name}.snapshot_every must be >= 0, "
+                              f"got {self.snapshot_every}")
 
     @property
     def name(self) -> str:

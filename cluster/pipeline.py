@@ -89,6 +89,13 @@ class GroupRuntime:
     kd_scales: list[float] = field(default_factory=list)
     # Sums over acknowledged rounds of replica 0's step timing (prepare_s, step_s).
     timing: dict[str, float] = field(default_factory=dict)
+    # The last snapshot of the group's state (an object ref the driver owns), the
+    # batches acknowledged since, and the rounds in flight when it was taken (already
+    # in it, since an actor runs its calls in order).
+    snapshot: Any = None
+    since_snapshot: list[StreamItem] = field(default_factory=list)
+    covered: set[int] = field(default_factory=set)
+    restores: int = 0
 
 
 class OnlineDistillation:
@@ -170,6 +177,10 @@ class OnlineDistillation:
             except Exception:  # noqa: BLE001 - a peer died mid-collective: gloo error
                 failed = True
         if results:  # the step happened: all-reduce done on every live replica
+            if rnd.item.seq in g.covered:
+                g.covered.discard(rnd.item.seq)
+            else:
+                g.since_snapshot.append(rnd.item)
             ids = np.concatenate([r["ids"] for r in results])
             if not failed and not np.array_equal(np.sort(ids), np.sort(rnd.item.ids)):
                 raise RuntimeError(f"group {name}: replicas trained ids that do not match "
@@ -205,13 +216,40 @@ class OnlineDistillation:
             except (RayActorError, GetTimeoutError):
                 continue
         if state is None:
-            raise RuntimeError(f"group {name}: every replica died; nothing to restore from")
+            state = self._restore_snapshot(name)
         for r in g.replicas:
             ray.kill(r, no_restart=True)
         g.generation += 1
         g.restarts += 1
         g.replicas = self._spawn_group(g.cfg, g.generation, state)
         # Rounds of this group that were not trained went back to the front of its queue.
+
+    def _snapshot(self, name: str) -> None:
+        """Keep the group's state now (waits for the rounds queued before it)."""
+        g = self.groups[name]
+        ref = g.replicas[0].state.remote()
+        ray.wait([ref])
+        g.snapshot, g.since_snapshot = ref, []
+        g.covered = {rnd.item.seq for rnd in g.rounds}
+
+    def _restore_snapshot(self, name: str) -> dict[str, Any]:
+        """Every replica died: the state of the last snapshot, with the batches trained
+        since taken off the books and queued again."""
+        g = self.groups[name]
+        if g.snapshot is None:
+            raise RuntimeError(f"group {name}: every replica died and it keeps no "
+                               "snapshots (snapshot_every = 0); nothing to restore from")
+        try:
+            state = ray.get(g.snapshot)
+        except RayError as e:
+            raise RuntimeError(f"group {name}: every replica died and its last snapshot "
+                               f"cannot be read: {e}") from None
+        self.stream.unack(name, g.since_snapshot)
+        for item in g.since_snapshot:
+            g.examples_by_version[item.version] -= len(item.ids)
+        g.since_snapshot, g.covered = [], set()
+        g.restores += 1
+        return state
 
     def _run_pass(self, pass_index: int, ds: Any, bar: tqdm) -> None:
         k = len(self.teachers)
@@ -261,6 +299,10 @@ class OnlineDistillation:
                     rnd = g.rounds.pop(0)
                     if self._finish_round(name, rnd):
                         bar.update(1)
+                        every = g.cfg.snapshot_every
+                        if every and len(g.since_snapshot) >= every:
+                            self._snapshot(name)
+                            break  # the rounds' readiness changed meanwhile
                     else:
                         self._recover(name)
                         break
@@ -354,6 +396,9 @@ class OnlineDistillation:
             t_pass, cpu_pass = time.perf_counter(), time.process_time()
             thread_pass = time.thread_time()
             self._run_pass(p, ds, bar)
+            for name, g in self.groups.items():  # a restore never reaches back a pass
+                if g.cfg.snapshot_every:
+                    self._snapshot(name)
             self._train_wall_s += time.perf_counter() - t_pass
             self._driver_cpu_s += time.process_time() - cpu_pass
             self._loop_cpu_s += time.thread_time() - thread_pass
@@ -388,6 +433,7 @@ class OnlineDistillation:
                 "parameters": params[name]["serving"],
                 "parameters_with_training_heads": params[name]["total"],
                 "replicas": g.cfg.replicas, "restarts": g.restarts,
+                "restored_from_snapshot": g.restores,
                 "teacher_versions": sorted(g.examples_by_version),
                 "examples_by_version": {str(v): n for v, n in
                                         sorted(g.examples_by_version.items())},

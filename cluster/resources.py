@@ -62,6 +62,10 @@ class Sample:
     t: float
     rss: dict[int, int]  # pid -> bytes
     object_store: int | None
+    # pid -> bytes of RSS not shared with other processes' mappings (RSS minus the
+    # file-backed and shared-memory pages: the object store's arena that a process has
+    # touched counts in its RSS and in every other process's that touched it too)
+    private: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,9 +102,12 @@ class ResourceSampler:
     def sample(self) -> Sample:
         me = psutil.Process(self._driver)
         rss: dict[int, int] = {}
+        private: dict[int, int] = {}
         for p in [me] + me.children(recursive=True):
             try:
-                rss[p.pid] = p.memory_info().rss
+                m = p.memory_info()
+                rss[p.pid] = m.rss
+                private[p.pid] = m.rss - getattr(m, "shared", 0)
                 # A worker starts as default_worker.py, becomes ray::IDLE, then takes its
                 # actor's or task's title: keep the most specific name seen.
                 r = role(p, self._driver)
@@ -109,7 +116,7 @@ class ResourceSampler:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         s = Sample(time.monotonic() - self._t0, rss,
-                   object_store_bytes() if self.object_store else None)
+                   object_store_bytes() if self.object_store else None, private)
         self.samples.append(s)
         return s
 
@@ -119,22 +126,30 @@ class ResourceSampler:
             self._stop.wait(self.interval)
 
     def summary(self) -> dict[str, Any]:
-        """Peak RSS per role (the largest single process of that role), the peak of the
-        sum over all processes, and the peak object store usage, in bytes."""
+        """Peak RSS and private RSS per role (the largest single process of that role),
+        the peaks of their sums over all processes, and the peak object store usage, in
+        bytes."""
         peak_pid: dict[int, int] = {}
+        peak_private: dict[int, int] = {}
         for s in self.samples:
             for pid, b in s.rss.items():
                 peak_pid[pid] = max(peak_pid.get(pid, 0), b)
+            for pid, b in s.private.items():
+                peak_private[pid] = max(peak_private.get(pid, 0), b)
         by_role: dict[str, dict[str, Any]] = {}
         for pid, b in peak_pid.items():
             r = by_role.setdefault(self.roles.get(pid, "?"),
-                                   {"peak_rss": 0, "processes": 0, "peak_rss_each": []})
+                                   {"peak_rss": 0, "peak_private": 0, "processes": 0,
+                                    "peak_rss_each": []})
             r["peak_rss"] = max(r["peak_rss"], b)
+            r["peak_private"] = max(r["peak_private"], peak_private.get(pid, 0))
             r["processes"] += 1
             r["peak_rss_each"] = sorted(r["peak_rss_each"] + [b], reverse=True)
         stores = [s.object_store for s in self.samples if s.object_store is not None]
         return {"samples": len(self.samples),
                 "peak_total_rss": max((sum(s.rss.values()) for s in self.samples), default=0),
+                "peak_total_private": max((sum(s.private.values()) for s in self.samples),
+                                          default=0),
                 "peak_object_store": max(stores) if stores else None,
                 "roles": dict(sorted(by_role.items()))}
 
@@ -147,5 +162,6 @@ class ResourceSampler:
                 r = self.roles.get(pid, "?")
                 by[r] = by.get(r, 0) + b
             out.append({"t": round(s.t, 2), "total_rss": sum(s.rss.values()),
+                        "total_private": sum(s.private.values()),
                         "object_store": s.object_store, "by_role": by})
         return out

@@ -81,6 +81,16 @@ class IdSet:
         starts = np.flatnonzero(np.diff(byte, prepend=-1))
         self._bits[byte[starts]] |= np.bitwise_or.reduceat(mask, starts)
 
+    def remove(self, ids: np.ndarray) -> None:
+        ids = np.unique(np.asarray(ids, np.int64))
+        ids = ids[self.contains(ids)]
+        if not len(ids):
+            return
+        self._count -= len(ids)
+        byte, mask = self._bit(ids)
+        starts = np.flatnonzero(np.diff(byte, prepend=-1))
+        self._bits[byte[starts]] &= ~np.bitwise_or.reduceat(mask, starts)
+
     def issuperset(self, ids: np.ndarray) -> bool:
         return bool(self.contains(ids).all())
 
@@ -182,6 +192,19 @@ class SoftLabelStream:
         b.examples_by_pass[item.pass_index] = \
             b.examples_by_pass.get(item.pass_index, 0) + len(item.ids)
         b.trained.setdefault(item.pass_index, IdSet()).add(item.ids)
+
+    def unack(self, group: str, items: list[StreamItem]) -> None:
+        """``group``'s model went back to a snapshot taken before it trained ``items``
+        (acknowledged, in that order): take them off the books and deliver them again,
+        first and in the same order."""
+        b = self.books[group]
+        for item in reversed(items):
+            b.acked -= 1
+            b.acked_by_version[item.version] -= 1
+            b.examples_by_pass[item.pass_index] -= len(item.ids)
+            b.trained[item.pass_index].remove(item.ids)
+            b.queue.appendleft(item)
+            b.redelivered += 1
 
     def redeliver(self, group: str, item: StreamItem) -> None:
         """The replica holding ``item`` died before the step: deliver it again, first."""

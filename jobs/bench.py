@@ -438,17 +438,23 @@ def bench_scale(teacher: str, sizes: list[int], big_teacher: str, big_rows: int,
         runs.append(r)
         m = r["memory"]
         print(f"  {rows:>11,} rows: {r['online_examples_per_s']:,.0f} ex/s, peak RSS total "
-              f"{m['peak_total_rss'] / 2**30:.2f} GiB, "
-              + ", ".join(f"{k} {m['roles'][k]['peak_rss'] / 2**20:,.0f} MiB"
+              f"{m['peak_total_rss'] / 2**30:.2f} GiB (private "
+              f"{m['peak_total_private'] / 2**30:.2f}), "
+              + ", ".join(f"{k} {m['roles'][k]['peak_rss'] / 2**20:,.0f} MiB (private "
+                          f"{m['roles'][k]['peak_private'] / 2**20:,.0f})"
                           for k in ("driver", "TeacherRank", "StudentReplica", "raylet")
                           if k in m["roles"]), flush=True)
     first, last = runs[0]["memory"], runs[-1]["memory"]
     ratios = {"total": last["peak_total_rss"] / first["peak_total_rss"]}
+    private = {"total": last["peak_total_private"] / first["peak_total_private"]}
     for k in ("driver", "TeacherRank", "StudentReplica", "raylet", "gcs_server"):
         if k in first["roles"] and k in last["roles"]:
             ratios[k] = last["roles"][k]["peak_rss"] / first["roles"][k]["peak_rss"]
+            private[k] = last["roles"][k]["peak_private"] / first["roles"][k]["peak_private"]
     out: dict[str, Any] = {"runs": runs, "rss_ratio": max(ratios.values()),
                            "rss_ratio_by_role": ratios,
+                           "private_rss_ratio": max(private.values()),
+                           "private_rss_ratio_by_role": private,
                            "sizes": sizes}
     if big_teacher:
         _ensure_big_teacher(big_teacher, 20_000)
@@ -573,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         results["scale"] = r
         print(f"peak RSS at {sizes[-1]:,} rows / at {sizes[0]:,} rows: "
               + ", ".join(f"{k} {v:.3f}x" for k, v in r["rss_ratio_by_role"].items()))
+        print("the same for private RSS (RSS minus shared pages): "
+              + ", ".join(f"{k} {v:.3f}x" for k, v in r["private_rss_ratio_by_role"].items()))
     if a.json:
         from jobs.common import write_json_atomic
         write_json_atomic(a.json, results)

@@ -34,7 +34,7 @@ def _group(i: int, table: dict[str, Any]) -> GroupConfig:
     where = f"groups[{i}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
-    outer = {k: table[k] for k in ("replicas", "cpus") if k in table}
+    outer = {k: table[k] for k in ("replicas", "cpus", "snapshot_every") if k in table}
     student = {k: v for k, v in table.items() if k not in outer}
     try:
         return from_mapping(GroupConfig, {"student": student, **outer}, where)

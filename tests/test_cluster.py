@@ -133,6 +133,41 @@ def test_killed_teacher_rank_reforms_the_group_and_counts_stay_exact(ray_cluster
     assert len(killed["new"]) == 2 and killed["pid"] not in killed["new"]
 
 
+@pytest.mark.timeout(300)
+def test_single_replica_group_restores_from_its_snapshot(ray_cluster, tmp_path) -> None:
+    """A one-replica group has no survivor to copy: kill -9 of its replica mid-pass
+    restarts it from the last snapshot (every 3 batches), and the batches trained since
+    are delivered again; counts stay exact, the other group is untouched."""
+    import dataclasses
+    cfg, data, dims = _setup(tmp_path, max_inflight=4)
+    solo = dataclasses.replace(cfg.groups[1], replicas=1, snapshot_every=3)
+    cfg = dataclasses.replace(cfg, groups=(cfg.groups[0], solo))
+    killed = {}
+
+    def kill_once(group: str, acked: int) -> None:
+        if group == "kd" and acked == 5 and not killed:  # 2 batches after a snapshot
+            pid = ray_cluster.get(run.groups["kd"].replicas[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed["pid"] = pid
+
+    run = OnlineDistillation(cfg, data, dims, progress=False, after_ack=kill_once)
+    try:
+        body = run.run()
+    finally:
+        run.shutdown()
+    assert killed, "the failure was injected"
+    kd, hard = body["students"]["kd"], body["students"]["hard"]
+    assert (kd["restarts"], kd["restored_from_snapshot"]) == (1, 1)
+    assert (hard["restarts"], hard["restored_from_snapshot"]) == (0, 0)
+    _assert_exactly_once(run, data, passes=2)
+    s = body["stream"]
+    # at least the 2 batches acknowledged after the snapshot went round again
+    assert s["redelivered_by_group"]["kd"] >= 2 and s["redelivered_by_group"]["hard"] == 0
+    assert s["acked"] == {"hard": 20, "kd": 20}
+    assert kd["examples_per_pass"] == [N, N] and sum(kd["examples_by_version"].values()) \
+        == 2 * N
+
+
 def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None:
     from jobs.distill import load_config, run
     bad = tmp_path / "bad.toml"

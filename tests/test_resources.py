@@ -28,8 +28,12 @@ def test_sampler_names_actor_processes_and_keeps_their_peaks(ray_cluster) -> Non
     assert grown - first > 150 * 2**20
     summary = sampler.summary()
     assert sampler.roles[pid] == "Probe"
-    assert summary["roles"]["Probe"] == {"peak_rss": grown, "processes": 1,
-                                         "peak_rss_each": [grown]}
+    seen = summary["roles"]["Probe"]
+    assert (seen["peak_rss"], seen["processes"], seen["peak_rss_each"]) == \
+        (grown, 1, [grown])
+    # the bytearray is private memory: it shows in RSS minus shared pages as well
+    assert seen["peak_private"] == sampler.samples[1].private[pid]
+    assert sampler.samples[1].private[pid] - sampler.samples[0].private[pid] > 150 * 2**20
     assert summary["samples"] == 3
     assert summary["roles"]["driver"]["processes"] == 1
     assert summary["peak_total_rss"] == max(sum(s.rss.values()) for s in sampler.samples)

@@ -42,3 +42,34 @@ def test_redelivered_batch_of_trained_ids_is_dropped_as_duplicate() -> None:
     assert st.next_for("g").ref == "ref-c"
     assert st.books["g"].duplicates_dropped == 1
     assert len(st.trained_ids("g", 0)) == 3 and len(st.trained_ids("g", 1)) == 0
+
+
+def test_unack_takes_batches_off_the_books_and_queues_them_first_in_order() -> None:
+    st = SoftLabelStream(["g"], max_inflight=8)
+    items = [st.publish(f"r{i}", np.arange(4 * i, 4 * i + 4), version=3, pass_index=0)
+             for i in range(3)]
+    for _ in range(3):
+        st.ack("g", st.next_for("g"))
+    st.unack("g", items[1:])
+    b = st.books["g"]
+    assert (b.acked, b.examples_by_pass[0], b.acked_by_version[3], b.redelivered) == \
+        (1, 4, 1, 2)
+    assert st.trained_ids("g", 0).to_array().tolist() == [0, 1, 2, 3]
+    assert [st.next_for("g").ref for _ in range(2)] == ["r1", "r2"]
+
+
+def test_published_rows_are_not_published_twice() -> None:
+    st = SoftLabelStream(["g"], max_inflight=8)
+    st.publish("a", np.array([0, 1, 2, 3]), version=1, pass_index=0)
+    assert st.publish("a2", np.array([2, 0]), version=1, pass_index=0) is None
+    part = st.publish("b", np.array([3, 4, 5]), version=1, pass_index=0)
+    assert part.rows.tolist() == [1, 2] and part.ids.tolist() == [4, 5]
+    assert st.publish("c", np.array([0, 1]), version=1, pass_index=1).rows is None
+    assert st.replayed_rows == 3 and st.produced == 3
+
+
+def test_idset_remove() -> None:
+    s = IdSet()
+    s.add(np.array([1, 2, 3, 9]))
+    s.remove(np.array([2, 9, 50]))  # 50 was never there
+    assert len(s) == 2 and s.to_array().tolist() == [1, 3]
