@@ -31,17 +31,18 @@ def test_idset_matches_a_python_set_on_random_batches() -> None:
     assert len(s._bits) <= 2 * (5000 // 8 + 1)  # 1 bit per id, growth by doubling
 
 
-def test_redelivered_batch_of_trained_ids_is_dropped_as_duplicate() -> None:
+def test_queued_batch_whose_ids_were_trained_is_dropped_as_duplicate() -> None:
     st = SoftLabelStream(["g"], max_inflight=4)
     a = st.publish("ref-a", np.array([0, 1, 2]), version=1, pass_index=0)
+    st.publish("ref-b", np.array([3, 4]), version=1, pass_index=0)
+    st.publish("ref-c", np.array([5]), version=1, pass_index=0)
     item = st.next_for("g")
     assert item is a
     st.ack("g", item)
-    st.publish("ref-b", np.array([1, 2]), version=1, pass_index=0)  # all trained already
-    st.publish("ref-c", np.array([2, 3]), version=1, pass_index=0)  # 3 is new
+    st.books["g"].trained[0].add(np.array([3, 4]))  # as if a survivor had trained b
     assert st.next_for("g").ref == "ref-c"
     assert st.books["g"].duplicates_dropped == 1
-    assert len(st.trained_ids("g", 0)) == 3 and len(st.trained_ids("g", 1)) == 0
+    assert len(st.trained_ids("g", 0)) == 5 and len(st.trained_ids("g", 1)) == 0
 
 
 def test_unack_takes_batches_off_the_books_and_queues_them_first_in_order() -> None:
