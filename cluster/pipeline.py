@@ -21,8 +21,11 @@ already trained are dropped as duplicates, so each example is trained once per p
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -42,6 +45,8 @@ from student.metrics import task_metrics
 from teacher.checkpoint import resolve
 
 ROUNDS_AHEAD = 2  # rounds queued per group beyond the one running: hides call latency
+STATE_FILE = "driver_state.pt"
+STATE_FORMAT = 1
 
 
 def start_label_group(cfg: DistillConfig, cls: type, source: str, name: str,
@@ -111,13 +116,24 @@ class OnlineDistillation:
             batch (tests use it to inject failures mid-pass).
         soft_labels: a directory of precomputed soft labels (``jobs.precompute``): its
             readers replace the live teacher ranks; everything else is the same.
+        state_dir: where the driver checkpoints the run (every group's state, the
+            example ids each group trained in the current pass, curves), at each pass
+            end and every ``checkpoint_every`` teacher rounds; "" for none.
+        resume: continue from ``state_dir``'s checkpoint (after the driver died): the
+            same teacher version is loaded, every group restarts from its state, and
+            the interrupted pass is read again with each group skipping the rows it had
+            trained.
     """
 
     def __init__(self, cfg: DistillConfig, data: Dataset, teacher_dims: dict[str, int],
                  progress: bool = True,
                  after_ack: Callable[[str, int], None] | None = None,
-                 soft_labels: str = "") -> None:
+                 soft_labels: str = "", state_dir: str = "", checkpoint_every: int = 0,
+                 resume: bool = False) -> None:
         self.cfg, self.data, self.teacher_dims = cfg, data, teacher_dims
+        self.state_path = Path(state_dir) / STATE_FILE if state_dir else None
+        self.checkpoint_every, self.resume = checkpoint_every, resume
+        self.resumed: dict[str, Any] | None = None
         self.soft_labels = soft_labels
         self.progress = progress
         self.after_ack = after_ack
@@ -132,7 +148,12 @@ class OnlineDistillation:
         self._loop_cpu_s = 0.0  # of which the event loop's own thread
 
     # ----------------------------------------------------------------- actor groups
-    def _start_teachers(self) -> dict[str, Any]:
+    def _start_teachers(self, checkpoint: str = "") -> dict[str, Any]:
+        """The label group; ``checkpoint``: this teacher version (a resumed run's)."""
+        if checkpoint and not self.soft_labels:
+            self.teachers, info = start_label_group(self.cfg, TeacherRank, checkpoint,
+                                                    "teacher")
+            return info
         if self.soft_labels:
             # Readers of precomputed labels in the teacher ranks' place: the same K
             # shares of the same shuffled stream, so the students see the same batches.
@@ -224,6 +245,61 @@ class OnlineDistillation:
         g.replicas = self._spawn_group(g.cfg, g.generation, state)
         # Rounds of this group that were not trained went back to the front of its queue.
 
+    def _checkpoint(self, pass_index: int, pass_done: bool) -> bool:
+        """Write the driver's checkpoint atomically; False if a replica died meanwhile
+        (its recovery comes first; the next checkpoint will do)."""
+        if self.state_path is None:
+            return False
+        refs = {name: g.replicas[0].state.remote() for name, g in self.groups.items()}
+        # Each state comes after the rounds already queued to that group: what it holds
+        # is the books' ids plus those rounds'.
+        trained = {name: np.unique(np.concatenate(
+            [self.stream.trained_ids(name, pass_index).to_array()]
+            + [rnd.item.ids for rnd in g.rounds])).astype(np.int64)
+            for name, g in self.groups.items()}
+        try:
+            states = dict(zip(refs, ray.get(list(refs.values()))))
+        except RayError:
+            return False
+        doc = {"format": STATE_FORMAT, "pass": pass_index, "pass_done": pass_done,
+               "teacher_checkpoint": self._loaded, "soft_labels": self.soft_labels,
+               "groups": {name: {
+                   "state": states[name],
+                   "trained": torch.from_numpy(trained[name]),
+                   # plain JSON text: the file loads with weights_only=True
+                   "books": json.dumps({
+                       "curve": g.curve, "best_auc": g.best_auc, "best_pass": g.best_pass,
+                       "restarts": g.restarts, "restores": g.restores,
+                       "examples_by_version": {str(v): n for v, n in
+                                               g.examples_by_version.items()}})}
+                   for name, g in self.groups.items()}}
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(f".{STATE_FILE}.tmp")
+        torch.save(doc, tmp)
+        os.replace(tmp, self.state_path)  # a crash mid-write leaves the previous one
+        return True
+
+    def _load_checkpoint(self) -> dict[str, Any]:
+        from teacher.checkpoint import CheckpointError
+        path = self.state_path
+        if path is None or not path.is_file():
+            raise CheckpointError(f"{path}: no driver checkpoint to resume from")
+        try:
+            doc = torch.load(path, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated, tampered or not ours
+            raise CheckpointError(f"{path}: cannot read the driver checkpoint: {e}") from None
+        if doc.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{path}: format {doc.get('format')}, this version reads "
+                                  f"{STATE_FORMAT}")
+        names = sorted(g.name for g in self.cfg.groups)
+        if sorted(doc["groups"]) != names:
+            raise CheckpointError(f"{path}: holds groups {sorted(doc['groups'])}, the "
+                                  f"config has {names}")
+        if doc["soft_labels"] != self.soft_labels:
+            raise CheckpointError(f"{path}: was written with soft_labels = "
+                                  f"{doc['soft_labels']!r}, not {self.soft_labels!r}")
+        return doc
+
     def _snapshot(self, name: str) -> None:
         """Keep the group's state now (waits for the rounds queued before it)."""
         g = self.groups[name]
@@ -293,6 +369,8 @@ class OnlineDistillation:
                     for ids, (_, batch_ref) in zip(ids_list, teacher_call):
                         # None: a re-formed group replayed rows already published
                         self.stream.publish(batch_ref, ids, self.version, pass_index)
+                    if self.checkpoint_every and self._rounds % self.checkpoint_every == 0:
+                        self._checkpoint(pass_index, pass_done=False)
                 teacher_call = None
             for name, g in self.groups.items():
                 while g.rounds and all(ref in ready_set for ref in g.rounds[0].refs):
@@ -373,12 +451,30 @@ class OnlineDistillation:
     def run(self) -> dict[str, Any]:
         """Start the actors, run every pass, evaluate; returns the report's body."""
         t0 = time.perf_counter()
-        info = self._start_teachers()
+        doc = self._load_checkpoint() if self.resume else None
+        info = self._start_teachers(doc["teacher_checkpoint"] if doc else "")
         self.version = int(info["version"])
         self._rounds, self._loaded = 0, info.get("checkpoint", "")
         self.refreshes: list[dict[str, int]] = []
+        first_pass = 0
         for g in self.cfg.groups:
-            self.groups[g.name] = GroupRuntime(g, self._spawn_group(g, 0))
+            saved = doc["groups"][g.name] if doc else None
+            rt = GroupRuntime(g, self._spawn_group(g, 0, saved["state"] if saved else None))
+            self.groups[g.name] = rt
+            if saved is not None:
+                books = json.loads(saved["books"])
+                rt.curve, rt.best_auc, rt.best_pass = (books["curve"], books["best_auc"],
+                                                       books["best_pass"])
+                rt.restarts, rt.restores = books["restarts"], books["restores"]
+                rt.examples_by_version = {int(v): n for v, n in
+                                          books["examples_by_version"].items()}
+                if not doc["pass_done"]:
+                    self.stream.restore(g.name, doc["pass"], saved["trained"].numpy())
+        if doc is not None:
+            first_pass = doc["pass"] + (1 if doc["pass_done"] else 0)
+            self.resumed = {"pass": doc["pass"] + 1, "pass_done": doc["pass_done"],
+                            "trained_in_pass": {n: int(len(d["trained"])) for n, d in
+                                                doc["groups"].items()}}
         params = {name: ray.get(g.replicas[0].parameters_count.remote())
                   for name, g in self.groups.items()}
         ds = train_dataset(self.data.train)
@@ -391,7 +487,7 @@ class OnlineDistillation:
         bar = tqdm(total=per_pass * self.cfg.passes * len(self.groups), unit="batch",
                    desc="distilling", disable=None if self.progress else True,
                    mininterval=0.5)
-        for p in range(self.cfg.passes):
+        for p in range(first_pass, self.cfg.passes):
             start = {n: self.stream.books[n].acked for n in self.groups}
             t_pass, cpu_pass = time.perf_counter(), time.process_time()
             thread_pass = time.thread_time()
@@ -414,6 +510,7 @@ class OnlineDistillation:
                 if auc > g.best_auc:
                     g.best_auc, g.best_pass = auc, p + 1
                     ray.get([r.keep_best.remote() for r in g.replicas])
+            self._checkpoint(p, pass_done=True)
             bar.set_postfix({n: f"{valid[n][first]['auc']:.4f}" for n in self.groups})
         bar.close()
         usage = ray.get([t.usage.remote() for t in self.teachers])
@@ -455,6 +552,7 @@ class OnlineDistillation:
                         "usage": {key: sum(u[key] for u in usage) for key in usage[0]}},
             "students": students,
             "stream": self.stream.counters(),
+            "resumed": self.resumed,
             "run_wall_s": time.perf_counter() - t0,
             # wall seconds of the passes alone (no setup, no evaluation), and the
             # driver's own work in them: the broker's cost

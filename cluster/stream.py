@@ -12,7 +12,7 @@ dropped as a duplicate. No Ray calls here: the driver moves refs, this keeps the
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,7 @@ class GroupBooks:
     in_flight: dict[int, StreamItem] = field(default_factory=dict)
     delivered: int = 0
     acked: int = 0
+    acked_rows: int = 0  # examples trained in this run (a resumed run: since the resume)
     redelivered: int = 0
     duplicates_dropped: int = 0
     max_depth: int = 0
@@ -175,9 +176,15 @@ class SoftLabelStream:
         while b.queue:
             item = b.queue.popleft()
             seen = b.trained.get(item.pass_index)
-            if seen is not None and seen.issuperset(item.ids):
-                b.duplicates_dropped += 1
-                continue
+            if seen is not None:
+                have = seen.contains(item.ids)
+                if have.all():
+                    b.duplicates_dropped += 1
+                    continue
+                if have.any():  # a resumed pass: this group trained some rows already
+                    keep = ~have
+                    rows = np.flatnonzero(keep) if item.rows is None else item.rows[keep]
+                    item = replace(item, ids=item.ids[keep], rows=rows)
             b.in_flight[item.seq] = item
             b.delivered += 1
             return item
@@ -188,10 +195,19 @@ class SoftLabelStream:
         b = self.books[group]
         b.in_flight.pop(item.seq)
         b.acked += 1
+        b.acked_rows += len(item.ids)
         b.acked_by_version[item.version] = b.acked_by_version.get(item.version, 0) + 1
         b.examples_by_pass[item.pass_index] = \
             b.examples_by_pass.get(item.pass_index, 0) + len(item.ids)
         b.trained.setdefault(item.pass_index, IdSet()).add(item.ids)
+
+    def restore(self, group: str, pass_index: int, ids: np.ndarray) -> None:
+        """``group`` trained ``ids`` of pass ``pass_index`` before a driver restart: the
+        pass is replayed, and these rows are not delivered to it again."""
+        b = self.books[group]
+        b.trained[pass_index] = IdSet()
+        b.trained[pass_index].add(ids)
+        b.examples_by_pass[pass_index] = len(b.trained[pass_index])
 
     def unack(self, group: str, items: list[StreamItem]) -> None:
         """``group``'s model went back to a snapshot taken before it trained ``items``
@@ -200,6 +216,7 @@ class SoftLabelStream:
         b = self.books[group]
         for item in reversed(items):
             b.acked -= 1
+            b.acked_rows -= len(item.ids)
             b.acked_by_version[item.version] -= 1
             b.examples_by_pass[item.pass_index] -= len(item.ids)
             b.trained[item.pass_index].remove(item.ids)
@@ -231,6 +248,7 @@ class SoftLabelStream:
             "max_inflight": self.max_inflight,
             "delivered": {g: b.delivered for g, b in self.books.items()},
             "acked": {g: b.acked for g, b in self.books.items()},
+            "acked_rows": {g: b.acked_rows for g, b in self.books.items()},
             "redelivered": sum(b.redelivered for b in self.books.values()),
             "redelivered_by_group": {g: b.redelivered for g, b in self.books.items()},
             "duplicates_dropped": sum(b.duplicates_dropped for b in self.books.values()),

@@ -101,6 +101,15 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--report", default="runs/distill/report.json", help="JSON report path")
     p.add_argument("--plot", default="", help="PNG path (default: beside the report)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--state-dir", default=None,
+                   help="where the driver checkpoints the run (default: 'state' beside "
+                        "the report; '' for no checkpoints)")
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="driver checkpoint every N teacher rounds, and at each pass end")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the driver checkpoint in --state-dir (after the "
+                        "driver died): same teacher version, every group's state, the "
+                        "interrupted pass read again with trained rows skipped")
     p.add_argument("--soft-labels", default="",
                    help="train from soft labels jobs.precompute wrote here, not the live "
                         "teacher")
@@ -280,11 +289,14 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 def run(cfg: DistillConfig, address: str = "", report_path: str = "",
         plot_path: str = "", progress: bool = True, after_ack: Any = None,
-        soft_labels: str = "") -> dict[str, Any]:
+        soft_labels: str = "", state_dir: str = "", checkpoint_every: int = 100,
+        resume: bool = False) -> dict[str, Any]:
     """The whole job; returns the report. Ray is started (or joined) and shut down here.
 
     ``soft_labels``: train from a directory ``jobs.precompute`` wrote instead of the
-    live teacher.
+    live teacher. ``state_dir``: where the driver checkpoints the run (at pass ends and
+    every ``checkpoint_every`` teacher rounds; "" for nowhere); ``resume`` continues
+    from that checkpoint.
     """
     import ray
 
@@ -314,7 +326,8 @@ def run(cfg: DistillConfig, address: str = "", report_path: str = "",
             ensure_teacher(cfg)
             dims = teacher_dims(cfg, data.spec)
         pipeline = OnlineDistillation(cfg, data, dims, progress=progress, after_ack=after_ack,
-                                      soft_labels=soft_labels)
+                                      soft_labels=soft_labels, state_dir=state_dir,
+                                      checkpoint_every=checkpoint_every, resume=resume)
         body = pipeline.run()
     finally:
         if pipeline is not None:
@@ -335,13 +348,24 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
         cfg, a = parse_args(argv)
+        if a.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0, got {a.checkpoint_every}")
+        state_dir = a.state_dir if a.state_dir is not None else str(
+            Path(a.report).parent / "state")
+        if a.resume and not state_dir:
+            raise ConfigError("--resume needs a --state-dir to resume from")
         report = run(cfg, a.address, a.report, a.plot, progress=not a.no_progress,
-                     soft_labels=a.soft_labels)
+                     soft_labels=a.soft_labels, state_dir=state_dir,
+                     checkpoint_every=a.checkpoint_every, resume=a.resume)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(report))
     s = report["stream"]
+    if report.get("resumed"):
+        r = report["resumed"]
+        print(f"resumed in pass {r['pass']} ({'after' if r['pass_done'] else 'during'} "
+              f"it); rows each group had trained in it: {r['trained_in_pass']}")
     print(f"stream: {s['produced']} batches produced, acked {s['acked']}, "
           f"re-delivered {s['redelivered']}, duplicates dropped {s['duplicates_dropped']}")
     print(f"wall {report['wall_s']:.0f}s; report {a.report}, curves "

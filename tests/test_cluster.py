@@ -245,3 +245,68 @@ def test_streamed_synthetic_pass_yields_every_row_once_in_a_seeded_order(ray_clu
     np.testing.assert_array_equal(a, b)  # the pass's seed fixes the order
     assert not np.array_equal(a, c)
     assert not np.array_equal(np.sort(a[:128]), np.arange(128))  # chunk order shuffled too
+
+
+_DIE = r'''
+import os, signal, sys
+from jobs.common import quiet_library_warnings
+from jobs.distill import load_config, run
+quiet_library_warnings()
+config, data, state, report = sys.argv[1:5]
+cfg = load_config(config, data=data, passes=2)
+
+def die(group, acked):
+    if group == "pred_kd" and acked == 10:  # 3 batches into pass 2
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run(cfg, report_path=report, progress=False, after_ack=die, state_dir=state,
+    checkpoint_every=2)
+'''
+
+
+@pytest.mark.timeout(600)
+def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> None:
+    """SIGKILL of the job's driver (by pid) in pass 2, then `jobs.distill --resume`:
+    every group restarts from the driver's last checkpoint (its state and the ids it
+    had trained in the interrupted pass), the pass is read again, and each group trains
+    exactly the rows it had not: per group, rows trained before + after == 400."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    from test_train_teacher_job import SMALL, _dataset, _env
+    data = _dataset(tmp_path)
+    config = tmp_path / "distill.toml"
+    config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 64\ncheckpoint = '
+                      f'"{tmp_path / "teacher"}"\n')
+    state, report = tmp_path / "state", tmp_path / "out.json"
+    first = subprocess.Popen([sys.executable, "-c", _DIE, str(config), str(data),
+                              str(state), str(report)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=_env(),
+                             start_new_session=True)
+    _, err = first.communicate(timeout=400)
+    try:  # the dead driver's Ray daemons, left in its process group
+        os.killpg(first.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert first.returncode == -signal.SIGKILL, err[-3000:]
+    assert not report.exists()  # the driver died before writing a report
+    doc = torch.load(state / "driver_state.pt", weights_only=True)
+    assert doc["pass"] == 1 and not doc["pass_done"]  # a mid-pass checkpoint of pass 2
+    before = {g: len(d["trained"]) for g, d in doc["groups"].items()}
+    assert all(0 < n < 400 for n in before.values()), before
+
+    second = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(config),
+                             "--data", str(data), "--passes", "2", "--report", str(report),
+                             "--state-dir", str(state), "--resume", "--no-progress"],
+                            capture_output=True, text=True, env=_env(), timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    saved = json.loads(report.read_text())
+    assert saved["resumed"] == {"pass": 2, "pass_done": False, "trained_in_pass": before}
+    for name, s in saved["students"].items():
+        assert s["examples_per_pass"] == [400, 400], name
+        # after the resume each group trained only the rest of pass 2
+        assert saved["stream"]["acked_rows"][name] == 400 - before[name], name
+    assert "resumed in pass 2" in second.stdout
