@@ -268,8 +268,12 @@ class TeacherRank(PassInput):
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
     def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher (logits, labels) of every row of ``table``; every rank must call it."""
+        """Teacher (logits, labels) of every row of ``table``; every rank must call it.""" 
         p = predict(self.model, table, self.keys, batch_size, self.device)
         return p.logits, p.labels
 

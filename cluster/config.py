@@ -56,6 +56,10 @@ class TeacherGroupConfig:
         train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
             does not exist; otherwise a missing checkpoint is an error.
         cpus: CPUs reserved per teacher actor.
+        placement: ``""`` (Ray places the ranks), ``spread`` (a placement group
+            spreading them over nodes where it can) or ``strict_spread`` (one node per
+            rank, or the job waits); a re-formed group gets a new placement group, so
+            with ``spread`` it fits on the nodes that remain.
     """
 
     ranks: int = 1
@@ -65,8 +69,12 @@ class TeacherGroupConfig:
     refresh_every: int = 0
     train_if_missing: bool = True
     cpus: float = 1.0
+    placement: str = ""
 
     def __post_init__(self) -> None:
+        if self.placement not in ("", "spread", "strict_spread"):
+            raise ConfigError("teacher_group.placement must be '', 'spread' or "
+                              f"'strict_spread', got {self.placement!r}")
         if self.ranks < 1:
             raise ConfigError(f"teacher_group.ranks must be >= 1, got {self.ranks}")
         if self.batch_size < 1:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError
 from tqdm import tqdm
 
 from cluster.actors import COLLECTIVE_TIMEOUT, StudentReplica, TeacherRank
@@ -46,6 +46,7 @@ from teacher.checkpoint import resolve
 
 ROUNDS_AHEAD = 2  # rounds queued per group beyond the one running: hides call latency
 STATE_FILE = "driver_state.pt"
+PLACEMENT_GROUPS: dict[str, Any] = {}  # label groups' placement groups, by group name
 STATE_FORMAT = 1
 
 
@@ -55,8 +56,21 @@ def start_label_group(cfg: DistillConfig, cls: type, source: str, name: str,
     ``{name}-{k}{suffix}``, set up as one group; returns them and rank 0's setup info."""
     tg = cfg.teacher_group
     actor = ray.remote(cls)
+    strategy: list[Any] = [None] * tg.ranks
+    if tg.placement:
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        pg = placement_group([{"CPU": tg.cpus}] * tg.ranks,
+                             strategy=tg.placement.upper(), name=f"{name}{suffix}")
+        PLACEMENT_GROUPS[f"{name}{suffix}"] = pg
+        if not pg.wait(timeout_seconds=120):
+            ray.util.remove_placement_group(pg)
+            raise RuntimeError(f"teacher_group.placement = {tg.placement!r}: no placement "
+                               f"for {tg.ranks} ranks of {tg.cpus} CPUs within 120 s")
+        strategy = [PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=k)
+                    for k in range(tg.ranks)]
     group = [actor.options(name=f"{name}-{k}{suffix}", num_cpus=tg.cpus,
-                           max_restarts=0).remote(
+                           scheduling_strategy=strategy[k], max_restarts=0).remote(
         k, tg.ranks, source, cfg.requested_features, tg.batch_size,
         cfg.stream.logit_dtype, cfg.stream.feature_dtype) for k in range(tg.ranks)]
     addr, port = ray.get(group[0].address.remote())
@@ -189,14 +203,19 @@ class OnlineDistillation:
     def _finish_round(self, name: str, rnd: Round) -> bool:
         """Book a finished round; False if a replica died in it."""
         g = self.groups[name]
-        results, failed = [], False
+        results, failed, lost = [], False, 0
         for ref in rnd.refs:
             try:
                 results.append(ray.get(ref))
             except RayActorError:
                 failed = True
+            except ObjectLostError:  # the batch itself is gone (its node died)
+                lost += 1
             except Exception:  # noqa: BLE001 - a peer died mid-collective: gloo error
                 failed = True
+        if lost == len(rnd.refs):  # every replica is fine, the batch must be labelled again
+            self.stream.lose(name, rnd.item)
+            return True
         if results:  # the step happened: all-reduce done on every live replica
             if rnd.item.seq in g.covered:
                 g.covered.discard(rnd.item.seq)
@@ -303,9 +322,13 @@ class OnlineDistillation:
     def _snapshot(self, name: str) -> None:
         """Keep the group's state now (waits for the rounds queued before it)."""
         g = self.groups[name]
-        ref = g.replicas[0].state.remote()
-        ray.wait([ref])
-        g.snapshot, g.since_snapshot = ref, []
+        try:
+            # a copy the driver owns on its own node: a replica's return value would be
+            # stored on the replica's node and lost with it
+            state = ray.put(ray.get(g.replicas[0].state.remote()))
+        except RayError:
+            return  # the replica died: its recovery uses the previous snapshot
+        g.snapshot, g.since_snapshot = state, []
         g.covered = {rnd.item.seq for rnd in g.rounds}
 
     def _restore_snapshot(self, name: str) -> dict[str, Any]:
@@ -410,6 +433,24 @@ class OnlineDistillation:
         (``SoftLabelStream.publish``), so the groups train each example once."""
         for t in self.teachers:
             ray.kill(t, no_restart=True)
+        name = "soft-labels" if self.soft_labels else "teacher"
+        if self.cfg.teacher_group.placement:  # free the dead group's reservation
+            old = name + (f".{self.teacher_restarts}" if self.teacher_restarts else "")
+            pg = PLACEMENT_GROUPS.pop(old, None)
+            if pg is not None:
+                ray.util.remove_placement_group(pg)
+        # Batches a dead rank stored on a lost node are gone with it. Settle every
+        # round in flight, then hand the undelivered batches back to the replay: their
+        # ids are labelled again (rows a group has trained are still not re-trained).
+        for gname, g in self.groups.items():
+            refs = [ref for rnd in g.rounds for ref in rnd.refs]
+            ray.wait(refs, num_returns=len(refs),
+                     timeout=COLLECTIVE_TIMEOUT.total_seconds() + 10)
+            while g.rounds:
+                if not self._finish_round(gname, g.rounds.pop(0)):
+                    self._recover(gname)
+                    break
+        self.stream.requeue_undelivered()
         self.teacher_restarts += 1
         suffix = f".{self.teacher_restarts}"
         if self.soft_labels:

@@ -116,6 +116,7 @@ class GroupBooks:
     delivered: int = 0
     acked: int = 0
     acked_rows: int = 0  # examples trained in this run (a resumed run: since the resume)
+    lost: int = 0  # batches given back to be labelled again (lost with a node)
     redelivered: int = 0
     duplicates_dropped: int = 0
     max_depth: int = 0
@@ -209,6 +210,23 @@ class SoftLabelStream:
         b.trained[pass_index].add(ids)
         b.examples_by_pass[pass_index] = len(b.trained[pass_index])
 
+    def lose(self, group: str, item: StreamItem) -> None:
+        """``item``'s stored batch is lost (its node died) before ``group`` trained it:
+        its ids go back to be published again by the pass's replay."""
+        self.books[group].in_flight.pop(item.seq, None)
+        self.books[group].lost += 1
+        self.published[item.pass_index].remove(item.ids)
+
+    def requeue_undelivered(self) -> None:
+        """Before a re-formed label group replays the pass: every batch not delivered
+        yet is dropped from the queues and its ids are published again by the replay
+        (some may be stored on a lost node; telling which would need a fetch each)."""
+        for b in self.books.values():
+            while b.queue:
+                item = b.queue.popleft()
+                self.published[item.pass_index].remove(item.ids)
+                b.lost += 1
+
     def unack(self, group: str, items: list[StreamItem]) -> None:
         """``group``'s model went back to a snapshot taken before it trained ``items``
         (acknowledged, in that order): take them off the books and deliver them again,
@@ -254,4 +272,5 @@ class SoftLabelStream:
             "duplicates_dropped": sum(b.duplicates_dropped for b in self.books.values()),
             "max_depth": {g: b.max_depth for g, b in self.books.items()},
             "replayed_rows": self.replayed_rows,
+            "relabelled_batches": {g: b.lost for g, b in self.books.items()},
         }

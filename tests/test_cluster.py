@@ -310,3 +310,78 @@ def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> Non
         # after the resume each group trained only the rest of pass 2
         assert saved["stream"]["acked_rows"][name] == 400 - before[name], name
     assert "resumed in pass 2" in second.stdout
+
+
+_NODES = r'''
+import dataclasses, json, os, sys, tempfile
+from pathlib import Path
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on loopback
+import ray
+from ray.cluster_utils import Cluster
+sys.path.insert(0, "tests")
+from test_cluster import N, _setup
+from cluster.pipeline import OnlineDistillation
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 8})
+workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False)
+cfg, data, dims = _setup(Path(tempfile.mkdtemp()), max_inflight=3)
+cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
+    cfg.teacher_group, placement="strict_spread"))
+where = {}
+
+def node_of(actor):
+    return ray.get(actor.node_id.remote())
+
+def remove_once(group, acked):
+    if group == "kd" and acked == 3 and "removed" not in where:
+        nodes = [node_of(t) for t in run.teachers]
+        victim = next(w for w in workers if w.node_id in nodes)
+        where.update(ranks_on=nodes, removed=victim.node_id,
+                     head=cluster.head_node.node_id)
+        cluster.remove_node(victim)
+    if group == "kd" and acked == 15:
+        where["after"] = [node_of(t) for t in run.teachers]
+
+run = OnlineDistillation(cfg, data, dims, progress=False, after_ack=remove_once)
+try:
+    body = run.run()
+finally:
+    run.shutdown()
+books = {name: {p: sorted(b.trained[p].to_array().tolist()) == sorted(data.train.ids.tolist())
+                for p in (0, 1)} for name, b in run.stream.books.items()}
+print("RESULT " + json.dumps({"where": where, "books": books, "stream": body["stream"],
+      "restarts": body["teacher"]["restarts"],
+      "students": {n: [s["examples_per_pass"], s["restarts"]]
+                   for n, s in body["students"].items()}}))
+ray.shutdown()
+cluster.shutdown()
+'''
+
+
+@pytest.mark.timeout(600)
+def test_removed_node_with_a_teacher_rank_is_survived(tmp_path) -> None:
+    """A 3-node cluster on this machine (ray.cluster_utils.Cluster, loopback): the 2
+    teacher ranks on two nodes (a strict_spread placement group); the worker node holding one
+    of them is removed mid-pass. Its rank and the batches stored on it are gone; the
+    group is re-formed on the remaining nodes, the lost batches are labelled again, and
+    every group still trains every example of each pass exactly once."""
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _NODES], capture_output=True, text=True,
+                       timeout=550, env={**os.environ, "RAY_ADDRESS": "",
+                                         "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = json.loads(next(line for line in r.stdout.splitlines()
+                          if line.startswith("RESULT "))[7:])
+    w = out["where"]
+    assert len(set(w["ranks_on"])) == 2  # spread: one rank per node
+    assert w["removed"] in w["ranks_on"] and w["removed"] != w["head"]
+    assert w["removed"] not in w["after"]  # the re-formed group avoids the dead node
+    assert out["restarts"] == 1
+    assert out["books"] == {"hard": {"0": True, "1": True}, "kd": {"0": True, "1": True}}
+    for name, (per_pass, _) in out["students"].items():
+        assert per_pass == [N, N], name
+    assert out["stream"]["acked_rows"] == {"hard": 2 * N, "kd": 2 * N}
