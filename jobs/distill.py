@@ -104,7 +104,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--state-dir", default=None,
                    help="where the driver checkpoints the run (default: 'state' beside "
                         "the report; '' for no checkpoints)")
-    p.add_argument("--checkpoint-every", type=int, default=100,
+    p.add_argument("--checkpoint-every", type=int, default=500,
                    help="driver checkpoint every N teacher rounds, and at each pass end")
     p.add_argument("--resume", action="store_true",
                    help="continue from the driver checkpoint in --state-dir (after the "
