@@ -289,7 +289,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 
 def run(cfg: DistillConfig, address: str = "", report_path: str = "",
         plot_path: str = "", progress: bool = True, after_ack: Any = None,
-        soft_labels: str = "", state_dir: str = "", checkpoint_every: int = 100,
+        soft_labels: str = "", state_dir: str = "", checkpoint_every: int = 500,
         resume: bool = False) -> dict[str, Any]:
     """The whole job; returns the report. Ray is started (or joined) and shut down here.
 
