@@ -47,8 +47,14 @@ def object_store_bytes() -> int | None:
     prints; Ray has no public Python API for it (the dashboard exports it as a metric).
     """
     try:
+        import ray
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-        reply = get_memory_info_reply(get_state_from_address(None), timeout_seconds=5)
+        if not ray.is_initialized():
+            return None
+        # the connected cluster's GCS, named: with another cluster on the machine,
+        # address=None cannot tell which one is meant
+        state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        reply = get_memory_info_reply(state, timeout_seconds=5)
         return int(reply.store_stats.object_store_bytes_used)
     except Exception:  # noqa: BLE001 - private API: absent or changed means unknown
         return None
@@ -154,14 +160,18 @@ class ResourceSampler:
                 "roles": dict(sorted(by_role.items()))}
 
     def curve(self) -> list[dict[str, Any]]:
-        """The samples as [{t, total_rss, object_store, by_role: {role: summed rss}}]."""
+        """The samples as [{t, total_rss, total_private, object_store, by_role: {role:
+        summed RSS}, by_role_private: {role: summed private RSS}}]."""
         out = []
         for s in self.samples:
             by: dict[str, int] = {}
+            by_private: dict[str, int] = {}
             for pid, b in s.rss.items():
                 r = self.roles.get(pid, "?")
                 by[r] = by.get(r, 0) + b
+                by_private[r] = by_private.get(r, 0) + s.private.get(pid, 0)
             out.append({"t": round(s.t, 2), "total_rss": sum(s.rss.values()),
                         "total_private": sum(s.private.values()),
-                        "object_store": s.object_store, "by_role": by})
+                        "object_store": s.object_store, "by_role": by,
+                        "by_role_private": by_private})
         return out

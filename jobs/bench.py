@@ -11,7 +11,8 @@ Suites:
           batches. All run interleaved, repeat by repeat; medians, min and max are
           reported, and ratios are taken per repeat.
   fanout  teacher CPU seconds per example (its whole process: input, forward, encoding,
-          handing batches to the object store) when 1, 2 and 4 student groups consume
+          handing batches to the object store) when 1, 2 and 4 student groups (copies
+          of ``feat_kd``, so the stream carries the same logits and features) consume
           the same stream; the configurations run interleaved, repeat by repeat, one
           pass over MovieLens-100k each. ``ratio_4_vs_1`` is paired per repeat.
   pipeline  examples/s of one student group (``pred_kd``) trained online from the live
@@ -178,7 +179,12 @@ def bench_fanout(teacher: str, repeats: int) -> dict[str, Any]:
     import dataclasses
 
     from cluster.config import DistillConfig, default_groups
-    groups = default_groups()
+    # The same stream in every configuration: copies of the feat_kd group (logits and
+    # the 128-wide last_hidden travel). Mixing group kinds would change what the
+    # teacher encodes and ships, not just how many groups read it.
+    feat = next(g for g in default_groups() if g.student.name == "feat_kd")
+    groups = tuple(dataclasses.replace(feat, student=dataclasses.replace(
+        feat.student, name=f"feat_kd_{i}")) for i in range(4))
     runs = [(f"{n}@{r}", dataclasses.replace(DistillConfig(passes=1), groups=groups[:n]))
             for r in range(repeats) for n in (1, 2, 4)]
     per: dict[int, list[float]] = {1: [], 2: [], 4: []}

@@ -22,27 +22,37 @@ from typing import Any
 from jobs.common import quiet_library_warnings, write_json_atomic
 
 
-def _peaks(curve: list[dict[str, Any]], lo: float, hi: float) -> dict[str, float]:
-    """Peak total RSS, object store and RSS per role over samples with lo <= t < hi."""
+def _peaks(curve: list[dict[str, Any]], lo: float, hi: float,
+           key: str) -> dict[str, float]:
+    """Peaks over samples with lo <= t < hi: the total of ``key`` (``rss`` or
+    ``private``), the object store, and per role."""
     part = [c for c in curve if lo <= c["t"] < hi]
+    by = "by_role" if key == "rss" else "by_role_private"
     out: dict[str, float] = {
-        "total_rss": max((c["total_rss"] for c in part), default=0),
+        "total": max((c[f"total_{key}"] for c in part), default=0),
         "object_store": max((c["object_store"] or 0 for c in part), default=0)}
     for c in part:
-        for role, b in c["by_role"].items():
+        for role, b in c.get(by, {}).items():
             out[role] = max(out.get(role, 0), b)
     return out
 
 
+SERIES = ("total", "object_store", "TeacherRank", "StudentReplica", "driver", "raylet",
+          "gcs_server")
+
+
 def bounded(curve: list[dict[str, Any]]) -> dict[str, Any]:
-    """Compare the last third's peaks with the middle third's, per series."""
+    """Compare the last third's peaks with the middle third's, per series, for RSS and
+    for private RSS (RSS less the shared pages, e.g. the object store's arena)."""
     end = curve[-1]["t"] if curve else 0.0
-    mid, last = _peaks(curve, end / 3, 2 * end / 3), _peaks(curve, 2 * end / 3, end + 1)
-    growth = {k: last[k] / mid[k] for k in ("total_rss", "object_store",
-                                             "TeacherRank", "StudentReplica", "driver",
-                                             "raylet", "gcs_server")
-              if mid.get(k) and k in last}
-    return {"middle_third_peaks": mid, "last_third_peaks": last, "growth": growth}
+    out: dict[str, Any] = {}
+    for key in ("rss", "private"):
+        mid = _peaks(curve, end / 3, 2 * end / 3, key)
+        last = _peaks(curve, 2 * end / 3, end + 1, key)
+        out[key] = {"middle_third_peaks": mid, "last_third_peaks": last,
+                    "growth": {k: last[k] / mid[k] for k in SERIES
+                               if mid.get(k) and k in last}}
+    return out
 
 
 def plot(curve: list[dict[str, Any]], path: Path) -> None:
@@ -53,13 +63,17 @@ def plot(curve: list[dict[str, Any]], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5))
     roles = sorted({r for c in curve for r in c["by_role"]},
                    key=lambda r: -max(c["by_role"].get(r, 0) for c in curve))
-    for r in roles[:8]:
-        a.plot(ts, [c["by_role"].get(r, 0) / 2**20 for c in curve], label=r)
-    a.set_title("RSS by role (MiB, summed over a role's processes)")
+    for i, r in enumerate(roles[:6]):
+        a.plot(ts, [c["by_role"].get(r, 0) / 2**20 for c in curve], label=r, color=f"C{i}")
+        a.plot(ts, [c["by_role_private"].get(r, 0) / 2**20 for c in curve], ls="--",
+               color=f"C{i}")
+    a.set_title("RSS by role (MiB, summed over a role's processes; dashed: private)")
     a.set_xlabel("minutes")
     a.legend(fontsize=7)
     a.grid(alpha=0.3)
     b.plot(ts, [c["total_rss"] / 2**30 for c in curve], label="all processes: RSS (GiB)")
+    b.plot(ts, [c["total_private"] / 2**30 for c in curve],
+           label="all processes: private RSS (GiB)")
     b.plot(ts, [(c["object_store"] or 0) / 2**30 for c in curve],
            label="object store in use (GiB)")
     b.set_xlabel("minutes")
@@ -103,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(a.out)
     write_json_atomic(root / "soak.json", out)
     plot(curve, root / "soak.png")
-    g = out["bounded"]["growth"]
     print(f"soak: {out['wall_s'] / 60:.1f} min, {len(curve)} samples; peak RSS (all "
-          f"processes) {out['summary']['peak_total_rss'] / 2**30:.2f} GiB; last third / "
-          f"middle third peaks: " + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
+          f"processes) {out['summary']['peak_total_rss'] / 2**30:.2f} GiB, private "
+          f"{out['summary']['peak_total_private'] / 2**30:.2f} GiB")
+    for key in ("rss", "private"):
+        g = out["bounded"][key]["growth"]
+        print(f"  {key}: last third / middle third peaks: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in g.items()))
     print(f"wrote {root / 'soak.json'} and {root / 'soak.png'}")
     return 0
 

@@ -66,10 +66,14 @@ def test_role_names() -> None:
 def test_soak_boundedness_compares_last_third_with_middle_third() -> None:
     from jobs.soak import bounded
     # t = 0..8: start-up spike in the first third, flat middle, +10% driver at the end
-    curve = [{"t": float(t), "total_rss": 100 + (50 if t < 3 else 0), "object_store": 10,
-              "by_role": {"driver": 40 if t < 6 else 44, "TeacherRank": 60}}
+    curve = [{"t": float(t), "total_rss": 100 + (50 if t < 3 else 0), "total_private": 80,
+              "object_store": 10,
+              "by_role": {"driver": 40 if t < 6 else 44, "TeacherRank": 60},
+              "by_role_private": {"driver": 30, "TeacherRank": 50 if t < 6 else 60}}
              for t in range(9)]
     b = bounded(curve)
-    assert b["middle_third_peaks"]["total_rss"] == 100  # t in [8/3, 16/3): 3, 4, 5
-    assert b["growth"] == {"total_rss": 1.0, "object_store": 1.0, "TeacherRank": 1.0,
-                           "driver": 1.1}
+    assert b["rss"]["middle_third_peaks"]["total"] == 100  # t in [8/3, 16/3): 3, 4, 5
+    assert b["rss"]["growth"] == {"total": 1.0, "object_store": 1.0, "TeacherRank": 1.0,
+                                  "driver": 1.1}
+    assert b["private"]["growth"] == {"total": 1.0, "object_store": 1.0,
+                                      "TeacherRank": 1.2, "driver": 1.0}
