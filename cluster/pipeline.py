@@ -100,12 +100,15 @@ class GroupRuntime:
     generation: int = 0
     rounds: list[Round] = field(default_factory=list)
     curve: list[dict[str, Any]] = field(default_factory=list)
-    losses: list[dict[str, float]] = field(default_factory=list)
+    # Running sums, not per-batch lists: the driver's memory must not grow with rows.
+    loss_sums: dict[str, float] = field(default_factory=dict)  # this pass, per term
+    loss_batches: int = 0  # batches in loss_sums
+    batches: int = 0  # acknowledged rounds in all
+    kd_scale_sum: float = 0.0
     best_auc: float = -1.0
     best_pass: int = -1
     restarts: int = 0
     examples_by_version: dict[int, int] = field(default_factory=dict)
-    kd_scales: list[float] = field(default_factory=list)
     # Sums over acknowledged rounds of replica 0's step timing (prepare_s, step_s).
     timing: dict[str, float] = field(default_factory=dict)
     # The last snapshot of the group's state (an object ref the driver owns), the
@@ -196,8 +199,8 @@ class OnlineDistillation:
                 item = self.stream.next_for(name)
                 if item is None:
                     break
-                refs = [r.train_on.remote(item.ref, self.version, item.rows)
-                        for r in g.replicas]
+                refs = [r.train_on.options(enable_task_events=False).remote(
+                    item.ref, self.version, item.rows) for r in g.replicas]
                 g.rounds.append(Round(item, refs))
 
     def _finish_round(self, name: str, rnd: Round) -> bool:
@@ -226,10 +229,13 @@ class OnlineDistillation:
                 raise RuntimeError(f"group {name}: replicas trained ids that do not match "
                                    f"batch {rnd.item.seq}")
             self.stream.ack(name, rnd.item)
-            g.losses.append(results[0]["loss"])
+            for term, value in results[0]["loss"].items():
+                g.loss_sums[term] = g.loss_sums.get(term, 0.0) + value
+            g.loss_batches += 1
+            g.batches += 1
             v = int(results[0]["version"])
             g.examples_by_version[v] = g.examples_by_version.get(v, 0) + len(rnd.item.ids)
-            g.kd_scales.append(float(results[0]["kd_scale"]))
+            g.kd_scale_sum += float(results[0]["kd_scale"])
             for key, value in results[0]["timing"].items():
                 g.timing[key] = g.timing.get(key, 0.0) + value
             if self.after_ack is not None:
@@ -362,7 +368,10 @@ class OnlineDistillation:
         while True:
             if not teacher_done and teacher_call is None and self.stream.has_room(k):
                 self._maybe_refresh()
-                teacher_call = [t.label_next.options(num_returns=2).remote()
+                # Per-batch calls keep no task events: the GCS would hold one per call
+                # (up to its cap), memory that grows with rows; metrics cover them.
+                teacher_call = [t.label_next.options(num_returns=2,
+                                                     enable_task_events=False).remote()
                                 for t in self.teachers]
             self._submit_rounds()
             waiting = [ref for g in self.groups.values() for rnd in g.rounds
@@ -529,7 +538,6 @@ class OnlineDistillation:
                    desc="distilling", disable=None if self.progress else True,
                    mininterval=0.5)
         for p in range(first_pass, self.cfg.passes):
-            start = {n: self.stream.books[n].acked for n in self.groups}
             t_pass, cpu_pass = time.perf_counter(), time.process_time()
             thread_pass = time.thread_time()
             self._run_pass(p, ds, bar)
@@ -542,12 +550,11 @@ class OnlineDistillation:
             valid = self._evaluate_groups(valid_ref)
             for name, g in self.groups.items():
                 auc = valid[name][first]["auc"]
-                n_rounds = self.stream.books[name].acked - start[name]
-                recent = g.losses[-n_rounds:] if n_rounds else []
+                n = max(1, g.loss_batches)
                 g.curve.append({"pass": p + 1, "valid": valid[name],
-                                "train_loss": {t: float(np.mean([x[t] for x in recent]))
-                                               for t in (recent[0] if recent else {})},
+                                "train_loss": {t: v / n for t, v in g.loss_sums.items()},
                                 "examples": len(self.stream.trained_ids(name, p))})
+                g.loss_sums, g.loss_batches = {}, 0
                 if auc > g.best_auc:
                     g.best_auc, g.best_pass = auc, p + 1
                     ray.get([r.keep_best.remote() for r in g.replicas])
@@ -575,10 +582,10 @@ class OnlineDistillation:
                 "teacher_versions": sorted(g.examples_by_version),
                 "examples_by_version": {str(v): n for v, n in
                                         sorted(g.examples_by_version.items())},
-                "mean_kd_scale": float(np.mean(g.kd_scales)) if g.kd_scales else 1.0,
+                "mean_kd_scale": g.kd_scale_sum / g.batches if g.batches else 1.0,
                 # replica 0's seconds per acknowledged batch: reading its rows and the
                 # teacher outputs out of the batch, and the optimizer step
-                "seconds_per_batch": {k: v / max(1, len(g.losses))
+                "seconds_per_batch": {k: v / max(1, g.batches)
                                       for k, v in g.timing.items()},
                 "curve": g.curve,
             }
