@@ -165,20 +165,30 @@ class OnlineDistillation:
         self._loop_cpu_s = 0.0  # of which the event loop's own thread
 
     # ----------------------------------------------------------------- actor groups
-    def _start_teachers(self, checkpoint: str = "") -> dict[str, Any]:
-        """The label group; ``checkpoint``: this teacher version (a resumed run's)."""
-        if checkpoint and not self.soft_labels:
-            self.teachers, info = start_label_group(self.cfg, TeacherRank, checkpoint,
-                                                    "teacher")
-            return info
+    @property
+    def _label_group_name(self) -> str:
+        return "soft-labels" if self.soft_labels else "teacher"
+
+    def _start_teachers(self, checkpoint: str = "", suffix: str = "") -> dict[str, Any]:
+        """The label group; ``checkpoint``: this teacher version (a resumed or re-formed
+        group's) instead of the configured one; ``suffix`` for its actors' names."""
         if self.soft_labels:
             # Readers of precomputed labels in the teacher ranks' place: the same K
             # shares of the same shuffled stream, so the students see the same batches.
             self.teachers, info = start_label_group(self.cfg, SoftLabelReader,
-                                                    self.soft_labels, "soft-labels")
+                                                    self.soft_labels, "soft-labels", suffix)
+        elif checkpoint:
+            self.teachers, info = start_label_group(self.cfg, TeacherRank, checkpoint,
+                                                    "teacher", suffix)
         else:
             self.teachers, info = start_teacher_group(self.cfg)
         return info
+
+    def _start_pass(self, pass_index: int, ds: Any) -> None:
+        """Hand every label-group rank its share of the pass's shuffled stream."""
+        shards = pass_dataset(ds, self.data.train, self.cfg.seed * 1000 + pass_index) \
+            .streaming_split(len(self.teachers), equal=True)
+        ray.get([t.start_pass.remote(s) for t, s in zip(self.teachers, shards)])
 
     def _spawn_group(self, g: GroupConfig, generation: int,
                      state: dict[str, Any] | None = None) -> list[Any]:
@@ -358,9 +368,7 @@ class OnlineDistillation:
 
     def _run_pass(self, pass_index: int, ds: Any, bar: tqdm) -> None:
         k = len(self.teachers)
-        shards = pass_dataset(ds, self.data.train, self.cfg.seed * 1000 + pass_index) \
-            .streaming_split(k, equal=True)
-        ray.get([t.start_pass.remote(s) for t, s in zip(self.teachers, shards)])
+        self._start_pass(pass_index, ds)
         teacher_call: list[tuple[Any, Any]] | None = None
         teacher_done = False
         last_gauge = 0.0
@@ -442,9 +450,9 @@ class OnlineDistillation:
         (``SoftLabelStream.publish``), so the groups train each example once."""
         for t in self.teachers:
             ray.kill(t, no_restart=True)
-        name = "soft-labels" if self.soft_labels else "teacher"
         if self.cfg.teacher_group.placement:  # free the dead group's reservation
-            old = name + (f".{self.teacher_restarts}" if self.teacher_restarts else "")
+            old = self._label_group_name + (f".{self.teacher_restarts}"
+                                            if self.teacher_restarts else "")
             pg = PLACEMENT_GROUPS.pop(old, None)
             if pg is not None:
                 ray.util.remove_placement_group(pg)
@@ -461,16 +469,8 @@ class OnlineDistillation:
                     break
         self.stream.requeue_undelivered()
         self.teacher_restarts += 1
-        suffix = f".{self.teacher_restarts}"
-        if self.soft_labels:
-            self.teachers, _ = start_label_group(self.cfg, SoftLabelReader,
-                                                 self.soft_labels, "soft-labels", suffix)
-        else:
-            self.teachers, _ = start_label_group(self.cfg, TeacherRank, self._loaded,
-                                                 "teacher", suffix)
-        shards = pass_dataset(ds, self.data.train, self.cfg.seed * 1000 + pass_index) \
-            .streaming_split(len(self.teachers), equal=True)
-        ray.get([t.start_pass.remote(s) for t, s in zip(self.teachers, shards)])
+        self._start_teachers(self._loaded, f".{self.teacher_restarts}")
+        self._start_pass(pass_index, ds)
 
     def _maybe_refresh(self) -> None:
         """Every ``refresh_every`` teacher rounds, load a newer checkpoint version if the

@@ -38,7 +38,7 @@ def test_sampler_names_actor_processes_and_keeps_their_peaks(ray_cluster) -> Non
     assert summary["roles"]["driver"]["processes"] == 1
     assert summary["peak_total_rss"] == max(sum(s.rss.values()) for s in sampler.samples)
     curve = sampler.curve()
-    assert [c["by_role"]["Probe"] for c in curve][1] == grown
+    assert curve[1]["by_role"]["Probe"] == grown
     ray.kill(probe)
 
 
