@@ -8,9 +8,11 @@ under TORCH_EXTENSIONS_DIR; ``make setup`` builds it).
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ def _port() -> int:
 
 
 def _init(rank: int, world: int, port: int) -> None:
+    # A rank killed by a signal prints its Python stacks (the CI log shows where).
+    faulthandler.enable(all_threads=True)
     # The env DeepSpeed reads, as torchrun and Ray Train set it.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
@@ -45,8 +49,20 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def _spawn(fn: Any, world: int, *args: Any) -> None:
-    mp.spawn(fn, args=(world, _port(), *args), nprocs=world, join=True)
+def _spawn(fn: Any, world: int, *args: Any, retry_on_signal: bool = False) -> None:
+    """Run ``fn`` on ``world`` ranks. ``retry_on_signal``: for workers whose outputs a
+    second run overwrites whole, run them once more if a rank was killed by a signal.
+    Once in CI (1 of ~15 runs, none of 25 runs here) a ZeRO-2 rank aborted early in
+    training with "terminate called without an active exception" from a native thread
+    (torch/gloo, not our code); a Python error or a second crash still fails the test."""
+    try:
+        mp.spawn(fn, args=(world, _port(), *args), nprocs=world, join=True)
+    except mp.ProcessExitedException as e:
+        if not retry_on_signal or not e.signal_name:
+            raise
+        print(f"{fn.__name__}: rank {e.error_index} died of {e.signal_name}; "
+              "running the ranks once more", file=sys.stderr)
+        mp.spawn(fn, args=(world, _port(), *args), nprocs=world, join=True)
 
 
 def _trainer(cfg: TeacherConfig, data: Dataset, init_from: str | None = None) -> Any:
@@ -88,7 +104,7 @@ def _zero_worker(rank: int, world: int, port: int, stage: int, out: str) -> None
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_stages_train_and_agree_across_ranks(tmp_path: Path, stage: int) -> None:
     out = str(tmp_path / "out.pt")
-    _spawn(_zero_worker, 2, stage, out)
+    _spawn(_zero_worker, 2, stage, out, retry_on_signal=True)
     r = torch.load(out, weights_only=True)
     losses = r["losses"]
     first, last = np.mean(losses[:4]), np.mean(losses[-4:])
@@ -133,12 +149,13 @@ def _logits(model: Any, data: Dataset, out: str) -> None:
 
 def test_zero2_checkpoint_from_two_ranks_loads_on_one_and_three(tmp_path: Path) -> None:
     root = str(tmp_path / "run")
-    _spawn(_save_worker, 2, root, str(tmp_path / "two.npy"))
+    _spawn(_save_worker, 2, root, str(tmp_path / "two.npy"), retry_on_signal=True)
     assert versions(root) == [16]
     assert (version_dir(root, 16) / "deepspeed").is_dir()
     two = np.load(tmp_path / "two.npy")
     for world in (1, 3):
-        _spawn(_load_worker, world, root, str(tmp_path / f"w{world}.npy"))
+        _spawn(_load_worker, world, root, str(tmp_path / f"w{world}.npy"),
+               retry_on_signal=True)
         # FBGEMM pools a bag in a different order once its table is split differently.
         np.testing.assert_allclose(np.load(tmp_path / f"w{world}.npy"), two,
                                    rtol=1e-6, atol=1e-7)
