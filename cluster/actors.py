@@ -141,6 +141,23 @@ class PassInput:
                                                 batch_format="pyarrow", prefetch_batches=2))
         self._cpu0 = time.process_time()
 
+    def label_next(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def label_many(self, n: int) -> tuple[Any, ...]:
+        """The next ``n`` batches as ``(ids_list, batch_1, ..., batch_n)``; call it with
+        ``num_returns=n + 1`` so each batch is its own object (the groups take them one
+        by one). Past the end of the pass an entry of ``ids_list`` and its batch are
+        None. One call for n batches: each actor call costs the driver ~0.8 ms of CPU."""
+        ids_list: list[Any] = []
+        batches: list[Any] = []
+        for _ in range(n):
+            ids, batch = (None, None) if ids_list and ids_list[-1] is None \
+                else self.label_next()
+            ids_list.append(ids)
+            batches.append(batch)
+        return (ids_list, *batches)
+
     def usage(self) -> dict[str, float]:
         """CPU seconds this process spent in passes (input, forward, encoding, handing
         batches to the object store: all its threads), and what it produced."""
@@ -354,6 +371,25 @@ class StudentReplica:
         self.metrics.gauge("recdistill_kd_scale", kd_scale)
         return {"ids": labelled.inputs.ids[rows], "loss": out, "agreement": agree,
                 "version": labelled.version, "kd_scale": kd_scale, "timing": timing}
+
+    def train_many(self, newest_version: int | None, rows: list[np.ndarray | None],
+                   *labelled: LabelledBatch) -> dict[str, Any]:
+        """``train_on`` each of ``labelled`` in order (``rows[i]`` for the i-th): one
+        call for several steps, so the driver pays one actor call for them.
+
+        Returns ``{"steps": [train_on's result per step done], "error": None}``. A step
+        that fails after others were done (a peer died in its all-reduce) ends the call
+        with the steps done and ``error`` set: the driver books exactly those as trained.
+        """
+        steps: list[dict[str, Any]] = []
+        for batch, r in zip(labelled, rows, strict=True):
+            try:
+                steps.append(self.train_on(batch, newest_version, r))
+            except Exception as e:  # noqa: BLE001 - reported with the steps that happened
+                if not steps:
+                    raise
+                return {"steps": steps, "error": f"{type(e).__name__}: {e}"}
+        return {"steps": steps, "error": None}
 
     @torch.no_grad()
     def evaluate(self, table: ExampleTable, batch_size: int, best: bool = False

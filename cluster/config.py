@@ -23,15 +23,24 @@ class StreamConfig:
             a group is this far behind.
         logit_dtype: dtype the teacher's logits travel in.
         feature_dtype: dtype the teacher's hidden features travel in.
+        batches_per_call: most batches one actor call carries: each teacher rank labels
+            up to this many per call, each replica trains up to this many per call. The
+            driver's CPU per batch is mostly its actor calls (~0.8 ms each), so this
+            divides it; the window still bounds what is in flight (a call asks for no
+            more than ``max_inflight`` allows).
     """
 
-    max_inflight: int = 8
+    max_inflight: int = 16
     logit_dtype: str = "float16"
     feature_dtype: str = "float16"
+    batches_per_call: int = 4
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
             raise ConfigError(f"stream.max_inflight must be >= 1, got {self.max_inflight}")
+        if self.batches_per_call < 1:
+            raise ConfigError(f"stream.batches_per_call must be >= 1, got "
+                              f"{self.batches_per_call}")
         for key in ("logit_dtype", "feature_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ConfigError(f"stream.{key}: unknown dtype {getattr(self, key)!r}; "
@@ -51,7 +60,8 @@ class TeacherGroupConfig:
         version: which version of a root to load: ``best`` (by validation AUC),
             ``latest``, or a version number (the training step that wrote it).
         refresh_every: check the checkpoint root for a newer ``version`` every this many
-            teacher rounds and load it between batches without stopping the stream
+            teacher rounds (labelling calls: up to ``stream.batches_per_call`` batches
+            per rank each) and load it between batches without stopping the stream
             (0: never; a root of versions only).
         train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
             does not exist; otherwise a missing checkpoint is an error.

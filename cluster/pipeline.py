@@ -89,7 +89,9 @@ def start_teacher_group(cfg: DistillConfig) -> tuple[list[Any], dict[str, Any]]:
 
 @dataclass
 class Round:
-    item: StreamItem
+    """Up to ``stream.batches_per_call`` batches a group's replicas train in one call
+    (each replica's ``train_many`` ref)."""
+    items: list[StreamItem]
     refs: list[Any]
 
 
@@ -118,6 +120,9 @@ class GroupRuntime:
     since_snapshot: list[StreamItem] = field(default_factory=list)
     covered: set[int] = field(default_factory=set)
     restores: int = 0
+    # Rounds to submit one batch each: after a round of several failed for a lost batch,
+    # its batches are tried one by one, to find the lost one(s).
+    single: int = 0
 
 
 class OnlineDistillation:
@@ -204,14 +209,23 @@ class OnlineDistillation:
 
     # ------------------------------------------------------------------- the loop
     def _submit_rounds(self) -> None:
+        per_call = self.cfg.stream.batches_per_call
         for name, g in self.groups.items():
             while len(g.rounds) <= ROUNDS_AHEAD:
-                item = self.stream.next_for(name)
-                if item is None:
+                items = []
+                while len(items) < (1 if g.single else per_call):
+                    item = self.stream.next_for(name)
+                    if item is None:
+                        break
+                    items.append(item)
+                if not items:
                     break
-                refs = [r.train_on.options(enable_task_events=False).remote(
-                    item.ref, self.version, item.rows) for r in g.replicas]
-                g.rounds.append(Round(item, refs))
+                g.single = max(0, g.single - 1)
+                # The batches are top-level arguments: Ray fetches them before the call.
+                refs = [r.train_many.options(enable_task_events=False).remote(
+                    self.version, [i.rows for i in items], *[i.ref for i in items])
+                    for r in g.replicas]
+                g.rounds.append(Round(items, refs))
 
     def _finish_round(self, name: str, rnd: Round) -> bool:
         """Book a finished round; False if a replica died in it."""
@@ -219,40 +233,64 @@ class OnlineDistillation:
         results, failed, lost = [], False, 0
         for ref in rnd.refs:
             try:
-                results.append(ray.get(ref))
+                result = ray.get(ref)
             except RayActorError:
                 failed = True
-            except ObjectLostError:  # the batch itself is gone (its node died)
+            except ObjectLostError:  # a batch of it is gone (its node died)
                 lost += 1
             except Exception:  # noqa: BLE001 - a peer died mid-collective: gloo error
                 failed = True
-        if lost == len(rnd.refs):  # every replica is fine, the batch must be labelled again
-            self.stream.lose(name, rnd.item)
-            return True
-        if results:  # the step happened: all-reduce done on every live replica
-            if rnd.item.seq in g.covered:
-                g.covered.discard(rnd.item.seq)
             else:
-                g.since_snapshot.append(rnd.item)
-            ids = np.concatenate([r["ids"] for r in results])
-            if not failed and not np.array_equal(np.sort(ids), np.sort(rnd.item.ids)):
-                raise RuntimeError(f"group {name}: replicas trained ids that do not match "
-                                   f"batch {rnd.item.seq}")
-            self.stream.ack(name, rnd.item)
-            for term, value in results[0]["loss"].items():
-                g.loss_sums[term] = g.loss_sums.get(term, 0.0) + value
-            g.loss_batches += 1
-            g.batches += 1
-            v = int(results[0]["version"])
-            g.examples_by_version[v] = g.examples_by_version.get(v, 0) + len(rnd.item.ids)
-            g.kd_scale_sum += float(results[0]["kd_scale"])
-            for key, value in results[0]["timing"].items():
-                g.timing[key] = g.timing.get(key, 0.0) + value
-            if self.after_ack is not None:
-                self.after_ack(name, self.stream.books[name].acked)
-        else:
-            self.stream.redeliver(name, rnd.item)
+                results.append(result["steps"])
+                failed |= result["error"] is not None
+        if lost == len(rnd.refs):
+            # Every replica is fine but could not fetch a batch of the round (its node
+            # died), so none stepped. The batch is labelled again by the pass's replay.
+            # Which of several it was is not known: they go again, one per round.
+            if len(rnd.items) == 1:
+                self.stream.lose(name, rnd.items[0])
+            else:
+                for item in reversed(rnd.items):
+                    self.stream.redeliver(name, item)
+                g.single = len(rnd.items)
+            return True
+        # A step happened if any replica finished it (its all-reduce was done on every
+        # live replica); the steps run in order, so those are a prefix of the items.
+        done = max((len(steps) for steps in results), default=0)
+        for i, item in enumerate(rnd.items[:done]):
+            steps = [s[i] for s in results if len(s) > i]
+            self._book_step(name, item, steps, check=not failed)
+        for item in reversed(rnd.items[done:]):
+            self.stream.redeliver(name, item)  # to the front, in their order
         return not failed
+
+    def _book_step(self, name: str, item: StreamItem, steps: list[dict[str, Any]],
+                   check: bool) -> None:
+        """``item`` was trained by ``name``: replicas' ``steps`` results (each their
+        share of its rows; ``check``: all of them, so the ids must add up)."""
+        g = self.groups[name]
+        if item.seq in g.covered:
+            g.covered.discard(item.seq)
+        else:
+            g.since_snapshot.append(item)
+        if check:
+            ids = np.concatenate([r["ids"] for r in steps])
+            if not np.array_equal(np.sort(ids), np.sort(item.ids)):
+                raise RuntimeError(f"group {name}: replicas trained ids that do not match "
+                                   f"batch {item.seq}")
+        self.stream.ack(name, item)
+        first = steps[0]
+        for term, value in first["loss"].items():
+            g.loss_sums[term] = g.loss_sums.get(term, 0.0) + value
+        g.loss_batches += 1
+        g.batches += 1
+        v = int(first["version"])
+        g.examples_by_version[v] = g.examples_by_version.get(v, 0) + len(item.ids)
+        g.kd_scale_sum += float(first["kd_scale"])
+        for key, value in first["timing"].items():
+            g.timing[key] = g.timing.get(key, 0.0) + value
+        if self.after_ack is not None:
+            self.after_ack(name, self.stream.books[name].acked)
 
     def _recover(self, name: str) -> None:
         """Re-form a group after a replica died: book its rounds, restart from a survivor."""
@@ -290,7 +328,7 @@ class OnlineDistillation:
         # is the books' ids plus those rounds'.
         trained = {name: np.unique(np.concatenate(
             [self.stream.trained_ids(name, pass_index).to_array()]
-            + [rnd.item.ids for rnd in g.rounds])).astype(np.int64)
+            + [item.ids for rnd in g.rounds for item in rnd.items])).astype(np.int64)
             for name, g in self.groups.items()}
         try:
             states = dict(zip(refs, ray.get(list(refs.values()))))
@@ -345,7 +383,7 @@ class OnlineDistillation:
         except RayError:
             return  # the replica died: its recovery uses the previous snapshot
         g.snapshot, g.since_snapshot = state, []
-        g.covered = {rnd.item.seq for rnd in g.rounds}
+        g.covered = {item.seq for rnd in g.rounds for item in rnd.items}
 
     def _restore_snapshot(self, name: str) -> dict[str, Any]:
         """Every replica died: the state of the last snapshot, with the batches trained
@@ -368,24 +406,29 @@ class OnlineDistillation:
 
     def _run_pass(self, pass_index: int, ds: Any, bar: tqdm) -> None:
         k = len(self.teachers)
+        # Batches per rank per labelling call: as many as asked, but a full call must
+        # fit the window (max_inflight), or the teachers would never be called.
+        per_call = max(1, min(self.cfg.stream.batches_per_call,
+                              self.cfg.stream.max_inflight // k))
         self._start_pass(pass_index, ds)
-        teacher_call: list[tuple[Any, Any]] | None = None
+        teacher_call: list[list[Any]] | None = None  # per rank: [ids_list, batch refs...]
         teacher_done = False
         last_gauge = 0.0
         busy0 = time.perf_counter()
         while True:
-            if not teacher_done and teacher_call is None and self.stream.has_room(k):
+            if not teacher_done and teacher_call is None \
+                    and self.stream.has_room(k * per_call):
                 self._maybe_refresh()
                 # Per-batch calls keep no task events: the GCS would hold one per call
                 # (up to its cap), memory that grows with rows; metrics cover them.
-                teacher_call = [t.label_next.options(num_returns=2,
-                                                     enable_task_events=False).remote()
-                                for t in self.teachers]
+                teacher_call = [t.label_many.options(num_returns=per_call + 1,
+                                                     enable_task_events=False)
+                                .remote(per_call) for t in self.teachers]
             self._submit_rounds()
             waiting = [ref for g in self.groups.values() for rnd in g.rounds
                        for ref in rnd.refs]
             if teacher_call is not None:
-                waiting += [ids for ids, _ in teacher_call]
+                waiting += [call[0] for call in teacher_call]
             if not waiting:
                 if teacher_done and self.stream.drained():
                     self._busy_s += time.perf_counter() - busy0
@@ -399,24 +442,31 @@ class OnlineDistillation:
             if teacher_call is not None and self._teacher_failed(teacher_call, ready_set):
                 self._recover_teachers(pass_index, ds)
                 teacher_call = None
-            if teacher_call is not None and all(ids in ready_set for ids, _ in teacher_call):
-                ids_list = ray.get([ids for ids, _ in teacher_call])
-                if any(ids is None for ids in ids_list):
-                    if not all(ids is None for ids in ids_list):
-                        raise RuntimeError("teacher ranks ran out of data unevenly")
-                    teacher_done = True
-                else:
-                    for ids, (_, batch_ref) in zip(ids_list, teacher_call):
-                        # None: a re-formed group replayed rows already published
-                        self.stream.publish(batch_ref, ids, self.version, pass_index)
-                    if self.checkpoint_every and self._rounds % self.checkpoint_every == 0:
-                        self._checkpoint(pass_index, pass_done=False)
+            if teacher_call is not None and all(call[0] in ready_set
+                                                for call in teacher_call):
+                ids_lists = ray.get([call[0] for call in teacher_call])
+                ends = {tuple(ids is None for ids in ranks_ids) for ranks_ids in ids_lists}
+                if len(ends) > 1:
+                    raise RuntimeError("teacher ranks ran out of data unevenly")
+                # In production order: batch i of every rank, then batch i + 1.
+                for i in range(per_call):
+                    for ranks_ids, call in zip(ids_lists, teacher_call):
+                        if ranks_ids[i] is not None:
+                            # None: a re-formed group replayed rows already published
+                            self.stream.publish(call[1 + i], ranks_ids[i], self.version,
+                                                pass_index)
+                teacher_done = ids_lists[0][-1] is None
+                if ids_lists[0][0] is not None and self.checkpoint_every \
+                        and self._rounds % self.checkpoint_every == 0:
+                    self._checkpoint(pass_index, pass_done=False)
                 teacher_call = None
             for name, g in self.groups.items():
                 while g.rounds and all(ref in ready_set for ref in g.rounds[0].refs):
                     rnd = g.rounds.pop(0)
-                    if self._finish_round(name, rnd):
-                        bar.update(1)
+                    acked = self.stream.books[name].acked
+                    ok = self._finish_round(name, rnd)
+                    bar.update(self.stream.books[name].acked - acked)
+                    if ok:
                         every = g.cfg.snapshot_every
                         if every and len(g.since_snapshot) >= every:
                             self._snapshot(name)
@@ -430,11 +480,11 @@ class OnlineDistillation:
                     self.metrics.gauge("recdistill_queue_depth", books.depth, {"group": name})
                 last_gauge = now
 
-    def _teacher_failed(self, call: list[tuple[Any, Any]], ready: set[Any]) -> bool:
+    def _teacher_failed(self, call: list[list[Any]], ready: set[Any]) -> bool:
         """Whether a rank of the label group died in this round. A dead rank's call
         fails at once; its peers would wait out the collective timeout, so the calls
         that are done are checked without waiting for the rest."""
-        done = [ids for ids, _ in call if ids in ready]
+        done = [refs[0] for refs in call if refs[0] in ready]
         if not done:
             return False
         try:

@@ -289,14 +289,17 @@ def _teacher_alone(cfg: Any, data: Any, keep: bool
             shards = pass_dataset(ds, data.train, cfg.seed * 1000 + p) \
                 .streaming_split(len(teachers), equal=True)
             ray.get([t.start_pass.remote(s) for t, s in zip(teachers, shards)])
+            per_call = cfg.stream.batches_per_call
             while True:
-                calls = [t.label_next.options(num_returns=2).remote() for t in teachers]
-                ids = ray.get([c[0] for c in calls])
-                if ids[0] is None:
+                calls = [t.label_many.options(num_returns=per_call + 1).remote(per_call)
+                         for t in teachers]
+                ids_lists = ray.get([c[0] for c in calls])
+                for ids_list, call in zip(ids_lists, calls):
+                    n += sum(len(i) for i in ids_list if i is not None)
+                    if keep and p == 0:
+                        kept += [ref for i, ref in zip(ids_list, call[1:]) if i is not None]
+                if ids_lists[0][-1] is None:
                     break
-                n += sum(len(i) for i in ids)
-                if keep and p == 0:
-                    kept += [c[1] for c in calls]
         wall = time.perf_counter() - t0
         return wall, n, kept, ray.get(teachers[0].usage.remote())
     finally:
@@ -318,8 +321,11 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
     group = cfg.groups[0]
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
     start_local_ray(16, dashboard=False)
-    online, alone_t, alone_s, eff = [], [], [], []
+    online, online_1, alone_t, alone_s, eff = [], [], [], [], []
     prof: dict[str, list[float]] = {}
+    # The same run with one batch per actor call: what batches_per_call saves the broker.
+    cfg_1 = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream,
+                                                                batches_per_call=1))
     try:
         ensure_teacher(cfg)
         dims = teacher_dims(cfg, data.spec)
@@ -328,6 +334,9 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
             report = run(cfg, progress=False)
             st, u = report["students"][group.name], report["teacher"]["usage"]
             online.append(st["examples_trained"] / report["train_wall_s"])
+            report_1 = run(cfg_1, progress=False)
+            online_1.append(report_1["students"][group.name]["examples_trained"]
+                            / report_1["train_wall_s"])
             wall, n, refs, ua = _teacher_alone(cfg, data, keep=True)
             alone_t.append(n / wall)
             student = cls.options(num_cpus=group.cpus).remote(group, data.spec, dims, 0, 1)
@@ -354,11 +363,14 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
                                ("serialise", statistics.median(put)),
                                ("broker_driver_cpu", report["driver_cpu_s"] / batches),
                                ("broker_driver_busy", report["driver_busy_s"] / batches),
+                               ("broker_driver_cpu_1_per_call", report_1["driver_cpu_s"]
+                                / report_1["teacher"]["usage"]["batches"]),
                                ("transfer", statistics.median(fetch)),
                                ("student_prepare", step["prepare_s"]),
                                ("student_step", step["step_s"])):
                 prof.setdefault(key, []).append(value)
-            print(f"  repeat {r}: online {online[-1]:,.0f} ex/s, teacher alone "
+            print(f"  repeat {r}: online {online[-1]:,.0f} ex/s (1 batch per call: "
+                  f"{online_1[-1]:,.0f}), teacher alone "
                   f"{alone_t[-1]:,.0f}, student alone {alone_s[-1]:,.0f}, efficiency "
                   f"{eff[-1]:.3f}", flush=True)
     finally:
@@ -366,13 +378,18 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
     per_batch = {k: _stats(v) for k, v in prof.items()}
     return {"data": cfg.data, "group": group.name, "batch_size": cfg.teacher_group.batch_size,
             "passes": passes, "repeats": repeats,
+            "batches_per_call": cfg.stream.batches_per_call,
             "online_examples_per_s": _stats(online),
+            "online_1_per_call_examples_per_s": _stats(online_1),
             "teacher_alone_examples_per_s": _stats(alone_t),
             "student_alone_examples_per_s": _stats(alone_s),
             "efficiency": statistics.median(eff), "efficiency_per_repeat": eff,
             "seconds_per_batch": per_batch,
             "broker_vs_student_step": statistics.median(
-                [b / s for b, s in zip(prof["broker_driver_cpu"], prof["student_step"])])}
+                [b / s for b, s in zip(prof["broker_driver_cpu"], prof["student_step"])]),
+            "broker_vs_student_step_1_per_call": statistics.median(
+                [b / s for b, s in zip(prof["broker_driver_cpu_1_per_call"],
+                                       prof["student_step"])])}
 
 
 # The features of the 1e9-parameter teacher's stream a student embeds: all but the six
@@ -569,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['passes']} passes, {r['repeats']} repeats")
         print(f"{'':<16}{'median ex/s':>13}{'min':>10}{'max':>10}")
         for name, key in (("online", "online_examples_per_s"),
+                          ("online, 1/call", "online_1_per_call_examples_per_s"),
                           ("teacher alone", "teacher_alone_examples_per_s"),
                           ("student alone", "student_alone_examples_per_s")):
             q = r[key]
@@ -578,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
         print("milliseconds per batch (median):")
         for k, q in r["seconds_per_batch"].items():
             print(f"  {k:<20}{q['median'] * 1e3:>8.2f}")
-        print(f"broker (driver CPU) / student step: {r['broker_vs_student_step']:.3f}")
+        print(f"broker (driver CPU) / student step: {r['broker_vs_student_step']:.3f} at "
+              f"{r['batches_per_call']} batches per call, "
+              f"{r['broker_vs_student_step_1_per_call']:.3f} at 1")
     if a.suite == "scale":
         sizes = [int(x) for x in a.sizes.split(",") if x.strip()]
         r = bench_scale(teacher, sizes, a.big_teacher, a.big_rows, a.interval)

@@ -279,8 +279,9 @@ def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> Non
     from test_train_teacher_job import SMALL, _dataset, _env
     data = _dataset(tmp_path)
     config = tmp_path / "distill.toml"
+    # One batch per call: a checkpoint every 2 batches, so one falls before the kill.
     config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 64\ncheckpoint = '
-                      f'"{tmp_path / "teacher"}"\n')
+                      f'"{tmp_path / "teacher"}"\n[stream]\nbatches_per_call = 1\n')
     state, report = tmp_path / "state", tmp_path / "out.json"
     first = subprocess.Popen([sys.executable, "-c", _DIE, str(config), str(data),
                               str(state), str(report)], stdout=subprocess.PIPE,
