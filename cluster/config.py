@@ -30,10 +30,10 @@ class StreamConfig:
             more than ``max_inflight`` allows).
     """
 
-    max_inflight: int = 16
+    max_inflight: int = 32
     logit_dtype: str = "float16"
     feature_dtype: str = "float16"
-    batches_per_call: int = 4
+    batches_per_call: int = 8
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
