@@ -9,6 +9,7 @@ group's M data-parallel replicas (DDP over their own gloo group); each trains on
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import socket
@@ -321,7 +322,8 @@ class StudentReplica:
         host = node_address()
         return host, free_port(host)
 
-    def setup(self, addr: str, port: int, state: dict[str, Any] | None = None) -> int:
+    def setup(self, addr: str, port: int,
+              state: dict[str, Any] | np.ndarray | None = None) -> int:
         """Join the group's process group (M > 1), load ``state`` if given."""
         if state is not None:
             self.load_state(state)
@@ -411,7 +413,18 @@ class StudentReplica:
         return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "best": self.best}
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def state_blob(self) -> np.ndarray:
+        """``state()`` as ``torch.save`` bytes (uint8). The driver keeps snapshots as
+        this: Ray moves an array as one buffer, where a dict of tensors is pickled and
+        unpickled tensor by tensor in the driver, its CPU taken from the pipeline."""
+        buf = io.BytesIO()
+        torch.save(self.state(), buf)
+        return np.frombuffer(buf.getbuffer(), np.uint8)
+
+    def load_state(self, state: dict[str, Any] | np.ndarray) -> None:
+        """Load ``state()``'s dict, or its ``state_blob()`` bytes."""
+        if isinstance(state, np.ndarray):
+            state = torch.load(io.BytesIO(state.tobytes()), weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.best = state.get("best")

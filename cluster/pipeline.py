@@ -196,7 +196,7 @@ class OnlineDistillation:
         ray.get([t.start_pass.remote(s) for t, s in zip(self.teachers, shards)])
 
     def _spawn_group(self, g: GroupConfig, generation: int,
-                     state: dict[str, Any] | None = None) -> list[Any]:
+                     state: dict[str, Any] | np.ndarray | None = None) -> list[Any]:
         actor = ray.remote(StudentReplica)
         suffix = f".{generation}" if generation else ""
         replicas = [actor.options(name=f"student-{g.name}-{j}{suffix}", num_cpus=g.cpus,
@@ -305,7 +305,7 @@ class OnlineDistillation:
         state = None
         for r in g.replicas:
             try:
-                state = ray.get(r.state.remote(), timeout=30)
+                state = ray.get(r.state_blob.remote(), timeout=30)
                 break
             except (RayActorError, GetTimeoutError):
                 continue
@@ -378,14 +378,15 @@ class OnlineDistillation:
         g = self.groups[name]
         try:
             # a copy the driver owns on its own node: a replica's return value would be
-            # stored on the replica's node and lost with it
-            state = ray.put(ray.get(g.replicas[0].state.remote()))
+            # stored on the replica's node and lost with it. As bytes: the driver's get
+            # is a zero-copy view and its put one copy, nothing unpickled.
+            state = ray.put(ray.get(g.replicas[0].state_blob.remote()))
         except RayError:
             return  # the replica died: its recovery uses the previous snapshot
         g.snapshot, g.since_snapshot = state, []
         g.covered = {item.seq for rnd in g.rounds for item in rnd.items}
 
-    def _restore_snapshot(self, name: str) -> dict[str, Any]:
+    def _restore_snapshot(self, name: str) -> np.ndarray:
         """Every replica died: the state of the last snapshot, with the batches trained
         since taken off the books and queued again."""
         g = self.groups[name]

@@ -54,6 +54,15 @@ class IdSet:
     def _bit(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return ids >> 3, (1 << (ids & 7)).astype(np.uint8)
 
+    @staticmethod
+    def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+        # np.unique hashes (numpy 2): 65 us for a 512-id batch here, a sort 10 us; the
+        # books do this for every batch published and acknowledged.
+        ids = np.sort(np.asarray(ids, np.int64))
+        if len(ids) > 1:
+            ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))]
+        return ids
+
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """bool [len(ids)]: which of ``ids`` are in the set."""
         ids = np.asarray(ids, np.int64)
@@ -64,7 +73,7 @@ class IdSet:
         return out
 
     def add(self, ids: np.ndarray) -> None:
-        ids = np.unique(np.asarray(ids, np.int64))
+        ids = self._sorted_unique(ids)
         if not len(ids):
             return
         if ids[0] < 0:
@@ -82,7 +91,7 @@ class IdSet:
         self._bits[byte[starts]] |= np.bitwise_or.reduceat(mask, starts)
 
     def remove(self, ids: np.ndarray) -> None:
-        ids = np.unique(np.asarray(ids, np.int64))
+        ids = self._sorted_unique(ids)
         ids = ids[self.contains(ids)]
         if not len(ids):
             return
