@@ -87,6 +87,18 @@ def start_teacher_group(cfg: DistillConfig) -> tuple[list[Any], dict[str, Any]]:
                              "teacher")
 
 
+def labelled_batches(calls: list[list[Any]]) -> tuple[list[tuple[np.ndarray, Any]], bool]:
+    """One labelling round's ``label_many`` calls (one per rank: the ids-list ref, then
+    the batch refs) as ``(ids, batch ref)`` in production order (batch i of every rank,
+    then batch i + 1), and whether the pass ended in this round."""
+    ids_lists = ray.get([call[0] for call in calls])
+    if len({tuple(ids is None for ids in ranks_ids) for ranks_ids in ids_lists}) > 1:
+        raise RuntimeError("teacher ranks ran out of data unevenly")
+    batches = [(ranks_ids[i], call[1 + i]) for i in range(len(ids_lists[0]))
+               for ranks_ids, call in zip(ids_lists, calls) if ranks_ids[i] is not None]
+    return batches, ids_lists[0][-1] is None
+
+
 @dataclass
 class Round:
     """Up to ``stream.batches_per_call`` batches a group's replicas train in one call
@@ -445,19 +457,11 @@ class OnlineDistillation:
                 teacher_call = None
             if teacher_call is not None and all(call[0] in ready_set
                                                 for call in teacher_call):
-                ids_lists = ray.get([call[0] for call in teacher_call])
-                ends = {tuple(ids is None for ids in ranks_ids) for ranks_ids in ids_lists}
-                if len(ends) > 1:
-                    raise RuntimeError("teacher ranks ran out of data unevenly")
-                # In production order: batch i of every rank, then batch i + 1.
-                for i in range(per_call):
-                    for ranks_ids, call in zip(ids_lists, teacher_call):
-                        if ranks_ids[i] is not None:
-                            # None: a re-formed group replayed rows already published
-                            self.stream.publish(call[1 + i], ranks_ids[i], self.version,
-                                                pass_index)
-                teacher_done = ids_lists[0][-1] is None
-                if ids_lists[0][0] is not None and self.checkpoint_every \
+                batches, teacher_done = labelled_batches(teacher_call)
+                for ids, batch_ref in batches:
+                    # None: a re-formed group replayed rows already published
+                    self.stream.publish(batch_ref, ids, self.version, pass_index)
+                if batches and self.checkpoint_every \
                         and self._rounds % self.checkpoint_every == 0:
                     self._checkpoint(pass_index, pass_done=False)
                 teacher_call = None

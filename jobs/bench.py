@@ -279,7 +279,7 @@ def _teacher_alone(cfg: Any, data: Any, keep: bool
     import ray
 
     from cluster.data import pass_dataset, train_dataset
-    from cluster.pipeline import start_teacher_group
+    from cluster.pipeline import labelled_batches, start_teacher_group
     teachers, _ = start_teacher_group(cfg)
     kept: list[Any] = []
     try:
@@ -293,12 +293,11 @@ def _teacher_alone(cfg: Any, data: Any, keep: bool
             while True:
                 calls = [t.label_many.options(num_returns=per_call + 1).remote(per_call)
                          for t in teachers]
-                ids_lists = ray.get([c[0] for c in calls])
-                for ids_list, call in zip(ids_lists, calls):
-                    n += sum(len(i) for i in ids_list if i is not None)
-                    if keep and p == 0:
-                        kept += [ref for i, ref in zip(ids_list, call[1:]) if i is not None]
-                if ids_lists[0][-1] is None:
+                batches, done = labelled_batches(calls)
+                n += sum(len(ids) for ids, _ in batches)
+                if keep and p == 0:
+                    kept += [ref for _, ref in batches]
+                if done:
                     break
         wall = time.perf_counter() - t0
         return wall, n, kept, ray.get(teachers[0].usage.remote())
