@@ -164,6 +164,40 @@ def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """How one run of the job is driven (what it trains is :class:`DistillConfig`).
+
+    Attributes:
+        soft_labels: train from a directory of precomputed soft labels
+            (``jobs.precompute``): its readers replace the live teacher ranks.
+        state_dir: where the driver checkpoints the run (every group's state, the
+            example ids each group trained in the current pass, curves); "" for none.
+        checkpoint_every: a driver checkpoint every this many labelling rounds, and at
+            each pass end (0: at pass ends only).
+        resume: continue from ``state_dir``'s checkpoint (after the driver died).
+        progress: show a progress bar (on a terminal).
+        address: the Ray cluster to join ("": start a local one).
+        report: the JSON report's path ("": none written).
+        plot: the PNG's path ("": beside the report).
+    """
+
+    soft_labels: str = ""
+    state_dir: str = ""
+    checkpoint_every: int = 500
+    resume: bool = False
+    progress: bool = True
+    address: str = ""
+    report: str = ""
+    plot: str = ""
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.resume and not self.state_dir:
+            raise ConfigError("--resume needs a --state-dir to resume from")
+
+
+@dataclass(frozen=True)
 class DistillConfig:
     """The whole online distillation job.
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from data.spec import BatchArrays, ExampleTable
+from data.spec import BatchArrays, ExampleTable, pass_seed
 from data.synthetic import SyntheticStream
 
 ID, DENSE, LABELS = "_id", "_dense", "_labels"
@@ -74,6 +74,14 @@ def pass_dataset(ds: ray.data.Dataset, train: ExampleTable | SyntheticStream,
         return ds.randomize_block_order(seed=seed).map_batches(
             _Chunks(train, seed), batch_size=1, batch_format="numpy")
     return ds.random_shuffle(seed=seed)
+
+
+def pass_shards(ds: ray.data.Dataset, train: ExampleTable | SyntheticStream, seed: int,
+                pass_index: int, k: int) -> list[ray.data.DataIterator]:
+    """Pass ``pass_index``'s order of ``ds`` split into ``k`` equal shares, one per
+    label-group rank (equal, so the ranks make the same number of forwards)."""
+    return pass_dataset(ds, train, pass_seed(seed, pass_index)).streaming_split(
+        k, equal=True)
 
 
 def _fixed_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:

@@ -36,7 +36,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.actors import LabelledBatch, PassInput, _decode
+from cluster.actors import PassInput
+from cluster.codec import LabelledBatch, decode
+from cluster.process import enable_faulthandler
 from data.errors import DataError
 from data.spec import ExampleTable, FeatureSpec
 
@@ -192,8 +194,8 @@ class SoftLabelReader(PassInput):
     """
 
     def __init__(self, rank: int, world: int, root: str, features: tuple[str, ...],
-                 batch_size: int, logit_dtype: str = "float16",
-                 feature_dtype: str = "float16") -> None:
+                 batch_size: int) -> None:
+        enable_faulthandler()
         self.rank, self.world, self.root = rank, world, root
         self.features, self.batch_size = features, batch_size
         self._splits: dict[str, SoftLabels] = {}
@@ -207,7 +209,7 @@ class SoftLabelReader(PassInput):
         self.train = read_split(self.root, "train", self.features)
         self.keys = tuple(m.keys)
         return {"spec": None, "version": m.version, "parameters": m.parameters,
-                "feature_dims": dict(m.features), "keys": self.keys}
+                "feature_dims": dict(m.features), "keys": self.keys, "pid": os.getpid()}
 
     def label_next(self) -> tuple[Any, Any]:
         """(ids, LabelledBatch) of the next batch, labels from disk; (None, None) at the
@@ -233,7 +235,7 @@ class SoftLabelReader(PassInput):
             raise DataError(f"{self.root}: no precomputed split holds these examples")
         labels = self._splits[split]
         pos = labels.rows(table.ids, f"{self.root} ({split})")
-        return _decode(labels.logits[pos], self.manifest.logit_dtype).numpy(), table.labels
+        return decode(labels.logits[pos], self.manifest.logit_dtype).numpy(), table.labels
 
     def _covers(self, split: str, ids: np.ndarray) -> bool:
         if split not in self._splits:
@@ -243,8 +245,6 @@ class SoftLabelReader(PassInput):
         pos = np.minimum(np.searchsorted(s.ids, ids), len(s.ids) - 1)
         return bool(np.all(s.ids[pos] == ids))
 
-    def shutdown(self) -> None:
-        pass
 
 
 def spec_check(manifest: Manifest, spec: FeatureSpec, root: str) -> None:

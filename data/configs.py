@@ -70,14 +70,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def from_mapping(cls: type[T], mapping: Mapping[str, Any], section: str) -> T:
-    """Build dataclass ``cls`` from ``mapping``; errors name ``section.key``."""
+    """Build dataclass ``cls`` from ``mapping``; errors name ``section.key`` (``key``
+    for the top level, ``section = ""``)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+
+    def where(key: str) -> str:
+        return f"{section}.{key}" if section else key
+
     unknown = sorted(set(mapping) - fields)
     if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown key; known keys are "
+        raise ConfigError(f"{where(unknown[0])}: unknown key; known keys are "
                           f"{sorted(fields)}")
-    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in mapping.items()}
+    kwargs = {k: _coerce(v, hints[k], where(k)) for k, v in mapping.items()}
     return cls(**kwargs)
 
 

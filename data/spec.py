@@ -200,6 +200,11 @@ class Batch:
         )
 
 
+def pass_seed(seed: int, pass_index: int) -> int:
+    """The shuffle seed of pass (or epoch) ``pass_index`` of a run seeded ``seed``."""
+    return seed * 1000 + pass_index
+
+
 def _gather_ragged(offsets: np.ndarray, values: np.ndarray,
                    rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``rows`` of a ragged column -> (lengths [R], values [sum lengths])."""

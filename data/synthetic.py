@@ -108,7 +108,7 @@ def _id_effect(seed: int, feature: int, ids: np.ndarray) -> np.ndarray:
     return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
 
 
-def _zipf_ids(rng: np.random.Generator, n: int, card: int, s: float) -> np.ndarray:
+def zipf_ids(rng: np.random.Generator, n: int, card: int, s: float) -> np.ndarray:
     """Ids in [1, card) with P(k) ~ k^-s (inverse CDF of the bounded power law)."""
     values = card - 1
     if values <= 1:
@@ -143,7 +143,7 @@ def _rows(cfg: SyntheticConfig, key: int, start: int, n: int) -> ExampleTable:
     dense = np.log1p(raw)
     z = (dense - 1.2) / 0.9
 
-    ids = np.stack([_zipf_ids(rng, n, c, cfg.zipf_exponent) for c in cards], axis=1)
+    ids = np.stack([zipf_ids(rng, n, c, cfg.zipf_exponent) for c in cards], axis=1)
     # Feature f's ids carry effects of size 1 / (1 + f / 4): a few strong, many weak.
     eff = np.stack([_id_effect(cfg.seed, f, ids[:, f]) / (1.0 + f / 4.0)
                     for f in range(cfg.n_sparse)], axis=1)

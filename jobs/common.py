@@ -40,6 +40,20 @@ def check_sections(doc: dict[str, Any], known: tuple[str, ...], path: str) -> No
             raise ConfigError(f"{path}: unknown section or key {key!r}; known: {list(known)}")
 
 
+def add_data_arguments(p: Any) -> None:
+    """The dataset flags every job takes (``--data``, ``--split``, ``--rows``,
+    ``--max-cardinality``) on an ``argparse`` parser; None where not given."""
+    p.add_argument("--data", help="movielens (default), synthetic, synthetic-stream "
+                                  "(jobs.distill only) or a dataset .toml")
+    p.add_argument("--split", help=f"MovieLens split: {', '.join(SPLITS)} (default "
+                                   "user_time)")
+    p.add_argument("--rows", type=int, help="synthetic rows (default 100000)")
+    p.add_argument("--max-cardinality", type=int, dest="max_cardinality",
+                   help="cap on synthetic ids per feature (default 100000; 10000000 gives "
+                        "Criteo's own sizes: a 1.08e9-parameter teacher at embedding dim "
+                        "32)")
+
+
 def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
                  rows: int = 100_000, max_cardinality: int = 100_000) -> Dataset:
     """``movielens`` (recbole's copy), ``synthetic`` (``rows`` rows in memory, split

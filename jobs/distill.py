@@ -18,11 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import DistillConfig, GroupConfig, default_groups
+from cluster.config import DistillConfig, GroupConfig, RunOptions, default_groups
+from cluster.pipeline import Hooks, OnlineDistillation
+from cluster.report import DistillReport
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
-from jobs.common import (check_sections, load_dataset, quiet_library_warnings, read_toml,
-                         start_local_ray, write_json_atomic)
+from jobs.common import (add_data_arguments, check_sections, load_dataset,
+                         quiet_library_warnings, read_toml, start_local_ray,
+                         write_json_atomic)
 from teacher.checkpoint import CheckpointError
 
 SECTIONS = ("data", "split", "rows", "max_cardinality", "passes", "seed", "teacher",
@@ -30,10 +33,13 @@ SECTIONS = ("data", "split", "rows", "max_cardinality", "passes", "seed", "teach
             "stream", "groups", "eval_batch_size")
 
 
-def _group(i: int, table: dict[str, Any]) -> GroupConfig:
-    where = f"groups[{i}]"
+def _group(i: int, table: Any) -> GroupConfig:
+    """One ``[[groups]]`` table; errors name it ``groups.<name>`` as the file does
+    (``groups[i]`` while it has no name)."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table")
+        raise ConfigError(f"groups[{i}]: expected a table")
+    name = table.get("name")
+    where = f"groups.{name}" if isinstance(name, str) and name else f"groups[{i}]"
     outer = {k: table[k] for k in ("replicas", "cpus", "snapshot_every") if k in table}
     student = {k: v for k, v in table.items() if k not in outer}
     try:
@@ -42,50 +48,66 @@ def _group(i: int, table: dict[str, Any]) -> GroupConfig:
         raise ConfigError(str(e).replace(f"{where}.student.", f"{where}.")) from None
 
 
-def load_config(path: str | None, **overrides: Any) -> DistillConfig:
-    """A DistillConfig from an optional TOML file plus command-line overrides.
+def load_config(path: str | None, *, data: str | None = None, split: str | None = None,
+                rows: int | None = None, max_cardinality: int | None = None,
+                passes: int | None = None, seed: int | None = None,
+                ranks: int | None = None, replicas: int | None = None,
+                checkpoint: str | None = None, version: str | None = None) -> DistillConfig:
+    """A DistillConfig from an optional TOML file plus command-line overrides (None:
+    not given): ``ranks``, ``checkpoint`` and ``version`` of the teacher group,
+    ``replicas`` of every group, the rest top-level fields.
 
-    Fails, naming the key, before any actor starts. Overrides: ``ranks``, ``checkpoint``
-    and ``version`` (teacher group), ``replicas`` (every group), and any top-level field.
+    Fails before any actor starts, naming the file and the key as the file spells it
+    (``groups.pred_kd.losses[0].params.temperature``).
     """
+    from student.losses import resolve_terms
+    try:
+        cfg = _parse(path, seed)
+        for g in cfg.groups:  # loss names and parameters, before any data is read
+            resolve_terms(g.student)
+        tg = {k: v for k, v in (("ranks", ranks), ("checkpoint", checkpoint),
+                                ("version", version)) if v is not None}
+        if tg:
+            cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
+                cfg.teacher_group, **tg))
+        if replicas is not None:
+            cfg = dataclasses.replace(cfg, groups=tuple(
+                dataclasses.replace(g, replicas=replicas) for g in cfg.groups))
+        top = {k: v for k, v in (("data", data), ("split", split), ("rows", rows),
+                                 ("max_cardinality", max_cardinality), ("passes", passes),
+                                 ("seed", seed)) if v is not None}
+        return dataclasses.replace(cfg, **top)
+    except ConfigError as e:
+        if path and not str(e).startswith(str(path)):
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+
+
+def _parse(path: str | None, seed: int | None) -> DistillConfig:
+    """The file's config; ``seed`` (the command line's) seeds the groups that set none."""
     doc: dict[str, Any] = dict(read_toml(path)) if path else {}
     check_sections(doc, SECTIONS, path or "config")
     groups = doc.pop("groups", None)
-    cfg = from_mapping(DistillConfig, doc, "config")
-    seed = overrides.get("seed")
-    if groups is not None:
-        if not isinstance(groups, list) or not groups:
-            raise ConfigError("groups: expected a non-empty array of tables ([[groups]])")
-        parsed = [_group(i, g) for i, g in enumerate(groups)]
-        if seed is not None or "seed" in doc:  # the run's seed, unless a group sets its own
-            run_seed = cfg.seed if seed is None else seed
-            parsed = [g if "seed" in table else dataclasses.replace(
-                g, student=dataclasses.replace(g.student, seed=run_seed))
-                for g, table in zip(parsed, groups)]
-        cfg = dataclasses.replace(cfg, groups=tuple(parsed))
-    elif seed is not None or "seed" in doc:
-        cfg = dataclasses.replace(cfg, groups=default_groups(cfg.seed if seed is None else seed))
-    tg = {k: overrides.pop(k) for k in ("ranks", "checkpoint", "version")
-          if overrides.get(k) is not None}
-    if tg:
-        cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(cfg.teacher_group,
-                                                                         **tg))
-    replicas = overrides.pop("replicas", None)
-    if replicas is not None:
-        cfg = dataclasses.replace(cfg, groups=tuple(
-            dataclasses.replace(g, replicas=replicas) for g in cfg.groups))
-    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = from_mapping(DistillConfig, doc, "")
+    run_seed = seed if seed is not None else doc.get("seed")
+    if groups is None:
+        return cfg if run_seed is None else dataclasses.replace(
+            cfg, groups=default_groups(run_seed))
+    if not isinstance(groups, list) or not groups:
+        raise ConfigError("groups: expected a non-empty array of tables ([[groups]])")
+    parsed = [_group(i, g) for i, g in enumerate(groups)]
+    if run_seed is not None:  # the run's seed, unless a group sets its own
+        parsed = [g if "seed" in table else dataclasses.replace(
+            g, student=dataclasses.replace(g.student, seed=run_seed))
+            for g, table in zip(parsed, groups)]
+    return dataclasses.replace(cfg, groups=tuple(parsed))
 
 
-def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespace]:
+def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions]:
     p = argparse.ArgumentParser(prog="python -m jobs.distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file (see jobs/configs/distill_movielens.toml)")
-    p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
-    p.add_argument("--split", help="MovieLens split (default user_time)")
-    p.add_argument("--rows", type=int, help="synthetic rows")
-    p.add_argument("--max-cardinality", type=int, dest="max_cardinality",
-                   help="cap on synthetic ids per feature (default 100000)")
+    add_data_arguments(p)
     p.add_argument("--passes", type=int, help="passes over train")
     p.add_argument("--seed", type=int)
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
@@ -104,8 +126,10 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--state-dir", default=None,
                    help="where the driver checkpoints the run (default: 'state' beside "
                         "the report; '' for no checkpoints)")
-    p.add_argument("--checkpoint-every", type=int, default=500,
-                   help="driver checkpoint every N teacher rounds, and at each pass end")
+    p.add_argument("--checkpoint-every", type=int,
+                   default=RunOptions.checkpoint_every,
+                   help="driver checkpoint every N labelling rounds, and at each pass end "
+                        "(default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the driver checkpoint in --state-dir (after the "
                         "driver died): same teacher version, every group's state, the "
@@ -118,7 +142,12 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
                       max_cardinality=a.max_cardinality, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
                       checkpoint=a.checkpoint, version=a.version)
-    return cfg, a
+    state_dir = a.state_dir if a.state_dir is not None else str(
+        Path(a.report).parent / "state")
+    return cfg, RunOptions(soft_labels=a.soft_labels, state_dir=state_dir,
+                           checkpoint_every=a.checkpoint_every, resume=a.resume,
+                           progress=not a.no_progress, address=a.address,
+                           report=a.report, plot=a.plot)
 
 
 def start_ray(address: str, cfg: DistillConfig) -> None:
@@ -209,48 +238,6 @@ def _train_teacher(job: Any, tcfg: Any) -> None:
             dist.destroy_process_group()
 
 
-def gains(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per group and task: AUC gain over ``baseline`` and share of the teacher-baseline
-    AUC gap recovered, (student - baseline) / (teacher - baseline)."""
-    students = report["students"]
-    if "baseline" not in students:
-        return {}
-    base, teacher = students["baseline"]["test"], report["teacher"]["test"]
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for name, s in students.items():
-        out[name] = {}
-        for task, m in s["test"].items():
-            gain = m["auc"] - base[task]["auc"]
-            gap = teacher[task]["auc"] - base[task]["auc"]
-            # Undefined (None) when the teacher is not better than the baseline.
-            out[name][task] = {"auc_gain_vs_baseline": gain,
-                               "gap_recovered": gain / gap if gap > 0 else None}
-    return out
-
-
-def table(report: dict[str, Any]) -> str:
-    """Task x model: AUC, logloss, NE, AUC gain vs baseline, share of the gap recovered."""
-    g = report.get("gains", {})
-    lines = [f"{'task':<8}{'model':<14}{'params':>9}{'AUC':>8}{'logloss':>9}{'NE':>8}"
-             f"{'gain':>9}{'gap rec.':>10}"]
-    tasks = list(report["teacher"]["test"])
-    for task in tasks:
-        m = report["teacher"]["test"][task]
-        lines.append(f"{task:<8}{'teacher':<14}{report['teacher']['parameters']:>9,}"
-                     f"{m['auc']:>8.4f}{m['logloss']:>9.4f}{m['ne']:>8.4f}")
-        for name, s in report["students"].items():
-            m = s["test"][task]
-            extra = ""
-            if name in g and name != "baseline":
-                gg = g[name][task]
-                rec = gg["gap_recovered"]
-                extra = f"{gg['auc_gain_vs_baseline']:>+9.4f}" + (
-                    f"{rec:>10.0%}" if rec is not None else f"{'n/a':>10}")
-            lines.append(f"{'':<8}{name:<14}{s['parameters']:>9,}{m['auc']:>8.4f}"
-                         f"{m['logloss']:>9.4f}{m['ne']:>8.4f}{extra}")
-    return "\n".join(lines)
-
-
 def plot(report: dict[str, Any], path: Path) -> Path:
     """Learning curves: validation AUC and training loss per pass, one line per group."""
     import matplotlib
@@ -287,31 +274,24 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def run(cfg: DistillConfig, address: str = "", report_path: str = "",
-        plot_path: str = "", progress: bool = True, after_ack: Any = None,
-        soft_labels: str = "", state_dir: str = "", checkpoint_every: int = 500,
-        resume: bool = False) -> dict[str, Any]:
-    """The whole job; returns the report. Ray is started (or joined) and shut down here.
-
-    ``soft_labels``: train from a directory ``jobs.precompute`` wrote instead of the
-    live teacher. ``state_dir``: where the driver checkpoints the run (at pass ends and
-    every ``checkpoint_every`` teacher rounds; "" for nowhere); ``resume`` continues
-    from that checkpoint.
-    """
+def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
+        hooks: Hooks = Hooks()) -> DistillReport:
+    """The whole job; returns the report. Ray is started (or joined at
+    ``options.address``) and shut down here; the report and its PNG are written where
+    ``options`` says."""
     import ray
-
-    from cluster.pipeline import OnlineDistillation
     from cluster.soft_labels import Manifest, spec_check
     t0 = time.perf_counter()
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows,
                         max_cardinality=cfg.max_cardinality)
-    manifest = Manifest.load(soft_labels) if soft_labels else None
+    soft = options.soft_labels
+    manifest = Manifest.load(soft) if soft else None
     if manifest is not None:
-        spec_check(manifest, data.spec, soft_labels)
+        spec_check(manifest, data.spec, soft)
         missing = set(cfg.requested_features) - set(manifest.features)
         if missing:
             raise ConfigError(f"students request teacher features {sorted(missing)} that "
-                              f"{soft_labels} does not hold (it has "
+                              f"{soft} does not hold (it has "
                               f"{sorted(manifest.features)}); precompute with this config")
         dims = dict(manifest.features)
     else:
@@ -319,57 +299,48 @@ def run(cfg: DistillConfig, address: str = "", report_path: str = "",
     validate_students(cfg, data.spec, dims)  # before any actor starts
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        start_ray(address, cfg)
+        start_ray(options.address, cfg)
     pipeline = None
     try:
         if manifest is None:
             ensure_teacher(cfg)
             dims = teacher_dims(cfg, data.spec)
-        pipeline = OnlineDistillation(cfg, data, dims, progress=progress, after_ack=after_ack,
-                                      soft_labels=soft_labels, state_dir=state_dir,
-                                      checkpoint_every=checkpoint_every, resume=resume)
-        body = pipeline.run()
+        pipeline = OnlineDistillation(cfg, data, dims, options, hooks)
+        report = pipeline.run()
     finally:
         if pipeline is not None:
             pipeline.shutdown()
         if own_cluster:
             ray.shutdown()
-    report = {"dataset": data.name, "data_skipped": data.skipped, **body,
-              "wall_s": time.perf_counter() - t0,
-              "config": to_mapping(cfg), "soft_labels": soft_labels or None}
-    report["gains"] = gains(report)
-    if report_path:
-        write_json_atomic(report_path, report)
-        plot(report, Path(plot_path) if plot_path else Path(report_path).with_suffix(".png"))
+    report = dataclasses.replace(report, dataset=data.name, data_skipped=data.skipped,
+                                 wall_s=time.perf_counter() - t0, config=to_mapping(cfg),
+                                 soft_labels=soft or None)
+    if options.report:
+        doc = report.to_json()
+        write_json_atomic(options.report, doc)
+        plot(doc, Path(options.plot) if options.plot
+             else Path(options.report).with_suffix(".png"))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
-        cfg, a = parse_args(argv)
-        if a.checkpoint_every < 0:
-            raise ConfigError(f"--checkpoint-every must be >= 0, got {a.checkpoint_every}")
-        state_dir = a.state_dir if a.state_dir is not None else str(
-            Path(a.report).parent / "state")
-        if a.resume and not state_dir:
-            raise ConfigError("--resume needs a --state-dir to resume from")
-        report = run(cfg, a.address, a.report, a.plot, progress=not a.no_progress,
-                     soft_labels=a.soft_labels, state_dir=state_dir,
-                     checkpoint_every=a.checkpoint_every, resume=a.resume)
+        cfg, options = parse_args(argv)
+        report = run(cfg, options)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(table(report))
-    s = report["stream"]
-    if report.get("resumed"):
-        r = report["resumed"]
+    print(report.table())
+    s = report.stream
+    if report.resumed:
+        r = report.resumed
         print(f"resumed in pass {r['pass']} ({'after' if r['pass_done'] else 'during'} "
               f"it); rows each group had trained in it: {r['trained_in_pass']}")
     print(f"stream: {s['produced']} batches produced, acked {s['acked']}, "
           f"re-delivered {s['redelivered']}, duplicates dropped {s['duplicates_dropped']}")
-    print(f"wall {report['wall_s']:.0f}s; report {a.report}, curves "
-          f"{a.plot or Path(a.report).with_suffix('.png')}")
+    print(f"wall {report.wall_s:.0f}s; report {options.report}, curves "
+          f"{options.plot or Path(options.report).with_suffix('.png')}")
     return 0
 
 

@@ -26,8 +26,9 @@ from tqdm import tqdm
 from cluster.config import DistillConfig
 from data.errors import ConfigError, DataError
 from data.spec import Dataset
-from jobs.common import connect_ray, in_memory, load_dataset, quiet_library_warnings
-from teacher.checkpoint import CheckpointError, read_meta, resolve
+from jobs.common import (add_data_arguments, connect_ray, in_memory, load_dataset,
+                         quiet_library_warnings)
+from teacher.checkpoint import CheckpointError, read_meta
 
 
 def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespace]:
@@ -37,11 +38,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--out", required=True, help="soft-label directory (created or resumed)")
     p.add_argument("--config", help="a distill TOML (its data, teacher group, stream "
                                     "dtypes and the features its groups request)")
-    p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
-    p.add_argument("--split", help="MovieLens split (default user_time)")
-    p.add_argument("--rows", type=int, help="synthetic rows")
-    p.add_argument("--max-cardinality", type=int, dest="max_cardinality",
-                   help="cap on synthetic ids per feature (default 100000)")
+    add_data_arguments(p)
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
     p.add_argument("--teacher-checkpoint", dest="checkpoint")
     p.add_argument("--teacher-version", dest="version")
@@ -74,7 +71,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     """
     import ray
 
-    from cluster.pipeline import start_teacher_group
+    from cluster.groups import LabelGroup
     from cluster.soft_labels import SPLITS, Manifest, labels_table, part_slices, write_part
     from jobs.distill import ensure_teacher
     t0 = time.perf_counter()
@@ -86,18 +83,18 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     own_cluster = not ray.is_initialized()
     if own_cluster:
         connect_ray(address, cfg.teacher_group.ranks + 2)
-    teachers: list[Any] = []
+    labels: LabelGroup | None = None
     try:
         ensure_teacher(cfg)
-        tg = cfg.teacher_group
-        path = resolve(tg.checkpoint, tg.version)
+        labels = LabelGroup.teacher(cfg)
+        path = Path(labels.source)
         _, tcfg, info = read_meta(path)
         want = {"checkpoint": str(path.resolve()), "version": int(info.get("step", 0)),
                 "logit_dtype": cfg.stream.logit_dtype,
                 "feature_dtype": cfg.stream.feature_dtype, "part_rows": part_rows,
                 "dataset": data.name, "tasks": list(data.spec.tasks),
                 "rows": {s: len(data.split(s)) for s in SPLITS}}
-        teachers, tinfo = start_teacher_group(cfg)
+        tinfo = labels.start()
         features = {k: int(tinfo["feature_dims"][k]) for k in cfg.requested_features}
         root.mkdir(parents=True, exist_ok=True)
         if (root / "manifest.json").is_file():
@@ -116,7 +113,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
         for split, i, sl in left:
             part = data.split(split).take(np.arange(sl.start, sl.stop)).to_table()
             ref = ray.put(part)
-            results = ray.get([t.label_rows.remote(ref) for t in teachers])
+            results = ray.get([t.label_rows.remote(ref) for t in labels.actors])
             ids = np.concatenate([r[0] for r in results])
             _, first = np.unique(ids, return_index=True)  # drop the ranks' padding
             table = labels_table(
@@ -132,8 +129,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
         m.complete = True
         m.save(root)
     finally:
-        for t in teachers:
-            ray.kill(t, no_restart=True)
+        if labels is not None:
+            labels.shutdown()
         if own_cluster:
             ray.shutdown()
     size = sum(f.stat().st_size for f in root.rglob("*.parquet"))

@@ -98,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/soak", help="directory for soak.json, soak.png")
     a = p.parse_args(argv)
     quiet_library_warnings()
-    from cluster.config import DistillConfig, TeacherGroupConfig
+    from cluster.config import DistillConfig, RunOptions, TeacherGroupConfig
     from cluster.resources import ResourceSampler
     from jobs.distill import run
     cfg = DistillConfig(data="synthetic-stream", rows=a.rows, passes=a.passes,
                         teacher_group=TeacherGroupConfig(checkpoint=a.teacher_checkpoint))
     t0 = time.perf_counter()
     with ResourceSampler(interval=a.interval) as sampler:
-        report = run(cfg, progress=True)
+        report = run(cfg, RunOptions()).to_json()
     curve = sampler.curve()
     out = {"command": " ".join(sys.argv), "wall_s": time.perf_counter() - t0,
            "rows_per_pass": a.rows, "passes": a.passes, "interval_s": a.interval,

@@ -37,8 +37,9 @@ from tqdm import tqdm
 
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
-from data.spec import Dataset
-from jobs.common import (check_sections, connect_ray, in_memory, load_dataset,
+from data.spec import Dataset, pass_seed
+from jobs.common import (add_data_arguments, check_sections, connect_ray, in_memory,
+                         load_dataset,
                          metrics_table, quiet_library_warnings, read_toml, set_threads,
                          write_json_atomic)
 from student.metrics import task_metrics
@@ -104,12 +105,7 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     p = argparse.ArgumentParser(prog="python -m jobs.train_teacher", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file with a [teacher] table (and optional [job])")
-    p.add_argument("--data", help="movielens (default), synthetic, or a dataset .toml")
-    p.add_argument("--split", help="MovieLens split: user_time (default), random, global_time")
-    p.add_argument("--rows", type=int, help="synthetic rows (default 100000)")
-    p.add_argument("--max-cardinality", type=int,
-                   help="cap on synthetic ids per feature (default 100000; 10000000 gives "
-                        "a 1.08e9-parameter teacher at --embedding-dim 32)")
+    add_data_arguments(p)
     p.add_argument("--embedding-dim", type=int)
     p.add_argument("--checkpoint", help="checkpoint root directory (default runs/teacher)")
     p.add_argument("--report", help="write a JSON report here")
@@ -269,7 +265,7 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
         losses: list[float] = []
         t_epoch = time.perf_counter()
         arrays = data.train.iter_batches(cfg.batch_size, shuffle=True,
-                                         seed=cfg.seed * 1000 + epoch, keys=keys,
+                                         seed=pass_seed(cfg.seed, epoch), keys=keys,
                                          rank=rank, world=world)
         for i, batch_arrays in enumerate(itertools.islice(arrays, skip, None), start=skip):
             losses.append(trainer.train_step(batch_arrays.to_batch().to(device)))

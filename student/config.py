@@ -75,19 +75,19 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 4 or self.embedding_dim % 4:
-            raise ConfigError(f"student {self.name}: embedding_dim must be a positive "
+            raise ConfigError(f"groups.{self.name}.embedding_dim must be a positive "
                               f"multiple of 4, got {self.embedding_dim}")
         if not self.hidden or any(w < 1 for w in self.hidden):
-            raise ConfigError(f"student {self.name}: hidden must be positive widths, "
+            raise ConfigError(f"groups.{self.name}.hidden must be positive widths, "
                               f"got {self.hidden}")
         if not self.losses:
-            raise ConfigError(f"student {self.name}: losses must name at least one loss")
+            raise ConfigError(f"groups.{self.name}.losses must name at least one loss")
         if not self.lr > 0:
-            raise ConfigError(f"student {self.name}: lr must be > 0, got {self.lr}")
+            raise ConfigError(f"groups.{self.name}.lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
-            raise ConfigError(f"student {self.name}: batch_size must be >= 1")
+            raise ConfigError(f"groups.{self.name}.batch_size must be >= 1")
         if self.staleness_tau < 0:
-            raise ConfigError(f"student {self.name}: staleness_tau must be >= 0, got "
+            raise ConfigError(f"groups.{self.name}.staleness_tau must be >= 0, got "
                               f"{self.staleness_tau}")
         if any(t.name == "aux_head_kd" for t in self.losses) and not self.aux_heads:
-            raise ConfigError(f"student {self.name}: loss aux_head_kd needs aux_heads = true")
+            raise ConfigError(f"groups.{self.name}.losses: aux_head_kd needs aux_heads = true")

@@ -318,22 +318,30 @@ class Objective:
         return total, parts
 
 
-def build_objective(cfg: StudentConfig, tasks: tuple[str, ...]) -> Objective:
-    """Resolve a student's loss terms against the registry; errors name the term."""
+def resolve_terms(cfg: StudentConfig) -> list[tuple[str, float, Any, Any]]:
+    """A student's loss terms as ``(name, weight, registered loss, its config)``; errors
+    name the term (``groups.<student>.losses[i]``). Needs no dataset."""
     terms = []
     for i, term in enumerate(cfg.losses):
-        where = f"students.{cfg.name}.losses[{i}]"
+        where = f"groups.{cfg.name}.losses[{i}]"
         if term.name not in LOSSES:
             raise ConfigError(f"{where}.name: unknown loss {term.name!r}; known: "
                               f"{sorted(LOSSES)}")
         reg = LOSSES[term.name]
-        loss_cfg = from_mapping(reg.config_cls, term.params, f"{where}.params")
+        terms.append((term.name, term.weight, reg,
+                      from_mapping(reg.config_cls, term.params, f"{where}.params")))
+    return terms
+
+
+def build_objective(cfg: StudentConfig, tasks: tuple[str, ...]) -> Objective:
+    """Resolve a student's loss terms against the registry and the dataset's tasks."""
+    terms = resolve_terms(cfg)
+    for i, (_, _, _, loss_cfg) in enumerate(terms):
         for key in ("task_weights",):
             unknown = set(getattr(loss_cfg, key, {}) or {}) - set(tasks)
             if unknown:
-                raise ConfigError(f"{where}.params.{key}: unknown tasks {sorted(unknown)};"
-                                  f" tasks are {list(tasks)}")
-        terms.append((term.name, term.weight, reg, loss_cfg))
+                raise ConfigError(f"groups.{cfg.name}.losses[{i}].params.{key}: unknown "
+                                  f"tasks {sorted(unknown)}; tasks are {list(tasks)}")
     return Objective(terms, tasks)
 
 

@@ -78,7 +78,7 @@ def student_features(spec: FeatureSpec, cfg: StudentConfig) -> tuple[str, ...]:
         return allowed
     bad = [f for f in cfg.features if f not in allowed]
     if bad:
-        raise ConfigError(f"student {cfg.name}: features {bad} are privileged or unknown; "
+        raise ConfigError(f"groups.{cfg.name}: features {bad} are privileged or unknown; "
                           f"a student may read {list(allowed)}")
     return tuple(f for f in allowed if f in cfg.features)
 
@@ -128,10 +128,10 @@ class StudentModel(nn.Module):
             adapters = {}
             for s_name, t_name in self.adapter_pairs.items():
                 if s_name not in dims:
-                    raise ConfigError(f"student {cfg.name}: adapters.{s_name}: unknown "
+                    raise ConfigError(f"groups.{cfg.name}.adapters.{s_name}: unknown "
                                       f"student feature; it has {list(dims)}")
                 if teacher_dims is None or t_name not in teacher_dims:
-                    raise ConfigError(f"student {cfg.name}: adapters.{s_name} = "
+                    raise ConfigError(f"groups.{cfg.name}.adapters.{s_name} = "
                                       f"{t_name!r}: the teacher produces "
                                       f"{sorted(teacher_dims or {})}")
                 adapters[s_name] = nn.Linear(dims[s_name], teacher_dims[t_name])

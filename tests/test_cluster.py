@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.config import DistillConfig, GroupConfig, StreamConfig, TeacherGroupConfig
-from cluster.pipeline import OnlineDistillation
+from cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
+                            TeacherGroupConfig)
+from cluster.pipeline import Hooks, OnlineDistillation
 from data.errors import ConfigError
 from student.config import LossTerm, StudentConfig
 from teacher.checkpoint import save_teacher
@@ -42,7 +43,7 @@ def _setup(tmp_path: Path, max_inflight: int = 3, passes: int = 2):
 
 def _assert_exactly_once(run: OnlineDistillation, data, passes: int) -> None:
     all_ids = set(data.train.ids.tolist())
-    for name, books in run.stream.books.items():
+    for name, books in run.stream.ledgers.items():
         for p in range(passes):
             assert set(books.trained[p].to_array().tolist()) == all_ids, (name, p)
             assert books.examples_by_pass[p] == N, (name, p)  # no id twice
@@ -51,9 +52,9 @@ def _assert_exactly_once(run: OnlineDistillation, data, passes: int) -> None:
 @pytest.mark.timeout(300)
 def test_two_ranks_two_groups_exactly_once_with_backpressure(ray_cluster, tmp_path) -> None:
     cfg, data, dims = _setup(tmp_path, max_inflight=3)
-    run = OnlineDistillation(cfg, data, dims, progress=False)
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False))
     try:
-        body = run.run()
+        body = run.run().to_json()
     finally:
         run.shutdown()
     _assert_exactly_once(run, data, passes=2)
@@ -82,9 +83,10 @@ def test_killed_replica_is_replaced_and_counts_stay_exact(ray_cluster, tmp_path)
             os.kill(pid, signal.SIGKILL)
             killed["pid"] = pid
 
-    run = OnlineDistillation(cfg, data, dims, progress=False, after_ack=kill_once)
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False),
+                             Hooks(after_ack=kill_once))
     try:
-        body = run.run()
+        body = run.run().to_json()
     finally:
         run.shutdown()
     assert killed, "the failure was injected"
@@ -109,15 +111,16 @@ def test_killed_teacher_rank_reforms_the_group_and_counts_stay_exact(ray_cluster
 
     def kill_once(group: str, acked: int) -> None:
         if group == "kd" and acked == 3 and not killed:
-            pid = ray_cluster.get(run.teachers[1].pid.remote())
+            pid = ray_cluster.get(run.labels.actors[1].pid.remote())
             os.kill(pid, signal.SIGKILL)
             killed["pid"] = pid
         if group == "kd" and acked == 15:  # in pass 2
-            killed["new"] = ray_cluster.get([t.pid.remote() for t in run.teachers])
+            killed["new"] = ray_cluster.get([t.pid.remote() for t in run.labels.actors])
 
-    run = OnlineDistillation(cfg, data, dims, progress=False, after_ack=kill_once)
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False),
+                             Hooks(after_ack=kill_once))
     try:
-        body = run.run()
+        body = run.run().to_json()
     finally:
         run.shutdown()
     assert killed, "the failure was injected"
@@ -150,9 +153,10 @@ def test_single_replica_group_restores_from_its_snapshot(ray_cluster, tmp_path) 
             os.kill(pid, signal.SIGKILL)
             killed["pid"] = pid
 
-    run = OnlineDistillation(cfg, data, dims, progress=False, after_ack=kill_once)
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False),
+                             Hooks(after_ack=kill_once))
     try:
-        body = run.run()
+        body = run.run().to_json()
     finally:
         run.shutdown()
     assert killed, "the failure was injected"
@@ -173,9 +177,8 @@ def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None
     bad = tmp_path / "bad.toml"
     bad.write_text('passes = 1\n[[groups]]\nname = "s"\n[[groups.losses]]\n'
                    'name = "prediction_kd"\nparams = { temprature = 2.0 }\n')
-    cfg = load_config(str(bad))
-    with pytest.raises(ConfigError, match=r"students\.s\.losses\[0\]\.params\.temprature"):
-        run(cfg, progress=False)
+    with pytest.raises(ConfigError, match=r"bad\.toml: groups\.s\.losses\[0\]\.params\.temprature"):
+        run(load_config(str(bad)), RunOptions(progress=False))
     with pytest.raises(ValueError, match="teacher-0"):
         ray_cluster.get_actor("teacher-0")  # nothing was started
     bad.write_text("[stream]\nmax_inflight = 0\n")
@@ -185,7 +188,7 @@ def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None
     with pytest.raises(ConfigError, match=r"groups\.s\.adapters: the teacher produces"):
         load_config(str(bad))
     bad.write_text('[[groups]]\nname = "s"\nreplicas = "two"\n')
-    with pytest.raises(ConfigError, match=r"groups\[0\]\.replicas: expected an integer"):
+    with pytest.raises(ConfigError, match=r"bad\.toml: groups\.s\.replicas: expected an integer"):
         load_config(str(bad))
 
 
@@ -208,7 +211,7 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 64\ncheckpoint = '
                       f'"{tmp_path / "teacher"}"\n')
     cfg = load_config(str(config), data=str(data), passes=2)
-    report = run(cfg, report_path=str(tmp_path / "out.json"), progress=False)
+    report = run(cfg, RunOptions(report=str(tmp_path / "out.json"), progress=False))
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["students"].keys() == {"baseline", "pred_kd", "feat_kd", "multitask_kd"}
     for name, s in saved["students"].items():
@@ -225,7 +228,7 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     assert saved["teacher"]["parameters"] == 1241  # this test's tiny teacher
     assert saved["students"]["baseline"]["parameters"] > 0
     assert (tmp_path / "out.png").stat().st_size > 10_000
-    assert report["gains"]["baseline"]["income"]["auc_gain_vs_baseline"] == 0.0
+    assert report.gains["baseline"]["income"]["auc_gain_vs_baseline"] == 0.0
 
 
 def test_streamed_synthetic_pass_yields_every_row_once_in_a_seeded_order(ray_cluster) -> None:
@@ -250,6 +253,8 @@ def test_streamed_synthetic_pass_yields_every_row_once_in_a_seeded_order(ray_clu
 _DIE = r'''
 import os, signal, sys
 from jobs.common import quiet_library_warnings
+from cluster.config import RunOptions
+from cluster.pipeline import Hooks
 from jobs.distill import load_config, run
 quiet_library_warnings()
 config, data, state, report = sys.argv[1:5]
@@ -259,8 +264,8 @@ def die(group, acked):
     if group == "pred_kd" and acked == 10:  # 3 batches into pass 2
         os.kill(os.getpid(), signal.SIGKILL)
 
-run(cfg, report_path=report, progress=False, after_ack=die, state_dir=state,
-    checkpoint_every=2)
+run(cfg, RunOptions(report=report, progress=False, state_dir=state, checkpoint_every=2),
+    Hooks(after_ack=die))
 '''
 
 
@@ -321,7 +326,8 @@ import ray
 from ray.cluster_utils import Cluster
 sys.path.insert(0, "tests")
 from test_cluster import N, _setup
-from cluster.pipeline import OnlineDistillation
+from cluster.config import RunOptions
+from cluster.pipeline import Hooks, OnlineDistillation
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 8})
 workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
@@ -337,21 +343,22 @@ def node_of(actor):
 
 def remove_once(group, acked):
     if group == "kd" and acked == 3 and "removed" not in where:
-        nodes = [node_of(t) for t in run.teachers]
+        nodes = [node_of(t) for t in run.labels.actors]
         victim = next(w for w in workers if w.node_id in nodes)
         where.update(ranks_on=nodes, removed=victim.node_id,
                      head=cluster.head_node.node_id)
         cluster.remove_node(victim)
     if group == "kd" and acked == 15:
-        where["after"] = [node_of(t) for t in run.teachers]
+        where["after"] = [node_of(t) for t in run.labels.actors]
 
-run = OnlineDistillation(cfg, data, dims, progress=False, after_ack=remove_once)
+run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False),
+                         Hooks(after_ack=remove_once))
 try:
-    body = run.run()
+    body = run.run().to_json()
 finally:
     run.shutdown()
 books = {name: {p: sorted(b.trained[p].to_array().tolist()) == sorted(data.train.ids.tolist())
-                for p in (0, 1)} for name, b in run.stream.books.items()}
+                for p in (0, 1)} for name, b in run.stream.ledgers.items()}
 print("RESULT " + json.dumps({"where": where, "books": books, "stream": body["stream"],
       "restarts": body["teacher"]["restarts"],
       "students": {n: [s["examples_per_pass"], s["restarts"]]

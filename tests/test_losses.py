@@ -144,7 +144,7 @@ def test_kd_with_alpha_zero_equals_hard_label_training() -> None:
 def test_objective_errors_name_the_term() -> None:
     cfg = StudentConfig(name="s", losses=(make_term("hard_label"),
                                           make_term("prediction_kd", 0.5, temprature=2.0)))
-    with pytest.raises(ConfigError, match=r"students\.s\.losses\[1\]\.params\.temprature: "
+    with pytest.raises(ConfigError, match=r"groups\.s\.losses\[1\]\.params\.temprature: "
                                           r"unknown key"):
         build_objective(cfg, ("a",))
     with pytest.raises(ConfigError, match=r"losses\[0\]\.name: unknown loss 'kl'"):

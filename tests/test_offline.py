@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.pipeline import OnlineDistillation
+from cluster.config import RunOptions
+from cluster.pipeline import Hooks, OnlineDistillation
 from cluster.soft_labels import SPLITS, Manifest, read_split
 from test_cluster import N, _setup
 
@@ -60,9 +61,10 @@ def test_offline_students_train_like_online(ray_cluster, tmp_path: Path) -> None
     run(cfg, str(tmp_path / "labels"), part_rows=256, progress=False, dataset=data)
     reports = {}
     for mode, source in (("online", ""), ("offline", str(tmp_path / "labels"))):
-        job = OnlineDistillation(cfg, data, dims, progress=False, soft_labels=source)
+        job = OnlineDistillation(cfg, data, dims, RunOptions(progress=False,
+                                                             soft_labels=source))
         try:
-            reports[mode] = job.run()
+            reports[mode] = job.run().to_json()
         finally:
             job.shutdown()
     on, off = reports["online"], reports["offline"]
@@ -110,9 +112,10 @@ def test_teacher_version_swapped_mid_stream(ray_cluster, tmp_path: Path) -> None
             save_teacher(TeacherModel(data.spec, newer, device="cpu"), version_dir(root, 9),
                          spec=data.spec, cfg=newer, info={"step": 9})
 
-    job = OnlineDistillation(cfg, data, dims, progress=False, after_ack=write_newer)
+    job = OnlineDistillation(cfg, data, dims, RunOptions(progress=False),
+                             Hooks(after_ack=write_newer))
     try:
-        report = job.run()
+        report = job.run().to_json()
     finally:
         job.shutdown()
     _assert_exactly_once(job, data, passes=2)  # nothing lost, nothing twice

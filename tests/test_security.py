@@ -9,7 +9,7 @@ _SCRIPT = r'''
 import json, os, time
 import psutil, ray, torch.distributed as dist
 from jobs.common import start_local_ray
-from cluster.actors import _init_group, free_port, node_address
+from cluster.process import free_port, init_group, node_address
 import torch
 
 ctx = start_local_ray(4, dashboard=True)
@@ -20,7 +20,7 @@ class Rank:  # what a teacher rank or student replica does to form its gloo grou
         host = node_address()
         return host, free_port(host)
     def join(self, addr, port, rank):
-        _init_group(addr, port, rank, 2, torch.device("cpu"))
+        init_group(addr, port, rank, 2, torch.device("cpu"))
         t = torch.ones(1) * (rank + 1)
         dist.all_reduce(t)
         return float(t)

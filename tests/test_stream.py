@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from cluster.stream import IdSet, SoftLabelStream
+from cluster.idset import IdSet
+from cluster.stream import SoftLabelStream
 
 
 def test_idset_counts_membership_and_growth() -> None:
@@ -38,10 +39,10 @@ def test_queued_batch_whose_ids_were_trained_is_dropped_as_duplicate() -> None:
     st.publish("ref-c", np.array([5]), version=1, pass_index=0)
     item = st.next_for("g")
     assert item is a
-    st.ack("g", item)
-    st.books["g"].trained[0].add(np.array([3, 4]))  # as if a survivor had trained b
+    st.ledgers["g"].ack(item)
+    st.ledgers["g"].trained[0].add(np.array([3, 4]))  # as if a survivor had trained b
     assert st.next_for("g").ref == "ref-c"
-    assert st.books["g"].duplicates_dropped == 1
+    assert st.ledgers["g"].duplicates_dropped == 1
     assert len(st.trained_ids("g", 0)) == 5 and len(st.trained_ids("g", 1)) == 0
 
 
@@ -50,9 +51,9 @@ def test_unack_takes_batches_off_the_books_and_queues_them_first_in_order() -> N
     items = [st.publish(f"r{i}", np.arange(4 * i, 4 * i + 4), version=3, pass_index=0)
              for i in range(3)]
     for _ in range(3):
-        st.ack("g", st.next_for("g"))
-    st.unack("g", items[1:])
-    b = st.books["g"]
+        st.ledgers["g"].ack(st.next_for("g"))
+    st.ledgers["g"].unack(items[1:])
+    b = st.ledgers["g"]
     assert (b.acked, b.examples_by_pass[0], b.acked_by_version[3], b.redelivered) == \
         (1, 4, 1, 2)
     assert st.trained_ids("g", 0).to_array().tolist() == [0, 1, 2, 3]

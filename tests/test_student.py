@@ -63,8 +63,9 @@ def test_teacher_adapter_and_staleness_weighting() -> None:
 
     import torch.nn.functional as F
 
-    from cluster.actors import LabelledBatch, StudentReplica, _encode
+    from cluster.codec import LabelledBatch, encode
     from cluster.config import GroupConfig
+    from cluster.replica import StudentReplica
     from teacher.outputs import TeacherOutputs
     data = tiny_dataset(n=64)
     cfg = StudentConfig(name="exfm", embedding_dim=4, hidden=(8,), teacher_adapter=True,
@@ -91,24 +92,25 @@ def test_teacher_adapter_and_staleness_weighting() -> None:
                                               make_term("prediction_kd", 0.5))))
     replica = StudentReplica(group, data.spec, {}, rank=0, world=1)
     arrays = data.train.take(np.arange(32))
-    labelled = LabelledBatch(inputs=arrays, logits=_encode(torch.zeros(32, 2), "float16"),
+    labelled = LabelledBatch(inputs=arrays, logits=encode(torch.zeros(32, 2), "float16"),
                              version=5)
-    assert replica.train_on(labelled, newest_version=9)["kd_scale"] == \
+    assert replica.train_on(labelled, newest_version=9).kd_scale == \
         pytest.approx(math.exp(-2.0))
-    assert replica.train_on(labelled, newest_version=5)["kd_scale"] == 1.0
+    assert replica.train_on(labelled, newest_version=5).kd_scale == 1.0
 
 
 def test_train_many_equals_train_on_in_order_and_reports_a_failed_step() -> None:
     """Several steps in one call are the same steps as one call each; a step that fails
     after others ends the call with the steps done (the driver books exactly those)."""
-    from cluster.actors import LabelledBatch, StudentReplica, _encode
+    from cluster.codec import LabelledBatch, encode
     from cluster.config import GroupConfig
+    from cluster.replica import StudentReplica
     data = tiny_dataset(n=96)
     group = GroupConfig(StudentConfig(name="many", embedding_dim=4, hidden=(8,),
                                       losses=(make_term("hard_label", 0.5),
                                               make_term("prediction_kd", 0.5))))
     batches = [LabelledBatch(inputs=data.train.take(np.arange(32 * i, 32 * i + 32)),
-                             logits=_encode(torch.randn(32, 2, generator=torch.Generator()
+                             logits=encode(torch.randn(32, 2, generator=torch.Generator()
                                                         .manual_seed(i)), "float16"),
                              version=3) for i in range(3)]
     rows = [None, np.arange(10, 20), None]
@@ -121,17 +123,17 @@ def test_train_many_equals_train_on_in_order_and_reports_a_failed_step() -> None
     want = [one.train_on(b, 3, r) for b, r in zip(batches, rows)]
     many = replica()
     got = many.train_many(3, rows, *batches)
-    assert got["error"] is None and len(got["steps"]) == 3
-    for w, g in zip(want, got["steps"]):
-        np.testing.assert_array_equal(g["ids"], w["ids"])
-        assert g["loss"] == w["loss"]
-    np.testing.assert_array_equal(got["steps"][1]["ids"], batches[1].inputs.ids[10:20])
+    assert got.error is None and len(got.steps) == 3
+    for w, g in zip(want, got.steps):
+        np.testing.assert_array_equal(g.ids, w.ids)
+        assert g.loss == w.loss
+    np.testing.assert_array_equal(got.steps[1].ids, batches[1].inputs.ids[10:20])
     for a, b in zip(one.state()["model"].values(), many.state()["model"].values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
     # the second batch's rows are out of range: one step done, then the error
     bad = replica().train_many(3, [None, np.array([99]), None], *batches)
-    assert len(bad["steps"]) == 1 and "IndexError" in bad["error"]
+    assert len(bad.steps) == 1 and "IndexError" in bad.error
     # a first step that fails is an exception of the call (nothing was done)
     with pytest.raises(IndexError):
         replica().train_many(3, [np.array([99])], batches[0])

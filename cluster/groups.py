@@ -1,0 +1,307 @@
+"""The actor groups the driver runs: one label group and a student group per config.
+
+Each object owns its actors, their generation (a re-formed group's actors are named
+``teacher-0.1``, ``student-kd-1.2``, ...) and, for the label group, its placement
+group; each has ``start``, ``reform`` and ``shutdown``. What to do when one fails is
+decided in cluster/recovery.py; these only run the calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError
+
+from cluster.actors import TeacherRank
+from cluster.config import DistillConfig, GroupConfig
+from cluster.contracts import LabelRound
+from cluster.ledger import ReplicaOutcome, StreamItem
+from cluster.replica import StudentReplica
+from cluster.soft_labels import SoftLabelReader
+from data.spec import ExampleTable, FeatureSpec
+from teacher.checkpoint import resolve
+
+CALL_TIMEOUT_S = 600.0  # the most a control call (setup, pass start, evaluation) may take
+PLACEMENT_TIMEOUT_S = 120.0
+
+
+class LabelSource(Protocol):
+    """What the driver calls on each rank of a label group: ``TeacherRank`` (the live
+    teacher) or ``SoftLabelReader`` (precomputed labels)."""
+
+    def address(self) -> tuple[str, int]: ...
+    def setup(self, addr: str, port: int) -> dict[str, Any]: ...
+    def start_pass(self, shard: Any) -> None: ...
+    def label_many(self, n: int) -> tuple[Any, ...]: ...
+    def evaluate(self, table: ExampleTable, batch_size: int
+                 ) -> tuple[np.ndarray, np.ndarray]: ...
+    def usage(self) -> dict[str, float]: ...
+    def pid(self) -> int: ...
+
+
+def _suffix(generation: int) -> str:
+    return f".{generation}" if generation else ""
+
+
+def _kill(actors: list[Any]) -> None:
+    for a in actors:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+class LabelGroup:
+    """K label-source actors in lockstep over equal shares of each pass's stream.
+
+    Args:
+        cfg: the job config (its ``teacher_group`` and ``stream``).
+        source: the teacher checkpoint version to load, or a soft-label directory.
+        soft_labels: ``source`` is a soft-label directory (readers, no process group).
+    """
+
+    def __init__(self, cfg: DistillConfig, source: str, soft_labels: bool = False) -> None:
+        self.cfg, self.source, self.soft_labels = cfg, source, soft_labels
+        self.name = "soft-labels" if soft_labels else "teacher"
+        self.generation = 0
+        self.actors: list[Any] = []
+        self.pids: list[int] = []
+        self.info: dict[str, Any] = {}
+        # per rank: [ids-list ref, batch refs...] of the labelling call in flight
+        self.pending: list[list[Any]] | None = None
+        self._placement: Any = None
+
+    @classmethod
+    def teacher(cls, cfg: DistillConfig) -> "LabelGroup":
+        """The live teacher at the configured checkpoint version, resolved once here:
+        every rank (and a re-formed group) loads the same version, even if training
+        writes a newer one meanwhile."""
+        tg = cfg.teacher_group
+        return cls(cfg, str(resolve(tg.checkpoint, tg.version)))
+
+    @property
+    def ranks(self) -> int:
+        return self.cfg.teacher_group.ranks
+
+    def start(self) -> dict[str, Any]:
+        """Start the actors and set them up as one group; returns rank 0's setup info."""
+        tg = self.cfg.teacher_group
+        strategy: list[Any] = [None] * tg.ranks
+        if tg.placement:
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+            self._placement = placement_group(
+                [{"CPU": tg.cpus}] * tg.ranks, strategy=tg.placement.upper(),
+                name=self.name + _suffix(self.generation))
+            if not self._placement.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+                self._release_placement()
+                raise RuntimeError(f"teacher_group.placement = {tg.placement!r}: no "
+                                   f"placement for {tg.ranks} ranks of {tg.cpus} CPUs "
+                                   f"within {PLACEMENT_TIMEOUT_S:.0f} s")
+            strategy = [PlacementGroupSchedulingStrategy(self._placement,
+                                                         placement_group_bundle_index=k)
+                        for k in range(tg.ranks)]
+        cls: type = SoftLabelReader if self.soft_labels else TeacherRank
+        extra = () if self.soft_labels else (self.cfg.stream.logit_dtype,
+                                             self.cfg.stream.feature_dtype)
+        self.actors = [ray.remote(cls).options(
+            name=f"{self.name}-{k}{_suffix(self.generation)}", num_cpus=tg.cpus,
+            scheduling_strategy=strategy[k], max_restarts=0).remote(
+            k, tg.ranks, self.source, self.cfg.requested_features, tg.batch_size, *extra)
+            for k in range(tg.ranks)]
+        addr, port = ray.get(self.actors[0].address.remote(), timeout=CALL_TIMEOUT_S)
+        infos = ray.get([t.setup.remote(addr, port) for t in self.actors],
+                        timeout=CALL_TIMEOUT_S)
+        self.pids = [int(i["pid"]) for i in infos]
+        self.info = infos[0]
+        return self.info
+
+    def shutdown(self) -> None:
+        """Kill the actors and free the placement; calls in flight are dropped."""
+        _kill(self.actors)
+        self.actors, self.pending = [], None
+        self._release_placement()
+
+    def discard(self) -> None:
+        """Shut down, so that the next ``start`` is a new generation of actors."""
+        self.shutdown()
+        self.generation += 1
+
+    def _release_placement(self) -> None:
+        if self._placement is not None:
+            ray.util.remove_placement_group(self._placement)
+            self._placement = None
+
+    # ------------------------------------------------------------------- calls
+    def start_pass(self, shards: list[Any]) -> None:
+        """Hand every rank its share of the pass's stream."""
+        ray.get([t.start_pass.remote(s) for t, s in zip(self.actors, shards)],
+                timeout=CALL_TIMEOUT_S)
+
+    def request(self, n: int) -> None:
+        """Ask every rank for its next ``n`` batches (``pending`` until collected)."""
+        # Per-batch calls keep no task events: the GCS would hold one per call (up to
+        # its cap), memory that grows with rows; metrics cover them.
+        self.pending = [t.label_many.options(num_returns=n + 1, enable_task_events=False)
+                        .remote(n) for t in self.actors]
+
+    def pending_refs(self) -> list[Any]:
+        return [call[0] for call in self.pending] if self.pending else []
+
+    def outcomes(self, ready: set[Any]) -> list[bool | None]:
+        """Per rank, how its pending call ended: True, False (it raised: the rank died,
+        or a peer's collective failed) or None (still running). A dead rank's call
+        fails at once; its peers would wait out the collective timeout, so the calls
+        that are done are read without waiting for the rest."""
+        out: list[bool | None] = []
+        for ref in self.pending_refs():
+            if ref not in ready:
+                out.append(None)
+                continue
+            try:
+                ray.get(ref)
+                out.append(True)
+            except RayError:
+                out.append(False)
+        return out
+
+    def collect(self) -> LabelRound:
+        """The pending call's batches (every rank's call is done)."""
+        assert self.pending is not None
+        calls, self.pending = self.pending, None
+        return LabelRound.from_ids(ray.get([call[0] for call in calls]), calls)
+
+    def evaluate(self, table_ref: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher (logits, labels) of a table; every rank takes part."""
+        return ray.get([t.evaluate.remote(table_ref, batch_size) for t in self.actors],
+                       timeout=CALL_TIMEOUT_S)[0]
+
+    def reload(self, checkpoint: str) -> int:
+        """Every rank loads another version of the same teacher; returns it."""
+        versions = ray.get([t.reload.remote(checkpoint) for t in self.actors],
+                           timeout=CALL_TIMEOUT_S)
+        self.source = checkpoint  # a re-formed group loads this one
+        return int(versions[0])
+
+    def usage(self) -> dict[str, float]:
+        """What the ranks spent and produced, summed."""
+        usage = ray.get([t.usage.remote() for t in self.actors], timeout=CALL_TIMEOUT_S)
+        return {key: sum(u[key] for u in usage) for key in usage[0]}
+
+
+@dataclass
+class Round:
+    """Up to ``stream.batches_per_call`` batches a group's replicas train in one call
+    (each replica's ``train_many`` ref)."""
+    items: list[StreamItem]
+    refs: list[Any]
+
+
+@dataclass
+class StudentGroup:
+    """The M replicas of one student group, the rounds they are training and the
+    group's last snapshot (an object ref the driver owns).
+
+    ``generation`` counts re-formations (the report's ``restarts``); ``restores`` the
+    ones that started from the snapshot because no replica survived.
+    """
+
+    cfg: GroupConfig
+    spec: FeatureSpec
+    teacher_dims: dict[str, int]
+    generation: int = 0
+    restores: int = 0
+    replicas: list[Any] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
+    snapshot: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def start(self, state: dict[str, Any] | np.ndarray | None = None) -> None:
+        actor = ray.remote(StudentReplica)
+        g = self.cfg
+        self.replicas = [actor.options(
+            name=f"student-{g.name}-{j}{_suffix(self.generation)}", num_cpus=g.cpus,
+            max_restarts=0).remote(g, self.spec, self.teacher_dims, j, g.replicas)
+            for j in range(g.replicas)]
+        addr, port = ray.get(self.replicas[0].address.remote(), timeout=CALL_TIMEOUT_S)
+        self.pids = ray.get([r.setup.remote(addr, port, state) for r in self.replicas],
+                            timeout=CALL_TIMEOUT_S)
+
+    def shutdown(self) -> None:
+        _kill(self.replicas)
+        self.replicas, self.rounds = [], []
+
+    def discard(self) -> None:
+        """Shut down, so that the next ``start`` is a new generation of actors."""
+        self.shutdown()
+        self.generation += 1
+
+    # ------------------------------------------------------------------- calls
+    def submit(self, items: list[StreamItem], newest_version: int) -> None:
+        # The batches are top-level arguments: Ray fetches them before the call.
+        refs = [r.train_many.options(enable_task_events=False).remote(
+            newest_version, [i.rows for i in items], *[i.ref for i in items])
+            for r in self.replicas]
+        self.rounds.append(Round(items, refs))
+
+    @staticmethod
+    def outcome(ref: Any, timeout: float = CALL_TIMEOUT_S) -> ReplicaOutcome:
+        """What one replica's call came to (not done within ``timeout``: failed)."""
+        try:
+            return ReplicaOutcome(result=ray.get(ref, timeout=timeout))
+        except ObjectLostError:  # a batch of it is gone (its node died)
+            return ReplicaOutcome(lost_input=True)
+        except Exception:  # noqa: BLE001 - the actor died, or a peer did mid-collective
+            return ReplicaOutcome()
+
+    def in_flight(self) -> list[StreamItem]:
+        return [item for rnd in self.rounds for item in rnd.items]
+
+    def survivor_state(self) -> np.ndarray | None:
+        """The state of the first replica that can still give it."""
+        for r in self.replicas:
+            try:
+                return ray.get(r.state_blob.remote(), timeout=30)
+            except (RayActorError, GetTimeoutError):
+                continue
+        return None
+
+    def take_snapshot(self) -> None:
+        """Keep the group's state now (it comes after the rounds already queued)."""
+        # A copy the driver owns on its own node: a replica's return value would be
+        # stored on the replica's node and lost with it. As bytes: the driver's get is
+        # a zero-copy view and its put one copy, nothing unpickled.
+        self.snapshot = ray.put(ray.get(self.replicas[0].state_blob.remote(),
+                                        timeout=CALL_TIMEOUT_S))
+
+    def read_snapshot(self) -> np.ndarray:
+        if self.snapshot is None:
+            raise RuntimeError(f"group {self.name}: every replica died and it keeps no "
+                               "snapshots (snapshot_every = 0); nothing to restore from")
+        try:
+            return ray.get(self.snapshot, timeout=CALL_TIMEOUT_S)
+        except RayError as e:
+            raise RuntimeError(f"group {self.name}: every replica died and its last "
+                               f"snapshot cannot be read: {e}") from None
+
+    def evaluate(self, table_ref: Any, batch_size: int, best: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return ray.get(self.replicas[0].evaluate.remote(table_ref, batch_size, best),
+                       timeout=CALL_TIMEOUT_S)
+
+    def keep_best(self) -> None:
+        ray.get([r.keep_best.remote() for r in self.replicas], timeout=CALL_TIMEOUT_S)
+
+    def state(self) -> dict[str, Any]:
+        """Replica 0's state (the driver checkpoint's copy)."""
+        return ray.get(self.replicas[0].state.remote(), timeout=CALL_TIMEOUT_S)
+
+    def parameters_count(self) -> dict[str, int]:
+        return ray.get(self.replicas[0].parameters_count.remote(), timeout=CALL_TIMEOUT_S)

@@ -1,0 +1,320 @@
+"""The ledger: the only place where a student group's batches are counted.
+
+One :class:`GroupLedger` per group holds the batches queued for it, delivered to its
+replicas, trained (acknowledged), re-delivered, dropped as duplicates and given back to
+be labelled again; the example ids it trained in each pass; what it trained per teacher
+version; and what it trained since its last snapshot. Every count the report shows is
+derived from these (there is no second count to drift from them).
+
+:func:`settle` is pure: from one round's items and what each replica's call returned
+(already fetched), it decides what was trained, what goes back to the queue and what
+must be labelled again. No Ray here: the driver moves refs, this keeps the books.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from cluster.contracts import StepResult, TrainResult
+from cluster.idset import IdSet
+
+
+@dataclass
+class StreamItem:
+    """One labelled batch from one label-source rank.
+
+    Attributes:
+        seq: position in the stream (production order).
+        ref: object ref of the labelled batch (a ``LabelledBatch``).
+        ids: int64 [B] example ids in it (small; kept on the driver for the books).
+        version: teacher checkpoint version that labelled it.
+        pass_index: the pass it belongs to.
+        rows: the rows of the labelled batch to train on (None: all). A label group
+            re-formed mid-pass replays the pass; rows it had already published are left
+            out this way, so a replayed batch that only partly overlaps trains the rest.
+    """
+
+    seq: int
+    ref: Any
+    ids: np.ndarray
+    version: int
+    pass_index: int
+    rows: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaOutcome:
+    """What one replica's ``train_many`` call of a round came to.
+
+    Attributes:
+        result: what it returned; None if it raised.
+        lost_input: it raised because a batch it was given is gone (stored on a node
+            that died): the replica is fine, it never stepped.
+    """
+
+    result: TrainResult | None = None
+    lost_input: bool = False
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a finished round did (see :func:`settle`).
+
+    Attributes:
+        trained: the items trained, in order, each with the replicas' steps on it.
+        redeliver: items to deliver again, first and in this order.
+        relabel: items whose stored batch is lost: labelled again by the pass's replay.
+        retry_singly: the next this many rounds carry one batch each (to find which of
+            a round's batches was lost).
+        replica_failed: a replica died or a step failed: the group must be re-formed.
+    """
+
+    trained: tuple[tuple[StreamItem, tuple[StepResult, ...]], ...] = ()
+    redeliver: tuple[StreamItem, ...] = ()
+    relabel: tuple[StreamItem, ...] = ()
+    retry_singly: int = 0
+    replica_failed: bool = False
+
+
+def settle(group: str, items: list[StreamItem], outcomes: list[ReplicaOutcome]
+           ) -> Settlement:
+    """Book one round of ``group``: ``items`` given to every replica, ``outcomes`` one per
+    replica.
+
+    A step happened if any replica finished it (its all-reduce was done on every live
+    replica); steps run in order, so those are a prefix of the items, and the rest are
+    delivered again. When every replica could not fetch a batch (its node died), none
+    stepped: a single batch is labelled again; of several, which was lost is not known,
+    so they go again one per round. When every replica succeeded, the ids they trained
+    must add up to the batch's.
+    """
+    results = [o.result for o in outcomes if o.result is not None]
+    if all(o.lost_input for o in outcomes):
+        if len(items) == 1:
+            return Settlement(relabel=(items[0],))
+        return Settlement(redeliver=tuple(items), retry_singly=len(items))
+    failed = len(results) < len(outcomes) or any(r.error is not None for r in results)
+    done = max((len(r.steps) for r in results), default=0)
+    trained = []
+    for i, item in enumerate(items[:done]):
+        steps = tuple(r.steps[i] for r in results if len(r.steps) > i)
+        if not failed:
+            ids = np.concatenate([s.ids for s in steps])
+            if not np.array_equal(np.sort(ids), np.sort(item.ids)):
+                raise RuntimeError(f"group {group}: replicas trained ids that do not "
+                                   f"match batch {item.seq}")
+        trained.append((item, steps))
+    return Settlement(trained=tuple(trained), redeliver=tuple(items[done:]),
+                      replica_failed=failed)
+
+
+@dataclass
+class VersionCount:
+    batches: int = 0
+    examples: int = 0
+
+
+@dataclass
+class StepStats:
+    """Sums over the steps booked (replica 0's result of each): the optimizer's work,
+    so a step later undone by a snapshot restore still counts here."""
+
+    steps: int = 0
+    kd_scale_sum: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)  # prepare_s, step_s
+    # Running sums, not per-batch lists: the driver's memory must not grow with rows.
+    pass_loss: dict[str, float] = field(default_factory=dict)  # this pass, per term
+    pass_steps: int = 0
+
+    def add(self, step: StepResult) -> None:
+        self.steps += 1
+        self.pass_steps += 1
+        self.kd_scale_sum += step.kd_scale
+        for key, value in step.timing.items():
+            self.timing[key] = self.timing.get(key, 0.0) + value
+        for term, value in step.loss.items():
+            self.pass_loss[term] = self.pass_loss.get(term, 0.0) + value
+
+    def end_pass(self) -> dict[str, float]:
+        """This pass's mean loss per term; starts the next pass's sums."""
+        n = max(1, self.pass_steps)
+        means = {t: v / n for t, v in self.pass_loss.items()}
+        self.pass_loss, self.pass_steps = {}, 0
+        return means
+
+
+@dataclass
+class GroupLedger:
+    """The books of one student group; see the module docstring."""
+
+    queue: deque[StreamItem] = field(default_factory=deque)
+    in_flight: dict[int, StreamItem] = field(default_factory=dict)
+    trained: dict[int, IdSet] = field(default_factory=dict)  # pass -> example ids
+    # version -> what was trained from it (a resumed run: since the run's start)
+    by_version: dict[int, VersionCount] = field(default_factory=dict)
+    at_resume: VersionCount = field(default_factory=VersionCount)
+    delivered: int = 0
+    redelivered: int = 0
+    duplicates_dropped: int = 0
+    relabelled: int = 0  # batches given back to be labelled again (lost with a node)
+    max_depth: int = 0
+    # Batches trained since the last snapshot, in order, and the seqs of the batches in
+    # flight when it was taken (an actor runs its calls in order: the snapshot has them).
+    since_snapshot: list[StreamItem] = field(default_factory=list)
+    in_snapshot: set[int] = field(default_factory=set)
+    retry_singly: int = 0
+    stats: StepStats = field(default_factory=StepStats)
+
+    # ------------------------------------------------------------ derived counts
+    @property
+    def depth(self) -> int:
+        """Batches queued or unacknowledged: what ``max_inflight`` bounds."""
+        return len(self.queue) + len(self.in_flight)
+
+    @property
+    def acked(self) -> int:
+        """Batches trained in this run (a resumed run: since the resume)."""
+        return sum(v.batches for v in self.by_version.values()) - self.at_resume.batches
+
+    @property
+    def acked_rows(self) -> int:
+        return sum(v.examples for v in self.by_version.values()) - self.at_resume.examples
+
+    @property
+    def acked_by_version(self) -> dict[int, int]:
+        return {v: c.batches for v, c in sorted(self.by_version.items())}
+
+    @property
+    def examples_by_version(self) -> dict[int, int]:
+        return {v: c.examples for v, c in sorted(self.by_version.items())}
+
+    @property
+    def examples_by_pass(self) -> dict[int, int]:
+        return {p: len(ids) for p, ids in self.trained.items()}
+
+    def trained_ids(self, pass_index: int) -> IdSet:
+        return self.trained.get(pass_index, IdSet())
+
+    # ---------------------------------------------------------------- delivery
+    def enqueue(self, item: StreamItem) -> None:
+        self.queue.append(item)
+        self.max_depth = max(self.max_depth, self.depth)
+
+    def next_item(self) -> StreamItem | None:
+        """The next batch to deliver, skipping duplicates; None if none is queued."""
+        while self.queue:
+            item = self.queue.popleft()
+            seen = self.trained.get(item.pass_index)
+            if seen is not None:
+                have = seen.contains(item.ids)
+                if have.all():
+                    self.duplicates_dropped += 1
+                    continue
+                if have.any():  # a resumed pass: this group trained some rows already
+                    keep = ~have
+                    rows = np.flatnonzero(keep) if item.rows is None else item.rows[keep]
+                    item = replace(item, ids=item.ids[keep], rows=rows)
+            self.in_flight[item.seq] = item
+            self.delivered += 1
+            return item
+        return None
+
+    def take_round(self, most: int) -> list[StreamItem]:
+        """Up to ``most`` batches for one call (one while retrying singly)."""
+        items: list[StreamItem] = []
+        while len(items) < (1 if self.retry_singly else most):
+            item = self.next_item()
+            if item is None:
+                break
+            items.append(item)
+        if items:
+            self.retry_singly = max(0, self.retry_singly - 1)
+        return items
+
+    # ----------------------------------------------------------------- booking
+    def ack(self, item: StreamItem, step: StepResult | None = None) -> None:
+        """The group took an optimizer step on ``item`` (``step``: replica 0's result).
+        Training an example twice in a pass is a bug, and fails here."""
+        self.in_flight.pop(item.seq)
+        seen = self.trained.setdefault(item.pass_index, IdSet())
+        if seen.contains(item.ids).any():
+            raise RuntimeError(f"batch {item.seq}: examples trained twice in pass "
+                               f"{item.pass_index + 1}")
+        seen.add(item.ids)
+        count = self.by_version.setdefault(item.version, VersionCount())
+        count.batches += 1
+        count.examples += len(item.ids)
+        if item.seq in self.in_snapshot:
+            self.in_snapshot.discard(item.seq)
+        else:
+            self.since_snapshot.append(item)
+        if step is not None:
+            self.stats.add(step)
+
+    def redeliver(self, item: StreamItem) -> None:
+        """``item`` was delivered but not trained: deliver it again, first."""
+        if self.in_flight.pop(item.seq, None) is not None:
+            self.queue.appendleft(item)
+            self.redelivered += 1
+
+    def apply(self, s: Settlement) -> list[StreamItem]:
+        """Book a settled round; returns the items to label again (the stream unpublishes
+        their ids)."""
+        for item, steps in s.trained:
+            self.ack(item, steps[0])
+        for item in reversed(s.redeliver):  # to the front, in their order
+            self.redeliver(item)
+        for item in s.relabel:
+            self.in_flight.pop(item.seq, None)
+            self.relabelled += 1
+        self.retry_singly += s.retry_singly
+        return list(s.relabel)
+
+    def drop_queue(self) -> list[StreamItem]:
+        """Before a re-formed label group replays the pass: the undelivered batches leave
+        the queue (some may be stored on a lost node); returns them."""
+        dropped = list(self.queue)
+        self.queue.clear()
+        self.relabelled += len(dropped)
+        return dropped
+
+    # --------------------------------------------------------------- snapshots
+    def snapshot_taken(self, in_flight: list[StreamItem]) -> None:
+        """A snapshot of the group's state was taken after the calls carrying
+        ``in_flight`` were queued (so it includes them)."""
+        self.since_snapshot = []
+        self.in_snapshot = {item.seq for item in in_flight}
+
+    def unack(self, items: list[StreamItem]) -> None:
+        """The model went back to a state from before it trained ``items`` (acknowledged,
+        in that order): take them off the books and deliver them again, first and in
+        the same order."""
+        for item in reversed(items):
+            count = self.by_version[item.version]
+            count.batches -= 1
+            count.examples -= len(item.ids)
+            self.trained[item.pass_index].remove(item.ids)
+            self.queue.appendleft(item)
+            self.redelivered += 1
+
+    def rollback_to_snapshot(self) -> None:
+        """The group restarts from its last snapshot: what it trained since goes again."""
+        self.unack(self.since_snapshot)
+        self.since_snapshot, self.in_snapshot = [], set()
+
+    # ------------------------------------------------------------------ resume
+    def restore(self, by_version: dict[int, VersionCount], pass_index: int | None = None,
+                ids: np.ndarray | None = None) -> None:
+        """The state of a driver checkpoint: ``by_version``, what the group trained in
+        the run so far; ``ids``, the rows it trained of ``pass_index``, the pass being
+        replayed (not delivered to it again)."""
+        self.by_version = {v: replace(c) for v, c in by_version.items()}
+        self.at_resume = VersionCount(sum(c.batches for c in by_version.values()),
+                                      sum(c.examples for c in by_version.values()))
+        if pass_index is not None and ids is not None:
+            self.trained[pass_index] = IdSet()
+            self.trained[pass_index].add(ids)

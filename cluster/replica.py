@@ -1,0 +1,166 @@
+"""``StudentReplica``: one of a student group's M data-parallel replicas, as a plain class
+(``ray.remote`` is applied in cluster/groups.py). The M replicas of a group form their
+own gloo group (DDP); each trains on its 1/M of every labelled batch, all M step
+together."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from cluster.codec import LabelledBatch
+from cluster.config import GroupConfig
+from cluster.contracts import StepResult, TrainResult
+from cluster.metrics import ActorMetrics
+from cluster.process import enable_faulthandler, free_port, init_group, node_address
+from data.spec import ExampleTable, FeatureSpec
+from student.losses import build_objective
+from student.model import StudentModel, count_parameters
+from student.train import (make_student_optimizer, mask_labels, predict_student,
+                           student_step)
+
+
+class StudentReplica:
+    """Replica ``rank`` of a student group of ``world`` data-parallel replicas."""
+
+    def __init__(self, group: GroupConfig, spec: FeatureSpec, teacher_dims: dict[str, int],
+                 rank: int, world: int) -> None:
+        enable_faulthandler()
+        torch.set_num_threads(1)
+        self.cfg = group.student
+        self.rank, self.world = rank, world
+        self.tasks = spec.tasks
+        self.objective = build_objective(self.cfg, spec.tasks)
+        self.model = StudentModel(spec, self.cfg, teacher_dims,
+                                  uncertainty=self.objective.uncertainty)
+        self.net: torch.nn.Module = self.model
+        self.optimizer = make_student_optimizer(self.model, self.cfg)
+        self.best: dict[str, Any] | None = None
+        self.metrics = ActorMetrics("student", {"group": self.cfg.name})
+        self._t_last = time.perf_counter()
+
+    def address(self) -> tuple[str, int]:
+        host = node_address()
+        return host, free_port(host)
+
+    def setup(self, addr: str, port: int,
+              state: dict[str, Any] | np.ndarray | None = None) -> int:
+        """Join the group's process group (M > 1), load ``state`` if given; returns
+        this process's pid."""
+        if state is not None:
+            self.load_state(state)
+        if self.world > 1:
+            init_group(addr, port, self.rank, self.world, torch.device("cpu"))
+            # DDP all-reduces gradients inside backward; unused parameters (an auxiliary
+            # head that no loss reads, say) must not stall it.
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, find_unused_parameters=True)
+        return os.getpid()
+
+    def _my_rows(self, n: int, rows: np.ndarray | None = None) -> np.ndarray:
+        return np.array_split(np.arange(n) if rows is None else np.asarray(rows),
+                              self.world)[self.rank]
+
+    def train_on(self, labelled: LabelledBatch, newest_version: int | None = None,
+                 rows: np.ndarray | None = None) -> StepResult:
+        """One optimizer step (all replicas together) on this replica's rows.
+
+        ``newest_version``: the newest teacher version the stream has seen; with
+        ``staleness_tau`` the KD terms are weighted by ``exp(-staleness / tau)``.
+        ``rows``: train on these rows of the batch only (None: all of them).
+        """
+        t0 = time.perf_counter()
+        rows = self._my_rows(labelled.inputs.batch_size, rows)
+        # A replayed batch's leftover may give this replica no rows; it still takes part
+        # in the step (DDP's all-reduce needs every replica) with a zero-weighted row.
+        step_rows, weight = (rows, 1.0) if len(rows) else (np.zeros(1, np.int64), 0.0)
+        batch = labelled.inputs.to_table().take(step_rows).to_batch()
+        batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
+        teacher = labelled.teacher_outputs(step_rows)
+        t1 = time.perf_counter()
+        staleness = max(0, (newest_version or labelled.version) - labelled.version)
+        kd_scale = math.exp(-staleness / self.cfg.staleness_tau) \
+            if self.cfg.staleness_tau > 0 else 1.0
+        out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
+                           batch, teacher, kd_scale, weight)
+        agree = out.pop("agreement")
+        now = time.perf_counter()
+        timing = {"prepare_s": t1 - t0, "step_s": now - t1}
+        self.metrics.count("recdistill_examples_trained", len(rows))
+        self.metrics.gauge("recdistill_examples_per_s", len(rows) / max(now - self._t_last, 1e-9))
+        self.metrics.gauge("recdistill_teacher_agreement", agree)
+        for term, value in out.items():
+            self.metrics.gauge("recdistill_loss", value, {"term": term})
+        self._t_last = now
+        self.metrics.gauge("recdistill_kd_scale", kd_scale)
+        return StepResult(ids=labelled.inputs.ids[rows], loss=out, version=labelled.version,
+                          kd_scale=kd_scale, timing=timing)
+
+    def train_many(self, newest_version: int | None, rows: list[np.ndarray | None],
+                   *labelled: LabelledBatch) -> TrainResult:
+        """``train_on`` each of ``labelled`` in order (``rows[i]`` for the i-th): one
+        call for several steps, so the driver pays one actor call for them.
+
+        A step that fails after others were done (a peer died in its all-reduce) ends
+        the call with the steps done and ``error`` set: the driver books exactly those
+        as trained.
+        """
+        steps: list[StepResult] = []
+        for batch, r in zip(labelled, rows, strict=True):
+            try:
+                steps.append(self.train_on(batch, newest_version, r))
+            except Exception as e:  # noqa: BLE001 - reported with the steps that happened
+                if not steps:
+                    raise
+                return TrainResult(steps, f"{type(e).__name__}: {e}")
+        return TrainResult(steps)
+
+    @torch.no_grad()
+    def evaluate(self, table: ExampleTable, batch_size: int, best: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Serving logits and labels of every row of ``table`` (the best state if asked)."""
+        current = None
+        if best and self.best is not None:
+            current = self.state()
+            self.load_state(self.best)
+        out = predict_student(self.model, table, batch_size)
+        if current is not None:
+            self.load_state(current)
+        return out
+
+    def keep_best(self) -> None:
+        self.best = self.state()
+
+    def state(self) -> dict[str, Any]:
+        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "best": self.best}
+
+    def state_blob(self) -> np.ndarray:
+        """``state()`` as ``torch.save`` bytes (uint8). The driver keeps snapshots as
+        this: Ray moves an array as one buffer, where a dict of tensors is pickled and
+        unpickled tensor by tensor in the driver, its CPU taken from the pipeline."""
+        buf = io.BytesIO()
+        torch.save(self.state(), buf)
+        return np.frombuffer(buf.getbuffer(), np.uint8)
+
+    def load_state(self, state: dict[str, Any] | np.ndarray) -> None:
+        """Load ``state()``'s dict, or its ``state_blob()`` bytes."""
+        if isinstance(state, np.ndarray):
+            state = torch.load(io.BytesIO(state.tobytes()), weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best = state.get("best")
+
+    def parameters_count(self) -> dict[str, int]:
+        export = self.model.export_state_dict()
+        return {"total": count_parameters(self.model),
+                "serving": sum(v.numel() for v in export.values())}
+
+    def pid(self) -> int:
+        return os.getpid()

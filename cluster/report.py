@@ -1,0 +1,124 @@
+"""The run's report: what every group learnt and what the run cost, as one typed
+object with its JSON form (the report file) and its table (what the job prints)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cluster.groups import StudentGroup
+from cluster.ledger import GroupLedger
+from cluster.run_state import GroupHistory
+
+
+@dataclass
+class DriverTiming:
+    """Wall seconds of the run and of its passes alone (no setup, no evaluation), and
+    the driver's own work in the passes: the broker's cost."""
+
+    run_wall_s: float = 0.0
+    train_wall_s: float = 0.0
+    busy_s: float = 0.0  # the driver's own time in the pass loops (not waiting)
+    driver_cpu_s: float = 0.0  # the driver process's CPU (all threads) in the passes
+    driver_loop_cpu_s: float = 0.0  # of which the loop's own thread
+
+
+def student_summary(g: StudentGroup, ledger: GroupLedger, history: GroupHistory,
+                    params: dict[str, int], test: dict[str, dict[str, float]],
+                    tasks: tuple[str, ...]) -> dict[str, Any]:
+    """One group's part of the report, derived from its ledger and history."""
+    s, steps = g.cfg.student, ledger.stats.steps
+    return {
+        "kd": [t.name for t in s.losses if t.name != "hard_label"],
+        "losses": [{"name": t.name, "weight": t.weight, "params": t.params}
+                   for t in s.losses],
+        "label_tasks": list(s.label_tasks or tasks),
+        "test": test, "best_pass": history.best_pass,
+        "valid_best": history.curve[history.best_pass - 1]["valid"],
+        "examples_trained": sum(c["examples"] for c in history.curve),
+        "examples_per_pass": [c["examples"] for c in history.curve],
+        "parameters": params["serving"],
+        "parameters_with_training_heads": params["total"],
+        "replicas": g.cfg.replicas, "restarts": g.generation,
+        "restored_from_snapshot": g.restores,
+        "teacher_versions": sorted(ledger.by_version),
+        "examples_by_version": {str(v): n for v, n in ledger.examples_by_version.items()},
+        "mean_kd_scale": ledger.stats.kd_scale_sum / steps if steps else 1.0,
+        # replica 0's seconds per step: reading its rows and the teacher outputs out of
+        # the batch, and the optimizer step
+        "seconds_per_batch": {k: v / max(1, steps) for k, v in ledger.stats.timing.items()},
+        "curve": history.curve,
+    }
+
+
+@dataclass
+class DistillReport:
+    """What ``jobs.distill`` reports; ``to_json()`` is the report file."""
+
+    teacher: dict[str, Any]
+    students: dict[str, dict[str, Any]]
+    stream: dict[str, Any]
+    timing: DriverTiming
+    resumed: dict[str, Any] | None = None
+    # set by the job around the run
+    dataset: str = ""
+    data_skipped: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    soft_labels: str | None = None
+
+    @property
+    def gains(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        return gains({"students": self.students, "teacher": self.teacher})
+
+    def to_json(self) -> dict[str, Any]:
+        doc = {k: v for k, v in asdict(self).items() if k != "timing"}
+        t = self.timing
+        doc.update(run_wall_s=t.run_wall_s, train_wall_s=t.train_wall_s,
+                   driver_busy_s=t.busy_s, driver_cpu_s=t.driver_cpu_s,
+                   driver_loop_cpu_s=t.driver_loop_cpu_s, gains=self.gains)
+        return doc
+
+    def table(self) -> str:
+        return table(self.to_json())
+
+
+def gains(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per group and task of a report's JSON form: AUC gain over ``baseline`` and share
+    of the teacher-baseline AUC gap recovered, (student - baseline) / (teacher -
+    baseline)."""
+    students, teacher = report["students"], report["teacher"]
+    if "baseline" not in students:
+        return {}
+    base, teach = students["baseline"]["test"], teacher["test"]
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for name, s in students.items():
+        out[name] = {}
+        for task, m in s["test"].items():
+            gain = m["auc"] - base[task]["auc"]
+            gap = teach[task]["auc"] - base[task]["auc"]
+            # Undefined (None) when the teacher is not better than the baseline.
+            out[name][task] = {"auc_gain_vs_baseline": gain,
+                               "gap_recovered": gain / gap if gap > 0 else None}
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    """Task x model: AUC, logloss, NE, AUC gain vs baseline, share of the gap recovered."""
+    g = report.get("gains", {})
+    lines = [f"{'task':<8}{'model':<14}{'params':>9}{'AUC':>8}{'logloss':>9}{'NE':>8}"
+             f"{'gain':>9}{'gap rec.':>10}"]
+    for task, m in report["teacher"]["test"].items():
+        lines.append(f"{task:<8}{'teacher':<14}{report['teacher']['parameters']:>9,}"
+                     f"{m['auc']:>8.4f}{m['logloss']:>9.4f}{m['ne']:>8.4f}")
+        for name, s in report["students"].items():
+            m = s["test"][task]
+            extra = ""
+            if name in g and name != "baseline":
+                gg = g[name][task]
+                rec = gg["gap_recovered"]
+                extra = f"{gg['auc_gain_vs_baseline']:>+9.4f}" + (
+                    f"{rec:>10.0%}" if rec is not None else f"{'n/a':>10}")
+            lines.append(f"{'':<8}{name:<14}{s['parameters']:>9,}{m['auc']:>8.4f}"
+                         f"{m['logloss']:>9.4f}{m['ne']:>8.4f}{extra}")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Benchmarks, measured side by side in one run (the machine is shared and noisy).
+
+    python -m jobs.bench --suite lookup [--json out.json] [--rows 100000] [--dim 64]
+
+Suites:
+  lookup  teacher embedding forward + backward + update: TorchRec's sharded path
+          (DistributedModelParallel -> FBGEMM table-batched embeddings, row-wise Adagrad
+          fused into backward) vs plain ``torch.nn.EmbeddingBag`` tables with
+          ``torch.optim.Adagrad``, both with sparse gradients (the strong baseline) and
+          with dense ones (the default of nn.EmbeddingBag), on the same tables and
+          batches. All run interleaved, repeat by repeat; medians, min and max are
+          reported, and ratios are taken per repeat.
+  fanout  teacher CPU seconds per example (its whole process: input, forward, encoding,
+          handing batches to the object store) when 1, 2 and 4 student groups (copies
+          of ``feat_kd``, so the stream carries the same logits and features) consume
+          the same stream; the configurations run interleaved, repeat by repeat, one
+          pass over MovieLens-100k each. ``ratio_4_vs_1`` is paired per repeat.
+  pipeline  examples/s of one student group (``pred_kd``) trained online from the live
+          teacher, vs the teacher alone (labelling with nobody consuming) and the
+          student alone (training from the labelled batches held in its memory), 1 CPU
+          each, interleaved per repeat; efficiency = online / min(alone). And where a
+          batch's time goes: teacher input, forward, encoding; serialising it into the
+          object store; the driver's (broker's) CPU; the replica's fetch (transfer);
+          the student's row/teacher-output preparation and optimizer step.
+  transport  bytes per example of the soft labels (logits + requested features) through
+          the object store in float32, float16 and bfloat16, and the test AUC of the
+          ``pred_kd`` and ``feat_kd`` students trained from each (MovieLens-100k, the
+          default 8 passes, one seed: the runs are deterministic).
+  scale   ``--data synthetic-stream`` of each ``--sizes`` rows through the whole online
+          pipeline (one pass, ``pred_kd``), each on a fresh local cluster, the RSS of
+          every process and the object store sampled (``cluster.resources``); then a
+          1.08e9-parameter teacher sharded over 2 ranks serving ``--big-rows`` rows.
+
+    python -m jobs.bench --suite pipeline [--repeats 3] [--passes 2]
+    python -m jobs.bench --suite fanout [--repeats 3]
+    python -m jobs.bench --suite transport
+    python -m jobs.bench --suite scale [--sizes 100000,1000000,10000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from types import ModuleType
+
+import torch
+
+from jobs.bench import fanout, lookup, pipeline, scale, transport
+from jobs.bench.common import machine
+
+# One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
+SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
+                                 "transport": transport, "scale": scale}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=sorted(SUITES), default="lookup")
+    p.add_argument("--json", help="write results here")
+    p.add_argument("--rows", type=int, default=100_000, help="rows per table")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=15,
+                   help="lookup: timed steps; fanout: repeats of each configuration")
+    p.add_argument("--teacher-checkpoint", default="",
+                   help="pipeline, fanout, transport: the MovieLens teacher (default "
+                        "runs/bench/teacher); scale: the synthetic one (default "
+                        "runs/bench/teacher_synthetic); trained first if missing")
+    p.add_argument("--passes", type=int, default=2, help="pipeline: passes per run")
+    p.add_argument("--sizes", default="100000,1000000,10000000",
+                   help="scale: training rows of each run, comma-separated")
+    p.add_argument("--big-teacher", default="runs/bench/teacher_1b",
+                   help="scale: the 1.08e9-parameter teacher (trained first if missing; "
+                        "empty skips it)")
+    p.add_argument("--big-rows", type=int, default=200_000,
+                   help="scale: rows the 1e9 teacher serves")
+    p.add_argument("--interval", type=float, default=1.0,
+                   help="scale: seconds between memory samples")
+    a = p.parse_args(argv)
+    from jobs.common import quiet_library_warnings, write_json_atomic
+    quiet_library_warnings()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    teacher = a.teacher_checkpoint or ("runs/bench/teacher_synthetic" if a.suite == "scale"
+                                       else "runs/bench/teacher")
+    suite = SUITES[a.suite]
+    result = suite.run(a, teacher)
+    suite.summary(result)
+    if a.json:
+        write_json_atomic(a.json, {"machine": machine(), "command": " ".join(sys.argv),
+                                   a.suite: result})
+    return 0

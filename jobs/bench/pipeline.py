@@ -1,0 +1,173 @@
+"""pipeline: one group trained online vs the teacher alone and the student alone, and
+where a batch's time goes."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+from jobs.bench.common import pred_kd_cfg, rates_table, stats
+
+
+def _held_student_cls() -> type:
+    """A student replica training from labelled batches held in its own memory (the
+    pipeline suite's "student alone")."""
+    from cluster.replica import StudentReplica
+
+    class HeldStudent(StudentReplica):
+        def hold(self, refs: list[Any]) -> list[float]:
+            """Fetch the batches (one ``ray.get`` each: the transfer a replica pays per
+            batch online) and keep them; returns the seconds of each fetch."""
+            import ray
+            self.held, took = [], []
+            for ref in refs:
+                t = time.perf_counter()
+                self.held.append(ray.get(ref))
+                took.append(time.perf_counter() - t)
+            return took
+
+        def train_held(self, passes: int) -> float:
+            t = time.perf_counter()
+            for _ in range(passes):
+                for b in self.held:
+                    self.train_on(b, b.version)
+            return time.perf_counter() - t
+
+    return HeldStudent
+
+
+def _teacher_alone(cfg: Any, data: Any, keep: bool
+                   ) -> tuple[float, int, list[Any], dict[str, float]]:
+    """(wall seconds, examples, refs of the first pass's batches if ``keep``, the ranks'
+    usage): the label group labelling ``cfg.passes`` passes with nobody consuming them,
+    called as the online driver calls it (one lockstep round at a time)."""
+    from cluster.data import pass_shards, train_dataset
+    from cluster.groups import LabelGroup
+    labels = LabelGroup.teacher(cfg)
+    kept: list[Any] = []
+    try:
+        labels.start()
+        ds = train_dataset(data.train)
+        t0, n = time.perf_counter(), 0
+        for p in range(cfg.passes):
+            labels.start_pass(pass_shards(ds, data.train, cfg.seed, p, labels.ranks))
+            while True:
+                labels.request(cfg.stream.batches_per_call)
+                rnd = labels.collect()
+                n += sum(len(ids) for ids, _ in rnd.batches)
+                if keep and p == 0:
+                    kept += [ref for _, ref in rnd.batches]
+                if rnd.ended:
+                    break
+        wall = time.perf_counter() - t0
+        return wall, n, kept, labels.usage()
+    finally:
+        labels.shutdown()
+
+
+def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
+    """Online examples/s of one group vs the teacher alone and the student alone, at
+    the same CPU allotment (1 CPU each), interleaved per repeat on one Ray cluster."""
+    import dataclasses
+
+    import ray
+
+    from cluster.config import RunOptions, TeacherGroupConfig
+    from jobs.common import load_dataset, start_local_ray
+    from jobs.distill import ensure_teacher, run, teacher_dims
+    cfg = pred_kd_cfg(passes=passes, teacher_group=TeacherGroupConfig(checkpoint=teacher))
+    group = cfg.groups[0]
+    data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
+    start_local_ray(16, dashboard=False)
+    online, online_1, alone_t, alone_s, eff = [], [], [], [], []
+    prof: dict[str, list[float]] = {}
+    # The same run with one batch per actor call: what batches_per_call saves the broker.
+    cfg_1 = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream,
+                                                                batches_per_call=1))
+    try:
+        ensure_teacher(cfg)
+        dims = teacher_dims(cfg, data.spec)
+        cls = ray.remote(_held_student_cls())
+        for r in range(repeats):
+            report = run(cfg, RunOptions(progress=False)).to_json()
+            st, u = report["students"][group.name], report["teacher"]["usage"]
+            online.append(st["examples_trained"] / report["train_wall_s"])
+            report_1 = run(cfg_1, RunOptions(progress=False)).to_json()
+            online_1.append(report_1["students"][group.name]["examples_trained"]
+                            / report_1["train_wall_s"])
+            wall, n, refs, ua = _teacher_alone(cfg, data, keep=True)
+            alone_t.append(n / wall)
+            student = cls.options(num_cpus=group.cpus).remote(group, data.spec, dims, 0, 1)
+            ray.get(student.setup.remote("", 0))
+            fetch = ray.get(student.hold.remote(refs))
+            # the first pass's batches, trained `passes` times: n examples in all
+            alone_s.append(n / ray.get(student.train_held.remote(passes)))
+            ray.kill(student, no_restart=True)
+            # serialisation: a batch into the object store, as a task's return is stored
+            sample = ray.get(refs[:20])
+            put = []
+            for b in sample:
+                t = time.perf_counter()
+                ray.put(b)
+                put.append(time.perf_counter() - t)
+            eff.append(online[-1] / min(alone_t[-1], alone_s[-1]))
+            batches = u["batches"]
+            step = st["seconds_per_batch"]
+            for key, value in (("teacher_alone_input", ua["input_s"] / ua["batches"]),
+                               ("teacher_alone_forward", ua["forward_s"] / ua["batches"]),
+                               ("teacher_input", u["input_s"] / batches),
+                               ("teacher_forward", u["forward_s"] / batches),
+                               ("teacher_encode", u["encode_s"] / batches),
+                               ("serialise", statistics.median(put)),
+                               ("broker_driver_cpu", report["driver_cpu_s"] / batches),
+                               ("broker_driver_busy", report["driver_busy_s"] / batches),
+                               ("broker_driver_cpu_1_per_call", report_1["driver_cpu_s"]
+                                / report_1["teacher"]["usage"]["batches"]),
+                               ("transfer", statistics.median(fetch)),
+                               ("student_prepare", step["prepare_s"]),
+                               ("student_step", step["step_s"])):
+                prof.setdefault(key, []).append(value)
+            print(f"  repeat {r}: online {online[-1]:,.0f} ex/s (1 batch per call: "
+                  f"{online_1[-1]:,.0f}), teacher alone "
+                  f"{alone_t[-1]:,.0f}, student alone {alone_s[-1]:,.0f}, efficiency "
+                  f"{eff[-1]:.3f}", flush=True)
+    finally:
+        ray.shutdown()
+    per_batch = {k: stats(v) for k, v in prof.items()}
+    return {"data": cfg.data, "group": group.name, "batch_size": cfg.teacher_group.batch_size,
+            "passes": passes, "repeats": repeats,
+            "batches_per_call": cfg.stream.batches_per_call,
+            "online_examples_per_s": stats(online),
+            "online_1_per_call_examples_per_s": stats(online_1),
+            "teacher_alone_examples_per_s": stats(alone_t),
+            "student_alone_examples_per_s": stats(alone_s),
+            "efficiency": statistics.median(eff), "efficiency_per_repeat": eff,
+            "seconds_per_batch": per_batch,
+            "broker_vs_student_step": statistics.median(
+                [b / s for b, s in zip(prof["broker_driver_cpu"], prof["student_step"])]),
+            "broker_vs_student_step_1_per_call": statistics.median(
+                [b / s for b, s in zip(prof["broker_driver_cpu_1_per_call"],
+                                       prof["student_step"])])}
+
+
+def run(a: argparse.Namespace, teacher: str) -> dict[str, Any]:
+    return bench_pipeline(teacher, a.passes, min(a.repeats, 5))
+
+
+def summary(r: dict[str, Any]) -> None:
+    print(f"pipeline: group {r['group']}, {r['data']}, batch {r['batch_size']}, "
+          f"{r['passes']} passes, {r['repeats']} repeats")
+    rates_table(r, [("online", "online_examples_per_s"),
+                    ("online, 1/call", "online_1_per_call_examples_per_s"),
+                    ("teacher alone", "teacher_alone_examples_per_s"),
+                    ("student alone", "student_alone_examples_per_s")], 16)
+    print(f"efficiency online / min(alone): median {r['efficiency']:.3f} "
+          f"({', '.join(f'{x:.3f}' for x in r['efficiency_per_repeat'])})")
+    print("milliseconds per batch (median):")
+    for k, q in r["seconds_per_batch"].items():
+        print(f"  {k:<20}{q['median'] * 1e3:>8.2f}")
+    print(f"broker (driver CPU) / student step: {r['broker_vs_student_step']:.3f} at "
+          f"{r['batches_per_call']} batches per call, "
+          f"{r['broker_vs_student_step_1_per_call']:.3f} at 1")
