@@ -248,6 +248,14 @@ class DistillConfig:
                                   f"teacher_group.batch_size ({self.teacher_group.batch_size})")
 
     @property
+    def label_batches_per_call(self) -> int:
+        """Batches per rank per labelling call: as many as ``stream.batches_per_call``,
+        but a full call of every rank must fit the window (``max_inflight``), or the
+        label group would never be called."""
+        return max(1, min(self.stream.batches_per_call,
+                          self.stream.max_inflight // self.teacher_group.ranks))
+
+    @property
     def requested_features(self) -> tuple[str, ...]:
         """Teacher features some group needs; only these travel."""
         return tuple(sorted({f for g in self.groups for f in g.teacher_features}))

@@ -149,11 +149,7 @@ class OnlineDistillation:
     def _run_pass(self, p: int, ds: Any) -> None:
         t_pass, cpu_pass, thread_pass = time.perf_counter(), time.process_time(), \
             time.thread_time()
-        # Batches per rank per labelling call: as many as asked, but a full call must
-        # fit the window (max_inflight), or the label group would never be called.
-        k = self.cfg.teacher_group.ranks
-        self._pass = PassState(p, ds, max(1, min(self.cfg.stream.batches_per_call,
-                                                 self.cfg.stream.max_inflight // k)))
+        self._pass = PassState(p, ds, self.cfg.label_batches_per_call)
         self._phase(f"pass {p + 1}")
         self.recovery.on_labels(lambda _: self._start_pass())
         self.recovery.restart_pass = self._start_pass  # a re-formed group replays it

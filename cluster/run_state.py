@@ -104,7 +104,7 @@ class RunCheckpoint:
                "groups": {name: {
                    "state": g.state, "trained": torch.from_numpy(g.trained),
                    # plain JSON text: the file loads with weights_only=True
-                   "books": json.dumps({
+                   "history": json.dumps({
                        "curve": g.history.curve, "best_auc": g.history.best_auc,
                        "best_pass": g.history.best_pass, "restarts": g.restarts,
                        "restores": g.restores,
@@ -136,11 +136,11 @@ class RunCheckpoint:
                                   f"{doc['soft_labels']!r}, not {soft_labels!r}")
         out = {}
         for name, d in doc["groups"].items():
-            books = json.loads(d["books"])
+            kept = json.loads(d["history"])
             out[name] = GroupCheckpoint(
                 state=d["state"], trained=d["trained"].numpy(),
-                history=GroupHistory(books["curve"], books["best_auc"], books["best_pass"]),
-                restarts=books["restarts"], restores=books["restores"],
-                by_version={int(v): VersionCount(*c) for v, c in books["by_version"].items()})
+                history=GroupHistory(kept["curve"], kept["best_auc"], kept["best_pass"]),
+                restarts=kept["restarts"], restores=kept["restores"],
+                by_version={int(v): VersionCount(*c) for v, c in kept["by_version"].items()})
         return cls(doc["pass"], doc["pass_done"], doc["teacher_checkpoint"],
                    doc["soft_labels"], out)

@@ -54,7 +54,7 @@ def _teacher_alone(cfg: Any, data: Any, keep: bool
         for p in range(cfg.passes):
             labels.start_pass(pass_shards(ds, data.train, cfg.seed, p, labels.ranks))
             while True:
-                labels.request(cfg.stream.batches_per_call)
+                labels.request(cfg.label_batches_per_call)
                 rnd = labels.collect()
                 n += sum(len(ids) for ids, _ in rnd.batches)
                 if keep and p == 0:
