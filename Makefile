@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 LOCK   := requirements/cpu.lock
 STAMP  := $(VENV)/.recdistill-installed
 
-# Several processes share 2 cores here: one intra-op thread each (see STACK.md).
+# Several processes share 2 cores here: one intra-op thread each.
 export OMP_NUM_THREADS ?= 1
 export PYTHONUNBUFFERED := 1
 
