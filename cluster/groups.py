@@ -122,7 +122,7 @@ class LabelGroup:
     def shutdown(self) -> None:
         """Kill the actors and free the placement; calls in flight are dropped."""
         _kill(self.actors)
-        self.actors, self.pending = [], None
+        self.actors, self.pids, self.pending = [], [], None
         self._release_placement()
 
     def discard(self) -> None:
@@ -236,7 +236,7 @@ class StudentGroup:
 
     def shutdown(self) -> None:
         _kill(self.replicas)
-        self.replicas, self.rounds = [], []
+        self.replicas, self.pids, self.rounds = [], [], []
 
     def discard(self) -> None:
         """Shut down, so that the next ``start`` is a new generation of actors."""
