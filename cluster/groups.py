@@ -282,9 +282,8 @@ class StudentGroup:
                                         timeout=CALL_TIMEOUT_S))
 
     def read_snapshot(self) -> np.ndarray:
-        if self.snapshot is None:
-            raise RuntimeError(f"group {self.name}: every replica died and it keeps no "
-                               "snapshots (snapshot_every = 0); nothing to restore from")
+        """The last snapshot's state (``recovery.classify_group_loss`` has checked
+        that there is one)."""
         try:
             return ray.get(self.snapshot, timeout=CALL_TIMEOUT_S)
         except RayError as e:

@@ -83,11 +83,12 @@ class OnlineDistillation:
         names = [g.name for g in cfg.groups]
         self.resume_from = RunCheckpoint.load(self.state_path, names, options.soft_labels) \
             if options.resume and self.state_path is not None else None
-        tg = cfg.teacher_group
-        source = options.soft_labels or (self.resume_from.teacher_checkpoint
-                                         if self.resume_from else
-                                         str(resolve(tg.checkpoint, tg.version)))
-        self.labels = LabelGroup(cfg, source, soft_labels=bool(options.soft_labels))
+        if options.soft_labels:
+            self.labels = LabelGroup(cfg, options.soft_labels, soft_labels=True)
+        elif self.resume_from is not None:  # the version the interrupted run labelled with
+            self.labels = LabelGroup(cfg, self.resume_from.teacher_checkpoint)
+        else:
+            self.labels = LabelGroup.teacher(cfg)
         self.groups = {g.name: StudentGroup(g, data.spec, teacher_dims) for g in cfg.groups}
         self.history = {name: GroupHistory() for name in names}
         self.stream = SoftLabelStream(names, cfg.stream.max_inflight)
