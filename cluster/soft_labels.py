@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,8 @@ class Manifest:
     parts: dict[str, dict[str, Any]]  # "train/00003" -> {"rows": n, "files": [...]}
     complete: bool = False
     format: int = FORMAT
+    # data.fingerprint of the dataset labelled ({} in manifests written before it)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def save(self, root: Path) -> None:
         tmp = root / (MANIFEST + ".tmp")
@@ -247,8 +249,16 @@ class SoftLabelReader(PassInput):
 
 
 
-def spec_check(manifest: Manifest, spec: FeatureSpec, root: str) -> None:
-    """The soft labels were made for this dataset's tasks."""
+def spec_check(manifest: Manifest, spec: FeatureSpec, root: str, dataset: str = ""
+               ) -> None:
+    """The soft labels were made for this dataset (its fingerprint; its tasks only for
+    a manifest without one)."""
+    from data.fingerprint import differences, fingerprint
+    if manifest.fingerprint:
+        found = differences(manifest.fingerprint, fingerprint(spec, dataset))
+        if found:
+            raise DataError(f"{root}: soft labels of another dataset than {dataset} "
+                            f"({'; '.join(found)}); precompute them for this one")
     if tuple(manifest.tasks) != tuple(spec.tasks):
         raise DataError(f"{root}: soft labels for tasks {manifest.tasks}, the dataset has "
                         f"{list(spec.tasks)}")

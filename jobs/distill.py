@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import DistillConfig, GroupConfig, RunOptions, default_groups
+from cluster.config import (DistillConfig, GroupConfig, RunOptions, TeacherGroupConfig,
+                            default_groups)
 from cluster.pipeline import Hooks, OnlineDistillation
 from cluster.report import DistillReport
 from data.configs import from_mapping, to_mapping
@@ -204,6 +205,49 @@ def teacher_exists(cfg: DistillConfig) -> bool:
     return (ckpt / META_FILE).is_file() or bool(versions(ckpt))
 
 
+def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
+    """The config with a teacher checkpoint made for ``data``, checked before any actor
+    starts: a teacher trained on another dataset fails naming the checkpoint and the
+    difference, unless the path is the default one and ``train_if_missing`` holds; then
+    the teacher of this dataset lives at the default path keyed by the dataset
+    (trained there if missing). A missing checkpoint without ``train_if_missing`` fails
+    here too."""
+    from data.fingerprint import differences, fingerprint, keyed_path
+    from teacher.checkpoint import read_meta, resolve
+    tg = cfg.teacher_group
+    fp = fingerprint(data.spec, data.name)
+
+    def diff(c: DistillConfig) -> tuple[Path, list[str]]:
+        path = resolve(c.teacher_group.checkpoint, c.teacher_group.version)
+        spec, _, info = read_meta(path)
+        return path, differences(info.get("fingerprint") or fingerprint(spec, ""), fp)
+
+    if not teacher_exists(cfg):
+        if not tg.train_if_missing:
+            raise CheckpointError(f"{tg.checkpoint}: teacher checkpoint not found and "
+                                  "teacher_group.train_if_missing is false")
+        return cfg
+    path, found = diff(cfg)
+    if not found:
+        return cfg
+    default = TeacherGroupConfig.checkpoint
+    if tg.checkpoint != default or not tg.train_if_missing:
+        raise CheckpointError(
+            f"{path}: this teacher was trained on another dataset than {data.name} "
+            f"({'; '.join(found)}); give --teacher-checkpoint a teacher of this dataset "
+            "or a new directory to train one in")
+    keyed = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
+        tg, checkpoint=keyed_path(default, fp)))
+    if teacher_exists(keyed):
+        path, found = diff(keyed)
+        if found:
+            raise CheckpointError(f"{path}: teacher of another dataset than {data.name} "
+                                  f"({'; '.join(found)})")
+    print(f"teacher checkpoint {default} is of another dataset; {data.name}'s teacher "
+          f"is {keyed.teacher_group.checkpoint}", flush=True)
+    return keyed
+
+
 def ensure_teacher(cfg: DistillConfig) -> None:
     """Train the teacher as a Ray task if its checkpoint is missing."""
     import ray
@@ -287,7 +331,7 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     soft = options.soft_labels
     manifest = Manifest.load(soft) if soft else None
     if manifest is not None:
-        spec_check(manifest, data.spec, soft)
+        spec_check(manifest, data.spec, soft, data.name)
         missing = set(cfg.requested_features) - set(manifest.features)
         if missing:
             raise ConfigError(f"students request teacher features {sorted(missing)} that "
@@ -295,6 +339,7 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
                               f"{sorted(manifest.features)}); precompute with this config")
         dims = dict(manifest.features)
     else:
+        cfg = match_teacher(cfg, data)
         dims = teacher_dims(cfg, data.spec)
     validate_students(cfg, data.spec, dims)  # before any actor starts
     own_cluster = not ray.is_initialized()

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from cluster.config import DistillConfig
 from data.errors import ConfigError, DataError
+from data.fingerprint import fingerprint
 from data.spec import Dataset
 from jobs.common import (add_data_arguments, connect_ray, in_memory, load_dataset,
                          quiet_library_warnings)
@@ -73,13 +74,14 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
 
     from cluster.groups import LabelGroup
     from cluster.soft_labels import SPLITS, Manifest, labels_table, part_slices, write_part
-    from jobs.distill import ensure_teacher
+    from jobs.distill import ensure_teacher, match_teacher
     t0 = time.perf_counter()
     root = Path(out)
     data = in_memory(dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed,
                                              rows=cfg.rows,
                                              max_cardinality=cfg.max_cardinality),
                      "jobs.precompute")
+    cfg = match_teacher(cfg, data)
     own_cluster = not ray.is_initialized()
     if own_cluster:
         connect_ray(address, cfg.teacher_group.ranks + 2)
@@ -93,7 +95,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
                 "logit_dtype": cfg.stream.logit_dtype,
                 "feature_dtype": cfg.stream.feature_dtype, "part_rows": part_rows,
                 "dataset": data.name, "tasks": list(data.spec.tasks),
-                "rows": {s: len(data.split(s)) for s in SPLITS}}
+                "rows": {s: len(data.split(s)) for s in SPLITS},
+                "fingerprint": fingerprint(data.spec, data.name)}
         tinfo = labels.start()
         features = {k: int(tinfo["feature_dims"][k]) for k in cfg.requested_features}
         root.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
+from data.fingerprint import fingerprint
 from data.spec import Dataset, pass_seed
 from jobs.common import (add_data_arguments, check_sections, connect_ray, in_memory,
                          load_dataset,
@@ -245,6 +246,7 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
         path = version_dir(job.checkpoint, progress.step)
         trainer.save(path, spec=data.spec,
                      info={"epoch": progress.epoch, "step": progress.step,
+                           "fingerprint": fingerprint(data.spec, data.name),
                            "valid": progress.history[-1]["valid"] if progress.history
                            else {}, "progress": dataclasses.asdict(progress)})
         if rank == 0:

@@ -1,0 +1,89 @@
+"""A teacher (or soft labels) made for one dataset is refused for another before Ray
+starts; a default-path teacher of another dataset is moved aside to a keyed path."""
+
+from pathlib import Path
+
+import pytest
+import ray
+
+from data.errors import DataError
+from data.fingerprint import differences, fingerprint, keyed_path
+from data.tabular import load_tabular
+from jobs.distill import load_config, match_teacher, run
+from teacher.checkpoint import CheckpointError, save_teacher
+from teacher.config import TeacherConfig
+from teacher.model import TeacherModel
+from tests.test_tabular import write_dataset
+
+
+def _teacher(path: Path, data) -> None:
+    cfg = TeacherConfig(embedding_dim=4, dense_layers=(8,), cross_layers=1, over_layers=(8,))
+    save_teacher(TeacherModel(data.spec, cfg, device="cpu"), path, spec=data.spec,
+                 cfg=cfg, info={"step": 1, "fingerprint": fingerprint(data.spec,
+                                                                      data.name)})
+
+
+def test_differences_name_what_changed(movielens) -> None:
+    ml = fingerprint(movielens.spec, movielens.name)
+    assert differences(ml, ml) == []
+    other = dict(ml, dataset="movielens-100k/random", tasks=["like"],
+                 sparse={**{k: v for k, v in ml["sparse"].items() if k != "user_id"},
+                         "item_id": ml["sparse"]["item_id"] + 1, "zip": 7})
+    found = differences(ml, other)
+    assert found == [
+        "dataset 'movielens-100k/user_time', given 'movielens-100k/random'",
+        "tasks ['like', 'love'], given ['like']",
+        "sparse features ['user_id'] missing from the given dataset",
+        "sparse features ['zip'] that it was not trained on",
+        f"cardinalities changed: item_id {ml['sparse']['item_id']} -> "
+        f"{ml['sparse']['item_id'] + 1}"]
+    # a stream's teacher is trained on in-memory rows of the same generator
+    assert differences(dict(ml, dataset="synthetic-20000"),
+                       dict(ml, dataset="synthetic-stream-500000")) == []
+    assert keyed_path("runs/distill/teacher", ml).startswith(
+        "runs/distill/teacher-movielens-100k-user-time-")
+
+
+def test_teacher_of_another_dataset_fails_before_ray(tmp_path: Path, movielens) -> None:
+    _teacher(tmp_path / "ml_teacher", movielens)
+    toml = write_dataset(tmp_path)
+    cfg = load_config(None, data=str(toml), checkpoint=str(tmp_path / "ml_teacher"),
+                      passes=1)
+    assert not ray.is_initialized()
+    with pytest.raises(CheckpointError) as e:
+        run(cfg)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'ml_teacher'}: this teacher was trained on "
+                          f"another dataset than {toml}")
+    assert "dataset 'movielens-100k/user_time'" in msg and "tasks ['like', 'love'], " \
+        "given ['income']" in msg
+    assert not ray.is_initialized()  # failed before any actor (or Ray) started
+
+
+def test_default_path_of_another_dataset_is_keyed(tmp_path: Path, movielens,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _teacher(tmp_path / "runs/distill/teacher", movielens)
+    toml = write_dataset(tmp_path)
+    data = load_tabular(toml)
+    cfg = match_teacher(load_config(None, data=str(toml)), data)
+    want = keyed_path("runs/distill/teacher", fingerprint(data.spec, data.name))
+    assert cfg.teacher_group.checkpoint == want and not Path(want).exists()
+    # once a teacher of this dataset is there, it is the one used
+    _teacher(tmp_path / want, data)
+    assert match_teacher(load_config(None, data=str(toml)), data) == cfg
+    # the MovieLens teacher at the default path is still MovieLens'
+    assert match_teacher(load_config(None), movielens).teacher_group.checkpoint == \
+        "runs/distill/teacher"
+
+
+def test_soft_labels_of_another_dataset_fail(movielens) -> None:
+    from cluster.soft_labels import Manifest, spec_check
+    m = Manifest(checkpoint="t", version=1, tasks=["like", "love"], features={},
+                 logit_dtype="float16", feature_dtype="float16", part_rows=10,
+                 dataset=movielens.name, rows={}, keys=[], parameters=1, parts={},
+                 fingerprint=fingerprint(movielens.spec, movielens.name))
+    spec_check(m, movielens.spec, "labels", movielens.name)
+    with pytest.raises(DataError, match=r"^labels: soft labels of another dataset than "
+                                        r"movielens-100k/random \(dataset "):
+        spec_check(m, movielens.spec, "labels", "movielens-100k/random")
