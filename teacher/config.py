@@ -10,6 +10,7 @@ SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "auto")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 DENSE_ENGINES = ("ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16")
+INTERACTIONS = ("cross", "dot", "fm")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class TeacherConfig:
             weights and activations, fp32 master weights in the optimizer).
         offload_optimizer: DeepSpeed ZeRO optimizer-state offload to host memory (stage
             1-3; a GPU memory saving, no effect on a CPU run).
+        interaction: the layer between the embeddings and the over-arch MLP: ``cross``
+            (DCN-v2 low-rank cross network, ``cross_layers`` x ``cross_rank``), ``dot``
+            (DLRM pairwise dot products; needs the dense MLP's last width, if any, to
+            be ``embedding_dim``: it is) or ``fm`` (embeddings + FM bi-interaction).
     """
 
     embedding_dim: int = 64
@@ -73,8 +78,12 @@ class TeacherConfig:
     zero_stage: int = 2
     precision: str = "fp32"
     offload_optimizer: bool = False
+    interaction: str = "cross"
 
     def __post_init__(self) -> None:
+        if self.interaction not in INTERACTIONS:
+            raise ConfigError(f"teacher.interaction: unknown {self.interaction!r}; "
+                              f"expected one of {INTERACTIONS}")
         if self.embedding_dim < 4 or self.embedding_dim % 4:
             raise ConfigError("teacher.embedding_dim must be a positive multiple of 4 "
                               f"(FBGEMM kernels), got {self.embedding_dim}")

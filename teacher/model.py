@@ -1,8 +1,8 @@
-"""The teacher: a TorchRec multi-task ranking model (DCN-v2 style).
+"""The teacher: a TorchRec multi-task ranking model (DCN-v2, DLRM or DeepFM style).
 
 Sparse features -> EmbeddingBagCollection (FBGEMM kernels once sharded) -> pooled
-embeddings; dense features -> MLP; both concatenated -> low-rank cross network ->
-MLP -> one linear head per task. The model knows nothing of sharding, Ray or
+embeddings; dense features -> MLP; both -> an interaction layer (low-rank cross network,
+DLRM dot products or an FM term) -> MLP -> one linear head per task. The model knows nothing of sharding, Ray or
 DeepSpeed: ``teacher/sharding.py`` shards it from outside.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchrec.models.dlrm import InteractionArch
 from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -27,11 +28,21 @@ def teacher_features(spec: FeatureSpec, cfg: TeacherConfig) -> tuple[str, ...]:
     return tuple(n for n in spec.sparse_names if n not in drop)
 
 
+def interaction_width(n_sparse: int, has_dense: bool, cfg: TeacherConfig) -> int:
+    """Width of the interaction layer's output for ``cfg.interaction``."""
+    e, slots = cfg.embedding_dim, n_sparse + (1 if has_dense else 0)
+    if cfg.interaction == "dot":  # the dense vector, then every pairwise dot product
+        return e + n_sparse * (n_sparse + 1) // 2
+    if cfg.interaction == "fm":  # the embeddings, then the FM bi-interaction vector
+        return (slots + 1) * e
+    return slots * e
+
+
 def feature_dims(spec: FeatureSpec, cfg: TeacherConfig) -> dict[str, int]:
     """Width of each named feature ``TeacherModel.forward`` returns."""
-    n_slots = len(teacher_features(spec, cfg)) + (1 if spec.dense else 0)
-    return {"pooled_embeddings": len(teacher_features(spec, cfg)) * cfg.embedding_dim,
-            "interaction": n_slots * cfg.embedding_dim,
+    n = len(teacher_features(spec, cfg))
+    return {"pooled_embeddings": n * cfg.embedding_dim,
+            "interaction": interaction_width(n, bool(spec.dense), cfg),
             "last_hidden": cfg.over_layers[-1]}
 
 
@@ -51,8 +62,23 @@ def embedding_tables(spec: FeatureSpec, cfg: TeacherConfig) -> list[EmbeddingBag
     return list(tables.values())
 
 
+def bi_interaction(fields: torch.Tensor) -> torch.Tensor:
+    """The factorization machine's pairwise term per embedding dimension, [B, F, E] ->
+    [B, E]: 0.5 * ((sum_f v_f)^2 - sum_f v_f^2), whose sum over E is the FM's
+    second-order score (Rendle 2010; as a vector, NFM's bi-interaction pooling).
+    TorchRec's ``FactorizationMachine`` flattens its inputs into one vector of scalars
+    and returns only the [B, 1] sum, so it does not see fields; this keeps them."""
+    s = fields.sum(dim=1)
+    return 0.5 * (s * s - (fields * fields).sum(dim=1))
+
+
 class DenseTower(nn.Module):
-    """Everything but the tables: dense MLP, cross network, over-arch MLP, task heads.
+    """Everything but the tables: dense MLP, interaction layer, over-arch MLP, heads.
+
+    The interaction layer (``TeacherConfig.interaction``): ``cross``, DCN-v2's low-rank
+    cross network (TorchRec ``LowRankCrossNet``); ``dot``, DLRM's pairwise dot products
+    of the dense vector and the embeddings (TorchRec ``InteractionArch``); ``fm``, the
+    embeddings next to their FM bi-interaction vector (a DeepFM-style wide term).
 
     A module of its own so a trainer can hand exactly these parameters to another
     engine (DDP or DeepSpeed ZeRO, ``teacher/engine.py``) while the tables stay sharded.
@@ -66,8 +92,13 @@ class DenseTower(nn.Module):
         e = cfg.embedding_dim
         self.dense_arch = MLP(len(spec.dense), [*cfg.dense_layers[:-1], e]) \
             if spec.dense else None
+        self.kind, self.n_sparse, self.e = cfg.interaction, n_sparse, e
         width = (n_sparse + (1 if spec.dense else 0)) * e
-        self.cross = LowRankCrossNet(width, cfg.cross_layers, cfg.cross_rank)
+        if cfg.interaction == "cross":
+            self.cross = LowRankCrossNet(width, cfg.cross_layers, cfg.cross_rank)
+        elif cfg.interaction == "dot":
+            self.dot = InteractionArch(num_sparse_features=n_sparse)
+        width = interaction_width(n_sparse, bool(spec.dense), cfg)
         self.over = MLP(width, list(cfg.over_layers))
         self.heads = nn.ModuleDict(
             {t: nn.Linear(cfg.over_layers[-1], 1) for t in spec.tasks})
@@ -77,7 +108,14 @@ class DenseTower(nn.Module):
         if self.dense_arch is not None:
             parts.append(self.dense_arch(dense))
         x = torch.cat(parts, dim=1)
-        interaction = self.cross(x)
+        if self.kind == "cross":
+            interaction = self.cross(x)
+        elif self.kind == "dot":
+            d = parts[1] if len(parts) > 1 else emb.new_zeros(emb.shape[0], self.e)
+            interaction = self.dot(d, emb.view(emb.shape[0], self.n_sparse, self.e))
+        else:
+            fields = x.view(x.shape[0], -1, self.e)
+            interaction = torch.cat([x, bi_interaction(fields)], dim=1)
         hidden = self.over(interaction)
         logits = torch.cat([self.heads[t](hidden) for t in self.tasks], dim=1)
         return TeacherOutputs(logits=logits, features={
