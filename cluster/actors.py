@@ -8,6 +8,7 @@ sharded forward's all-to-alls need every rank).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any, Iterator
@@ -113,7 +114,8 @@ class TeacherRank(PassInput):
 
     def __init__(self, rank: int, world: int, checkpoint: str, features: tuple[str, ...],
                  batch_size: int, logit_dtype: str = "float16",
-                 feature_dtype: str = "float16") -> None:
+                 feature_dtype: str = "float16", *, read_keys: tuple[str, ...] = (),
+                 member: str = "") -> None:
         enable_faulthandler()
         torch.set_num_threads(1)
         self.rank, self.world = rank, world
@@ -122,7 +124,11 @@ class TeacherRank(PassInput):
         self.logit_dtype, self.feature_dtype = logit_dtype, feature_dtype
         self.device = default_device()
         self._batches: Iterator[Any] | None = None
-        self.metrics = ActorMetrics("teacher", {"rank": str(rank)})
+        # A committee's lead reads every member's features from the stream (read_keys);
+        # each member's forward takes its own (model_keys).
+        self.read_keys, self.member = tuple(read_keys), member
+        self.metrics = ActorMetrics("teacher", {"rank": str(rank),
+                                                **({"member": member} if member else {})})
 
     def address(self) -> tuple[str, int]:
         host = node_address()
@@ -134,7 +140,8 @@ class TeacherRank(PassInput):
         spec, cfg, info = read_meta(self.checkpoint)
         model = TeacherModel(spec, cfg)
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.keys = model.feature_names
+        self.model_keys = model.feature_names
+        self.keys = self.read_keys or self.model_keys
         self.spec = spec
         self.model = shard_teacher(model, cfg, dist.group.WORLD, self.device)
         load_teacher_state(self.model, self.checkpoint)
@@ -171,10 +178,32 @@ class TeacherRank(PassInput):
         return arrays.ids, labelled
 
     @torch.no_grad()
+    def label_inputs(self, *batches: LabelledBatch | None) -> tuple[Any, ...]:
+        """A committee member's labels of the lead's batches (their inputs), as
+        ``(ids_list, labels_1, ..., labels_n)`` (call with ``num_returns=n + 1``): the
+        logits only, the inputs left out (the students read them from the lead's
+        batch). A None entry (past the pass's end) gives None. Every rank gets the
+        same number of batches: the lead's rank k hands its batches to rank k."""
+        cpu0 = time.process_time()  # a member's CPU: its process, during these calls
+        ids_list: list[Any] = []
+        out: list[Any] = []
+        for b in batches:
+            if b is None:
+                ids_list.append(None)
+                out.append(None)
+                continue
+            labelled = self._label(b.inputs)
+            self._account(labelled)
+            ids_list.append(b.inputs.ids)
+            out.append(dataclasses.replace(labelled, inputs=None))
+        self._cpu_s += time.process_time() - cpu0
+        return (ids_list, *out)
+
+    @torch.no_grad()
     def _label(self, arrays: BatchArrays) -> LabelledBatch:
         """The teacher's forward on one batch, encoded in the transport dtypes."""
         t0 = time.perf_counter()
-        batch = arrays.to_batch().to(self.device)
+        batch = arrays.select(self.model_keys).to_batch().to(self.device)
         out: TeacherOutputs = self.model(batch.dense, batch.sparse)
         t1 = time.perf_counter()
         self.metrics.count("recdistill_teacher_examples", arrays.batch_size)
@@ -182,7 +211,7 @@ class TeacherRank(PassInput):
             inputs=arrays, logits=encode(out.logits, self.logit_dtype),
             features={k: encode(out.features[k], self.feature_dtype) for k in self.features},
             version=self.version, logit_dtype=self.logit_dtype,
-            feature_dtype=self.feature_dtype)
+            feature_dtype=self.feature_dtype, member=self.member)
         self._forward_s += t1 - t0
         self._encode_s += time.perf_counter() - t1
         return labelled
@@ -202,5 +231,5 @@ class TeacherRank(PassInput):
 
     def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Teacher (logits, labels) of every row of ``table``; every rank must call it.""" 
-        p = predict(self.model, table, self.keys, batch_size, self.device)
+        p = predict(self.model, table, self.model_keys, batch_size, self.device)
         return p.logits, p.labels

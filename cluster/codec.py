@@ -33,29 +33,50 @@ class LabelledBatch:
     """What one label-source rank puts in the object store for one batch.
 
     Attributes:
-        inputs: the examples (features, labels, ids).
+        inputs: the examples (features, labels, ids); None in a committee member's
+            labels of the lead's batch (the inputs travel once, in the lead's).
         logits: [B, T] teacher logits in ``logit_dtype``.
         features: name -> [B, d] requested teacher features in ``feature_dtype``.
         version: teacher checkpoint version.
         logit_dtype: transport dtype of the logits.
         feature_dtype: transport dtype of the features.
+        member: the committee member that labelled it ("" for a single teacher).
+        members: a committee's per-member logits when one batch carries them all
+            (soft labels precomputed by a committee: ``logits`` is their mean).
     """
 
-    inputs: BatchArrays
+    inputs: BatchArrays | None
     logits: np.ndarray
     features: dict[str, np.ndarray] = field(default_factory=dict)
     version: int = 0
     logit_dtype: str = "float16"
     feature_dtype: str = "float16"
+    member: str = ""
+    members: dict[str, np.ndarray] = field(default_factory=dict)
 
     def teacher_outputs(self, rows: slice | np.ndarray = slice(None)) -> TeacherOutputs:
         return TeacherOutputs(
             logits=decode(self.logits[rows], self.logit_dtype),
             features={k: decode(v[rows], self.feature_dtype)
                       for k, v in self.features.items()},
-            version=self.version)
+            version=self.version,
+            members={k: decode(v[rows], self.logit_dtype) for k, v in self.members.items()})
 
     @property
     def label_bytes(self) -> int:
-        """Bytes of the soft labels (logits and features) in it."""
-        return self.logits.nbytes + sum(v.nbytes for v in self.features.values())
+        """Bytes of the soft labels (logits, features, members' logits) in it."""
+        return self.logits.nbytes + sum(v.nbytes for v in self.features.values()) + \
+            sum(v.nbytes for v in self.members.values())
+
+
+def committee_outputs(batches: tuple[LabelledBatch, ...],
+                      rows: slice | np.ndarray = slice(None)) -> TeacherOutputs:
+    """What the students see of one batch labelled by a committee (the lead's first):
+    the mean of the members' logits (fp32, after decoding), the lead's features, and
+    every member's logits by name in ``members``. One batch: the lead's outputs."""
+    lead = batches[0].teacher_outputs(rows)
+    if len(batches) == 1:
+        return lead
+    members = {b.member: decode(b.logits[rows], b.logit_dtype) for b in batches}
+    return TeacherOutputs(logits=torch.stack(list(members.values())).mean(dim=0),
+                          features=lead.features, version=lead.version, members=members)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from data.errors import ConfigError
 from student.config import LossTerm, StudentConfig
@@ -105,6 +105,29 @@ class TeacherGroupConfig:
 
 
 @dataclass(frozen=True)
+class MemberConfig:
+    """One teacher of a committee (``[[teachers]]``).
+
+    Attributes:
+        name: the member's name (its actors are ``teacher-<name>-<rank>``).
+        checkpoint: its checkpoint root or version directory; empty: the teacher
+            group's checkpoint for the first member, that path with ``-<name>``
+            appended for the others.
+        teacher: the model it is trained with when its checkpoint is missing (the
+            ``[teacher]`` table with the member's own keys over it).
+    """
+
+    name: str
+    checkpoint: str = ""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"teachers: member name {self.name!r} must be letters, "
+                              "digits, '-' or '_'")
+
+
+@dataclass(frozen=True)
 class GroupConfig:
     """One student group: a student model trained data-parallel by ``replicas`` actors.
 
@@ -144,23 +167,40 @@ class GroupConfig:
 
 
 def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
-    """baseline (no KD), pred_kd, feat_kd, multitask_kd: the README's comparison."""
+    """baseline (no KD), pred_kd, feat_kd, multitask_kd: the README's comparison.
+
+    Every group has the baseline's learning rate, its best of 2.5e-3, 5e-3 and 1e-2 on
+    MovieLens validation; each KD setting is the best on validation of the ones tried
+    (README, "How the defaults were chosen")."""
     common = dict(embedding_dim=8, hidden=(64, 32), lr=5e-3, seed=seed)
     return (
         GroupConfig(StudentConfig(name="baseline", losses=(LossTerm("hard_label"),),
                                   **common)),
         GroupConfig(StudentConfig(name="pred_kd", losses=(
-            LossTerm("hard_label", 0.5),
-            LossTerm("prediction_kd", 0.5, {"temperature": 2.0})), **common)),
+            LossTerm("hard_label", 0.2),
+            LossTerm("prediction_kd", 0.8, {"temperature": 1.0})), **common)),
         GroupConfig(StudentConfig(name="feat_kd", losses=(
-            LossTerm("hard_label", 1.0), LossTerm("feature_kd", 1.0, {"metric": "mse"})),
+            LossTerm("hard_label", 1.0), LossTerm("feature_kd", 0.3, {"metric": "mse"})),
             adapters={"last_hidden": "last_hidden"}, **common)),
         # Per-task KD with learned task weights; `label_tasks = ["like"]` in a config
         # would make it learn the other tasks from the teacher alone.
         GroupConfig(StudentConfig(name="multitask_kd", losses=(
-            LossTerm("multitask_kd", 1.0, {"temperature": 2.0, "alpha": 0.5,
+            LossTerm("multitask_kd", 1.0, {"temperature": 1.0, "alpha": 0.8,
                                            "uncertainty": True}),), **common)),
     )
+
+
+def default_teachers(base: TeacherConfig) -> tuple[MemberConfig, ...]:
+    """The job's default committee of three architectures: the DCN-v2 teacher
+    ``base``; the same model that also reads the privileged features (on a dataset
+    without any, another seed of it); and a DLRM-style model (dot interactions). Chosen
+    on MovieLens-100k validation AUC among committees of 2-5 of DCN seeds, DCN with
+    privileged features, DLRM and DeepFM members (README, "The teacher committee")."""
+    return (MemberConfig("dcn", teacher=base),
+            MemberConfig("dcn_priv", teacher=replace(base, use_privileged=True,
+                                                     seed=base.seed + 3)),
+            MemberConfig("dlrm", teacher=replace(base, interaction="dot",
+                                                 seed=base.seed + 5)))
 
 
 @dataclass(frozen=True)
@@ -215,6 +255,17 @@ class DistillConfig:
         stream: the soft-label stream.
         groups: the student groups; names must be unique.
         eval_batch_size: rows per evaluation batch.
+        teachers: a committee of teachers (``[[teachers]]``); empty: the one teacher
+            of ``teacher`` and ``teacher_group.checkpoint``. See :attr:`members`.
+        seeds: every group runs with this many student seeds, as extra groups of the
+            same stream (``pred_kd@1`` is ``pred_kd`` with its seed + 1): one teacher
+            pass gives the spread over seeds (:func:`with_seeds`).
+        kd_guard: after each pass, turn KD off, per task, in every KD group whose
+            baseline (``baseline``, or ``baseline@k`` for seed k) has reached the
+            teacher's validation AUC on that task: the teacher's logits there are
+            replaced by the student's own, and with every task off no KD term (feature
+            KD included) is trained. Needs a ``baseline`` group; the report says what
+            it did (``students[g].kd_guard``).
     """
 
     data: str = "movielens"
@@ -228,8 +279,20 @@ class DistillConfig:
     stream: StreamConfig = field(default_factory=StreamConfig)
     groups: tuple[GroupConfig, ...] = field(default_factory=default_groups)
     eval_batch_size: int = 4096
+    teachers: tuple[MemberConfig, ...] = ()
+    seeds: int = 1
+    kd_guard: bool = True
 
     def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        names = [m.name for m in self.teachers]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"teachers: duplicate member names "
+                              f"{sorted({n for n in names if names.count(n) > 1})}")
+        if len(self.teachers) > 1 and self.teacher_group.refresh_every:
+            raise ConfigError("teacher_group.refresh_every needs a single teacher (a "
+                              "committee's members would refresh at different times)")
         if self.passes < 1:
             raise ConfigError(f"passes must be >= 1, got {self.passes}")
         if not self.groups:
@@ -256,6 +319,30 @@ class DistillConfig:
                           self.stream.max_inflight // self.teacher_group.ranks))
 
     @property
+    def members(self) -> tuple[MemberConfig, ...]:
+        """The teachers that label the stream, checkpoints resolved: the committee's
+        members, or one member ``teacher`` (``teacher_group.checkpoint``, ``teacher``).
+        The first member leads: it reads the stream, the others label its batches."""
+        root = self.teacher_group.checkpoint
+        if not self.teachers:
+            return (MemberConfig("teacher", root, self.teacher),)
+        # the lead's default is the teacher group's checkpoint itself, the others' beside it
+        return tuple(m if m.checkpoint else MemberConfig(
+            m.name, root if i == 0 else f"{root}-{m.name}", m.teacher)
+            for i, m in enumerate(self.teachers))
+
+    @property
     def requested_features(self) -> tuple[str, ...]:
         """Teacher features some group needs; only these travel."""
         return tuple(sorted({f for g in self.groups for f in g.teacher_features}))
+
+
+def with_seeds(groups: tuple[GroupConfig, ...], seeds: int) -> tuple[GroupConfig, ...]:
+    """Each group, then its copies ``<name>@k`` seeded ``seed + k`` for k < ``seeds``
+    (groups already named ``@k`` are kept as they are)."""
+    out = list(groups)
+    for k in range(1, seeds):
+        out += [replace(g, student=replace(g.student, name=f"{g.name}@{k}",
+                                           seed=g.student.seed + k))
+                for g in groups if "@" not in g.name]
+    return tuple(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray.exceptions import RayError
@@ -36,7 +37,29 @@ def evaluate_groups(recovery: Recovery, table_ref: Any, batch_size: int,
 
 
 def evaluate_teacher(recovery: Recovery, table_ref: Any, batch_size: int,
-                     tasks: tuple[str, ...]) -> Metrics:
-    """The teacher's metrics (every rank takes part)."""
-    logits, labels = recovery.on_labels(lambda labels: labels.evaluate(table_ref, batch_size))
-    return task_metrics(torch.tensor(logits), torch.tensor(labels), tasks)
+                     tasks: tuple[str, ...]) -> tuple[Metrics, dict[str, Metrics]]:
+    """The teacher's metrics (every rank takes part): of the logits the students learn
+    from (a committee's mean), and per committee member ({} for a single teacher)."""
+    labels, members = recovery.on_labels(
+        lambda source: source.evaluate_members(table_ref, batch_size))
+    logits = np.mean(np.stack([np.asarray(v, np.float32) for v in members.values()]),
+                     axis=0)
+    combined = task_metrics(torch.tensor(logits), torch.tensor(labels), tasks)
+    if len(members) == 1:
+        return combined, {}
+    return combined, {name: task_metrics(torch.tensor(v), torch.tensor(labels), tasks)
+                      for name, v in members.items()}
+
+
+def guard_off(teacher: Metrics, baseline_curve: list[dict[str, Any]], kd_off: tuple[str, ...]
+              ) -> tuple[str, ...]:
+    """The KD guard's validation gate: the tasks on which the teacher no longer teaches,
+    ``kd_off`` plus every task whose validation AUC the no-KD baseline has reached
+    (its best pass so far >= the teacher's). Tasks once off stay off: a baseline that
+    caught up with the teacher stays there."""
+    off = list(kd_off)
+    for task, m in teacher.items():
+        best = max((c["valid"][task]["auc"] for c in baseline_curve), default=-1.0)
+        if task not in off and best >= m["auc"]:
+            off.append(task)
+    return tuple(t for t in teacher if t in off)

@@ -61,11 +61,21 @@ class LabelGroup:
         cfg: the job config (its ``teacher_group`` and ``stream``).
         source: the teacher checkpoint version to load, or a soft-label directory.
         soft_labels: ``source`` is a soft-label directory (readers, no process group).
+        member: a committee member's name ("": the one teacher); its actors are
+            ``teacher-<member>-<rank>``.
+        read_keys: the sparse features its ranks read from the stream (a committee's
+            lead reads every member's); empty: its own.
+        follower: a committee member that labels the lead's batches instead of reading
+            the stream (:meth:`request_from`); its labels carry logits only.
     """
 
-    def __init__(self, cfg: DistillConfig, source: str, soft_labels: bool = False) -> None:
+    def __init__(self, cfg: DistillConfig, source: str, soft_labels: bool = False, *,
+                 member: str = "", read_keys: tuple[str, ...] = (),
+                 follower: bool = False) -> None:
         self.cfg, self.source, self.soft_labels = cfg, source, soft_labels
-        self.name = "soft-labels" if soft_labels else "teacher"
+        self.member, self.read_keys, self.follower = member, read_keys, follower
+        self.name = "soft-labels" if soft_labels else \
+            f"teacher-{member}" if member else "teacher"
         self.generation = 0
         self.actors: list[Any] = []
         self.pids: list[int] = []
@@ -79,8 +89,7 @@ class LabelGroup:
         """The live teacher at the configured checkpoint version, resolved once here:
         every rank (and a re-formed group) loads the same version, even if training
         writes a newer one meanwhile."""
-        tg = cfg.teacher_group
-        return cls(cfg, str(resolve(tg.checkpoint, tg.version)))
+        return cls(cfg, str(resolve(cfg.members[0].checkpoint, cfg.teacher_group.version)))
 
     @property
     def ranks(self) -> int:
@@ -107,10 +116,13 @@ class LabelGroup:
         cls: type = SoftLabelReader if self.soft_labels else TeacherRank
         extra = () if self.soft_labels else (self.cfg.stream.logit_dtype,
                                              self.cfg.stream.feature_dtype)
+        kw = {} if self.soft_labels else {"read_keys": self.read_keys,
+                                           "member": self.member}
+        features = () if self.follower else self.cfg.requested_features
         self.actors = [ray.remote(cls).options(
             name=f"{self.name}-{k}{_suffix(self.generation)}", num_cpus=tg.cpus,
             scheduling_strategy=strategy[k], max_restarts=0).remote(
-            k, tg.ranks, self.source, self.cfg.requested_features, tg.batch_size, *extra)
+            k, tg.ranks, self.source, features, tg.batch_size, *extra, **kw)
             for k in range(tg.ranks)]
         addr, port = ray.get(self.actors[0].address.remote(), timeout=CALL_TIMEOUT_S)
         infos = ray.get([t.setup.remote(addr, port) for t in self.actors],
@@ -147,6 +159,12 @@ class LabelGroup:
         # its cap), memory that grows with rows; metrics cover them.
         self.pending = [t.label_many.options(num_returns=n + 1, enable_task_events=False)
                         .remote(n) for t in self.actors]
+
+    def request_from(self, lead: list[list[Any]], n: int) -> None:
+        """A follower: label the lead's pending batches (rank k takes the lead's rank
+        k's), each call running once the lead's batches are stored."""
+        self.pending = [t.label_inputs.options(num_returns=n + 1, enable_task_events=False)
+                        .remote(*call[1:]) for t, call in zip(self.actors, lead)]
 
     def pending_refs(self) -> list[Any]:
         return [call[0] for call in self.pending] if self.pending else []
@@ -218,6 +236,7 @@ class StudentGroup:
     pids: list[int] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
     snapshot: Any = None
+    kd_off: tuple[str, ...] = ()  # tasks the KD guard turned off (a re-formed group too)
 
     @property
     def name(self) -> str:
@@ -233,6 +252,13 @@ class StudentGroup:
         addr, port = ray.get(self.replicas[0].address.remote(), timeout=CALL_TIMEOUT_S)
         self.pids = ray.get([r.setup.remote(addr, port, state) for r in self.replicas],
                             timeout=CALL_TIMEOUT_S)
+        if self.kd_off:
+            self.set_kd_guard(self.kd_off)
+
+    def set_kd_guard(self, off: tuple[str, ...]) -> None:
+        """Every replica stops KD on tasks ``off`` (see ``StudentReplica.set_kd_guard``)."""
+        ray.get([r.set_kd_guard.remote(off) for r in self.replicas], timeout=CALL_TIMEOUT_S)
+        self.kd_off = tuple(off)
 
     def shutdown(self) -> None:
         _kill(self.replicas)
@@ -246,8 +272,12 @@ class StudentGroup:
     # ------------------------------------------------------------------- calls
     def submit(self, items: list[StreamItem], newest_version: int) -> None:
         # The batches are top-level arguments: Ray fetches them before the call.
+        # A committee's batch is a tuple of refs (the lead's, then each member's).
+        batch_refs = [i.ref if isinstance(i.ref, tuple) else (i.ref,) for i in items]
+        members = len(batch_refs[0])
         refs = [r.train_many.options(enable_task_events=False).remote(
-            newest_version, [i.rows for i in items], *[i.ref for i in items])
+            newest_version, [i.rows for i in items], members,
+            *[ref for b in batch_refs for ref in b])
             for r in self.replicas]
         self.rounds.append(Round(items, refs))
 

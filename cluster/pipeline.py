@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from cluster.config import DistillConfig, RunOptions
 from cluster.data import pass_shards, train_dataset
-from cluster.evaluation import evaluate_groups, evaluate_teacher
-from cluster.groups import LabelGroup, StudentGroup
+from cluster.evaluation import evaluate_groups, evaluate_teacher, guard_off
+from cluster.committee import Committee
+from cluster.groups import StudentGroup
 from cluster.metrics import ActorMetrics
 from cluster.recovery import Decision, Recovery, classify_label_calls
-from cluster.report import DistillReport, DriverTiming, student_summary
+from cluster.report import SEED_MARK, DistillReport, DriverTiming, base_name, student_summary
 from cluster.run_state import STATE_FILE, GroupCheckpoint, GroupHistory, RunCheckpoint
 from cluster.stream import SoftLabelStream
 from data.spec import Dataset
@@ -84,11 +85,11 @@ class OnlineDistillation:
         self.resume_from = RunCheckpoint.load(self.state_path, names, options.soft_labels) \
             if options.resume and self.state_path is not None else None
         if options.soft_labels:
-            self.labels = LabelGroup(cfg, options.soft_labels, soft_labels=True)
-        elif self.resume_from is not None:  # the version the interrupted run labelled with
-            self.labels = LabelGroup(cfg, self.resume_from.teacher_checkpoint)
+            self.labels = Committee.soft_labels(cfg, options.soft_labels)
+        elif self.resume_from is not None:  # the versions the interrupted run labelled with
+            self.labels = Committee.resume(cfg, self.resume_from.teacher_checkpoint)
         else:
-            self.labels = LabelGroup.teacher(cfg)
+            self.labels = Committee.teacher(cfg)
         self.groups = {g.name: StudentGroup(g, data.spec, teacher_dims) for g in cfg.groups}
         self.history = {name: GroupHistory() for name in names}
         self.stream = SoftLabelStream(names, cfg.stream.max_inflight)
@@ -98,6 +99,8 @@ class OnlineDistillation:
         self.version = 0  # the teacher version labelling now
         self.label_rounds = 0  # labelling calls made: the refresh and checkpoint schedules
         self.refreshes: list[dict[str, int]] = []
+        self.teacher_valid: dict[str, dict[str, float]] = {}
+        self.guard_log: dict[str, dict[str, int]] = {}  # group -> task -> pass it went off
         self.resumed: dict[str, Any] | None = None
         self._pass: PassState | None = None
         self._bar: Any = None
@@ -119,7 +122,9 @@ class OnlineDistillation:
                   for n in self.groups}
         ds = train_dataset(self.data.train)
         valid_ref, test_ref = ray.put(self.data.valid), ray.put(self.data.test)
-        teacher_valid = self._teacher_metrics(valid_ref, "evaluate teacher valid")
+        teacher_valid, members_valid = self._teacher_metrics(valid_ref,
+                                                             "evaluate teacher valid")
+        self.teacher_valid = teacher_valid
         k, bs = self.cfg.teacher_group.ranks, self.cfg.teacher_group.batch_size
         per_pass = k * self.data.train.num_batches(bs, k)
         self._bar = tqdm(total=per_pass * self.cfg.passes * len(self.groups), unit="batch",
@@ -129,9 +134,10 @@ class OnlineDistillation:
             self._run_pass(p, ds)
             self._end_pass(p, valid_ref)
         self._bar.close()
-        usage = self.recovery.on_labels(LabelGroup.usage)
+        usage = self.recovery.on_labels(Committee.usage)
         test = self._evaluate_groups(test_ref, "evaluate test", best=True)
-        teacher = {"test": self._teacher_metrics(test_ref, "evaluate teacher test"),
+        teacher_test, members_test = self._teacher_metrics(test_ref, "evaluate teacher test")
+        teacher = {"test": teacher_test,
                    "valid": teacher_valid, "parameters": int(self.labels.info["parameters"]),
                    "version": self.version, "first_version": first_version,
                    "refreshes": self.refreshes, "ranks": k,
@@ -139,9 +145,18 @@ class OnlineDistillation:
                    # what the label source (teacher ranks or soft-label readers) spent
                    # and produced over all passes
                    "usage": usage}
+        if members_test:  # a committee: the students learn from the members' mean
+            teacher["members"] = {
+                name: {"valid": members_valid[name], "test": members_test[name],
+                       "checkpoint": m.source, "parameters": int(m.info["parameters"])}
+                for name, m in zip(self.labels.names, self.labels.members)}
         students = {n: student_summary(g, self.stream.ledgers[n], self.history[n],
                                        params[n], test[n], self.data.spec.tasks)
                     for n, g in self.groups.items()}
+        for n, s in students.items():
+            s["kd_guard"] = {"enabled": self.cfg.kd_guard and "baseline" in self.groups
+                             and bool(s["kd"]),
+                             "off": self.guard_log.get(n, {})}  # task -> pass turned off
         self.timing.run_wall_s = time.perf_counter() - t0
         return DistillReport(teacher=teacher, students=students,
                              stream=self.stream.counters(), resumed=self.resumed,
@@ -182,6 +197,7 @@ class OnlineDistillation:
             if self.history[name].record(p + 1, valid[name], ledger.stats.end_pass(),
                                          len(ledger.trained_ids(p)), first):
                 self.recovery.on_group(name, StudentGroup.keep_best)
+        self._guard(p + 1)
         self._checkpoint(pass_done=True)
         self._bar.set_postfix({n: f"{valid[n][first]['auc']:.4f}" for n in self.groups})
 
@@ -279,6 +295,27 @@ class OnlineDistillation:
         if self.hooks.on_phase is not None:
             self.hooks.on_phase(name)
 
+    def _guard(self, pass_number: int) -> None:
+        """The KD guard (``DistillConfig.kd_guard``) after a pass: tasks where a KD
+        group's baseline reached the teacher's validation AUC lose their KD."""
+        if not self.cfg.kd_guard or "baseline" not in self.groups:
+            return
+        for name, g in self.groups.items():
+            base, k = base_name(name)
+            if base == "baseline" or \
+                    all(t.name == "hard_label" for t in g.cfg.student.losses):
+                continue
+            paired = f"baseline{SEED_MARK}{k}" if k else "baseline"
+            curve = self.history.get(paired, self.history["baseline"]).curve
+            off = guard_off(self.teacher_valid, curve, g.kd_off)
+            if off != g.kd_off:
+                new = [t for t in off if t not in g.kd_off]
+                self.recovery.on_group(name, lambda grp: grp.set_kd_guard(off))
+                self.guard_log.setdefault(name, {}).update(
+                    {t: pass_number for t in new})
+                tqdm.write(f"kd guard: {name}: KD off on {new} after pass {pass_number} "
+                           f"({paired} reached the teacher's validation AUC)")
+
     # ------------------------------------------------------------ between batches
     def _maybe_refresh(self) -> None:
         """Every ``refresh_every`` labelling rounds, load a newer checkpoint version if
@@ -319,7 +356,8 @@ class OnlineDistillation:
         return evaluate_groups(self.recovery, table_ref, self.cfg.eval_batch_size,
                                self.data.spec.tasks, best)
 
-    def _teacher_metrics(self, table_ref: Any, phase: str) -> dict[str, dict[str, float]]:
+    def _teacher_metrics(self, table_ref: Any, phase: str
+                         ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
         self._phase(phase)
         return evaluate_teacher(self.recovery, table_ref, self.cfg.eval_batch_size,
                                 self.data.spec.tasks)

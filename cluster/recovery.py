@@ -23,7 +23,8 @@ from typing import Any, Callable, TypeVar
 import ray
 from ray.exceptions import RayError
 
-from cluster.groups import CALL_TIMEOUT_S, LabelGroup, Round, StudentGroup
+from cluster.committee import Committee
+from cluster.groups import CALL_TIMEOUT_S, Round, StudentGroup
 from cluster.ledger import ReplicaOutcome, Settlement, settle
 from cluster.process import COLLECTIVE_TIMEOUT
 from cluster.stream import SoftLabelStream
@@ -75,7 +76,7 @@ class Recovery:
             (``acked``: the group's batches acknowledged so far).
     """
 
-    def __init__(self, stream: SoftLabelStream, labels: LabelGroup,
+    def __init__(self, stream: SoftLabelStream, labels: Committee,
                  groups: dict[str, StudentGroup],
                  on_trained: Callable[[str, int], None]) -> None:
         self.stream, self.labels, self.groups = stream, labels, groups
@@ -151,7 +152,7 @@ class Recovery:
             _retry(lambda: g.start(states.get(name)), g.discard)
 
     # ----------------------------------------------------------- guarded calls
-    def on_labels(self, call: Callable[[LabelGroup], T]) -> T:
+    def on_labels(self, call: Callable[[Committee], T]) -> T:
         """``call(labels)``; if a rank dies in it, re-form the group and call again."""
         return _retry(lambda: call(self.labels), self.reform_labels)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.codec import LabelledBatch
+from cluster.codec import LabelledBatch, committee_outputs
 from cluster.config import GroupConfig
 from cluster.contracts import StepResult, TrainResult
 from cluster.metrics import ActorMetrics
@@ -42,6 +42,7 @@ class StudentReplica:
         self.net: torch.nn.Module = self.model
         self.optimizer = make_student_optimizer(self.model, self.cfg)
         self.best: dict[str, Any] | None = None
+        self.kd_off: tuple[str, ...] = ()  # tasks the KD guard turned off
         self.metrics = ActorMetrics("student", {"group": self.cfg.name})
         self._t_last = time.perf_counter()
 
@@ -67,28 +68,41 @@ class StudentReplica:
         return np.array_split(np.arange(n) if rows is None else np.asarray(rows),
                               self.world)[self.rank]
 
-    def train_on(self, labelled: LabelledBatch, newest_version: int | None = None,
+    def train_on(self, labelled: LabelledBatch | tuple[LabelledBatch, ...],
+                 newest_version: int | None = None,
                  rows: np.ndarray | None = None) -> StepResult:
         """One optimizer step (all replicas together) on this replica's rows.
+
+        ``labelled``: the batch, or a committee's labels of it (the lead's batch first,
+        then each member's; the students learn from their mean).
 
         ``newest_version``: the newest teacher version the stream has seen; with
         ``staleness_tau`` the KD terms are weighted by ``exp(-staleness / tau)``.
         ``rows``: train on these rows of the batch only (None: all of them).
         """
         t0 = time.perf_counter()
+        members = labelled if isinstance(labelled, tuple) else (labelled,)
+        labelled = members[0]
+        assert labelled.inputs is not None, "the lead's batch carries the inputs"
         rows = self._my_rows(labelled.inputs.batch_size, rows)
         # A replayed batch's leftover may give this replica no rows; it still takes part
         # in the step (DDP's all-reduce needs every replica) with a zero-weighted row.
         step_rows, weight = (rows, 1.0) if len(rows) else (np.zeros(1, np.int64), 0.0)
         batch = labelled.inputs.to_table().take(step_rows).to_batch()
         batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
-        teacher = labelled.teacher_outputs(step_rows)
+        teacher = committee_outputs(members, step_rows)
         t1 = time.perf_counter()
         staleness = max(0, (newest_version or labelled.version) - labelled.version)
         kd_scale = math.exp(-staleness / self.cfg.staleness_tau) \
             if self.cfg.staleness_tau > 0 else 1.0
+        kd_tasks = None
+        if self.kd_off:
+            if set(self.kd_off) >= set(self.tasks):  # no task left: every KD term off
+                kd_scale = 0.0
+            else:
+                kd_tasks = torch.tensor([t not in self.kd_off for t in self.tasks])
         out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
-                           batch, teacher, kd_scale, weight)
+                           batch, teacher, kd_scale, weight, kd_tasks)
         agree = out.pop("agreement")
         now = time.perf_counter()
         timing = {"prepare_s": t1 - t0, "step_s": now - t1}
@@ -103,16 +117,18 @@ class StudentReplica:
                           kd_scale=kd_scale, timing=timing)
 
     def train_many(self, newest_version: int | None, rows: list[np.ndarray | None],
-                   *labelled: LabelledBatch) -> TrainResult:
-        """``train_on`` each of ``labelled`` in order (``rows[i]`` for the i-th): one
-        call for several steps, so the driver pays one actor call for them.
+                   members: int, *labelled: LabelledBatch) -> TrainResult:
+        """``train_on`` each batch of ``labelled`` in order (``rows[i]`` for the i-th):
+        one call for several steps, so the driver pays one actor call for them. Each
+        batch is ``members`` consecutive entries (a committee's labels of it).
 
         A step that fails after others were done (a peer died in its all-reduce) ends
         the call with the steps done and ``error`` set: the driver books exactly those
         as trained.
         """
         steps: list[StepResult] = []
-        for batch, r in zip(labelled, rows, strict=True):
+        batches = [tuple(labelled[i:i + members]) for i in range(0, len(labelled), members)]
+        for batch, r in zip(batches, rows, strict=True):
             try:
                 steps.append(self.train_on(batch, newest_version, r))
             except Exception as e:  # noqa: BLE001 - reported with the steps that happened
@@ -133,6 +149,11 @@ class StudentReplica:
         if current is not None:
             self.load_state(current)
         return out
+
+    def set_kd_guard(self, off: tuple[str, ...]) -> None:
+        """The KD guard: the teacher teaches no more on tasks ``off`` (on every task
+        off, no KD term, feature KD included, is trained)."""
+        self.kd_off = tuple(off)
 
     def keep_best(self) -> None:
         self.best = self.state()

@@ -77,6 +77,7 @@ class DistillReport:
         doc.update(run_wall_s=t.run_wall_s, train_wall_s=t.train_wall_s,
                    driver_busy_s=t.busy_s, driver_cpu_s=t.driver_cpu_s,
                    driver_loop_cpu_s=t.driver_loop_cpu_s, gains=self.gains)
+        doc["seeds"] = seed_summary(doc)
         return doc
 
     def table(self) -> str:
@@ -84,22 +85,71 @@ class DistillReport:
 
 
 def gains(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """Per group and task of a report's JSON form: AUC gain over ``baseline`` and share
-    of the teacher-baseline AUC gap recovered, (student - baseline) / (teacher -
-    baseline)."""
+    """Per group and task of a report's JSON form: AUC gain over ``baseline`` (the
+    baseline of the same seed, ``baseline@k`` for ``group@k``) and transferability
+    ``eta`` (also ``gap_recovered``), the share of the teacher-baseline AUC gap
+    recovered: (student - baseline) / (teacher - baseline)."""
     students, teacher = report["students"], report["teacher"]
     if "baseline" not in students:
         return {}
-    base, teach = students["baseline"]["test"], teacher["test"]
+    teach = teacher["test"]
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for name, s in students.items():
+        k = base_name(name)[1]  # a seed's copy is compared with the baseline's
+        base = students.get(f"baseline{SEED_MARK}{k}" if k else "baseline",
+                            students["baseline"])["test"]
         out[name] = {}
         for task, m in s["test"].items():
             gain = m["auc"] - base[task]["auc"]
             gap = teach[task]["auc"] - base[task]["auc"]
             # Undefined (None) when the teacher is not better than the baseline.
-            out[name][task] = {"auc_gain_vs_baseline": gain,
-                               "gap_recovered": gain / gap if gap > 0 else None}
+            eta = gain / gap if gap > 0 else None
+            out[name][task] = {"auc_gain_vs_baseline": gain, "gap_recovered": eta,
+                               "eta": eta}
+    return out
+
+
+SEED_MARK = "@"  # group "pred_kd@2": group pred_kd with the run's seed + 2
+
+
+def base_name(group: str) -> tuple[str, int]:
+    """``pred_kd@2`` -> (``pred_kd``, 2); ``pred_kd`` -> (``pred_kd``, 0)."""
+    name, _, k = group.partition(SEED_MARK)
+    return name, int(k) if k else 0
+
+
+def seed_summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per group (its seeds together) and task: test AUC mean and sd over the seeds;
+    gain over ``baseline`` paired by seed (mean, paired sd, and whether the mean gain
+    exceeds 2 paired sd); and eta, the mean gain over the teacher's lead on the mean
+    baseline (None when the teacher is not better). {} without a baseline."""
+    import numpy as np
+    students, teacher = report["students"], report["teacher"]["test"]
+    seeds: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, s in students.items():
+        base, k = base_name(name)
+        seeds.setdefault(base, {})[k] = s["test"]
+    if "baseline" not in seeds:
+        return {}
+    baseline = seeds["baseline"]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for group, runs in seeds.items():
+        out[group] = {}
+        for task in teacher:
+            ks = sorted(k for k in runs if k in baseline)
+            auc = np.array([runs[k][task]["auc"] for k in ks])
+            base = np.array([baseline[k][task]["auc"] for k in ks])
+            diff = auc - base
+            lead = teacher[task]["auc"] - base.mean()
+            sd = float(diff.std(ddof=1)) if len(ks) > 1 else None
+            gain = float(diff.mean())
+            out[group][task] = {
+                "seeds": len(ks), "auc_mean": float(auc.mean()),
+                "auc_sd": float(auc.std(ddof=1)) if len(ks) > 1 else None,
+                "gain_mean": gain, "gain_paired_sd": sd,
+                "gain_over_2_paired_sd": bool(sd is not None and gain > 2 * sd),
+                "teacher_lead": float(lead),
+                "eta": gain / lead if lead > 0 else None}
     return out
 
 
@@ -121,4 +171,57 @@ def table(report: dict[str, Any]) -> str:
                     f"{rec:>10.0%}" if rec is not None else f"{'n/a':>10}")
             lines.append(f"{'':<8}{name:<14}{s['parameters']:>9,}{m['auc']:>8.4f}"
                          f"{m['logloss']:>9.4f}{m['ne']:>8.4f}{extra}")
+    summary = report.get("seeds") or {}
+    n = max((t["seeds"] for g in summary.values() for t in g.values()), default=1)
+    if n > 1:
+        lines.append("")
+        lines.append(f"over {n} seeds (gain paired by seed; eta = gain / teacher's lead "
+                     "on the mean baseline):")
+        lines.append(f"{'task':<8}{'model':<14}{'AUC mean':>9}{'sd':>8}{'gain':>9}"
+                     f"{'paired sd':>10}{'eta':>7}  > 2 sd")
+        for task in report["teacher"]["test"]:
+            for name, per in summary.items():
+                t = per[task]
+                eta = f"{t['eta']:>7.2f}" if t["eta"] is not None else f"{'n/a':>7}"
+                sd = f"{t['auc_sd']:>8.4f}" if t["auc_sd"] is not None else f"{'':>8}"
+                psd = f"{t['gain_paired_sd']:>10.4f}" if t["gain_paired_sd"] is not None \
+                    else f"{'':>10}"
+                sig = "yes" if t["gain_over_2_paired_sd"] else "no"
+                extra = "" if name == "baseline" else \
+                    f"{t['gain_mean']:>+9.4f}{psd}{eta}  {sig}"
+                lines.append(f"{task:<8}{name:<14}{t['auc_mean']:>9.4f}{sd}{extra}")
+    return "\n".join(lines)
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The README's results table of a report: per task, the teacher (and committee
+    members), then every group over its seeds: test AUC (mean, and sd with several
+    seeds), gain over the baseline paired by seed (with its paired sd and whether it
+    exceeds 2 of them) and eta."""
+    summary = report.get("seeds") or seed_summary(report)
+    n = max((t["seeds"] for g in summary.values() for t in g.values()), default=1)
+    teacher = report["teacher"]
+    lines = [f"| task | model | params | test AUC (mean of {n}) | sd | gain vs baseline "
+             "| paired sd | > 2 sd | eta |", "|---|---|---:|---:|---:|---:|---:|:-:|---:|"]
+    members = teacher.get("members", {})
+    for task in teacher["test"]:
+        label = f"teacher ({len(members)} members, mean logits)" if members else "teacher"
+        lines.append(f"| {task} | {label} | {teacher['parameters']:,} | "
+                     f"{teacher['test'][task]['auc']:.4f} | | | | | |")
+        for name, m in members.items():
+            lines.append(f"| {task} | member {name} | {m['parameters']:,} | "
+                         f"{m['test'][task]['auc']:.4f} | | | | | |")
+        for group, per in summary.items():
+            t = per[task]
+            params = report["students"][group]["parameters"]
+            sd = f"{t['auc_sd']:.4f}" if t["auc_sd"] is not None else ""
+            if group == "baseline":
+                lines.append(f"| {task} | {group} | {params:,} | {t['auc_mean']:.4f} | {sd} "
+                             "| | | | |")
+                continue
+            psd = f"{t['gain_paired_sd']:.4f}" if t["gain_paired_sd"] is not None else ""
+            sig = ("yes" if t["gain_over_2_paired_sd"] else "no") if psd else ""
+            eta = f"{t['eta']:.2f}" if t["eta"] is not None else "n/a"
+            lines.append(f"| {task} | {group} | {params:,} | {t['auc_mean']:.4f} | {sd} | "
+                         f"{t['gain_mean']:+.4f} | {psd} | {sig} | {eta} |")
     return "\n".join(lines)

@@ -61,13 +61,17 @@ def _fixed(values: np.ndarray) -> pa.Array:
 
 
 def labels_table(ids: np.ndarray, version: int, logits: np.ndarray,
-                 features: dict[str, np.ndarray]) -> pa.Table:
-    """One Arrow table of soft labels (arrays in their transport dtype)."""
+                 features: dict[str, np.ndarray],
+                 members: dict[str, np.ndarray] | None = None) -> pa.Table:
+    """One Arrow table of soft labels (arrays in their transport dtype); a committee's
+    ``logits`` are its members' mean, each member's in ``member.<name>``."""
     cols: dict[str, pa.Array] = {"_id": pa.array(ids.astype(np.int64)),
                                  "version": pa.array(np.full(len(ids), version, np.int64)),
                                  "logits": _fixed(logits)}
     for name, values in features.items():
         cols[f"feature.{name}"] = _fixed(values)
+    for name, values in (members or {}).items():
+        cols[f"member.{name}"] = _fixed(values)
     return pa.table(cols)
 
 
@@ -103,6 +107,8 @@ class Manifest:
     format: int = FORMAT
     # data.fingerprint of the dataset labelled ({} in manifests written before it)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    # a committee's member names (their logits in member.<name>); [] for one teacher
+    members: list[str] = field(default_factory=list)
 
     def save(self, root: Path) -> None:
         tmp = root / (MANIFEST + ".tmp")
@@ -142,6 +148,7 @@ class SoftLabels:
     versions: np.ndarray
     logits: np.ndarray
     features: dict[str, np.ndarray]
+    members: dict[str, np.ndarray] = field(default_factory=dict)
 
     def rows(self, ids: np.ndarray, where: str) -> np.ndarray:
         """Positions of ``ids``; every id must have a label."""
@@ -177,14 +184,16 @@ def read_split(root: str | os.PathLike[str], split: str,
     for key in sorted(names):
         part = part_dir(Path(root), split, int(key.split("/")[1]))
         for f in m.parts[key]["files"]:
-            tables.append(pq.read_table(part / f, columns=["_id", "version", "logits",
-                                                           *[f"feature.{n}" for n in want]]))
+            tables.append(pq.read_table(part / f, columns=[
+                "_id", "version", "logits", *[f"feature.{n}" for n in want],
+                *[f"member.{n}" for n in m.members]]))
     t = pa.concat_tables(tables)
     ids = t.column("_id").to_numpy()
     order = np.argsort(ids, kind="stable")
     return SoftLabels(ids=ids[order], versions=t.column("version").to_numpy()[order],
                       logits=_column(t, "logits")[order],
-                      features={n: _column(t, f"feature.{n}")[order] for n in want})
+                      features={n: _column(t, f"feature.{n}")[order] for n in want},
+                      members={n: _column(t, f"member.{n}")[order] for n in m.members})
 
 
 class SoftLabelReader(PassInput):
@@ -225,7 +234,8 @@ class SoftLabelReader(PassInput):
             inputs=arrays, logits=self.train.logits[pos],
             features={k: self.train.features[k][pos] for k in self.features},
             version=int(versions.max()), logit_dtype=self.manifest.logit_dtype,
-            feature_dtype=self.manifest.feature_dtype)
+            feature_dtype=self.manifest.feature_dtype,
+            members={k: v[pos] for k, v in self.train.members.items()})
         self._account(labelled)
         return arrays.ids, labelled
 

@@ -138,6 +138,25 @@ class BatchArrays:
     def batch_size(self) -> int:
         return int(self.ids.shape[0])
 
+    def select(self, keys: tuple[str, ...]) -> BatchArrays:
+        """The same rows with only the sparse features ``keys`` (a subset of ``keys``,
+        in the order given)."""
+        if keys == self.keys:
+            return self
+        b = self.batch_size
+        per_key = self.lengths.reshape(len(self.keys), b)
+        ends = np.cumsum(per_key.sum(axis=1, dtype=np.int64))
+        starts = ends - per_key.sum(axis=1, dtype=np.int64)
+        index = {k: i for i, k in enumerate(self.keys)}
+        missing = [k for k in keys if k not in index]
+        if missing:
+            raise KeyError(f"batch has no sparse features {missing}; it has {self.keys}")
+        pick = [index[k] for k in keys]
+        return BatchArrays(self.dense, self.labels, self.ids, tuple(keys),
+                           np.concatenate([self.values[starts[i]:ends[i]] for i in pick])
+                           if pick else np.zeros(0, np.int64),
+                           per_key[pick].reshape(-1) if pick else np.zeros(0, np.int32))
+
     def to_table(self) -> ExampleTable:
         """The batch as a table (to cut it into row slices, e.g. one per replica)."""
         b = self.batch_size

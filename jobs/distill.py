@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import (DistillConfig, GroupConfig, RunOptions, TeacherGroupConfig,
-                            default_groups)
+from cluster.config import (DistillConfig, GroupConfig, MemberConfig, RunOptions,
+                            TeacherGroupConfig, default_groups, default_teachers,
+                            with_seeds)
 from cluster.pipeline import Hooks, OnlineDistillation
 from cluster.report import DistillReport
 from data.configs import from_mapping, to_mapping
@@ -28,10 +29,9 @@ from jobs.common import (add_data_arguments, check_sections, load_dataset,
                          quiet_library_warnings, read_toml, start_local_ray,
                          write_json_atomic)
 from teacher.checkpoint import CheckpointError
+from teacher.config import TeacherConfig
 
-SECTIONS = ("data", "split", "rows", "max_cardinality", "passes", "seed", "teacher",
-            "teacher_group",
-            "stream", "groups", "eval_batch_size")
+SECTIONS = tuple(f.name for f in dataclasses.fields(DistillConfig))  # the file's keys
 
 
 def _group(i: int, table: Any) -> GroupConfig:
@@ -49,11 +49,34 @@ def _group(i: int, table: Any) -> GroupConfig:
         raise ConfigError(str(e).replace(f"{where}.student.", f"{where}.")) from None
 
 
+def _members(tables: Any, teacher: dict[str, Any]) -> tuple[MemberConfig, ...]:
+    """``[[teachers]]``: each a ``name``, an optional ``checkpoint`` and teacher-config
+    keys over the ``[teacher]`` table's; errors name ``teachers.<name>.<key>``."""
+    if not isinstance(tables, list):
+        raise ConfigError("teachers: expected an array of tables ([[teachers]])")
+    out = []
+    for i, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise ConfigError(f"teachers[{i}]: expected a table")
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"teachers[{i}].name: expected a non-empty string")
+        where = f"teachers.{name}"
+        model = {k: v for k, v in table.items() if k not in ("name", "checkpoint")}
+        checkpoint = table.get("checkpoint", "")
+        if not isinstance(checkpoint, str):
+            raise ConfigError(f"{where}.checkpoint: expected a string")
+        out.append(MemberConfig(name, checkpoint,
+                                from_mapping(TeacherConfig, {**teacher, **model}, where)))
+    return tuple(out)
+
+
 def load_config(path: str | None, *, data: str | None = None, split: str | None = None,
                 rows: int | None = None, max_cardinality: int | None = None,
                 passes: int | None = None, seed: int | None = None,
                 ranks: int | None = None, replicas: int | None = None,
-                checkpoint: str | None = None, version: str | None = None) -> DistillConfig:
+                checkpoint: str | None = None, version: str | None = None,
+                seeds: int | None = None) -> DistillConfig:
     """A DistillConfig from an optional TOML file plus command-line overrides (None:
     not given): ``ranks``, ``checkpoint`` and ``version`` of the teacher group,
     ``replicas`` of every group, the rest top-level fields.
@@ -76,8 +99,9 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
                 dataclasses.replace(g, replicas=replicas) for g in cfg.groups))
         top = {k: v for k, v in (("data", data), ("split", split), ("rows", rows),
                                  ("max_cardinality", max_cardinality), ("passes", passes),
-                                 ("seed", seed)) if v is not None}
-        return dataclasses.replace(cfg, **top)
+                                 ("seed", seed), ("seeds", seeds)) if v is not None}
+        cfg = dataclasses.replace(cfg, **top)
+        return dataclasses.replace(cfg, groups=with_seeds(cfg.groups, cfg.seeds))
     except ConfigError as e:
         if path and not str(e).startswith(str(path)):
             raise ConfigError(f"{path}: {e}") from None
@@ -89,7 +113,11 @@ def _parse(path: str | None, seed: int | None) -> DistillConfig:
     doc: dict[str, Any] = dict(read_toml(path)) if path else {}
     check_sections(doc, SECTIONS, path or "config")
     groups = doc.pop("groups", None)
+    teachers = doc.pop("teachers", None)
     cfg = from_mapping(DistillConfig, doc, "")
+    # No [[teachers]]: the default committee; `teachers = []`: the one teacher.
+    cfg = dataclasses.replace(cfg, teachers=default_teachers(cfg.teacher) if teachers is None
+                              else _members(teachers, doc.get("teacher", {})))
     run_seed = seed if seed is not None else doc.get("seed")
     if groups is None:
         return cfg if run_seed is None else dataclasses.replace(
@@ -104,13 +132,18 @@ def _parse(path: str | None, seed: int | None) -> DistillConfig:
     return dataclasses.replace(cfg, groups=tuple(parsed))
 
 
-def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions]:
+def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]:
+    """The job's config, how to run it, and whether to print the README table."""
     p = argparse.ArgumentParser(prog="python -m jobs.distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file (see jobs/configs/distill_movielens.toml)")
     add_data_arguments(p)
     p.add_argument("--passes", type=int, help="passes over train")
     p.add_argument("--seed", type=int)
+    p.add_argument("--seeds", type=int,
+                   help="run every group with N student seeds (seed, seed + 1, ...) as "
+                        "extra groups of the same stream; the report adds mean, sd, the "
+                        "gain's paired sd and eta over them")
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
     p.add_argument("--replicas", type=int, help="M replicas in every student group")
     p.add_argument("--teacher-checkpoint", dest="checkpoint",
@@ -138,23 +171,25 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions]:
     p.add_argument("--soft-labels", default="",
                    help="train from soft labels jobs.precompute wrote here, not the live "
                         "teacher")
+    p.add_argument("--readme-table", action="store_true",
+                   help="also print the README's results table (markdown) of the report")
     a = p.parse_args(argv)
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,
                       max_cardinality=a.max_cardinality, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
-                      checkpoint=a.checkpoint, version=a.version)
+                      checkpoint=a.checkpoint, version=a.version, seeds=a.seeds)
     state_dir = a.state_dir if a.state_dir is not None else str(
         Path(a.report).parent / "state")
     return cfg, RunOptions(soft_labels=a.soft_labels, state_dir=state_dir,
                            checkpoint_every=a.checkpoint_every, resume=a.resume,
                            progress=not a.no_progress, address=a.address,
-                           report=a.report, plot=a.plot)
+                           report=a.report, plot=a.plot), a.readme_table
 
 
 def start_ray(address: str, cfg: DistillConfig) -> None:
     """Join ``address``, or start a single-node cluster bound to 127.0.0.1."""
     import ray
-    needed = cfg.teacher_group.ranks * cfg.teacher_group.cpus + sum(
+    needed = len(cfg.members) * cfg.teacher_group.ranks * cfg.teacher_group.cpus + sum(
         g.replicas * g.cpus for g in cfg.groups)
     if address:
         ray.init(address=address, log_to_driver=True)
@@ -175,12 +210,13 @@ def start_ray(address: str, cfg: DistillConfig) -> None:
 
 
 def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
-    """Width of each teacher feature: from the checkpoint if there is one, else the config."""
+    """Width of each teacher feature (the lead member's: a committee's features are its
+    lead's): from the checkpoint if there is one, else the config."""
     from teacher.checkpoint import read_meta, resolve
     from teacher.model import feature_dims
-    tg = cfg.teacher_group
-    tcfg = read_meta(resolve(tg.checkpoint, tg.version))[1] if teacher_exists(cfg) \
-        else cfg.teacher
+    lead = cfg.members[0]
+    tcfg = read_meta(resolve(lead.checkpoint, cfg.teacher_group.version))[1] \
+        if member_exists(lead.checkpoint) else lead.teacher
     return feature_dims(spec, tcfg)
 
 
@@ -197,77 +233,98 @@ def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> No
         StudentModel(spec, g.student, dims, uncertainty=objective.uncertainty)
 
 
-def teacher_exists(cfg: DistillConfig) -> bool:
-    """Whether the configured teacher checkpoint (a version directory or a root holding
-    versions) is there to load."""
+def member_exists(checkpoint: str) -> bool:
+    """Whether a teacher checkpoint (a version directory or a root holding versions) is
+    there to load."""
     from teacher.checkpoint import META_FILE, versions
-    ckpt = Path(cfg.teacher_group.checkpoint)
+    ckpt = Path(checkpoint)
     return (ckpt / META_FILE).is_file() or bool(versions(ckpt))
 
 
+def teacher_exists(cfg: DistillConfig) -> bool:
+    """Whether every configured teacher (the one, or each committee member) is there."""
+    return all(member_exists(m.checkpoint) for m in cfg.members)
+
+
 def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
-    """The config with a teacher checkpoint made for ``data``, checked before any actor
-    starts: a teacher trained on another dataset fails naming the checkpoint and the
-    difference, unless the path is the default one and ``train_if_missing`` holds; then
-    the teacher of this dataset lives at the default path keyed by the dataset
-    (trained there if missing). A missing checkpoint without ``train_if_missing`` fails
-    here too."""
+    """The config with teacher checkpoints made for ``data``, checked before any actor
+    starts: a teacher (or committee member) trained on another dataset fails naming
+    its checkpoint and the difference, unless its path derives from the default
+    ``teacher_group.checkpoint`` and ``train_if_missing`` holds; then this dataset's
+    teachers live at the default path keyed by the dataset (trained there if missing).
+    A missing checkpoint without ``train_if_missing`` fails here too."""
     from data.fingerprint import differences, fingerprint, keyed_path
     from teacher.checkpoint import read_meta, resolve
     tg = cfg.teacher_group
     fp = fingerprint(data.spec, data.name)
 
-    def diff(c: DistillConfig) -> tuple[Path, list[str]]:
-        path = resolve(c.teacher_group.checkpoint, c.teacher_group.version)
-        spec, _, info = read_meta(path)
-        return path, differences(info.get("fingerprint") or fingerprint(spec, ""), fp)
+    def mismatches(c: DistillConfig) -> list[tuple[str, Path, list[str]]]:
+        out = []
+        for m in c.members:
+            if not member_exists(m.checkpoint):
+                if not tg.train_if_missing:
+                    raise CheckpointError(f"{m.checkpoint}: teacher checkpoint not found "
+                                          "and teacher_group.train_if_missing is false")
+                continue
+            path = resolve(m.checkpoint, tg.version)
+            spec, _, info = read_meta(path)
+            found = differences(info.get("fingerprint") or fingerprint(spec, ""), fp)
+            if found:
+                out.append((m.name, path, found))
+        return out
 
-    if not teacher_exists(cfg):
-        if not tg.train_if_missing:
-            raise CheckpointError(f"{tg.checkpoint}: teacher checkpoint not found and "
-                                  "teacher_group.train_if_missing is false")
-        return cfg
-    path, found = diff(cfg)
+    def fail(found: list[tuple[str, Path, list[str]]]) -> CheckpointError:
+        _, path, what = found[0]
+        return CheckpointError(
+            f"{path}: this teacher was trained on another dataset than {data.name} "
+            f"({'; '.join(what)}); give --teacher-checkpoint a teacher of this dataset "
+            "or a new directory to train one in")
+
+    found = mismatches(cfg)
     if not found:
         return cfg
     default = TeacherGroupConfig.checkpoint
-    if tg.checkpoint != default or not tg.train_if_missing:
-        raise CheckpointError(
-            f"{path}: this teacher was trained on another dataset than {data.name} "
-            f"({'; '.join(found)}); give --teacher-checkpoint a teacher of this dataset "
-            "or a new directory to train one in")
+    explicit = {m.name for m in cfg.teachers if m.checkpoint}
+    if tg.checkpoint != default or not tg.train_if_missing or \
+            any(name in explicit for name, _, _ in found):
+        raise fail(found)
     keyed = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
         tg, checkpoint=keyed_path(default, fp)))
-    if teacher_exists(keyed):
-        path, found = diff(keyed)
-        if found:
-            raise CheckpointError(f"{path}: teacher of another dataset than {data.name} "
-                                  f"({'; '.join(found)})")
+    found = mismatches(keyed)
+    if found:
+        raise fail(found)
     print(f"teacher checkpoint {default} is of another dataset; {data.name}'s teacher "
           f"is {keyed.teacher_group.checkpoint}", flush=True)
     return keyed
 
 
 def ensure_teacher(cfg: DistillConfig) -> None:
-    """Train the teacher as a Ray task if its checkpoint is missing."""
+    """Train each missing teacher (the one, or each committee member) as a Ray task,
+    side by side."""
     import ray
+
     from jobs.train_teacher import TrainTeacherArgs
-    ckpt = Path(cfg.teacher_group.checkpoint)
-    if teacher_exists(cfg):
+    missing = [m for m in cfg.members if not member_exists(m.checkpoint)]
+    if not missing:
         return
     if not cfg.teacher_group.train_if_missing:
-        raise CheckpointError(f"{ckpt}: teacher checkpoint not found and "
+        raise CheckpointError(f"{missing[0].checkpoint}: teacher checkpoint not found and "
                               "teacher_group.train_if_missing is false")
-    print(f"teacher checkpoint {ckpt} not found: training the teacher first", flush=True)
     # A streamed dataset trains its teacher on up to 1e6 in-memory rows of the same
     # generator (same feature spec).
     data, rows = (("synthetic", min(cfg.rows, 1_000_000)) if cfg.data == "synthetic-stream"
                   else (cfg.data, cfg.rows))
-    job = TrainTeacherArgs(data=data, split=cfg.split, rows=rows,
-                           max_cardinality=cfg.max_cardinality,
-                           checkpoint=str(ckpt), report=str(ckpt) + "_report.json")
     task = ray.remote(num_cpus=1)(_train_teacher)
-    ray.get(task.remote(job, cfg.teacher))
+    calls = []
+    for m in missing:
+        print(f"teacher checkpoint {m.checkpoint} not found: training "
+              f"{'the teacher' if len(cfg.members) == 1 else 'member ' + m.name} first",
+              flush=True)
+        job = TrainTeacherArgs(data=data, split=cfg.split, rows=rows,
+                               max_cardinality=cfg.max_cardinality,
+                               checkpoint=m.checkpoint, report=m.checkpoint + "_report.json")
+        calls.append(task.remote(job, m.teacher))
+    ray.get(calls)
 
 
 def _train_teacher(job: Any, tcfg: Any) -> None:
@@ -371,12 +428,16 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
 def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
-        cfg, options = parse_args(argv)
+        cfg, options, readme_table = parse_args(argv)
         report = run(cfg, options)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.table())
+    if readme_table:
+        from cluster.report import markdown_table
+        print()
+        print(markdown_table(report.to_json()))
     s = report.stream
     if report.resumed:
         r = report.resumed

@@ -14,6 +14,7 @@ result is the same as an uninterrupted run. See ``cluster/soft_labels.py`` for t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cluster.config import DistillConfig
@@ -72,7 +74,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     """
     import ray
 
-    from cluster.groups import LabelGroup
+    from cluster.codec import decode, encode
+    from cluster.committee import Committee
     from cluster.soft_labels import SPLITS, Manifest, labels_table, part_slices, write_part
     from jobs.distill import ensure_teacher, match_teacher
     t0 = time.perf_counter()
@@ -84,19 +87,22 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     cfg = match_teacher(cfg, data)
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        connect_ray(address, cfg.teacher_group.ranks + 2)
-    labels: LabelGroup | None = None
+        connect_ray(address, len(cfg.members) * cfg.teacher_group.ranks + 2)
+    labels: Committee | None = None
     try:
         ensure_teacher(cfg)
-        labels = LabelGroup.teacher(cfg)
-        path = Path(labels.source)
-        _, tcfg, info = read_meta(path)
-        want = {"checkpoint": str(path.resolve()), "version": int(info.get("step", 0)),
+        labels = Committee.teacher(cfg)
+        sources = [m.source for m in labels.members]
+        _, _, info = read_meta(sources[0])
+        checkpoint = str(Path(sources[0]).resolve()) if len(sources) == 1 else \
+            json.dumps([str(Path(p).resolve()) for p in sources])
+        committee = labels.names if len(sources) > 1 else []
+        want = {"checkpoint": checkpoint, "version": int(info.get("step", 0)),
                 "logit_dtype": cfg.stream.logit_dtype,
                 "feature_dtype": cfg.stream.feature_dtype, "part_rows": part_rows,
                 "dataset": data.name, "tasks": list(data.spec.tasks),
                 "rows": {s: len(data.split(s)) for s in SPLITS},
-                "fingerprint": fingerprint(data.spec, data.name)}
+                "fingerprint": fingerprint(data.spec, data.name), "members": committee}
         tinfo = labels.start()
         features = {k: int(tinfo["feature_dims"][k]) for k in cfg.requested_features}
         root.mkdir(parents=True, exist_ok=True)
@@ -116,12 +122,23 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
         for split, i, sl in left:
             part = data.split(split).take(np.arange(sl.start, sl.stop)).to_table()
             ref = ray.put(part)
-            results = ray.get([t.label_rows.remote(ref) for t in labels.actors])
-            ids = np.concatenate([r[0] for r in results])
-            _, first = np.unique(ids, return_index=True)  # drop the ranks' padding
-            table = labels_table(
-                ids[first], m.version, np.concatenate([r[1] for r in results])[first],
-                {k: np.concatenate([r[2][k] for r in results])[first] for k in features})
+            # every rank of every member labels its share of the part, side by side
+            calls = [[t.label_rows.remote(ref) for t in g.actors] for g in labels.members]
+            per = []
+            for results in (ray.get(c) for c in calls):
+                ids = np.concatenate([r[0] for r in results])
+                _, first = np.unique(ids, return_index=True)  # drop the ranks' padding
+                per.append((ids[first], np.concatenate([r[1] for r in results])[first],
+                            {k: np.concatenate([r[2][k] for r in results])[first]
+                             for k in features}))
+            ids, logits, feats = per[0]  # the lead's features; every member's ids agree
+            members = {}
+            if committee:
+                dtype = cfg.stream.logit_dtype
+                decoded = [decode(p[1], dtype) for p in per]
+                logits = encode(torch.stack(decoded).mean(dim=0), dtype)
+                members = {name: p[1] for name, p in zip(committee, per)}
+            table = labels_table(ids, m.version, logits, feats, members)
             files = write_part(root, split, i, table)
             m.parts[f"{split}/{i:05d}"] = {"rows": len(first), "files": files}
             m.save(root)

@@ -102,7 +102,9 @@ class TrainTeacherArgs:
             raise ConfigError("job.address (--address) needs job.workers >= 1 (--workers)")
 
 
-def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]:
+def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherConfig]]:
+    """The runs to make: one teacher, or (``--member``) committee members of a
+    ``jobs.distill`` config, each into its own checkpoint."""
     p = argparse.ArgumentParser(prog="python -m jobs.train_teacher", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file with a [teacher] table (and optional [job])")
@@ -130,7 +132,14 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint version")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    p.add_argument("--member", help="train this member of the distill config's teacher "
+                   "committee (its [[teachers]] table over [teacher]) into its checkpoint, "
+                   "or 'all' of them, one after the other")
+    p.add_argument("--distill-config", help="the jobs.distill TOML whose committee "
+                   "--member names (default: the default job's committee)")
     a = p.parse_args(argv)
+    if a.distill_config and not a.member:
+        p.error("--distill-config names a committee for --member")
 
     doc: dict[str, Any] = read_toml(a.config) if a.config else {}
     check_sections(doc, ("teacher", "job"), a.config or "")
@@ -160,7 +169,32 @@ def parse_args(argv: list[str] | None) -> tuple[TrainTeacherArgs, TeacherConfig]
         job = dataclasses.replace(job, gpu=True)
     if a.resume:
         job = dataclasses.replace(job, resume=True)
-    return job, cfg
+    if not a.member:
+        return [(job, cfg)]
+    return _members(a, job, over)
+
+
+def _members(a: argparse.Namespace, job: TrainTeacherArgs, over: dict[str, Any]
+             ) -> list[tuple[TrainTeacherArgs, TeacherConfig]]:
+    """``--member``: each named member's run, its config the member's with the command
+    line's model flags over it, its checkpoint the member's (``--checkpoint`` moves the
+    committee's root as ``jobs.distill --teacher-checkpoint`` does)."""
+    from jobs.distill import load_config
+    dcfg = load_config(a.distill_config, data=a.data, split=a.split, rows=a.rows,
+                       max_cardinality=a.max_cardinality, checkpoint=a.checkpoint)
+    # the distill config's dataset (the command line's flags over it)
+    job = dataclasses.replace(job, data=dcfg.data, split=dcfg.split, rows=dcfg.rows,
+                              max_cardinality=dcfg.max_cardinality)
+    members = list(dcfg.members)
+    if a.member != "all":
+        members = [m for m in members if m.name == a.member]
+        if not members:
+            raise ConfigError(f"--member {a.member}: the committee has "
+                              f"{[m.name for m in dcfg.members]} (or 'all')")
+    return [(dataclasses.replace(job, checkpoint=m.checkpoint, report=job.report
+                                 if len(members) == 1 and job.report
+                                 else m.checkpoint + "_report.json"),
+             dataclasses.replace(m.teacher, **over)) for m in members]
 
 
 @dataclass
@@ -408,12 +442,17 @@ def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
-        job, cfg = parse_args(argv)
-        if job.workers:
-            cfg.check_world(job.workers)
-            run_on_ray(job, cfg)
-        else:
-            run(job, cfg)
+        runs = parse_args(argv)
+        for job, cfg in runs:
+            if len(runs) > 1:
+                print(f"training {job.checkpoint}", flush=True)
+            if job.workers:
+                cfg.check_world(job.workers)
+                run_on_ray(job, cfg)
+            else:
+                run(job, cfg)
+            if dist.is_initialized():  # the next member starts a group of its own
+                dist.destroy_process_group()
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,8 +35,13 @@ def mask_labels(batch: Batch, tasks: tuple[str, ...], label_tasks: tuple[str, ..
 def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
                  objective: Objective, batch: Batch,
                  teacher: TeacherOutputs | None, kd_scale: float = 1.0,
-                 weight: float = 1.0) -> dict[str, float]:
+                 weight: float = 1.0,
+                 kd_tasks: torch.Tensor | None = None) -> dict[str, float]:
     """One optimizer step on ``batch``.
+
+    ``kd_tasks``: [T] bool, the tasks the teacher may teach (the KD guard); on the
+    others the teacher's logit is replaced by the student's own (detached), so every
+    prediction-KD term gives them no gradient and their true labels still train them.
 
     ``kd_scale`` multiplies the KD terms (staleness weighting). ``weight`` multiplies
     the whole loss before backward (0: this replica contributes no gradient to a DDP
@@ -50,11 +55,16 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
     """
     out = model(batch.dense, batch.sparse,
                 teacher.logits if teacher is not None else None)
+    if teacher is not None and kd_tasks is not None and not bool(kd_tasks.all()):
+        teacher = TeacherOutputs(
+            logits=torch.where(kd_tasks, teacher.logits.float(), out.logits.detach()),
+            features=teacher.features, version=teacher.version, members=teacher.members)
     adapter_loss = None
     if out.teacher_mapped is not None and teacher is not None:
         adapter_loss = masked_bce(out.teacher_mapped, batch.labels)
         teacher = TeacherOutputs(logits=out.teacher_mapped.detach(),
-                                 features=teacher.features, version=teacher.version)
+                                 features=teacher.features, version=teacher.version,
+                                 members=teacher.members)
     loss, parts = objective(out, teacher, batch, kd_scale)
     if adapter_loss is not None:
         loss = loss + adapter_loss

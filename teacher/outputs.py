@@ -22,16 +22,19 @@ class TeacherOutputs:
             ([B, H], the input of the task heads).
         version: teacher checkpoint version that produced them (0 for an untrained or
             in-memory teacher).
+        members: a committee's per-member logits, name -> [B, T] (``logits`` is then
+            their mean); empty for a single teacher.
     """
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     version: int = 0
+    members: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def detach(self) -> TeacherOutputs:
         return TeacherOutputs(self.logits.detach(),
                               {k: v.detach() for k, v in self.features.items()},
-                              self.version)
+                              self.version, {k: v.detach() for k, v in self.members.items()})
 
     def select(self, names: tuple[str, ...] | list[str]) -> TeacherOutputs:
         """Keep only the named features; unknown names raise with the known ones."""
@@ -40,7 +43,7 @@ class TeacherOutputs:
             raise KeyError(f"teacher features {missing} not produced; it has "
                            f"{sorted(self.features)}")
         return TeacherOutputs(self.logits, {n: self.features[n] for n in names},
-                              self.version)
+                              self.version, self.members)
 
 
 # DistributedDataParallel finds a forward's output tensors with torch's pytree; an

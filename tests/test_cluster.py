@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
-                            TeacherGroupConfig)
+                            TeacherGroupConfig, default_teachers)
 from cluster.pipeline import Hooks, OnlineDistillation
 from data.errors import ConfigError
 from student.config import LossTerm, StudentConfig
 from teacher.checkpoint import save_teacher
+from teacher.config import TeacherConfig
 from teacher.model import TeacherModel
 from test_sharding import CFG, tiny_dataset
 
@@ -195,7 +196,14 @@ def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None
 def test_shipped_distill_config_is_the_default() -> None:
     from jobs.distill import load_config
     shipped = Path(__file__).parents[1] / "jobs" / "configs" / "distill_movielens.toml"
-    assert load_config(str(shipped)) == DistillConfig()
+    cfg = load_config(str(shipped))
+    assert cfg == load_config(None)
+    assert cfg == DistillConfig(teachers=default_teachers(TeacherConfig()))
+    assert [(m.name, m.checkpoint, m.teacher.seed, m.teacher.use_privileged,
+             m.teacher.interaction) for m in cfg.members] == [
+        ("dcn", "runs/distill/teacher", 0, False, "cross"),
+        ("dcn_priv", "runs/distill/teacher-dcn_priv", 3, True, "cross"),
+        ("dlrm", "runs/distill/teacher-dlrm", 5, False, "dot")]
 
 
 @pytest.mark.timeout(400)
@@ -225,7 +233,15 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     assert saved["stream"]["redelivered"] == 0 and saved["stream"]["duplicates_dropped"] == 0
     assert saved["wall_s"] > 0 and saved["config"]["passes"] == 2
     # both sizes are reported (the 8x ratio is a property of the MovieLens defaults, README)
-    assert saved["teacher"]["parameters"] == 1241  # this test's tiny teacher
+    # the default committee of this test's tiny teachers, each trained first as a Ray
+    # task; no privileged features here: dcn_priv is dcn from another seed
+    from data.tabular import load_tabular
+    spec = load_tabular(data).spec
+    sizes = {m.name: sum(p.numel() for p in TeacherModel(spec, m.teacher).parameters())
+             for m in cfg.members}
+    assert sizes["dcn"] == sizes["dcn_priv"] == 1241 and sizes["dlrm"] != 1241
+    assert {n: m["parameters"] for n, m in saved["teacher"]["members"].items()} == sizes
+    assert saved["teacher"]["parameters"] == sum(sizes.values())
     assert saved["students"]["baseline"]["parameters"] > 0
     assert (tmp_path / "out.png").stat().st_size > 10_000
     assert report.gains["baseline"]["income"]["auc_gain_vs_baseline"] == 0.0
@@ -248,6 +264,27 @@ def test_streamed_synthetic_pass_yields_every_row_once_in_a_seeded_order(ray_clu
     np.testing.assert_array_equal(a, b)  # the pass's seed fixes the order
     assert not np.array_equal(a, c)
     assert not np.array_equal(np.sort(a[:128]), np.arange(128))  # chunk order shuffled too
+
+
+def test_in_memory_pass_order_is_fixed_by_its_seed(ray_cluster) -> None:
+    """A shuffled pass of an in-memory table comes in one order per seed, whatever
+    order the shuffle's tasks finish in (preserve_order): the same seed, the same
+    students."""
+    from cluster.data import arrow_to_batch, pass_shards, train_dataset
+    table = tiny_dataset(n=3000, seed=1).train
+    ds = train_dataset(table)
+
+    def order(seed: int, pass_index: int) -> np.ndarray:
+        shard = pass_shards(ds, table, seed, pass_index, 1)[0]
+        return np.concatenate([arrow_to_batch(b, ("user",)).ids for b in shard.iter_batches(
+            batch_size=256, batch_format="pyarrow")])
+
+    runs = [order(0, 0) for _ in range(3)]
+    np.testing.assert_array_equal(np.sort(runs[0]), np.arange(3000))
+    for r in runs[1:]:
+        np.testing.assert_array_equal(r, runs[0])
+    assert not np.array_equal(order(0, 1), runs[0])  # the next pass: another order
+    assert not np.array_equal(order(1, 0), runs[0])  # another seed: another order
 
 
 _DIE = r'''

@@ -23,7 +23,7 @@ def test_types_are_checked_and_named() -> None:
 
 def test_shipped_config_is_the_default(tmp_path: Path) -> None:
     shipped = Path(__file__).parents[1] / "jobs" / "configs" / "teacher_movielens.toml"
-    job, cfg = parse_args(["--config", str(shipped)])
+    ((job, cfg),) = parse_args(["--config", str(shipped)])
     assert cfg == TeacherConfig()
     assert job == TrainTeacherArgs(checkpoint="runs/teacher",
                                    report="runs/teacher_report.json")

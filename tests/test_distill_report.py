@@ -33,10 +33,44 @@ def test_report_json_keeps_its_keys_and_derives_gains() -> None:
                                                driver_loop_cpu_s=0.125))
     doc = report.to_json()
     assert set(doc) == {"teacher", "students", "stream", "resumed", "dataset",
-                        "data_skipped", "wall_s", "config", "soft_labels", "gains",
+                        "data_skipped", "wall_s", "config", "soft_labels", "gains", "seeds",
                         "run_wall_s", "train_wall_s", "driver_busy_s", "driver_cpu_s",
                         "driver_loop_cpu_s"}
     assert (doc["train_wall_s"], doc["driver_busy_s"], doc["driver_loop_cpu_s"]) == \
         (2.0, 0.5, 0.125)
     assert doc["gains"]["kd"]["a"]["gap_recovered"] == pytest.approx(0.5)
     assert report.table() == table(doc)
+
+
+def test_seed_summary_pairs_each_seed_with_its_baseline() -> None:
+    from cluster.report import seed_summary
+    # teacher 0.80; baselines 0.78, 0.77, 0.79 (mean 0.78: the teacher leads by 0.02);
+    # kd gains +0.010, +0.012, +0.008 over its own seed's baseline
+    aucs = {"baseline": (0.78, 0.77, 0.79), "kd": (0.79, 0.782, 0.798)}
+    students = {(n if k == 0 else f"{n}@{k}"): {"test": {"a": _m(v[k])}, "parameters": 1}
+                for n, v in aucs.items() for k in range(3)}
+    report = {"teacher": {"test": {"a": _m(0.80)}, "parameters": 10}, "students": students}
+    s = seed_summary(report)["kd"]["a"]
+    assert s["seeds"] == 3
+    assert s["auc_mean"] == pytest.approx(0.79)
+    assert s["gain_mean"] == pytest.approx(0.010)
+    assert s["gain_paired_sd"] == pytest.approx(0.002)  # sd of (0.010, 0.012, 0.008)
+    assert s["gain_over_2_paired_sd"] is True  # 0.010 > 0.004
+    assert s["teacher_lead"] == pytest.approx(0.02)
+    assert s["eta"] == pytest.approx(0.5)
+    # per seed, gains compare with that seed's baseline
+    g = gains(report)
+    assert g["kd@1"]["a"]["auc_gain_vs_baseline"] == pytest.approx(0.012)
+    assert g["kd@2"]["a"]["eta"] == pytest.approx(0.008 / 0.01)
+    report["gains"], report["seeds"] = g, seed_summary(report)
+    assert "a       kd               0.7900  0.0080  +0.0100    0.0020   0.50  yes" \
+        in table(report)
+
+
+def test_seeds_expand_groups_into_seeded_copies() -> None:
+    from jobs.distill import load_config
+    cfg = load_config(None, seed=4, seeds=3)
+    names = [g.name for g in cfg.groups]
+    assert names[:4] == ["baseline", "pred_kd", "feat_kd", "multitask_kd"]
+    assert names[4:8] == ["baseline@1", "pred_kd@1", "feat_kd@1", "multitask_kd@1"]
+    assert [g.student.seed for g in cfg.groups if g.name.startswith("pred_kd")] == [4, 5, 6]

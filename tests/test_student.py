@@ -122,7 +122,7 @@ def test_train_many_equals_train_on_in_order_and_reports_a_failed_step() -> None
     one = replica()
     want = [one.train_on(b, 3, r) for b, r in zip(batches, rows)]
     many = replica()
-    got = many.train_many(3, rows, *batches)
+    got = many.train_many(3, rows, 1, *batches)
     assert got.error is None and len(got.steps) == 3
     for w, g in zip(want, got.steps):
         np.testing.assert_array_equal(g.ids, w.ids)
@@ -132,8 +132,57 @@ def test_train_many_equals_train_on_in_order_and_reports_a_failed_step() -> None
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
     # the second batch's rows are out of range: one step done, then the error
-    bad = replica().train_many(3, [None, np.array([99]), None], *batches)
+    bad = replica().train_many(3, [None, np.array([99]), None], 1, *batches)
     assert len(bad.steps) == 1 and "IndexError" in bad.error
     # a first step that fails is an exception of the call (nothing was done)
     with pytest.raises(IndexError):
-        replica().train_many(3, [np.array([99])], batches[0])
+        replica().train_many(3, [np.array([99])], 1, batches[0])
+
+
+def test_kd_guard_stops_the_teacher_on_the_tasks_it_turned_off() -> None:
+    """Task ``like`` off: the student's update is exactly the one with the teacher's
+    ``like`` logit replaced by its own (no KD gradient there), ``click`` still
+    distilled; every task off: the KD term weighs nothing (hard labels alone)."""
+    import copy
+
+    from cluster.codec import LabelledBatch, encode
+    from cluster.config import GroupConfig
+    from cluster.replica import StudentReplica
+    from teacher.outputs import TeacherOutputs
+    data = tiny_dataset(n=32)
+    group = GroupConfig(StudentConfig(name="g", embedding_dim=4, hidden=(8,), losses=(
+        make_term("hard_label", 0.5), make_term("prediction_kd", 0.5))))
+    arrays = data.train.take(np.arange(32))
+    logits = torch.linspace(-3, 3, 64).reshape(32, 2)
+    labelled = LabelledBatch(arrays, encode(logits, "float32"), logit_dtype="float32")
+
+    def after(off: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        r = StudentReplica(group, data.spec, {}, rank=0, world=1)
+        r.set_kd_guard(off)
+        r.train_on(labelled)
+        return r.model.state_dict()
+
+    # the same step by hand: the teacher's like column is the student's own logit
+    torch.manual_seed(0)
+    ref = StudentReplica(group, data.spec, {}, rank=0, world=1)
+    model, opt = ref.model, ref.optimizer
+    b = arrays.to_table().take(np.arange(32)).to_batch()
+    with torch.no_grad():
+        own = model(b.dense, b.sparse).logits
+    gated = torch.stack([logits[:, 0], own[:, 1]], dim=1)
+    student_step(model, opt, ref.objective, b, TeacherOutputs(gated))
+    for k, v in after(("like",)).items():
+        torch.testing.assert_close(v, model.state_dict()[k], msg=k)
+    # and it is not the unguarded step
+    free, guarded = after(()), after(("like",))
+    assert any(not torch.equal(free[k], guarded[k]) for k in free)
+    # every task off: the same as hard labels at weight 0.5 and no KD
+    torch.manual_seed(0)
+    hard = StudentReplica(GroupConfig(StudentConfig(
+        name="h", embedding_dim=4, hidden=(8,),
+        losses=(make_term("hard_label", 0.5), make_term("prediction_kd", 0.0)))),
+        data.spec, {}, rank=0, world=1)
+    hard.train_on(copy.copy(labelled))
+    for k, v in after(("click", "like")).items():
+        torch.testing.assert_close(v, hard.model.state_dict()[k], msg=k)
