@@ -183,3 +183,26 @@ def test_skip_bad_rows_names_rows_when_no_line_was_dropped(tmp_path: Path) -> No
     path.write_text(path.read_text().replace("skip_bad_rows = true", 'skip_bad_rows = "yes"'))
     with pytest.raises(DataError, match=r"key 'skip_bad_rows' must be a bool, got str"):
         load_tabular(path)
+
+
+@pytest.mark.parametrize("shape, sparse, tasks", [
+    ("dense_tabular", [("c0", 9, False), ("c1", 21, False), ("c2", 51, False)], ("y",)),
+    ("id_heavy", [("user", None, False), ("item", None, False), ("ctx", 7, False)],
+     ("y", "z")),
+    ("multi_hot", [("item", None, False), ("region", 13, False), ("tags", None, True)],
+     ("y", "z"))])
+def test_generated_shapes_load_and_are_seeded(tmp_path: Path, shape, sparse, tasks) -> None:
+    from data.shapes import frames, write
+    d = load_tabular(write(tmp_path, shape, rows=4000, seed=3))
+    assert d.spec.tasks == tasks
+    got = [(f.name, f.cardinality, f.multi_valued) for f in d.spec.sparse]
+    assert [(n, m) for n, _, m in got] == [(n, m) for n, _, m in sparse]
+    assert all(c == want for (_, c, _), (_, want, _) in zip(got, sparse) if want)
+    assert (len(d.train), len(d.valid), len(d.test)) == (3200, 400, 400)
+    # balanced labels (the planted score is centred), and one seed gives one dataset
+    assert np.all(np.abs(d.train.labels.mean(axis=0) - 0.5) < 0.05)
+    a, _ = frames(shape, 500, seed=3)
+    b, _ = frames(shape, 500, seed=3)
+    c, _ = frames(shape, 500, seed=4)
+    pd.testing.assert_frame_equal(a["train"], b["train"])
+    assert not a["train"].equals(c["train"])

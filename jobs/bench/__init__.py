@@ -26,6 +26,10 @@ Suites:
           the object store in float32, float16 and bfloat16, and the test AUC of the
           ``pred_kd`` and ``feat_kd`` students trained from each (MovieLens-100k, the
           default 8 passes, one seed: the runs are deterministic).
+  committee  what the teacher committee costs: teacher CPU seconds per example (every
+          member's process) and online examples/s of one ``pred_kd`` group with the
+          first 1, 2 and 3 members of the default committee, interleaved per repeat,
+          one pass over MovieLens-100k each.
   scale   ``--data synthetic-stream`` of each ``--sizes`` rows through the whole online
           pipeline (one pass, ``pred_kd``), each on a fresh local cluster, the RSS of
           every process and the object store sampled (``cluster.resources``); then a
@@ -34,6 +38,7 @@ Suites:
     python -m jobs.bench --suite pipeline [--repeats 3] [--passes 2]
     python -m jobs.bench --suite fanout [--repeats 3]
     python -m jobs.bench --suite transport
+    python -m jobs.bench --suite committee [--repeats 3]
     python -m jobs.bench --suite scale [--sizes 100000,1000000,10000000]
 """
 
@@ -46,12 +51,13 @@ from types import ModuleType
 
 import torch
 
-from jobs.bench import fanout, lookup, pipeline, scale, transport
+from jobs.bench import committee, fanout, lookup, pipeline, scale, transport
 from jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
 SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
-                                 "transport": transport, "scale": scale}
+                                 "transport": transport, "scale": scale,
+                                 "committee": committee}
 
 
 def main(argv: list[str] | None = None) -> int:
