@@ -125,12 +125,12 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
             # every rank of every member labels its share of the part, side by side
             calls = [[t.label_rows.remote(ref) for t in g.actors] for g in labels.members]
             per = []
-            for results in (ray.get(c) for c in calls):
+            for member, results in enumerate(ray.get(c) for c in calls):
                 ids = np.concatenate([r[0] for r in results])
                 _, first = np.unique(ids, return_index=True)  # drop the ranks' padding
                 per.append((ids[first], np.concatenate([r[1] for r in results])[first],
                             {k: np.concatenate([r[2][k] for r in results])[first]
-                             for k in features}))
+                             for k in features} if member == 0 else {}))  # the lead's
             ids, logits, feats = per[0]  # the lead's features; every member's ids agree
             members = {}
             if committee:

@@ -203,3 +203,29 @@ def test_train_teacher_member_runs(tmp_path) -> None:
     assert only[0].checkpoint == "runs/distill/teacher-dlrm" and only[0].data == "movielens"
     with pytest.raises(ConfigError, match=r"--member nope: the committee has \['dcn', "):
         parse_args(["--member", "nope"])
+
+
+@pytest.mark.timeout(400)
+def test_committee_precompute_stores_mean_and_member_logits(ray_cluster, tmp_path) -> None:
+    from cluster.codec import decode
+    from cluster.soft_labels import Manifest, read_split
+    from jobs.precompute import run as precompute
+    cfg, data, dims = _committee(tmp_path)
+    precompute(cfg, str(tmp_path / "labels"), part_rows=256, progress=False, dataset=data)
+    m = Manifest.load(tmp_path / "labels")
+    assert m.members == ["a", "b"] and m.keys == ["user", "item", "history", "genre"]
+    for split in ("train", "test"):
+        s = read_split(tmp_path / "labels", split)
+        assert set(s.members) == {"a", "b"} and len(s.ids) == N
+        mean = (decode(s.members["a"], "float16") + decode(s.members["b"], "float16")) / 2
+        # stored in fp16 after averaging: within half an fp16 step of the mean
+        torch.testing.assert_close(decode(s.logits, "float16"), mean, rtol=1e-3, atol=1e-3)
+    # students train from it (the readers hand the members' logits on too)
+    job = OnlineDistillation(cfg, data, dims, RunOptions(
+        progress=False, soft_labels=str(tmp_path / "labels")))
+    try:
+        body = job.run().to_json()
+    finally:
+        job.shutdown()
+    _assert_exactly_once(job, data, passes=2)
+    assert body["students"]["kd"]["examples_per_pass"] == [N, N]
