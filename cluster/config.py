@@ -292,7 +292,12 @@ class DistillConfig:
                               f"{sorted({n for n in names if names.count(n) > 1})}")
         if len(self.teachers) > 1 and self.teacher_group.refresh_every:
             raise ConfigError("teacher_group.refresh_every needs a single teacher (a "
-                              "committee's members would refresh at different times)")
+                              "committee's members would refresh at different times; "
+                              "`teachers = []` runs the one teacher)")
+        if len(self.teachers) > 1 and self.teacher_group.version.isdigit():
+            raise ConfigError(f"teacher_group.version = {self.teacher_group.version}: a "
+                              "committee's members have versions of their own; use best "
+                              "or latest (or `teachers = []` for the one teacher)")
         if self.passes < 1:
             raise ConfigError(f"passes must be >= 1, got {self.passes}")
         if not self.groups:

@@ -204,7 +204,7 @@ def synthetic_dataset(cfg: SyntheticConfig) -> Dataset:
                             {k: (np.arange(m + 1, dtype=np.int64), v[idx])
                              for k, (_, v) in table.sparse.items()})
 
-    return Dataset(cfg.spec(), *(rows(p) for p in parts), name=f"synthetic-{cfg.rows}")
+    return Dataset(cfg.spec(), *(rows(p) for p in parts), name=f"synthetic-{cfg.rows}-seed{cfg.seed}")
 
 
 @dataclass(frozen=True)
@@ -247,4 +247,4 @@ def synthetic_stream_dataset(cfg: SyntheticConfig, eval_rows: int = 50_000) -> D
     valid = _rows(cfg, _EVAL_CHUNK_BASE, cfg.rows, eval_rows)
     test = _rows(cfg, _EVAL_CHUNK_BASE + 1, cfg.rows + eval_rows, eval_rows)
     return Dataset(cfg.spec(), SyntheticStream(cfg), valid, test,  # type: ignore[arg-type]
-                   name=f"synthetic-stream-{cfg.rows}")
+                   name=f"synthetic-stream-{cfg.rows}-seed{cfg.seed}")

@@ -321,7 +321,7 @@ def ensure_teacher(cfg: DistillConfig) -> None:
               f"{'the teacher' if len(cfg.members) == 1 else 'member ' + m.name} first",
               flush=True)
         job = TrainTeacherArgs(data=data, split=cfg.split, rows=rows,
-                               max_cardinality=cfg.max_cardinality,
+                               max_cardinality=cfg.max_cardinality, data_seed=cfg.seed,
                                checkpoint=m.checkpoint, report=m.checkpoint + "_report.json")
         calls.append(task.remote(job, m.teacher))
     ray.get(calls)

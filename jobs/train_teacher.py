@@ -76,6 +76,10 @@ class TrainTeacherArgs:
         resume: continue from the latest version under ``checkpoint``.
         checkpoint_every: also write a version every this many steps (0: epoch ends only).
         keep_versions: versions kept besides the best (older ones are deleted; 0 keeps all).
+        data_seed: seed of the dataset (the synthetic generator, MovieLens' random
+            split): the distill job's seed, so its teachers see its data. The teacher's
+            own ``TeacherConfig.seed`` seeds its model and data order only, so the
+            members of a committee differ in their seeds, not in their data.
     """
 
     data: str = "movielens"
@@ -91,6 +95,7 @@ class TrainTeacherArgs:
     resume: bool = False
     checkpoint_every: int = 0
     keep_versions: int = 3
+    data_seed: int = 0
 
     def __post_init__(self) -> None:
         for key, low in (("rows", 1), ("max_cardinality", 1), ("eval_batch_size", 1),
@@ -160,6 +165,7 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
     address = a.address if a.address is not None else (
         os.environ.get("RAY_ADDRESS", "") if (a.workers or job.workers) else "")
     job = dataclasses.replace(job, **{k: v for k, v in (
+        ("data_seed", a.seed),  # --seed: the data's and the teacher's
         ("data", a.data), ("split", a.split), ("rows", a.rows),
         ("max_cardinality", a.max_cardinality), ("checkpoint", a.checkpoint),
         ("report", a.report), ("workers", a.workers),
@@ -184,7 +190,7 @@ def _members(a: argparse.Namespace, job: TrainTeacherArgs, over: dict[str, Any]
                        max_cardinality=a.max_cardinality, checkpoint=a.checkpoint)
     # the distill config's dataset (the command line's flags over it)
     job = dataclasses.replace(job, data=dcfg.data, split=dcfg.split, rows=dcfg.rows,
-                              max_cardinality=dcfg.max_cardinality)
+                              max_cardinality=dcfg.max_cardinality, data_seed=dcfg.seed)
     members = list(dcfg.members)
     if a.member != "all":
         members = [m for m in members if m.name == a.member]
@@ -256,7 +262,7 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
             tqdm.write(msg)
 
     resume_from, prog = _restore(job, world, log)
-    data = in_memory(dataset or load_dataset(job.data, split=job.split, seed=cfg.seed,
+    data = in_memory(dataset or load_dataset(job.data, split=job.split, seed=job.data_seed,
                                              rows=job.rows,
                                              max_cardinality=job.max_cardinality),
                      "jobs.train_teacher")

@@ -38,8 +38,14 @@ def test_differences_name_what_changed(movielens) -> None:
         f"cardinalities changed: item_id {ml['sparse']['item_id']} -> "
         f"{ml['sparse']['item_id'] + 1}"]
     # a stream's teacher is trained on in-memory rows of the same generator
-    assert differences(dict(ml, dataset="synthetic-20000"),
-                       dict(ml, dataset="synthetic-stream-500000")) == []
+    assert differences(dict(ml, dataset="synthetic-20000-seed0"),
+                       dict(ml, dataset="synthetic-stream-500000-seed0")) == []
+    # another seed of the generator is another dataset
+    assert differences(dict(ml, dataset="synthetic-20000-seed0"),
+                       dict(ml, dataset="synthetic-stream-500000-seed1")) == [
+        "dataset 'synthetic-20000-seed0', given 'synthetic-stream-500000-seed1'"]
+    assert differences(dict(ml, dataset="synthetic-20000-seed0"),
+                       dict(ml, dataset="synthetic-20000-seed1")) != []
     assert keyed_path("runs/distill/teacher", ml).startswith(
         "runs/distill/teacher-movielens-100k-user-time-")
 

@@ -144,3 +144,14 @@ def test_config_typo_fails_naming_the_key(tmp_path: Path) -> None:
                        capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 2 and "teacher.embedding_dim must be a positive multiple of 4" \
         in r.stderr
+
+
+def test_teacher_seed_is_not_the_data_seed() -> None:
+    """A committee member's seed seeds its model, not its data: every member of a
+    distill job sees that job's dataset (its seed), whatever the member's own seed."""
+    from jobs.train_teacher import parse_args
+    runs = parse_args(["--member", "all", "--data", "synthetic", "--rows", "1000"])
+    assert [c.seed for _, c in runs] == [0, 3, 5]
+    assert {j.data_seed for j, _ in runs} == {0} and {j.data for j, _ in runs} == {"synthetic"}
+    ((job, cfg),) = parse_args(["--seed", "2"])
+    assert (job.data_seed, cfg.seed) == (2, 2)
