@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.recdistill-installed
 export OMP_NUM_THREADS ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test results clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ $(STAMP): $(LOCK) pyproject.toml
 demo: setup
 	$(BIN)/python -m jobs.distill --report runs/demo/report.json \
 		--teacher-checkpoint runs/demo/teacher
+
+# The README's results tables: every dataset, 3 student seeds each (~20 min here).
+results: setup
+	PYTHON=$(BIN)/python bash jobs/results.sh
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -263,8 +263,8 @@ class DistillConfig:
         kd_guard: after each pass, turn KD off, per task, in every KD group whose
             baseline (``baseline``, or ``baseline@k`` for seed k) has reached the
             teacher's validation AUC on that task: the teacher's logits there are
-            replaced by the student's own, and with every task off no KD term (feature
-            KD included) is trained. Needs a ``baseline`` group; the report says what
+            replaced by the student's own (no KD gradient; the labels still train it),
+            and with every task off feature KD stops too. Needs a ``baseline`` group; the report says what
             it did (``students[g].kd_guard``).
     """
 

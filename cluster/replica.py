@@ -95,12 +95,8 @@ class StudentReplica:
         staleness = max(0, (newest_version or labelled.version) - labelled.version)
         kd_scale = math.exp(-staleness / self.cfg.staleness_tau) \
             if self.cfg.staleness_tau > 0 else 1.0
-        kd_tasks = None
-        if self.kd_off:
-            if set(self.kd_off) >= set(self.tasks):  # no task left: every KD term off
-                kd_scale = 0.0
-            else:
-                kd_tasks = torch.tensor([t not in self.kd_off for t in self.tasks])
+        kd_tasks = torch.tensor([t not in self.kd_off for t in self.tasks]) \
+            if self.kd_off else None
         out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
                            batch, teacher, kd_scale, weight, kd_tasks)
         agree = out.pop("agreement")
@@ -151,8 +147,8 @@ class StudentReplica:
         return out
 
     def set_kd_guard(self, off: tuple[str, ...]) -> None:
-        """The KD guard: the teacher teaches no more on tasks ``off`` (on every task
-        off, no KD term, feature KD included, is trained)."""
+        """The KD guard: the teacher teaches no more on tasks ``off`` (with every task
+        off, feature KD stops too; see ``student_step``'s ``kd_tasks``)."""
         self.kd_off = tuple(off)
 
     def keep_best(self) -> None:

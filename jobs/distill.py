@@ -76,7 +76,7 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
                 passes: int | None = None, seed: int | None = None,
                 ranks: int | None = None, replicas: int | None = None,
                 checkpoint: str | None = None, version: str | None = None,
-                seeds: int | None = None) -> DistillConfig:
+                seeds: int | None = None, kd_guard: bool | None = None) -> DistillConfig:
     """A DistillConfig from an optional TOML file plus command-line overrides (None:
     not given): ``ranks``, ``checkpoint`` and ``version`` of the teacher group,
     ``replicas`` of every group, the rest top-level fields.
@@ -99,7 +99,8 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
                 dataclasses.replace(g, replicas=replicas) for g in cfg.groups))
         top = {k: v for k, v in (("data", data), ("split", split), ("rows", rows),
                                  ("max_cardinality", max_cardinality), ("passes", passes),
-                                 ("seed", seed), ("seeds", seeds)) if v is not None}
+                                 ("seed", seed), ("seeds", seeds), ("kd_guard", kd_guard))
+               if v is not None}
         cfg = dataclasses.replace(cfg, **top)
         return dataclasses.replace(cfg, groups=with_seeds(cfg.groups, cfg.seeds))
     except ConfigError as e:
@@ -171,13 +172,16 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
     p.add_argument("--soft-labels", default="",
                    help="train from soft labels jobs.precompute wrote here, not the live "
                         "teacher")
+    p.add_argument("--no-kd-guard", dest="kd_guard", action="store_false", default=None,
+                   help="keep KD on where the baseline reached the teacher (kd_guard)")
     p.add_argument("--readme-table", action="store_true",
                    help="also print the README's results table (markdown) of the report")
     a = p.parse_args(argv)
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,
                       max_cardinality=a.max_cardinality, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
-                      checkpoint=a.checkpoint, version=a.version, seeds=a.seeds)
+                      checkpoint=a.checkpoint, version=a.version, seeds=a.seeds,
+                      kd_guard=a.kd_guard)
     state_dir = a.state_dir if a.state_dir is not None else str(
         Path(a.report).parent / "state")
     return cfg, RunOptions(soft_labels=a.soft_labels, state_dir=state_dir,

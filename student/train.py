@@ -41,7 +41,10 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
 
     ``kd_tasks``: [T] bool, the tasks the teacher may teach (the KD guard); on the
     others the teacher's logit is replaced by the student's own (detached), so every
-    prediction-KD term gives them no gradient and their true labels still train them.
+    prediction-KD term gives them no gradient and their true labels still train them
+    (also inside ``multitask_kd``, which holds the hard-label term). With no task left,
+    the teacher's features are replaced by the student's adapter outputs too: no
+    feature-KD gradient either.
 
     ``kd_scale`` multiplies the KD terms (staleness weighting). ``weight`` multiplies
     the whole loss before backward (0: this replica contributes no gradient to a DDP
@@ -55,16 +58,21 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
     """
     out = model(batch.dense, batch.sparse,
                 teacher.logits if teacher is not None else None)
-    if teacher is not None and kd_tasks is not None and not bool(kd_tasks.all()):
-        teacher = TeacherOutputs(
-            logits=torch.where(kd_tasks, teacher.logits.float(), out.logits.detach()),
-            features=teacher.features, version=teacher.version, members=teacher.members)
     adapter_loss = None
     if out.teacher_mapped is not None and teacher is not None:
         adapter_loss = masked_bce(out.teacher_mapped, batch.labels)
         teacher = TeacherOutputs(logits=out.teacher_mapped.detach(),
                                  features=teacher.features, version=teacher.version,
                                  members=teacher.members)
+    if teacher is not None and kd_tasks is not None and not bool(kd_tasks.all()):
+        # The guard: no KD gradient on the tasks off, while every loss term (a
+        # multi-task KD term holds the hard labels too) keeps training on the labels.
+        features = teacher.features
+        if not bool(kd_tasks.any()):  # every task off: no feature KD either
+            features = {**features, **{k: v.detach() for k, v in out.adapted.items()}}
+        teacher = TeacherOutputs(
+            logits=torch.where(kd_tasks, teacher.logits.float(), out.logits.detach()),
+            features=features, version=teacher.version, members=teacher.members)
     loss, parts = objective(out, teacher, batch, kd_scale)
     if adapter_loss is not None:
         loss = loss + adapter_loss

@@ -245,6 +245,19 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     assert saved["students"]["baseline"]["parameters"] > 0
     assert (tmp_path / "out.png").stat().st_size > 10_000
     assert report.gains["baseline"]["income"]["auc_gain_vs_baseline"] == 0.0
+    # the KD guard did what the curves say: KD off from the first pass after which the
+    # baseline's best validation AUC so far reached the teacher's
+    teacher_auc = saved["teacher"]["valid"]["income"]["auc"]
+    best, reached = -1.0, None
+    for c in saved["students"]["baseline"]["curve"]:
+        best = max(best, c["valid"]["income"]["auc"])
+        if reached is None and best >= teacher_auc:
+            reached = c["pass"]
+    for name in ("pred_kd", "feat_kd", "multitask_kd"):
+        guard = saved["students"][name]["kd_guard"]
+        assert guard["enabled"] is True
+        assert guard["off"] == ({} if reached is None else {"income": reached}), name
+    assert saved["students"]["baseline"]["kd_guard"] == {"enabled": False, "off": {}}
 
 
 def test_streamed_synthetic_pass_yields_every_row_once_in_a_seeded_order(ray_cluster) -> None:

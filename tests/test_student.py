@@ -186,3 +186,38 @@ def test_kd_guard_stops_the_teacher_on_the_tasks_it_turned_off() -> None:
     hard.train_on(copy.copy(labelled))
     for k, v in after(("click", "like")).items():
         torch.testing.assert_close(v, hard.model.state_dict()[k], msg=k)
+
+
+def test_kd_guard_keeps_the_labels_of_multitask_kd_and_stops_feature_kd() -> None:
+    """Every task off: multi-task KD (fixed weights, a = 0.8) steps exactly as its
+    hard-label part, 0.2 BCE, does alone; feature KD gives the trunk no gradient."""
+    from cluster.codec import LabelledBatch, encode
+    from cluster.config import GroupConfig
+    from cluster.replica import StudentReplica
+    data = tiny_dataset(n=32)
+    arrays = data.train.take(np.arange(32))
+    labelled = LabelledBatch(arrays, encode(torch.full((32, 2), 3.0), "float32"),
+                             {"last_hidden": encode(torch.full((32, 16), 5.0), "float32")},
+                             logit_dtype="float32", feature_dtype="float32")
+
+    def stepped(losses, off=(), adapters=None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        g = GroupConfig(StudentConfig(name="g", embedding_dim=4, hidden=(8,),
+                                      losses=losses, adapters=adapters or {}))
+        r = StudentReplica(g, data.spec, {"last_hidden": 16}, rank=0, world=1)
+        r.set_kd_guard(off)
+        r.train_on(labelled)
+        return {k: v for k, v in r.model.state_dict().items()
+                if not k.startswith("adapters")}
+
+    mt = (make_term("multitask_kd", 1.0, temperature=1.0, alpha=0.8),)
+    hard = (make_term("hard_label", 0.2),)
+    for k, v in stepped(mt, ("click", "like")).items():
+        torch.testing.assert_close(v, stepped(hard)[k], msg=k)
+    feat = (make_term("hard_label", 1.0), make_term("feature_kd", 1.0))
+    only = (make_term("hard_label", 1.0),)
+    adapters = {"last_hidden": "last_hidden"}
+    guarded = stepped(feat, ("click", "like"), adapters)
+    for k, v in stepped(only, (), adapters).items():
+        torch.testing.assert_close(v, guarded[k], msg=k)
+    assert any(not torch.equal(v, stepped(feat, (), adapters)[k]) for k, v in guarded.items())
