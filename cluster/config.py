@@ -264,8 +264,8 @@ class DistillConfig:
             baseline (``baseline``, or ``baseline@k`` for seed k) has reached the
             teacher's validation AUC on that task: the teacher's logits there are
             replaced by the student's own (no KD gradient; the labels still train it),
-            and with every task off feature KD stops too. Needs a ``baseline`` group; the report says what
-            it did (``students[g].kd_guard``).
+            and with every task off feature KD stops too. Needs a ``baseline`` group;
+            the report says what it did (``students[g].kd_guard``).
     """
 
     data: str = "movielens"

@@ -204,7 +204,8 @@ def synthetic_dataset(cfg: SyntheticConfig) -> Dataset:
                             {k: (np.arange(m + 1, dtype=np.int64), v[idx])
                              for k, (_, v) in table.sparse.items()})
 
-    return Dataset(cfg.spec(), *(rows(p) for p in parts), name=f"synthetic-{cfg.rows}-seed{cfg.seed}")
+    return Dataset(cfg.spec(), *(rows(p) for p in parts),
+                   name=f"synthetic-{cfg.rows}-seed{cfg.seed}")
 
 
 @dataclass(frozen=True)

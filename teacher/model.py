@@ -2,8 +2,8 @@
 
 Sparse features -> EmbeddingBagCollection (FBGEMM kernels once sharded) -> pooled
 embeddings; dense features -> MLP; both -> an interaction layer (low-rank cross network,
-DLRM dot products or an FM term) -> MLP -> one linear head per task. The model knows nothing of sharding, Ray or
-DeepSpeed: ``teacher/sharding.py`` shards it from outside.
+DLRM dot products or an FM term) -> MLP -> one linear head per task. The model knows
+nothing of sharding, Ray or DeepSpeed: ``teacher/sharding.py`` shards it from outside.
 """
 
 from __future__ import annotations
