@@ -22,7 +22,7 @@ def evaluate_groups(recovery: Recovery, table_ref: Any, batch_size: int,
                     tasks: tuple[str, ...], best: bool = False) -> dict[str, Metrics]:
     """Every group's serving metrics (its best state's if ``best``), the groups
     evaluating side by side."""
-    refs = {n: g.replicas[0].evaluate.remote(table_ref, batch_size, best)
+    refs = {n: g.evaluate_async(table_ref, batch_size, best)
             for n, g in recovery.groups.items()}
     out = {}
     for name, ref in refs.items():

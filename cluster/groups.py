@@ -8,7 +8,10 @@ decided in cluster/recovery.py; these only run the calls.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -225,11 +228,21 @@ class StudentGroup:
 
     ``generation`` counts re-formations (the report's ``restarts``); ``restores`` the
     ones that started from the snapshot because no replica survived.
+
+    A sharded group (``student.sharding`` not ``none``) keeps its snapshot as one part
+    per replica (each replica's shards, in the driver's object store: the group always
+    re-forms with the same M) and its checkpointed states (the driver checkpoint's,
+    which a group of another size may load) as torch.distributed.checkpoint directories
+    under ``state_root``, written by every replica together (on a cluster of several
+    nodes that directory must be shared storage). Its replicas each hold a share of the
+    tables, so none can stand in for the group: a replica lost restarts the group from
+    its snapshot.
     """
 
     cfg: GroupConfig
     spec: FeatureSpec
     teacher_dims: dict[str, int]
+    state_root: str = ""
     generation: int = 0
     restores: int = 0
     replicas: list[Any] = field(default_factory=list)
@@ -242,6 +255,15 @@ class StudentGroup:
     def name(self) -> str:
         return self.cfg.name
 
+    @property
+    def sharded(self) -> bool:
+        return self.cfg.student.sharding != "none"
+
+    def _dir(self, leaf: str) -> str:
+        if not self.state_root:
+            raise RuntimeError(f"group {self.name}: a sharded group needs a state_root")
+        return str(Path(self.state_root) / self.name / leaf)
+
     def start(self, state: dict[str, Any] | np.ndarray | None = None) -> None:
         actor = ray.remote(StudentReplica)
         g = self.cfg
@@ -250,7 +272,11 @@ class StudentGroup:
             max_restarts=0).remote(g, self.spec, self.teacher_dims, j, g.replicas)
             for j in range(g.replicas)]
         addr, port = ray.get(self.replicas[0].address.remote(), timeout=CALL_TIMEOUT_S)
-        self.pids = ray.get([r.setup.remote(addr, port, state) for r in self.replicas],
+        # a sharded group's snapshot: replica j loads its own part j
+        parts = state["parts"] if isinstance(state, dict) and "parts" in state \
+            else [state] * len(self.replicas)
+        self.pids = ray.get([r.setup.remote(addr, port, p)
+                             for r, p in zip(self.replicas, parts, strict=True)],
                             timeout=CALL_TIMEOUT_S)
         if self.kd_off:
             self.set_kd_guard(self.kd_off)
@@ -288,14 +314,22 @@ class StudentGroup:
             return ReplicaOutcome(result=ray.get(ref, timeout=timeout))
         except ObjectLostError:  # a batch of it is gone (its node died)
             return ReplicaOutcome(lost_input=True)
-        except Exception:  # noqa: BLE001 - the actor died, or a peer did mid-collective
+        except Exception as e:  # noqa: BLE001 - the actor died, or a peer did mid-collective
+            if not isinstance(e, (RayActorError, GetTimeoutError)):  # it raised: say what
+                lines = [ln for ln in str(e).splitlines() if ln.strip()]
+                print(f"warning: a student replica's step failed, re-forming its group: "
+                      f"{lines[-1] if lines else type(e).__name__}", file=sys.stderr,
+                      flush=True)
             return ReplicaOutcome()
 
     def in_flight(self) -> list[StreamItem]:
         return [item for rnd in self.rounds for item in rnd.items]
 
     def survivor_state(self) -> np.ndarray | None:
-        """The state of the first replica that can still give it."""
+        """The state of the first replica that can still give it (a sharded group's
+        replica holds only its share of the tables: none)."""
+        if self.sharded:
+            return None
         for r in self.replicas:
             try:
                 return ray.get(r.state_blob.remote(), timeout=30)
@@ -305,6 +339,11 @@ class StudentGroup:
 
     def take_snapshot(self) -> None:
         """Keep the group's state now (it comes after the rounds already queued)."""
+        if self.sharded:  # each replica's own part: the group re-forms with the same M
+            blobs = ray.get([r.state_blob.remote() for r in self.replicas],
+                            timeout=CALL_TIMEOUT_S)
+            self.snapshot = [ray.put(b) for b in blobs]
+            return
         # A copy the driver owns on its own node: a replica's return value would be
         # stored on the replica's node and lost with it. As bytes: the driver's get is
         # a zero-copy view and its put one copy, nothing unpickled.
@@ -315,22 +354,49 @@ class StudentGroup:
         """The last snapshot's state (``recovery.classify_group_loss`` has checked
         that there is one)."""
         try:
+            if isinstance(self.snapshot, list):  # a sharded group's: one part per replica
+                return {"parts": ray.get(self.snapshot, timeout=CALL_TIMEOUT_S)}
             return ray.get(self.snapshot, timeout=CALL_TIMEOUT_S)
         except RayError as e:
             raise RuntimeError(f"group {self.name}: every replica died and its last "
                                f"snapshot cannot be read: {e}") from None
 
+    def evaluate_async(self, table_ref: Any, batch_size: int, best: bool = False) -> Any:
+        """The ref of replica 0's (logits, labels) of a table. A sharded model's forward
+        is collective: every replica runs it, on the same rows."""
+        replicas = self.replicas if self.sharded else self.replicas[:1]
+        return [r.evaluate.remote(table_ref, batch_size, best) for r in replicas][0]
+
     def evaluate(self, table_ref: Any, batch_size: int, best: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
-        return ray.get(self.replicas[0].evaluate.remote(table_ref, batch_size, best),
+        return ray.get(self.evaluate_async(table_ref, batch_size, best),
                        timeout=CALL_TIMEOUT_S)
 
     def keep_best(self) -> None:
         ray.get([r.keep_best.remote() for r in self.replicas], timeout=CALL_TIMEOUT_S)
 
+    def _save(self, path: str) -> dict[str, str]:
+        return ray.get([r.save_state.remote(path) for r in self.replicas],
+                       timeout=CALL_TIMEOUT_S)[0]
+
     def state(self) -> dict[str, Any]:
-        """Replica 0's state (the driver checkpoint's copy)."""
-        return ray.get(self.replicas[0].state.remote(), timeout=CALL_TIMEOUT_S)
+        """The state for the driver checkpoint: replica 0's; a sharded group's, a new
+        DCP directory (the one before it is kept: the last complete driver checkpoint
+        may still name it; older ones are deleted)."""
+        if not self.sharded:
+            return ray.get(self.replicas[0].state.remote(), timeout=CALL_TIMEOUT_S)
+        root = Path(self._dir("checkpoints"))
+        old = sorted(root.glob("c*[0-9]")) if root.is_dir() else []
+        number = int(old[-1].name[1:]) + 1 if old else 0
+        state = self._save(str(root / f"c{number:06d}"))
+        for p in old[:-1]:
+            shutil.rmtree(p, ignore_errors=True)
+        return state
+
+    def write_serving(self, path: str) -> None:
+        """The best state's serving weights to DCP directory ``path``."""
+        replicas = self.replicas if self.sharded else self.replicas[:1]
+        ray.get([r.save_serving.remote(path) for r in replicas], timeout=CALL_TIMEOUT_S)
 
     def parameters_count(self) -> dict[str, int]:
         return ray.get(self.replicas[0].parameters_count.remote(), timeout=CALL_TIMEOUT_S)

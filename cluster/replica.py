@@ -1,7 +1,12 @@
-"""``StudentReplica``: one of a student group's M data-parallel replicas, as a plain class
+"""``StudentReplica``: one of a student group's M replicas, as a plain class
 (``ray.remote`` is applied in cluster/groups.py). The M replicas of a group form their
-own gloo group (DDP); each trains on its 1/M of every labelled batch, all M step
-together."""
+own gloo group; each trains on its 1/M of every labelled batch, all M step together.
+
+A sharded student (``sharding`` other than ``none``, the default) holds its share of
+the embedding tables (TorchRec DistributedModelParallel over the group, fused FBGEMM
+optimizer, ``student/sharding.py``) and a DDP copy of the dense part; its state is
+saved and loaded with torch.distributed.checkpoint by every replica together. A plain
+student holds everything (DDP over the whole model) and its state is one blob."""
 
 from __future__ import annotations
 
@@ -22,6 +27,9 @@ from cluster.process import enable_faulthandler, free_port, init_group, node_add
 from data.spec import ExampleTable, FeatureSpec
 from student.losses import build_objective
 from student.model import StudentModel, count_parameters
+from student.sharding import (clone_state, fill_local, load_sharded, local_state,
+                              make_sharded_optimizer, save_sharded, serving_state,
+                              shard_student)
 from student.train import (make_student_optimizer, mask_labels, predict_student,
                            student_step)
 
@@ -37,10 +45,17 @@ class StudentReplica:
         self.rank, self.world = rank, world
         self.tasks = spec.tasks
         self.objective = build_objective(self.cfg, spec.tasks)
+        self.sharded = self.cfg.sharding != "none"
         self.model = StudentModel(spec, self.cfg, teacher_dims,
-                                  uncertainty=self.objective.uncertainty)
+                                  uncertainty=self.objective.uncertainty,
+                                  table_device="meta" if self.sharded else "cpu")
+        # Counted before sharding: a replica holds only its share of the tables.
+        self._counts = {"total": count_parameters(self.model),
+                        "serving": sum(v.numel() for v in
+                                       self.model.export_state_dict().values())}
         self.net: torch.nn.Module = self.model
-        self.optimizer = make_student_optimizer(self.model, self.cfg)
+        self.optimizer: Any = None if self.sharded else \
+            make_student_optimizer(self.model, self.cfg)
         self.best: dict[str, Any] | None = None
         self.kd_off: tuple[str, ...] = ()  # tasks the KD guard turned off
         self.metrics = ActorMetrics("student", {"group": self.cfg.name})
@@ -52,8 +67,23 @@ class StudentReplica:
 
     def setup(self, addr: str, port: int,
               state: dict[str, Any] | np.ndarray | None = None) -> int:
-        """Join the group's process group (M > 1), load ``state`` if given; returns
-        this process's pid."""
+        """Join the group's process group (M > 1, or any sharded group), shard the
+        tables, load ``state`` if given; returns this process's pid."""
+        if self.sharded:
+            if self.world > 1:
+                init_group(addr, port, self.rank, self.world, torch.device("cpu"))
+            else:  # a group of one: an in-memory store, no port opened
+                if torch.distributed.is_initialized():
+                    torch.distributed.destroy_process_group()
+                torch.distributed.init_process_group(
+                    "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+            self.pg = torch.distributed.group.WORLD
+            self.net = shard_student(self.model, self.cfg, self.pg, torch.device("cpu"),
+                                     self.cfg.seed)
+            self.optimizer = make_sharded_optimizer(self.net, self.cfg)  # type: ignore[arg-type]
+            if state is not None:
+                self.load_state(state)
+            return os.getpid()
         if state is not None:
             self.load_state(state)
         if self.world > 1:
@@ -88,7 +118,7 @@ class StudentReplica:
         # A replayed batch's leftover may give this replica no rows; it still takes part
         # in the step (DDP's all-reduce needs every replica) with a zero-weighted row.
         step_rows, weight = (rows, 1.0) if len(rows) else (np.zeros(1, np.int64), 0.0)
-        batch = labelled.inputs.to_table().take(step_rows).to_batch()
+        batch = labelled.inputs.to_table().take(step_rows, self.model.feature_names).to_batch()
         batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
         teacher = committee_outputs(members, step_rows)
         t1 = time.perf_counter()
@@ -136,15 +166,28 @@ class StudentReplica:
     @torch.no_grad()
     def evaluate(self, table: ExampleTable, batch_size: int, best: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Serving logits and labels of every row of ``table`` (the best state if asked)."""
+        """Serving logits and labels of every row of ``table`` (the best state if
+        asked). Every replica of a sharded group calls this on the same table."""
         current = None
         if best and self.best is not None:
-            current = self.state()
-            self.load_state(self.best)
-        out = predict_student(self.model, table, batch_size)
+            current = self._weights()
+            self._load_weights(self.best)
+        out = predict_student(self.model, table, batch_size,
+                              self.net if self.sharded else None)
         if current is not None:
-            self.load_state(current)
+            self._load_weights(current)
         return out
+
+    def _load_weights(self, weights: dict[str, Any]) -> None:
+        """Load ``_weights()``'s copy (a copy of the dict: TorchRec's load_state_dict
+        pops the keys it consumes, and the copy may be loaded again)."""
+        (self.net if self.sharded else self.model).load_state_dict(dict(weights))
+
+    def _weights(self) -> dict[str, Any]:
+        """A copy of the model's weights now (a sharded one: this replica's shards)."""
+        if self.sharded:
+            return clone_state(self.net.state_dict())
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def set_kd_guard(self, off: tuple[str, ...]) -> None:
         """The KD guard: the teacher teaches no more on tasks ``off`` (with every task
@@ -152,22 +195,71 @@ class StudentReplica:
         self.kd_off = tuple(off)
 
     def keep_best(self) -> None:
-        self.best = self.state()
+        self.best = self._weights()
+
+    def save_state(self, path: str) -> dict[str, str]:
+        """A sharded group's state (weights, optimizer, best weights) to directory
+        ``path`` with DCP; every replica calls this together. Returns the state to
+        start a group from: ``{"dcp": path}``."""
+        save_sharded(path, self.net, self.optimizer, self.best, self.pg)
+        return {"dcp": str(path)}
+
+    def save_serving(self, path: str) -> None:
+        """The serving weights of the best state (the current one if none was kept) to
+        directory ``path`` with DCP, every replica of a sharded group together; a plain
+        group's replica 0 alone."""
+        import torch.distributed.checkpoint as dcp
+        weights = self.best if self.best is not None else self._weights()
+        state = serving_state(weights)
+        if self.sharded:
+            dcp.save(state, checkpoint_id=path, process_group=self.pg)
+        else:
+            dcp.save(state, checkpoint_id=path, no_dist=True)
 
     def state(self) -> dict[str, Any]:
         return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "best": self.best}
 
     def state_blob(self) -> np.ndarray:
-        """``state()`` as ``torch.save`` bytes (uint8). The driver keeps snapshots as
-        this: Ray moves an array as one buffer, where a dict of tensors is pickled and
-        unpickled tensor by tensor in the driver, its CPU taken from the pipeline."""
+        """``state()`` as ``torch.save`` bytes (uint8); a sharded replica's own part of
+        its state (its shards: the same replica of a group of the same size loads it).
+        The driver keeps snapshots as this: Ray moves an array as one buffer, where a
+        dict of tensors is pickled and unpickled tensor by tensor in the driver, its CPU
+        taken from the pipeline."""
         buf = io.BytesIO()
-        torch.save(self.state(), buf)
+        if self.sharded:
+            self._prepare()
+            torch.save({"local": local_state({
+                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}),
+                "best": local_state(self.best) if self.best is not None else None}, buf)
+        else:
+            torch.save(self.state(), buf)
         return np.frombuffer(buf.getbuffer(), np.uint8)
 
+    def _prepare(self) -> None:
+        from student.sharding import _prepare_optimizer
+        _prepare_optimizer(self.optimizer)
+
     def load_state(self, state: dict[str, Any] | np.ndarray) -> None:
-        """Load ``state()``'s dict, or its ``state_blob()`` bytes."""
+        """Load ``state()``'s dict, its ``state_blob()`` bytes, or (sharded)
+        ``save_state``'s ``{"dcp": path}``, whatever number of replicas wrote it."""
+        if self.sharded:
+            if isinstance(state, np.ndarray):  # this replica's part (``state_blob``)
+                self._prepare()
+                saved = torch.load(io.BytesIO(state.tobytes()), weights_only=True)
+                now = fill_local({"model": self.net.state_dict(),
+                                  "optimizer": self.optimizer.state_dict()}, saved["local"])
+                self.net.load_state_dict(now["model"])
+                self.optimizer.load_state_dict(now["optimizer"])
+                self.best = None if saved["best"] is None else \
+                    fill_local(clone_state(self.net.state_dict()), saved["best"])
+                return
+            if not (isinstance(state, dict) and "dcp" in state):
+                raise ValueError(f"group {self.cfg.name}: a sharded student loads a "
+                                 "torch.distributed.checkpoint state ({'dcp': path}) or "
+                                 "its own part of a snapshot")
+            self.best = load_sharded(state["dcp"], self.net, self.optimizer, self.pg)
+            return
         if isinstance(state, np.ndarray):
             state = torch.load(io.BytesIO(state.tobytes()), weights_only=True)
         self.model.load_state_dict(state["model"])
@@ -175,9 +267,7 @@ class StudentReplica:
         self.best = state.get("best")
 
     def parameters_count(self) -> dict[str, int]:
-        export = self.model.export_state_dict()
-        return {"total": count_parameters(self.model),
-                "serving": sum(v.numel() for v in export.values())}
+        return dict(self._counts)
 
     def pid(self) -> int:
         return os.getpid()

@@ -25,6 +25,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is typing.Union or origin is types.UnionType:
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:  # Optional[X]: X's own error names the key that is wrong
+            return _coerce(value, others[0], where)
         for a in args:
             if a is type(None):
                 continue

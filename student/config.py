@@ -72,6 +72,9 @@ class StudentConfig:
     seed: int = 0
     staleness_tau: float = 0.0
     teacher_adapter: bool = False
+    sharding: str = "row_wise"
+    embedding_optimizer: str = "rowwise_adagrad"
+    embedding_lr: float = 0.5
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 4 or self.embedding_dim % 4:
@@ -89,5 +92,16 @@ class StudentConfig:
         if self.staleness_tau < 0:
             raise ConfigError(f"groups.{self.name}.staleness_tau must be >= 0, got "
                               f"{self.staleness_tau}")
+        shardings = ("none", "table_wise", "row_wise", "auto")
+        if self.sharding not in shardings:
+            raise ConfigError(f"groups.{self.name}.sharding must be one of {shardings}, "
+                              f"got {self.sharding!r}")
+        optimizers = ("rowwise_adagrad", "adagrad", "adam", "sgd")
+        if self.embedding_optimizer not in optimizers:
+            raise ConfigError(f"groups.{self.name}.embedding_optimizer must be one of "
+                              f"{optimizers}, got {self.embedding_optimizer!r}")
+        if self.embedding_lr < 0:
+            raise ConfigError(f"groups.{self.name}.embedding_lr must be >= 0, got "
+                              f"{self.embedding_lr}")
         if any(t.name == "aux_head_kd" for t in self.losses) and not self.aux_heads:
             raise ConfigError(f"groups.{self.name}.losses: aux_head_kd needs aux_heads = true")

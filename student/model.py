@@ -92,6 +92,8 @@ class StudentModel(nn.Module):
         teacher_dims: teacher feature name -> width, for the adapters of
             ``cfg.adapters``; needed only when the config asks for adapters.
         uncertainty: learn per-task log-variances (Kendall et al. 2018).
+        table_device: where the embedding tables are built; ``meta`` for a model that
+            TorchRec shards (``student/sharding.py`` materialises the shards).
 
     Shapes: ``forward(dense [B, D_in], sparse KJT)`` -> :class:`StudentOutputs` with
     ``logits`` [B, T], ``pooled_embeddings`` [B, F * E], ``last_hidden`` [B, hidden[-1]].
@@ -99,7 +101,8 @@ class StudentModel(nn.Module):
 
     def __init__(self, spec: FeatureSpec, cfg: StudentConfig,
                  teacher_dims: dict[str, int] | None = None,
-                 uncertainty: bool = False) -> None:
+                 uncertainty: bool = False,
+                 table_device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.tasks = spec.tasks
         self.feature_names = student_features(spec, cfg)
@@ -116,7 +119,7 @@ class StudentModel(nn.Module):
                         num_embeddings=f.cardinality, feature_names=[name],
                         pooling=PoolingType.MEAN)
             self.ebc = EmbeddingBagCollection(tables=list(tables.values()),
-                                              device=torch.device("cpu"))
+                                              device=torch.device(table_device))
             width = len(self.feature_names) * cfg.embedding_dim + len(spec.dense)
             self.mlp = MLP(width, list(cfg.hidden))
             self.heads = nn.Linear(cfg.hidden[-1], len(spec.tasks))
@@ -153,7 +156,10 @@ class StudentModel(nn.Module):
         return StudentOutputs(
             logits=self.heads(hidden), features=features, adapted=adapted,
             aux_logits=self.aux_heads(hidden) if self.aux_heads is not None else None,
-            task_log_vars=self.task_log_vars, tasks=self.tasks,
+            # an op on it inside forward: DDP (the sharded path wraps every student in
+            # it) fails on a parameter handed out of forward as it is
+            task_log_vars=self.task_log_vars.clone() if self.task_log_vars is not None
+            else None, tasks=self.tasks,
             teacher_mapped=self.teacher_adapter(teacher_logits)
             if self.teacher_adapter is not None and teacher_logits is not None else None)
 

@@ -88,15 +88,19 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def predict_student(model: StudentModel, table: ExampleTable, batch_size: int = 4096
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Serving logits [N, T] and labels [N, T] of every row of ``table``, in row order."""
+def predict_student(model: StudentModel, table: ExampleTable, batch_size: int = 4096,
+                    net: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Serving logits [N, T] and labels [N, T] of every row of ``table``, in row order.
+
+    ``net``: what to call instead of ``model`` (its DistributedModelParallel wrapper:
+    every replica of a sharded student calls this on the same table)."""
     was_training = model.training
     model.eval()
+    forward = net if net is not None else model
     logits, labels = [], []
     for arrays in table.iter_batches(batch_size, keys=model.feature_names):
         batch = arrays.to_batch()
-        logits.append(model(batch.dense, batch.sparse).logits)
+        logits.append(forward(batch.dense, batch.sparse).logits)
         labels.append(batch.labels)
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
