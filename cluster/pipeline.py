@@ -18,6 +18,8 @@ Failures are decided and repaired in cluster/recovery.py.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +92,14 @@ class OnlineDistillation:
             self.labels = Committee.resume(cfg, self.resume_from.teacher_checkpoint)
         else:
             self.labels = Committee.teacher(cfg)
-        self.groups = {g.name: StudentGroup(g, data.spec, teacher_dims) for g in cfg.groups}
+        # Sharded groups write their checkpointed states as DCP directories: under the
+        # run's state_dir, or a directory of this run's own (removed at shutdown).
+        self._own_root = "" if options.state_dir else tempfile.mkdtemp(
+            prefix="recdistill-students-")
+        root = str(Path(options.state_dir) / "groups") if options.state_dir \
+            else self._own_root
+        self.groups = {g.name: StudentGroup(g, data.spec, teacher_dims, state_root=root)
+                       for g in cfg.groups}
         self.history = {name: GroupHistory() for name in names}
         self.stream = SoftLabelStream(names, cfg.stream.max_inflight)
         self.recovery = Recovery(self.stream, self.labels, self.groups, self._trained)
@@ -120,6 +129,9 @@ class OnlineDistillation:
         self.version = first_version = int(self.labels.info["version"])
         params = {n: self.recovery.on_group(n, StudentGroup.parameters_count)
                   for n in self.groups}
+        for name, g in self.groups.items():  # a sharded group restores from a snapshot
+            if g.sharded and g.cfg.snapshot_every:
+                self._snapshot(name)
         ds = train_dataset(self.data.train)
         valid_ref, test_ref = ray.put(self.data.valid), ray.put(self.data.test)
         teacher_valid, members_valid = self._teacher_metrics(valid_ref,
@@ -157,6 +169,10 @@ class OnlineDistillation:
             s["kd_guard"] = {"enabled": self.cfg.kd_guard and "baseline" in self.groups
                              and bool(s["kd"]),
                              "off": self.guard_log.get(n, {})}  # task -> pass turned off
+        if self.options.artifacts:
+            self._phase("write students")
+            for n, path in self.write_artifacts(self.options.artifacts, students).items():
+                students[n]["artifact"] = path
         self.timing.run_wall_s = time.perf_counter() - t0
         return DistillReport(teacher=teacher, students=students,
                              stream=self.stream.counters(), resumed=self.resumed,
@@ -362,7 +378,31 @@ class OnlineDistillation:
         return evaluate_teacher(self.recovery, table_ref, self.cfg.eval_batch_size,
                                 self.data.spec.tasks)
 
+    def write_artifacts(self, root: str, students: dict[str, Any]) -> dict[str, str]:
+        """Every group's best student to ``<root>/<group>/`` (``student/artifact.py``),
+        with its report metrics; group -> path."""
+        from data.fingerprint import fingerprint
+        from student.artifact import write_artifact
+        fp = fingerprint(self.data.spec, self.data.name)
+        paths = {}
+        for name, g in self.groups.items():
+            s = students[name]
+            metrics = {"test": s["test"], "valid_best": s["valid_best"],
+                       "best_pass": s["best_pass"]}
+            path = write_artifact(
+                Path(root) / name,
+                lambda d, n=name: self.recovery.on_group(
+                    n, lambda grp: grp.write_serving(d)),
+                cfg=g.cfg.student, spec=self.data.spec, fingerprint=fp,
+                metrics=metrics, data={"split": self.cfg.split, "seed": self.cfg.seed,
+                                       "rows": self.cfg.rows,
+                                       "max_cardinality": self.cfg.max_cardinality})
+            paths[name] = str(path)
+        return paths
+
     def shutdown(self) -> None:
         self.labels.shutdown()
         for g in self.groups.values():
             g.shutdown()
+        if self._own_root:
+            shutil.rmtree(self._own_root, ignore_errors=True)

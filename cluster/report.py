@@ -39,7 +39,7 @@ def student_summary(g: StudentGroup, ledger: GroupLedger, history: GroupHistory,
         "examples_per_pass": [c["examples"] for c in history.curve],
         "parameters": params["serving"],
         "parameters_with_training_heads": params["total"],
-        "replicas": g.cfg.replicas, "restarts": g.generation,
+        "replicas": g.cfg.replicas, "sharding": s.sharding, "restarts": g.generation,
         "restored_from_snapshot": g.restores,
         "teacher_versions": sorted(ledger.by_version),
         "examples_by_version": {str(v): n for v, n in ledger.examples_by_version.items()},
@@ -66,13 +66,15 @@ class DistillReport:
     wall_s: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
     soft_labels: str | None = None
+    sweep: dict[str, Any] | None = None  # a [sweep]'s Pareto view (cluster.sweep.pareto)
 
     @property
     def gains(self) -> dict[str, dict[str, dict[str, float | None]]]:
         return gains({"students": self.students, "teacher": self.teacher})
 
     def to_json(self) -> dict[str, Any]:
-        doc = {k: v for k, v in asdict(self).items() if k != "timing"}
+        doc = {k: v for k, v in asdict(self).items()
+               if k != "timing" and not (k == "sweep" and v is None)}
         t = self.timing
         doc.update(run_wall_s=t.run_wall_s, train_wall_s=t.train_wall_s,
                    driver_busy_s=t.busy_s, driver_cpu_s=t.driver_cpu_s,

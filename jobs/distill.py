@@ -31,6 +31,7 @@ from jobs.common import (add_data_arguments, check_sections, load_dataset,
 from teacher.checkpoint import CheckpointError
 from teacher.config import TeacherConfig
 
+ACTORS_PER_CPU = 8  # the most actor processes a local cluster starts per core
 SECTIONS = tuple(f.name for f in dataclasses.fields(DistillConfig))  # the file's keys
 
 
@@ -120,6 +121,13 @@ def _parse(path: str | None, seed: int | None) -> DistillConfig:
     cfg = dataclasses.replace(cfg, teachers=default_teachers(cfg.teacher) if teachers is None
                               else _members(teachers, doc.get("teacher", {})))
     run_seed = seed if seed is not None else doc.get("seed")
+    if cfg.sweep is not None:  # the grid's groups, then any [[groups]] of the file
+        from cluster.sweep import sweep_groups
+        sweep = cfg.sweep if run_seed is None or "seed" in doc.get("sweep", {}) \
+            else dataclasses.replace(cfg.sweep, seed=run_seed)
+        extra = [_group(i, g) for i, g in enumerate(groups)] if groups else []
+        return dataclasses.replace(cfg, sweep=sweep,
+                                   groups=sweep_groups(sweep) + tuple(extra))
     if groups is None:
         return cfg if run_seed is None else dataclasses.replace(
             cfg, groups=default_groups(run_seed))
@@ -157,6 +165,9 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                         "(default: RAY_ADDRESS, else start a local one)")
     p.add_argument("--report", default="runs/distill/report.json", help="JSON report path")
     p.add_argument("--plot", default="", help="PNG path (default: beside the report)")
+    p.add_argument("--students-dir", default=None,
+                   help="where every group's best student is written, <dir>/<group>/ "
+                        "(default: 'students' beside the report; '' for none)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--state-dir", default=None,
                    help="where the driver checkpoints the run (default: 'state' beside "
@@ -184,7 +195,10 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                       kd_guard=a.kd_guard)
     state_dir = a.state_dir if a.state_dir is not None else str(
         Path(a.report).parent / "state")
+    students_dir = a.students_dir if a.students_dir is not None else str(
+        Path(a.report).parent / "students")
     return cfg, RunOptions(soft_labels=a.soft_labels, state_dir=state_dir,
+                           artifacts=students_dir,
                            checkpoint_every=a.checkpoint_every, resume=a.resume,
                            progress=not a.no_progress, address=a.address,
                            report=a.report, plot=a.plot), a.readme_table
@@ -210,6 +224,17 @@ def start_ray(address: str, cfg: DistillConfig) -> None:
     # Logical CPUs: the actors mostly wait on each other, so the job may reserve more
     # than the machine has (each actor runs one intra-op thread); on top of the actors'
     # share, Ray Data's read and shuffle tasks need CPUs of their own or they never run.
+    # But each actor is a process of its own: past ACTORS_PER_CPU per core they only
+    # thrash (and hold ~0.5 GiB each); say so before any starts.
+    actors = len(cfg.members) * cfg.teacher_group.ranks + sum(g.replicas for g in cfg.groups)
+    cores = os.cpu_count() or 1
+    if actors > ACTORS_PER_CPU * cores:
+        raise ConfigError(
+            f"this job needs {actors} actor processes ({len(cfg.groups)} groups' "
+            f"replicas and {len(cfg.members)} x {cfg.teacher_group.ranks} teacher ranks); "
+            f"this machine's {cores} CPUs hold at most {ACTORS_PER_CPU * cores} "
+            f"({ACTORS_PER_CPU} per CPU): sweep fewer sizes or settings, run fewer "
+            f"--seeds, or join a larger cluster with --address")
     start_local_ray(int(needed + 0.999) + max(2, os.cpu_count() or 1))
 
 
@@ -379,6 +404,38 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plot_pareto(report: dict[str, Any], path: Path) -> Path:
+    """The sweep's trade-off: serving parameters (log x) vs test AUC of the first task,
+    KD and no-KD students, the teacher as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sweep = report["sweep"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kd, style in ((False, dict(color="tab:gray", marker="s", label="no KD")),
+                      (True, dict(color="tab:blue", marker="o", label="KD"))):
+        pts = sorted((p for p in sweep["points"] if p["kd"] == kd),
+                     key=lambda p: p["parameters"])
+        ax.scatter([p["parameters"] for p in pts], [p["test_auc"] for p in pts], **style)
+        for p in pts:
+            ax.annotate(p["group"], (p["parameters"], p["test_auc"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axhline(sweep["teacher_test_auc"], color="black", ls="--",
+               label=f"teacher ({report['teacher']['parameters']:,} params)")
+    ax.set_xscale("log")
+    ax.set_xlabel("student serving parameters")
+    ax.set_ylabel(f"test AUC: {sweep['task']}")
+    ax.set_title(f"student size vs quality on {report['dataset']}, one teacher pass")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
         hooks: Hooks = Hooks()) -> DistillReport:
     """The whole job; returns the report. Ray is started (or joined at
@@ -421,11 +478,16 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     report = dataclasses.replace(report, dataset=data.name, data_skipped=data.skipped,
                                  wall_s=time.perf_counter() - t0, config=to_mapping(cfg),
                                  soft_labels=soft or None)
+    if cfg.sweep is not None:
+        from cluster.sweep import pareto
+        report = dataclasses.replace(report, sweep=pareto(report.to_json()))
     if options.report:
         doc = report.to_json()
         write_json_atomic(options.report, doc)
-        plot(doc, Path(options.plot) if options.plot
-             else Path(options.report).with_suffix(".png"))
+        png = Path(options.plot) if options.plot else Path(options.report).with_suffix(".png")
+        plot(doc, png)
+        if report.sweep is not None:
+            plot_pareto(doc, png.with_name(png.stem + "_pareto.png"))
     return report
 
 

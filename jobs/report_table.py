@@ -33,13 +33,54 @@ def valid_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(report: dict) -> str:
+    """A ``[sweep]`` run's Pareto view: per student size, the no-KD and KD students'
+    serving parameters and test AUC, and the KD gain at that size."""
+    view = report["sweep"]
+    lines = [f"| student | params | KD | test AUC {view['task']} | gain vs no-KD same size "
+             "| on the frontier |", "|---|---:|:-:|---:|---:|:-:|",
+             f"| teacher | {report['teacher']['parameters']:,} | | "
+             f"{view['teacher_test_auc']:.4f} | | |"]
+    for p in sorted(view["points"], key=lambda p: (p["parameters"], p["kd"])):
+        gain = f"{p['gain_vs_same_size']:+.4f}" if p["gain_vs_same_size"] is not None else ""
+        lines.append(f"| {p['group']} | {p['parameters']:,} | {'yes' if p['kd'] else 'no'} "
+                     f"| {p['test_auc']:.4f} | {gain} | {'yes' if p['frontier'] else ''} |")
+    return "\n".join(lines)
+
+
+def compare_table(a: dict, b: dict) -> str:
+    """Two reports of the same groups (e.g. dense vs sharded tables): per group and
+    task, the test AUC (mean over seeds) of each and the difference."""
+    lines = ["| task | group | A: test AUC | B: test AUC | B - A |", "|---|---|---:|---:|---:|"]
+    for task in a["teacher"]["test"]:
+        for group in a["seeds"]:
+            x, y = a["seeds"][group][task]["auc_mean"], b["seeds"][group][task]["auc_mean"]
+            lines.append(f"| {task} | {group} | {x:.4f} | {y:.4f} | {y - x:+.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.report_table", description=__doc__)
     p.add_argument("reports", nargs="+", help="jobs.distill report JSON files")
     p.add_argument("--valid", action="store_true",
                    help="the groups' validation AUC (their best pass, mean over seeds: "
                         "what settings are chosen by) instead of the test table")
+    p.add_argument("--sweep", action="store_true",
+                   help="a [sweep] run's Pareto table (sizes, KD or not, test AUC)")
+    p.add_argument("--compare", action="store_true",
+                   help="two reports of the same groups: A's and B's test AUC side by side")
     a = p.parse_args(argv)
+    if a.compare:
+        if len(a.reports) != 2:
+            print("error: --compare takes two reports", file=sys.stderr)
+            return 2
+        docs = []
+        for path in a.reports:
+            with open(path) as f:
+                docs.append(json.load(f))
+        print(f"A: {a.reports[0]}, B: {a.reports[1]}\n")
+        print(compare_table(*docs))
+        return 0
     for path in a.reports:
         try:
             with open(path) as f:
@@ -48,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: {e}", file=sys.stderr)
             return 2
         print(f"{report.get('dataset', path)} ({path}):\n")
-        print(valid_table(report) if a.valid else markdown_table(report))
+        print(valid_table(report) if a.valid else sweep_table(report)
+              if a.sweep else markdown_table(report))
         print()
     return 0
 

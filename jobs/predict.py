@@ -1,0 +1,121 @@
+"""Score a split with a distilled student that ``jobs.distill`` wrote.
+
+    python -m jobs.predict --student runs/demo/students/pred_kd --data movielens \\
+        --split test --out preds.parquet --report metrics.json [--export student.pt2]
+
+Loads the artifact (weights-only; a missing or tampered one fails naming its path),
+checks that the data is what the student was trained on (schema fingerprint), scores
+every row of the split, prints per-task AUC, log loss and normalised entropy, writes
+them as ``metrics[task].{auc,logloss,ne}`` and the per-row logits as Parquet
+(``id`` and one ``logit_<task>`` column per task). ``--export`` also writes the
+serving student with ``torch.export`` and checks it against the eager model on the
+split's first batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data.errors import ConfigError
+from jobs.common import load_dataset, write_json_atomic
+
+SPLITS = ("train", "valid", "test")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", required=True,
+                   help="a student artifact directory (<run>/students/<group>)")
+    p.add_argument("--data", default="movielens",
+                   help="movielens (default), synthetic or a dataset .toml: the data the "
+                        "student was trained on (its schema is checked)")
+    p.add_argument("--split", dest="which", choices=SPLITS, default="test",
+                   help="the split to score (default test)")
+    p.add_argument("--movielens-split", dest="split_rule", default=None,
+                   help="how MovieLens is split into train/valid/test (default: as the "
+                        "student was trained)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="synthetic rows (default: as the student was trained)")
+    p.add_argument("--max-cardinality", type=int, default=None,
+                   help="synthetic id cap (default: as the student was trained)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="data seed (default: the run's)")
+    p.add_argument("--out", default="", help="Parquet file of per-row logits")
+    p.add_argument("--report", default="", help="JSON file of the metrics")
+    p.add_argument("--export", default="",
+                   help="also write the serving student with torch.export here (.pt2)")
+    p.add_argument("--batch-size", type=int, default=4096)
+    return p.parse_args(argv)
+
+
+def score(model: Any, table: Any, batch_size: int) -> tuple[Any, Any]:
+    from student.train import predict_student
+    return predict_student(model, table, batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data.fingerprint import differences, fingerprint
+    from jobs.common import quiet_library_warnings, set_threads
+    from student.artifact import export_inputs, export_serving, load_artifact, load_export
+    from student.metrics import task_metrics
+    from teacher.checkpoint import CheckpointError
+    quiet_library_warnings()
+    set_threads()
+    a = parse_args(argv)
+    try:
+        model, spec, meta = load_artifact(a.student)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    made_for = meta.get("fingerprint") or {}
+    args = meta.get("data", {})
+    try:
+        data = load_dataset(a.data, split=a.split_rule or args.get("split", "user_time"),
+                            seed=args.get("seed", 0) if a.seed is None else a.seed,
+                            rows=a.rows or args.get("rows", 100_000),
+                            max_cardinality=a.max_cardinality
+                            or args.get("max_cardinality", 100_000))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    found = differences(made_for, fingerprint(data.spec, data.name)) if made_for else []
+    if found:
+        print(f"error: {a.student} was trained on other data: " + "; ".join(found),
+              file=sys.stderr)
+        return 2
+    table = data.split(a.which)
+    logits, labels = score(model, table, a.batch_size)
+    metrics = task_metrics(torch.tensor(logits), torch.tensor(labels), spec.tasks)
+    print(f"{Path(a.student).name} on {data.name} {a.which} ({len(table):,} rows):")
+    for task, m in metrics.items():
+        print(f"  {task:<10} AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  "
+              f"NE {m['ne']:.4f}")
+    if a.report:
+        write_json_atomic(a.report, {"student": a.student, "data": data.name,
+                                     "split": a.which, "rows": len(table),
+                                     "metrics": metrics})
+    if a.out:
+        import pandas as pd
+        frame = pd.DataFrame({"id": table.ids, **{f"logit_{t}": logits[:, i]
+                                                   for i, t in enumerate(spec.tasks)}})
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(a.out, index=False)
+    if a.export:
+        batch = next(iter(table.iter_batches(min(256, len(table)),
+                                             keys=model.feature_names))).to_batch()
+        export_serving(model, batch, a.export)
+        with torch.no_grad():
+            diff = float((load_export(a.export)(*export_inputs(batch))
+                          - model(batch.dense, batch.sparse).logits).abs().max())
+        print(f"  exported to {a.export}: max |logit difference| vs eager {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
