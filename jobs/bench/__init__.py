@@ -30,6 +30,11 @@ Suites:
           member's process) and online examples/s of one ``pred_kd`` group with the
           first 1, 2 and 3 members of the default committee, interleaved per repeat,
           one pass over MovieLens-100k each.
+  student  a student's step (512-row batches, emb 8, MLP 64-32, one thread) on plain
+          tables under dense Adam vs TorchRec row-wise-sharded tables with FBGEMM's
+          fused row-wise Adagrad, at max_cardinality 1e4, 1e6 and 1e7 (dense: 1e4, 1e6),
+          interleaved step by step; and the online pipeline on the synthetic Criteo
+          stream (ids capped at 1e6, the same teacher) with each, interleaved per repeat.
   scale   ``--data synthetic-stream`` of each ``--sizes`` rows through the whole online
           pipeline (one pass, ``pred_kd``), each on a fresh local cluster, the RSS of
           every process and the object store sampled (``cluster.resources``); then a
@@ -39,6 +44,7 @@ Suites:
     python -m jobs.bench --suite fanout [--repeats 3]
     python -m jobs.bench --suite transport
     python -m jobs.bench --suite committee [--repeats 3]
+    python -m jobs.bench --suite student [--repeats 15] [--online-rows 30000]
     python -m jobs.bench --suite scale [--sizes 100000,1000000,10000000]
 """
 
@@ -51,13 +57,13 @@ from types import ModuleType
 
 import torch
 
-from jobs.bench import committee, fanout, lookup, pipeline, scale, transport
+from jobs.bench import committee, fanout, lookup, pipeline, scale, student, transport
 from jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
 SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
                                  "transport": transport, "scale": scale,
-                                 "committee": committee}
+                                 "committee": committee, "student": student}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-checkpoint", default="",
                    help="pipeline, fanout, transport: the MovieLens teacher (default "
                         "runs/bench/teacher); scale: the synthetic one (default "
-                        "runs/bench/teacher_synthetic); trained first if missing")
+                        "runs/bench/teacher_synthetic); student: one on ids capped at 1e6 "
+                        "(default runs/bench/teacher_synthetic_1e6); trained first if "
+                        "missing")
     p.add_argument("--passes", type=int, default=2, help="pipeline: passes per run")
     p.add_argument("--sizes", default="100000,1000000,10000000",
                    help="scale: training rows of each run, comma-separated")
@@ -81,14 +89,17 @@ def main(argv: list[str] | None = None) -> int:
                         "empty skips it)")
     p.add_argument("--big-rows", type=int, default=200_000,
                    help="scale: rows the 1e9 teacher serves")
+    p.add_argument("--online-rows", type=int, default=30_000,
+                   help="student: training rows of each online run")
     p.add_argument("--interval", type=float, default=1.0,
                    help="scale: seconds between memory samples")
     a = p.parse_args(argv)
     from jobs.common import quiet_library_warnings, write_json_atomic
     quiet_library_warnings()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    teacher = a.teacher_checkpoint or ("runs/bench/teacher_synthetic" if a.suite == "scale"
-                                       else "runs/bench/teacher")
+    teacher = a.teacher_checkpoint or {
+        "scale": "runs/bench/teacher_synthetic",
+        "student": "runs/bench/teacher_synthetic_1e6"}.get(a.suite, "runs/bench/teacher")
     suite = SUITES[a.suite]
     result = suite.run(a, teacher)
     suite.summary(result)

@@ -36,6 +36,21 @@ def pred_kd_cfg(**kw: Any) -> Any:
     return DistillConfig(groups=groups, **kw)
 
 
+def ensure_bench_teacher(cfg: Any) -> None:
+    """Train ``cfg``'s missing teacher on a cluster of its own, outside the measured runs."""
+    import ray
+
+    from jobs.common import start_local_ray
+    from jobs.distill import ensure_teacher, teacher_exists
+    if teacher_exists(cfg):
+        return
+    start_local_ray(4, dashboard=False)
+    try:
+        ensure_teacher(cfg)
+    finally:
+        ray.shutdown()
+
+
 def distill_runs(configs: list[tuple[str, Any]], teacher: str) -> list[tuple[str, dict]]:
     """Run ``jobs.distill`` for each (name, config) on one local Ray cluster; the
     reports' JSON form."""

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from jobs.bench.common import pred_kd_cfg
+from jobs.bench.common import ensure_bench_teacher, pred_kd_cfg
 
 
 # The features of the 1e9-parameter teacher's stream a student embeds: all but the six
@@ -65,20 +65,12 @@ def bench_scale(teacher: str, sizes: list[int], big_teacher: str, big_rows: int,
     import dataclasses
 
     from cluster.config import TeacherGroupConfig
-    import ray
 
-    from jobs.common import start_local_ray
-    from jobs.distill import ensure_teacher, teacher_exists
     runs = []
     for rows in sizes:
         cfg = pred_kd_cfg(data="synthetic-stream", rows=rows, passes=1,
                            teacher_group=TeacherGroupConfig(checkpoint=teacher))
-        if not teacher_exists(cfg):  # trained outside the measured runs
-            start_local_ray(4, dashboard=False)
-            try:
-                ensure_teacher(cfg)
-            finally:
-                ray.shutdown()
+        ensure_bench_teacher(cfg)
         r, _ = _scale_run(cfg, interval)
         runs.append(r)
         m = r["memory"]
