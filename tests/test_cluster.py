@@ -28,7 +28,10 @@ def _setup(tmp_path: Path, max_inflight: int = 3, passes: int = 2):
     save_teacher(TeacherModel(data.spec, CFG, device="cpu"), tmp_path / "teacher",
                  spec=data.spec, cfg=CFG, info={"step": 5})
     groups = (
-        GroupConfig(StudentConfig(name="hard", embedding_dim=4, hidden=(8,)), replicas=2),
+        # plain tables under dense Adam, DDP over the whole model
+        GroupConfig(StudentConfig(name="hard", embedding_dim=4, hidden=(8,),
+                                  sharding="none"), replicas=2),
+        # (the default) TorchRec row-wise shards of every table over the 2 replicas
         GroupConfig(StudentConfig(name="kd", embedding_dim=4, hidden=(8,), losses=(
             LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5, {"temperature": 2.0}),
             LossTerm("feature_kd", 1.0)), adapters={"last_hidden": "last_hidden"}),
@@ -93,6 +96,9 @@ def test_killed_replica_is_replaced_and_counts_stay_exact(ray_cluster, tmp_path)
     assert killed, "the failure was injected"
     assert body["students"]["kd"]["restarts"] == 1
     assert body["students"]["hard"]["restarts"] == 0
+    # no replica of a sharded group holds the whole model: it restarts from its snapshot
+    assert body["students"]["kd"]["sharding"] == "row_wise"
+    assert body["students"]["kd"]["restored_from_snapshot"] == 1
     s = body["stream"]
     assert s["redelivered_by_group"]["kd"] >= 1
     assert s["redelivered_by_group"]["hard"] == 0
@@ -219,8 +225,13 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 64\ncheckpoint = '
                       f'"{tmp_path / "teacher"}"\n')
     cfg = load_config(str(config), data=str(data), passes=2)
-    report = run(cfg, RunOptions(report=str(tmp_path / "out.json"), progress=False))
+    report = run(cfg, RunOptions(report=str(tmp_path / "out.json"), progress=False,
+                                 artifacts=str(tmp_path / "students")))
     saved = json.loads((tmp_path / "out.json").read_text())
+    # every group's best student was written; jobs.predict on it gives the report's
+    # test metrics (to 1e-5)
+    from test_sharded_students import _artifact_matches_report
+    _artifact_matches_report(saved, tmp_path / "students", str(data), tmp_path)
     assert saved["students"].keys() == {"baseline", "pred_kd", "feat_kd", "multitask_kd"}
     for name, s in saved["students"].items():
         assert set(s["test"]["income"]) >= {"auc", "logloss", "ne"}

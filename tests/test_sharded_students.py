@@ -1,0 +1,215 @@
+"""Sharded students: TorchRec row-wise tables over a group's replicas with the fused
+FBGEMM optimizer, their DCP state (2 replicas -> 1), the student artifact, its
+``jobs.predict`` scores and its ``torch.export`` serving model, and ``[sweep]``.
+
+Exactly-once training of a 2-replica row-wise group, and its restart from a snapshot
+when a replica is killed, are in tests/test_cluster.py (its ``kd`` group)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.config import GroupConfig
+from data.errors import ConfigError
+from student.config import LossTerm, StudentConfig
+from teacher.checkpoint import CheckpointError
+from test_sharding import tiny_dataset
+
+
+@pytest.mark.timeout(300)
+def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cluster,
+                                                                          tmp_path) -> None:
+    """DCP reshards: the row-wise state 2 replicas wrote (after training) gives one
+    replica the same serving logits, and the same best weights."""
+    import ray
+
+    from cluster.codec import LabelledBatch
+    from cluster.replica import StudentReplica
+    from data.spec import FeatureSpec
+    data = tiny_dataset(n=256, seed=4)
+    spec: FeatureSpec = data.spec
+    group = GroupConfig(StudentConfig(name="s", embedding_dim=4, hidden=(8,),
+                                      sharding="row_wise", embedding_lr=0.1), replicas=2)
+    actor = ray.remote(StudentReplica)
+    two = [actor.remote(group, spec, {}, r, 2) for r in range(2)]
+    addr, port = ray.get(two[0].address.remote())
+    ray.get([r.setup.remote(addr, port) for r in two])
+    for k, arrays in enumerate(data.train.iter_batches(64)):
+        batch = LabelledBatch(inputs=arrays, logits=np.zeros((64, 2), np.float32),
+                              features={}, version=0)
+        ray.get([r.train_many.remote(None, [None], 1, batch) for r in two])
+        if k == 1:
+            ray.get([r.keep_best.remote() for r in two])  # best != current
+    table = ray.put(data.test)
+    want = ray.get([r.evaluate.remote(table, 64) for r in two])
+    want_best = ray.get([r.evaluate.remote(table, 64, True) for r in two])
+    state = ray.get([r.save_state.remote(str(tmp_path / "state")) for r in two])[0]
+    for r in two:
+        ray.kill(r)
+    one = actor.remote(dataclasses.replace(group, replicas=1), spec, {}, 0, 1)
+    addr, port = ray.get(one.address.remote())
+    ray.get(one.setup.remote(addr, port, state))
+    got, _ = ray.get(one.evaluate.remote(table, 64))
+    got_best, _ = ray.get(one.evaluate.remote(table, 64, True))
+    ray.kill(one)
+    np.testing.assert_allclose(want[0][0], want[1][0])  # both replicas: the same model
+    np.testing.assert_allclose(got, want[0][0], atol=1e-6)
+    np.testing.assert_allclose(got_best, want_best[0][0], atol=1e-6)
+    assert np.abs(got - got_best).max() > 1e-4  # the two states differ
+
+
+def test_sharded_step_matches_the_dense_model_with_the_same_weights() -> None:
+    """World of one: the sharded student computes the plain one's logits from the same
+    weights, and its fused row-wise Adagrad touches only the rows in the batch."""
+    from student.model import StudentModel
+    from student.sharding import make_sharded_optimizer, shard_student
+    from student.losses import build_objective
+    from student.train import student_step
+    from teacher.sharding import init_distributed
+    data = tiny_dataset(n=128, seed=5)
+    cfg = StudentConfig(name="s", embedding_dim=4, hidden=(8,), sharding="row_wise",
+                        embedding_lr=0.5)
+    plain = StudentModel(data.spec, cfg)
+    pg = init_distributed(torch.device("cpu"))
+    net = shard_student(StudentModel(data.spec, cfg, table_device="meta"), cfg, pg,
+                        torch.device("cpu"), 0)
+    net.load_state_dict(plain.state_dict())
+    batch = next(iter(data.train.iter_batches(32, keys=plain.feature_names))).to_batch()
+    with torch.no_grad():
+        torch.testing.assert_close(net(batch.dense, batch.sparse).logits,
+                                   plain(batch.dense, batch.sparse).logits)
+    before = {k: v.clone() for k, v in plain.state_dict().items() if "embedding_bags" in k}
+    student_step(net, make_sharded_optimizer(net, cfg), build_objective(cfg, data.spec.tasks),
+                 batch, None)
+    after = {k: v.local_shards()[0].tensor for k, v in net.state_dict().items()
+             if "embedding_bags" in k}
+    for key, old in before.items():
+        table = key.split(".")[2][2:]  # ebc.embedding_bags.s_<table>.weight
+        touched = {i for f in data.spec.sparse if f.table == table
+                   and f.name in plain.feature_names
+                   for i in batch.sparse[f.name].values().tolist()}
+        changed = set(torch.nonzero((after[key] - old).abs().sum(1) > 0).flatten().tolist())
+        assert changed == touched, key
+
+
+def test_serving_export_matches_the_eager_student(tmp_path) -> None:
+    from student.artifact import export_inputs, export_serving, load_export
+    from student.model import StudentModel
+    data = tiny_dataset(n=256, seed=6)
+    model = StudentModel(data.spec, StudentConfig(name="s", embedding_dim=4,
+                                                  hidden=(8,))).eval()
+    batches = [b.to_batch() for b in data.train.iter_batches(50, keys=model.feature_names)]
+    export_serving(model, batches[0], tmp_path / "s.pt2")
+    exported = load_export(tmp_path / "s.pt2")
+    with torch.no_grad():
+        for batch in (batches[0], data.test.take(np.arange(7), model.feature_names)
+                      .to_batch()):  # another batch size and id count
+            torch.testing.assert_close(exported(*export_inputs(batch)),
+                                       model(batch.dense, batch.sparse).logits)
+    (tmp_path / "bad.pt2").write_bytes(b"not a program")
+    with pytest.raises(CheckpointError, match="bad.pt2"):
+        load_export(tmp_path / "bad.pt2")
+
+
+def test_tampered_artifact_fails_with_its_path(tmp_path) -> None:
+    from student.artifact import load_artifact, write_artifact
+    from student.model import StudentModel
+    data = tiny_dataset(n=64, seed=7)
+    cfg = StudentConfig(name="s", embedding_dim=4, hidden=(8,), aux_heads=True,
+                        losses=(LossTerm("hard_label"), LossTerm("aux_head_kd")))
+    model = StudentModel(data.spec, cfg)
+
+    def weights(d: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        dcp.save(model.export_state_dict(), checkpoint_id=d, no_dist=True)
+    path = write_artifact(tmp_path / "s", weights, cfg=cfg, spec=data.spec,
+                          fingerprint={}, metrics={})
+    loaded, _, meta = load_artifact(path)
+    assert not hasattr(loaded, "aux_heads") or loaded.aux_heads is None  # serving only
+    assert meta["serving_parameters"] == sum(v.numel() for v in
+                                             model.export_state_dict().values())
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, model.state_dict()[k])
+    (path / "student.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=str(path / "student.json")):
+        load_artifact(path)
+    with pytest.raises(CheckpointError, match="not a student artifact"):
+        load_artifact(tmp_path)
+
+
+def test_sweep_expands_into_sizes_and_kd_settings(tmp_path) -> None:
+    from cluster.sweep import pareto
+    from jobs.distill import load_config
+    path = tmp_path / "sweep.toml"
+    path.write_text("[sweep]\nembedding_dim = [4, 8]\nhidden = [[16], [32, 8]]\n"
+                    'loss = ["prediction_kd", "multitask_kd"]\nkd_weight = [0.5]\n'
+                    "temperature = [2.0]\n")
+    cfg = load_config(str(path), seed=3)
+    names = [g.name for g in cfg.groups]
+    assert len(names) == 4 * 3  # 4 sizes x (no KD + 2 KD kinds)
+    assert names[:3] == ["baseline", "prediction_kd_e4_h16_w0.5_t2",
+                         "multitask_kd_e4_h16_w0.5_t2"]
+    assert names[3] == "baseline_e4_h32-8"
+    g = cfg.groups[1].student
+    assert (g.embedding_dim, g.hidden, g.seed) == (4, (16,), 3)
+    assert [(t.name, t.weight, t.params) for t in g.losses] == [
+        ("hard_label", 0.5, {}), ("prediction_kd", 0.5, {"temperature": 2.0})]
+    assert cfg.groups[2].student.losses[0].params == {"temperature": 2.0, "alpha": 0.5,
+                                                      "uncertainty": True}
+    path.write_text('[sweep]\nloss = ["feature_kd"]\n')
+    with pytest.raises(ConfigError, match=r"sweep\.loss: unknown \['feature_kd'\]"):
+        load_config(str(path))
+    # the Pareto view of a report: per-size gain, frontier by size
+    report = {"teacher": {"test": {"t": {"auc": 0.9}}},
+              "config": {"groups": [{"student": {"name": n, "embedding_dim": d,
+                                                 "hidden": [8]}}
+                                    for n, d in (("baseline", 4), ("kd4", 4),
+                                                 ("baseline_e8_h8", 8), ("kd8", 8))]},
+              "students": {"baseline": {"parameters": 10, "kd": [], "test": {"t": {"auc": 0.7}}},
+                           "kd4": {"parameters": 10, "kd": ["x"], "test": {"t": {"auc": 0.75}}},
+                           "baseline_e8_h8": {"parameters": 20, "kd": [],
+                                              "test": {"t": {"auc": 0.74}}},
+                           "kd8": {"parameters": 20, "kd": ["x"], "test": {"t": {"auc": 0.8}}}}}
+    view = pareto(report)
+    points = {p["group"]: p for p in view["points"]}
+    assert points["kd4"]["gain_vs_same_size"] == pytest.approx(0.05)
+    assert points["kd8"]["gain_vs_same_size"] == pytest.approx(0.06)
+    assert points["baseline"]["gain_vs_same_size"] is None
+    assert [p["group"] for p in view["points"] if p["frontier"]] == ["kd4", "kd8"]
+    assert view["teacher_test_auc"] == 0.9
+
+
+def test_too_many_actors_for_the_machine_fails_before_ray_starts(monkeypatch) -> None:
+    import jobs.distill as distill
+    from cluster.sweep import sweep_groups
+    from cluster.config import DistillConfig, SweepConfig
+    cores = os.cpu_count() or 1
+    n = distill.ACTORS_PER_CPU * cores  # with the 3 default teacher members: too many
+    sweep = SweepConfig(embedding_dim=tuple(4 * (i + 1) for i in range(n // 2 + 1)))
+    cfg = DistillConfig(groups=sweep_groups(sweep))
+    started = []
+    monkeypatch.setattr(distill, "start_local_ray", lambda *a, **k: started.append(a))
+    with pytest.raises(ConfigError, match=r"actor processes .* at most"):
+        distill.start_ray("", cfg)
+    assert not started
+
+
+def _artifact_matches_report(saved: dict, students: Path, data: str, tmp: Path) -> None:
+    """jobs.predict on each artifact gives the report's test metrics."""
+    from jobs.predict import main
+    for name, s in saved["students"].items():
+        assert s["artifact"] == str(students / name)
+        out = tmp / f"{name}.json"
+        assert main(["--student", s["artifact"], "--data", data, "--split", "test",
+                     "--report", str(out), "--out", str(tmp / f"{name}.parquet")]) == 0
+        got = json.loads(out.read_text())["metrics"]
+        for task, m in s["test"].items():
+            for key in ("auc", "logloss", "ne"):
+                assert got[task][key] == pytest.approx(m[key], abs=1e-5), (name, task, key)
