@@ -250,6 +250,7 @@ class StudentGroup:
     rounds: list[Round] = field(default_factory=list)
     snapshot: Any = None
     kd_off: tuple[str, ...] = ()  # tasks the KD guard turned off (a re-formed group too)
+    failed_in_a_row: int = 0  # rounds that failed since the last that did not
 
     @property
     def name(self) -> str:

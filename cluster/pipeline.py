@@ -34,7 +34,7 @@ from cluster.evaluation import evaluate_groups, evaluate_teacher, guard_off
 from cluster.committee import Committee
 from cluster.groups import StudentGroup
 from cluster.metrics import ActorMetrics
-from cluster.recovery import Decision, Recovery, classify_label_calls
+from cluster.recovery import ATTEMPTS, Decision, Recovery, classify_label_calls
 from cluster.report import SEED_MARK, DistillReport, DriverTiming, base_name, student_summary
 from cluster.run_state import STATE_FILE, GroupCheckpoint, GroupHistory, RunCheckpoint
 from cluster.stream import SoftLabelStream
@@ -288,8 +288,17 @@ class OnlineDistillation:
             while g.rounds and all(ref in ready for ref in g.rounds[0].refs):
                 if self.recovery.finish_round(name, g.rounds.pop(0)) \
                         is Decision.REFORM_FROM_SURVIVOR:
+                    # A step that fails every time (a bug, not a lost process) would
+                    # re-form the group forever: give up after ATTEMPTS in a row.
+                    g.failed_in_a_row += 1
+                    if g.failed_in_a_row > ATTEMPTS:
+                        raise RuntimeError(
+                            f"group {name}: {g.failed_in_a_row} rounds in a row failed, "
+                            "each after a re-formation; the replicas' error is printed "
+                            "above")
                     self.recovery.reform_group(name)
                     break
+                g.failed_in_a_row = 0
                 every = g.cfg.snapshot_every
                 if every and len(self.stream.ledgers[name].since_snapshot) >= every:
                     self._snapshot(name)

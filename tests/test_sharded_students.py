@@ -27,7 +27,8 @@ from test_sharding import tiny_dataset
 def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cluster,
                                                                           tmp_path) -> None:
     """DCP reshards: the row-wise state 2 replicas wrote (after training) gives one
-    replica the same serving logits, and the same best weights."""
+    replica the same serving logits, and the same best weights; so do the serving
+    weights of the artifact they write, in a plain model."""
     import ray
 
     from cluster.codec import LabelledBatch
@@ -51,6 +52,15 @@ def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cl
     want = ray.get([r.evaluate.remote(table, 64) for r in two])
     want_best = ray.get([r.evaluate.remote(table, 64, True) for r in two])
     state = ray.get([r.save_state.remote(str(tmp_path / "state")) for r in two])[0]
+    # the serving weights of the best state, written by both replicas, load into a
+    # plain model that gives the best state's logits
+    from student.artifact import load_artifact, write_artifact
+    from student.train import predict_student
+    write_artifact(tmp_path / "student",
+                   lambda d: ray.get([r.save_serving.remote(d) for r in two]),
+                   cfg=group.student, spec=spec, fingerprint={}, metrics={})
+    served, _ = predict_student(load_artifact(tmp_path / "student")[0], data.test, 64)
+    np.testing.assert_allclose(served, want_best[0][0], atol=1e-6)
     for r in two:
         ray.kill(r)
     one = actor.remote(dataclasses.replace(group, replicas=1), spec, {}, 0, 1)

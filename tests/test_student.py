@@ -1,3 +1,7 @@
+"""The student model, its step and losses, and the replica's step logic (KD guard,
+adapter, staleness) on plain tables (``sharding = "none"``): the replicas here are
+built without a process group; the sharded path is tests/test_sharded_students.py."""
+
 import numpy as np
 import pytest
 import torch
@@ -26,7 +30,7 @@ def test_student_trains_on_teacher_batches_with_extra_keys() -> None:
     """A teacher batch carries the privileged bag too; the student ignores it."""
     data = tiny_dataset(n=128)
     teacher = TeacherModel(data.spec, CFG, device="cpu").eval()
-    cfg = StudentConfig(name="kd", embedding_dim=4, hidden=(8,),
+    cfg = StudentConfig(sharding="none", name="kd", embedding_dim=4, hidden=(8,),
                         losses=(make_term("hard_label", 0.5),
                                 make_term("prediction_kd", 0.5, temperature=2.0),
                                 make_term("feature_kd", 1.0)),
@@ -69,7 +73,8 @@ def test_teacher_adapter_and_staleness_weighting() -> None:
     from teacher.outputs import TeacherOutputs
     data = tiny_dataset(n=64)
     cfg = StudentConfig(name="exfm", embedding_dim=4, hidden=(8,), teacher_adapter=True,
-                        losses=(make_term("prediction_kd", 1.0, temperature=1.0),))
+                        losses=(make_term("prediction_kd", 1.0, temperature=1.0),),
+                        sharding="none")
     student = StudentModel(data.spec, cfg)
     assert not any(k.startswith("teacher_adapter") for k in student.export_state_dict())
     b = data.train.take(np.arange(64)).to_batch()
@@ -86,7 +91,7 @@ def test_teacher_adapter_and_staleness_weighting() -> None:
                                rtol=1e-5, atol=1e-6)
 
     # staleness: a batch labelled by version 5 while version 9 is the newest, tau 2
-    group = GroupConfig(StudentConfig(name="stale", embedding_dim=4, hidden=(8,),
+    group = GroupConfig(StudentConfig(sharding="none", name="stale", embedding_dim=4, hidden=(8,),
                                       staleness_tau=2.0,
                                       losses=(make_term("hard_label", 0.5),
                                               make_term("prediction_kd", 0.5))))
@@ -106,7 +111,7 @@ def test_train_many_equals_train_on_in_order_and_reports_a_failed_step() -> None
     from cluster.config import GroupConfig
     from cluster.replica import StudentReplica
     data = tiny_dataset(n=96)
-    group = GroupConfig(StudentConfig(name="many", embedding_dim=4, hidden=(8,),
+    group = GroupConfig(StudentConfig(sharding="none", name="many", embedding_dim=4, hidden=(8,),
                                       losses=(make_term("hard_label", 0.5),
                                               make_term("prediction_kd", 0.5))))
     batches = [LabelledBatch(inputs=data.train.take(np.arange(32 * i, 32 * i + 32)),
@@ -151,7 +156,7 @@ def test_kd_guard_stops_the_teacher_on_the_tasks_it_turned_off() -> None:
     from teacher.outputs import TeacherOutputs
     data = tiny_dataset(n=32)
     group = GroupConfig(StudentConfig(name="g", embedding_dim=4, hidden=(8,), losses=(
-        make_term("hard_label", 0.5), make_term("prediction_kd", 0.5))))
+        make_term("hard_label", 0.5), make_term("prediction_kd", 0.5)), sharding="none"))
     arrays = data.train.take(np.arange(32))
     logits = torch.linspace(-3, 3, 64).reshape(32, 2)
     labelled = LabelledBatch(arrays, encode(logits, "float32"), logit_dtype="float32")
@@ -180,7 +185,7 @@ def test_kd_guard_stops_the_teacher_on_the_tasks_it_turned_off() -> None:
     # every task off: the same as hard labels at weight 0.5 and no KD
     torch.manual_seed(0)
     hard = StudentReplica(GroupConfig(StudentConfig(
-        name="h", embedding_dim=4, hidden=(8,),
+        name="h", sharding="none", embedding_dim=4, hidden=(8,),
         losses=(make_term("hard_label", 0.5), make_term("prediction_kd", 0.0)))),
         data.spec, {}, rank=0, world=1)
     hard.train_on(copy.copy(labelled))
@@ -202,7 +207,7 @@ def test_kd_guard_keeps_the_labels_of_multitask_kd_and_stops_feature_kd() -> Non
 
     def stepped(losses, off=(), adapters=None) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        g = GroupConfig(StudentConfig(name="g", embedding_dim=4, hidden=(8,),
+        g = GroupConfig(StudentConfig(sharding="none", name="g", embedding_dim=4, hidden=(8,),
                                       losses=losses, adapters=adapters or {}))
         r = StudentReplica(g, data.spec, {"last_hidden": 16}, rank=0, world=1)
         r.set_kd_guard(off)
