@@ -28,8 +28,8 @@ from data.spec import ExampleTable, FeatureSpec
 from student.losses import build_objective
 from student.model import StudentModel, count_parameters
 from student.sharding import (clone_state, fill_local, load_sharded, local_state,
-                              make_sharded_optimizer, save_sharded, serving_state,
-                              shard_student)
+                              make_sharded_optimizer, prepare_optimizer, save_sharded,
+                              serving_state, shard_student)
 from student.train import (make_student_optimizer, mask_labels, predict_student,
                            student_step)
 
@@ -237,8 +237,7 @@ class StudentReplica:
         return np.frombuffer(buf.getbuffer(), np.uint8)
 
     def _prepare(self) -> None:
-        from student.sharding import _prepare_optimizer
-        _prepare_optimizer(self.optimizer)
+        prepare_optimizer(self.optimizer)
 
     def load_state(self, state: dict[str, Any] | np.ndarray) -> None:
         """Load ``state()``'s dict, its ``state_blob()`` bytes, or (sharded)

@@ -108,39 +108,37 @@ def make_sharded_optimizer(dmp: DistributedModelParallel, cfg: StudentConfig
     return CombinedOptimizer([dmp.fused_optimizer, dense])
 
 
-def clone_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a (possibly sharded) state dict: each ShardedTensor keeps its global
-    layout and gets copies of this replica's shards."""
+def _map_state(state: dict[str, Any], sharded: Any) -> dict[str, Any]:
+    """A copy of a (nested) state dict: tensors cloned, each ShardedTensor replaced by
+    ``sharded(it)``."""
     out: dict[str, Any] = {}
     for k, v in state.items():
         if isinstance(v, ShardedTensor):
-            shards = [Shard(s.tensor.detach().clone(), s.metadata) for s in v.local_shards()]
-            out[k] = ShardedTensor._init_from_local_shards_and_global_metadata(
-                shards, v.metadata(), process_group=v._process_group)
+            out[k] = sharded(v)
         elif isinstance(v, torch.Tensor):
             out[k] = v.detach().clone()
         elif isinstance(v, dict):
-            out[k] = clone_state(v)
+            out[k] = _map_state(v, sharded)
         else:
             out[k] = v
     return out
+
+
+def clone_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a (possibly sharded) state dict: each ShardedTensor keeps its global
+    layout and gets copies of this replica's shards."""
+    def copy(v: ShardedTensor) -> ShardedTensor:
+        shards = [Shard(s.tensor.detach().clone(), s.metadata) for s in v.local_shards()]
+        return ShardedTensor._init_from_local_shards_and_global_metadata(
+            shards, v.metadata(), process_group=v._process_group)
+    return _map_state(state, copy)
 
 
 def local_state(state: dict[str, Any]) -> dict[str, Any]:
     """This replica's part of a (possibly sharded) state: each ShardedTensor as the
     list of its local shard tensors (copies), everything else as it is. For a snapshot
     the same replicas load back (:func:`fill_local`); a different number loads DCP."""
-    out: dict[str, Any] = {}
-    for k, v in state.items():
-        if isinstance(v, ShardedTensor):
-            out[k] = [s.tensor.detach().clone() for s in v.local_shards()]
-        elif isinstance(v, torch.Tensor):
-            out[k] = v.detach().clone()
-        elif isinstance(v, dict):
-            out[k] = local_state(v)
-        else:
-            out[k] = v
-    return out
+    return _map_state(state, lambda v: [s.tensor.detach().clone() for s in v.local_shards()])
 
 
 def fill_local(state: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +158,7 @@ def fill_local(state: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _prepare_optimizer(optimizer: CombinedOptimizer) -> None:
+def prepare_optimizer(optimizer: CombinedOptimizer) -> None:
     # Adam creates its state lazily; TorchRec's init_state makes it now (zero grads, no
     # step), so a state about to be loaded has every key DCP must fill.
     for _, opt in optimizer.optimizers:
@@ -181,7 +179,7 @@ def save_sharded(path: str | os.PathLike[str], model: nn.Module,
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier(pg)
-    _prepare_optimizer(optimizer)
+    prepare_optimizer(optimizer)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     if best is not None:
         state["best"] = best
@@ -206,7 +204,7 @@ def load_sharded(path: str | os.PathLike[str], model: nn.Module,
         meta = json.loads((p / STATE_META).read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{p}: not a sharded student state ({e})") from None
-    _prepare_optimizer(optimizer)
+    prepare_optimizer(optimizer)
     state: dict[str, Any] = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     if meta.get("best"):
         state["best"] = clone_state(state["model"])
