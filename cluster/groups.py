@@ -260,6 +260,12 @@ class StudentGroup:
     def sharded(self) -> bool:
         return self.cfg.student.sharding != "none"
 
+    @property
+    def _collective(self) -> list[Any]:
+        """The replicas a forward or a save needs: all of a sharded group's (its calls
+        are collective), replica 0 of a plain one."""
+        return self.replicas if self.sharded else self.replicas[:1]
+
     def _dir(self, leaf: str) -> str:
         if not self.state_root:
             raise RuntimeError(f"group {self.name}: a sharded group needs a state_root")
@@ -365,8 +371,7 @@ class StudentGroup:
     def evaluate_async(self, table_ref: Any, batch_size: int, best: bool = False) -> Any:
         """The ref of replica 0's (logits, labels) of a table. A sharded model's forward
         is collective: every replica runs it, on the same rows."""
-        replicas = self.replicas if self.sharded else self.replicas[:1]
-        return [r.evaluate.remote(table_ref, batch_size, best) for r in replicas][0]
+        return [r.evaluate.remote(table_ref, batch_size, best) for r in self._collective][0]
 
     def evaluate(self, table_ref: Any, batch_size: int, best: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -396,8 +401,8 @@ class StudentGroup:
 
     def write_serving(self, path: str) -> None:
         """The best state's serving weights to DCP directory ``path``."""
-        replicas = self.replicas if self.sharded else self.replicas[:1]
-        ray.get([r.save_serving.remote(path) for r in replicas], timeout=CALL_TIMEOUT_S)
+        ray.get([r.save_serving.remote(path) for r in self._collective],
+                timeout=CALL_TIMEOUT_S)
 
     def parameters_count(self) -> dict[str, int]:
         return ray.get(self.replicas[0].parameters_count.remote(), timeout=CALL_TIMEOUT_S)

@@ -32,6 +32,7 @@ from student.sharding import (clone_state, fill_local, load_sharded, local_state
                               serving_state, shard_student)
 from student.train import (make_student_optimizer, mask_labels, predict_student,
                            student_step)
+from teacher.sharding import init_distributed
 
 
 class StudentReplica:
@@ -72,12 +73,8 @@ class StudentReplica:
         if self.sharded:
             if self.world > 1:
                 init_group(addr, port, self.rank, self.world, torch.device("cpu"))
-            else:  # a group of one: an in-memory store, no port opened
-                if torch.distributed.is_initialized():
-                    torch.distributed.destroy_process_group()
-                torch.distributed.init_process_group(
-                    "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-            self.pg = torch.distributed.group.WORLD
+            # (M = 1: the teacher's group of one, an in-memory store, no port opened)
+            self.pg = init_distributed(torch.device("cpu"))
             self.net = shard_student(self.model, self.cfg, self.pg, torch.device("cpu"),
                                      self.cfg.seed)
             self.optimizer = make_sharded_optimizer(self.net, self.cfg)  # type: ignore[arg-type]
