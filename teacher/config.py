@@ -11,6 +11,8 @@ EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
 DENSE_ENGINES = ("ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16")
 INTERACTIONS = ("cross", "dot", "fm")
+# Table dtypes a labelling teacher may quantize its tables to (teacher/quantize.py).
+TABLE_DTYPES = ("fp32", "fp16", "int8", "int4")
 
 
 @dataclass(frozen=True)

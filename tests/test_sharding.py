@@ -1,7 +1,8 @@
 """Sharded teacher == unsharded teacher, on 2 gloo ranks (spawned processes).
 
 Table-wise, column-wise and row-wise plans each load the same checkpoint written by a
-plain single-process model and must reproduce its logits; a checkpoint written by the 2
+plain single-process model and must reproduce its logits (and, quantized to int8 for
+labelling, the one-process int8 logits); a checkpoint written by the 2
 ranks after training loads in one process with identical logits.
 """
 
@@ -20,7 +21,8 @@ from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 from teacher.checkpoint import load_teacher_state, save_teacher
 from teacher.config import TeacherConfig
 from teacher.model import TeacherModel
-from teacher.sharding import make_optimizer, shard_teacher
+from teacher.quantize import quantize_tables
+from teacher.sharding import init_distributed, make_optimizer, shard_teacher
 from teacher.train import train_step
 
 CFG = TeacherConfig(embedding_dim=16, use_privileged=True, dense_layers=(16, 16), cross_layers=2,
@@ -66,14 +68,16 @@ def _forward_worker(rank: int, port: int, ckpt: str, out: str) -> None:
         load_teacher_state(dmp, ckpt)
         dmp.eval()
         ids, logits = [], []
+        batches = [a.to_batch() for a in data.test.iter_batches(
+            16, keys=model.feature_names, rank=rank, world=2)]
         with torch.no_grad():
-            for arrays in data.test.iter_batches(16, keys=model.feature_names, rank=rank,
-                                                 world=2):
-                b = arrays.to_batch()
+            for b in batches:
                 logits.append(dmp(b.dense, b.sparse).logits)
                 ids.append(b.ids)
-        torch.save({"ids": torch.cat(ids), "logits": torch.cat(logits)},
-                   f"{out}/{kind}_{rank}.pt")
+            quantize_tables(dmp, "int8")  # the labelling teacher's int8 shards
+            int8 = [dmp(b.dense, b.sparse).logits for b in batches]
+        torch.save({"ids": torch.cat(ids), "logits": torch.cat(logits),
+                    "int8": torch.cat(int8)}, f"{out}/{kind}_{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -111,6 +115,14 @@ def test_sharded_logits_equal_unsharded(tmp_path: Path, free_port: int) -> None:
     ckpt = str(tmp_path / "ckpt")
     save_teacher(plain, ckpt, spec=data.spec, cfg=CFG)
     mp.spawn(_forward_worker, args=(free_port, ckpt, str(tmp_path)), nprocs=2, join=True)
+    one = shard_teacher(TeacherModel(data.spec, CFG), CFG,
+                        init_distributed(torch.device("cpu")), torch.device("cpu"))
+    load_teacher_state(one, ckpt)
+    one.eval()
+    quantize_tables(one, "int8")
+    b = data.test.take(np.arange(64), keys=one.module.feature_names).to_batch()
+    with torch.no_grad():
+        int8_one_process = one(b.dense, b.sparse).logits
     for kind in ("table_wise", "column_wise", "row_wise"):
         for rank in range(2):
             got = torch.load(tmp_path / f"{kind}_{rank}.pt", weights_only=True)
@@ -121,6 +133,14 @@ def test_sharded_logits_equal_unsharded(tmp_path: Path, free_port: int) -> None:
             torch.testing.assert_close(got["logits"], expect, rtol=1e-6, atol=1e-7,
                                        msg=lambda m, k=kind, r=rank: f"{k} rank {r}: {m}")
             assert got["logits"].abs().max() > 1e-3  # not a degenerate all-zero model
+            # int8 shards: each row quantized on its own, so table- and row-wise shards
+            # give the one-process int8 logits; column-wise quantizes each rank's half
+            # of a row with a scale of its own, within the same bound
+            diff = (got["int8"] - expect).abs().max().item()
+            assert 1e-6 < diff < 1e-3, (kind, rank, diff)
+            if kind != "column_wise":
+                torch.testing.assert_close(got["int8"], int8_one_process[got["ids"]],
+                                           rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.timeout(300)
