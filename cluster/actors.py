@@ -9,9 +9,13 @@ sharded forward's all-to-alls need every rank).
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
+import queue
+import threading
 import time
-from typing import Any, Iterator
+from collections import deque
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,21 +24,81 @@ import torch.distributed as dist
 from cluster.codec import LabelledBatch, encode
 from cluster.data import arrow_to_batch
 from cluster.metrics import ActorMetrics
-from cluster.process import enable_faulthandler, free_port, init_group, node_address
+from cluster.process import (enable_faulthandler, free_port, init_group, node_address,
+                             peak_rss_bytes, rss_bytes)
 from data.spec import BatchArrays, ExampleTable
 from teacher.checkpoint import load_teacher_state, read_meta
 from teacher.model import TeacherModel, feature_dims
 from teacher.outputs import TeacherOutputs
+from teacher.quantize import quantize_tables
 from teacher.sharding import default_device, shard_teacher
 from teacher.train import predict
 
 
+PREFETCH_BATCHES = 2  # decoded batches a reader thread holds ahead of the labeller
+
+
+class _PassReader:
+    """One pass's share of the Ray Data stream, decoded into :class:`BatchArrays`.
+
+    ``threaded``: a thread reads and decodes from the start (so a pass handed over
+    before the current one ends has its stream started, shuffled and its first batches
+    decoded by the time the labeller gets there), holding at most ``PREFETCH_BATCHES``
+    decoded batches; otherwise the stream is read when a batch is asked for (the
+    behaviour before prefetching existed, kept as ``teacher_group.prefetch = false``).
+    """
+
+    _END = object()
+
+    def __init__(self, shard: Any, batch_size: int, keys: tuple[str, ...],
+                 threaded: bool) -> None:
+        self.keys = keys
+        self.decode_s = 0.0  # seconds in Arrow -> BatchArrays (in the thread, if any)
+        self._batches = iter(shard.iter_batches(batch_size=batch_size,
+                                                batch_format="pyarrow", prefetch_batches=2))
+        self._queue: queue.Queue[Any] | None = None
+        if threaded:
+            self._queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+            threading.Thread(target=self._fill, name="pass-reader", daemon=True).start()
+
+    def _decode(self, arrow: Any) -> BatchArrays:
+        t0 = time.perf_counter()
+        arrays = arrow_to_batch(arrow, self.keys)
+        self.decode_s += time.perf_counter() - t0
+        return arrays
+
+    def _fill(self) -> None:
+        assert self._queue is not None
+        try:
+            for arrow in self._batches:
+                self._queue.put(self._decode(arrow))
+            self._queue.put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the labeller, raised there
+            self._queue.put(e)
+
+    def next(self) -> BatchArrays | None:
+        """The next decoded batch, or None at the pass's end."""
+        if self._queue is None:
+            arrow = next(self._batches, None)
+            return None if arrow is None else self._decode(arrow)
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return None if item is self._END else item
+
+
 class PassInput:
-    """A label source's share of one pass: the Ray Data stream a rank reads from."""
+    """A label source's share of the passes: the Ray Data streams a rank reads from.
+
+    Passes are queued: :meth:`start_pass` may hand over the next pass while the current
+    one is being labelled (``prefetch``), and its stream starts at once in a reader
+    thread; :meth:`_next_arrays` reads the oldest pass until its end.
+    """
 
     batch_size: int
     keys: tuple[str, ...]
-    _batches: Iterator[Any] | None = None
+    prefetch: bool = False
+    _passes: deque[_PassReader] | None = None
     # What the passes cost and produced (``usage``); per instance once first added to.
     _cpu0 = 0.0
     _cpu_s = 0.0
@@ -46,12 +110,16 @@ class PassInput:
     _input_s = 0.0
     _forward_s = 0.0
     _encode_s = 0.0
+    _decode_s = 0.0  # of _input_s's batches: Arrow -> numpy (a reader thread's, if any)
 
     def start_pass(self, shard: Any) -> None:
-        """Take this rank's Ray Data stream (a ``DataIterator`` of equal length)."""
-        self._batches = iter(shard.iter_batches(batch_size=self.batch_size,
-                                                batch_format="pyarrow", prefetch_batches=2))
-        self._cpu0 = time.process_time()
+        """Queue this rank's share of one more pass (a ``DataIterator`` of equal length
+        to the other ranks'); with ``prefetch`` its stream starts now."""
+        if self._passes is None:
+            self._passes = deque()
+        if not self._passes:
+            self._cpu0 = time.process_time()
+        self._passes.append(_PassReader(shard, self.batch_size, self.keys, self.prefetch))
 
     def label_next(self) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -83,8 +151,8 @@ class PassInput:
         return {"cpu_s": self._cpu_s, "examples": self._examples,
                 "batches": self._batches_done,
                 "label_bytes": self._label_bytes, "input_bytes": self._input_bytes,
-                "input_s": self._input_s, "forward_s": self._forward_s,
-                "encode_s": self._encode_s}
+                "input_s": self._input_s, "decode_s": self._decode_s,
+                "forward_s": self._forward_s, "encode_s": self._encode_s}
 
     def _account(self, labelled: LabelledBatch) -> None:
         i = labelled.inputs
@@ -95,16 +163,17 @@ class PassInput:
                                                      i.lengths))
 
     def _next_arrays(self) -> BatchArrays | None:
-        """The next batch of this pass (features ``keys``), or None at its end."""
-        assert self._batches is not None, "start_pass first"
+        """The next batch of the current pass (features ``keys``), or None at its end
+        (the next queued pass becomes the current one)."""
+        assert self._passes, "start_pass first"
         t0 = time.perf_counter()
-        try:
-            arrow = next(self._batches)
-        except StopIteration:
-            self._batches = None
-            self._cpu_s += time.process_time() - self._cpu0
+        arrays = self._passes[0].next()
+        if arrays is None:
+            self._decode_s += self._passes.popleft().decode_s
+            now = time.process_time()
+            self._cpu_s += now - self._cpu0
+            self._cpu0 = now
             return None
-        arrays = arrow_to_batch(arrow, self.keys)
         self._input_s += time.perf_counter() - t0
         return arrays
 
@@ -115,15 +184,17 @@ class TeacherRank(PassInput):
     def __init__(self, rank: int, world: int, checkpoint: str, features: tuple[str, ...],
                  batch_size: int, logit_dtype: str = "float16",
                  feature_dtype: str = "float16", *, read_keys: tuple[str, ...] = (),
-                 member: str = "") -> None:
+                 member: str = "", table_dtype: str = "fp32", prefetch: bool = False
+                 ) -> None:
         enable_faulthandler()
         torch.set_num_threads(1)
         self.rank, self.world = rank, world
         self.checkpoint, self.features = checkpoint, features
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # rows per labelling forward
         self.logit_dtype, self.feature_dtype = logit_dtype, feature_dtype
+        self.table_dtype, self.prefetch = table_dtype, prefetch
         self.device = default_device()
-        self._batches: Iterator[Any] | None = None
+        self.tables: dict[str, float] = {}
         # A committee's lead reads every member's features from the stream (read_keys);
         # each member's forward takes its own (model_keys).
         self.read_keys, self.member = tuple(read_keys), member
@@ -142,22 +213,36 @@ class TeacherRank(PassInput):
         self.n_params = sum(p.numel() for p in model.parameters())
         self.model_keys = model.feature_names
         self.keys = self.read_keys or self.model_keys
-        self.spec = spec
-        self.model = shard_teacher(model, cfg, dist.group.WORLD, self.device)
-        load_teacher_state(self.model, self.checkpoint)
-        self.model.eval()
+        self.spec, self.cfg = spec, cfg
+        self._load(model, self.checkpoint)
         self.version = int(info.get("step", 0))
         self.metrics.gauge("recdistill_teacher_version", self.version)
         return {"spec": spec, "version": self.version, "parameters": self.n_params,
                 "checkpoint": self.checkpoint, "pid": os.getpid(),
-                "feature_dims": feature_dims(spec, cfg), "keys": self.keys}
+                "feature_dims": feature_dims(spec, cfg), "keys": self.keys,
+                "tables": self.tables}
+
+    def _load(self, model: TeacherModel, checkpoint: str) -> None:
+        """Shard ``model`` over the group, load ``checkpoint`` into it and quantize its
+        tables to ``table_dtype`` (every rank calls it: sharding is collective)."""
+        self.model = shard_teacher(model, self.cfg, dist.group.WORLD, self.device)
+        load_teacher_state(self.model, checkpoint)
+        self.model.eval()
+        self.tables = quantize_tables(self.model, self.table_dtype)
+        self.tables["peak_rss_bytes"] = float(peak_rss_bytes())
+        self.tables["rss_bytes"] = float(rss_bytes())
 
     def reload(self, checkpoint: str) -> int:
         """Load another version of the same teacher between batches (teacher refresh);
         every rank calls it. Returns the new version."""
         _, _, info = read_meta(checkpoint)
-        load_teacher_state(self.model, checkpoint)
-        self.model.eval()
+        if self.table_dtype == "fp32":
+            load_teacher_state(self.model, checkpoint)
+            self.model.eval()
+        else:  # quantized tables cannot be loaded into: build the new version afresh
+            self.model = None
+            gc.collect()
+            self._load(TeacherModel(self.spec, self.cfg), checkpoint)
         self.checkpoint, self.version = checkpoint, int(info.get("step", 0))
         self.metrics.gauge("recdistill_teacher_version", self.version)
         return self.version

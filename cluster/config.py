@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from data.errors import ConfigError
 from student.config import LossTerm, StudentConfig
-from teacher.config import TeacherConfig
+from teacher.config import TABLE_DTYPES, TeacherConfig
 from teacher.outputs import FEATURE_NAMES
 
 DTYPES = ("float16", "bfloat16", "float32")
@@ -53,7 +53,26 @@ class TeacherGroupConfig:
 
     Attributes:
         ranks: K actors forming one torch.distributed group (one shard each).
-        batch_size: examples each rank labels per step.
+        batch_size: examples per student batch: what the stream hands a group for one
+            optimizer step, and what ``stream.max_inflight`` counts.
+        label_batch_size: examples each rank labels per forward, a multiple of
+            ``batch_size``; the stream slices every labelled batch into student
+            batches by row ranges (the slices share the one stored batch, nothing is
+            copied). Larger forwards amortise the teacher's per-batch and per-call
+            costs. At most ``stream.batches_per_call`` student batches and the rank's
+            share of ``stream.max_inflight`` (a larger value is lowered to that: see
+            :attr:`DistillConfig.label_rows`). ``batch_size`` labels in student-sized
+            batches (the behaviour before this setting existed).
+        prefetch: each pass's input stream starts while the pass before it is still
+            being labelled, read and decoded ahead by a thread in every rank, so no
+            rank waits for a pass to start; false: a pass's stream starts when the pass
+            does, and a batch is read when it is labelled.
+        table_dtype: the embedding tables the teacher labels from: ``fp32`` (as
+            trained), or quantized after loading to ``fp16``, ``int8`` or ``int4``
+            (FBGEMM's inference kernels, per row scale and bias for the integer types;
+            the tables stay sharded over the ranks, the dense tower is unchanged). A
+            labelling teacher never trains, so this costs accuracy only through the
+            quantization error (the labelling benchmark reports it).
         checkpoint: the teacher checkpoint: a training run's root of versions (as
             ``jobs.train_teacher`` writes it) or one version's directory; trained
             first if missing.
@@ -74,6 +93,9 @@ class TeacherGroupConfig:
 
     ranks: int = 1
     batch_size: int = 512
+    label_batch_size: int = 4096
+    prefetch: bool = True
+    table_dtype: str = "fp32"
     checkpoint: str = "runs/distill/teacher"
     version: str = "best"
     refresh_every: int = 0
@@ -89,6 +111,13 @@ class TeacherGroupConfig:
             raise ConfigError(f"teacher_group.ranks must be >= 1, got {self.ranks}")
         if self.batch_size < 1:
             raise ConfigError(f"teacher_group.batch_size must be >= 1, got {self.batch_size}")
+        if self.label_batch_size < self.batch_size or self.label_batch_size % self.batch_size:
+            raise ConfigError(f"teacher_group.label_batch_size ({self.label_batch_size}) "
+                              "must be a multiple of teacher_group.batch_size "
+                              f"({self.batch_size})")
+        if self.table_dtype not in TABLE_DTYPES:
+            raise ConfigError(f"teacher_group.table_dtype: unknown {self.table_dtype!r}; "
+                              f"expected one of {TABLE_DTYPES}")
         if not self.checkpoint:
             raise ConfigError("teacher_group.checkpoint must name a directory")
         if self.refresh_every < 0:
@@ -366,12 +395,36 @@ class DistillConfig:
                                   f"teacher_group.batch_size ({self.teacher_group.batch_size})")
 
     @property
-    def label_batches_per_call(self) -> int:
-        """Batches per rank per labelling call: as many as ``stream.batches_per_call``,
-        but a full call of every rank must fit the window (``max_inflight``), or the
-        label group would never be called."""
+    def _call_batches(self) -> int:
+        """Student batches per rank per labelling call: ``stream.batches_per_call``, but
+        a full call of every rank must fit the window (``max_inflight``), or the label
+        group would never be called."""
         return max(1, min(self.stream.batches_per_call,
                           self.stream.max_inflight // self.teacher_group.ranks))
+
+    @property
+    def label_rows(self) -> int:
+        """Rows per labelling forward: ``teacher_group.label_batch_size``, lowered to
+        what one call of every rank may hold (:attr:`_call_batches` student batches)."""
+        tg = self.teacher_group
+        return min(tg.label_batch_size, self._call_batches * tg.batch_size)
+
+    @property
+    def slices_per_label_batch(self) -> int:
+        """Student batches the stream cuts one labelled batch into."""
+        return self.label_rows // self.teacher_group.batch_size
+
+    @property
+    def label_batches_per_call(self) -> int:
+        """Labelled batches per rank per labelling call (each its own stored object):
+        a call carries up to ``stream.batches_per_call`` student batches' rows."""
+        return max(1, self._call_batches // self.slices_per_label_batch)
+
+    @property
+    def student_batches_per_call(self) -> int:
+        """Student batches one labelling call of one rank publishes (at most): what the
+        stream's window must have room for before the call is made."""
+        return self.label_batches_per_call * self.slices_per_label_batch
 
     @property
     def members(self) -> tuple[MemberConfig, ...]:

@@ -107,5 +107,7 @@ def arrow_to_batch(batch: pa.Table, keys: tuple[str, ...]) -> BatchArrays:
         labels=_fixed_to_numpy(batch.column(LABELS), n).astype(np.float32, copy=False),
         ids=batch.column(ID).to_numpy().astype(np.int64, copy=False),
         keys=keys,
-        values=np.concatenate(values).astype(np.int64) if values else np.zeros(0, np.int64),
-        lengths=np.concatenate(lengths).astype(np.int32) if lengths else np.zeros(0, np.int32))
+        values=np.concatenate(values).astype(np.int64, copy=False) if values
+        else np.zeros(0, np.int64),
+        lengths=np.concatenate(lengths).astype(np.int32, copy=False) if lengths
+        else np.zeros(0, np.int32))

@@ -77,6 +77,7 @@ class LabelGroup:
                  follower: bool = False) -> None:
         self.cfg, self.source, self.soft_labels = cfg, source, soft_labels
         self.member, self.read_keys, self.follower = member, read_keys, follower
+        self.rank_cls: type = TeacherRank  # the actor class of a live teacher's ranks
         self.name = "soft-labels" if soft_labels else \
             f"teacher-{member}" if member else "teacher"
         self.generation = 0
@@ -116,16 +117,18 @@ class LabelGroup:
             strategy = [PlacementGroupSchedulingStrategy(self._placement,
                                                          placement_group_bundle_index=k)
                         for k in range(tg.ranks)]
-        cls: type = SoftLabelReader if self.soft_labels else TeacherRank
+        cls: type = SoftLabelReader if self.soft_labels else self.rank_cls
         extra = () if self.soft_labels else (self.cfg.stream.logit_dtype,
                                              self.cfg.stream.feature_dtype)
-        kw = {} if self.soft_labels else {"read_keys": self.read_keys,
-                                           "member": self.member}
+        kw: dict[str, Any] = {"prefetch": tg.prefetch}
+        if not self.soft_labels:
+            kw.update(read_keys=self.read_keys, member=self.member,
+                      table_dtype=tg.table_dtype)
         features = () if self.follower else self.cfg.requested_features
         self.actors = [ray.remote(cls).options(
             name=f"{self.name}-{k}{_suffix(self.generation)}", num_cpus=tg.cpus,
             scheduling_strategy=strategy[k], max_restarts=0).remote(
-            k, tg.ranks, self.source, features, tg.batch_size, *extra, **kw)
+            k, tg.ranks, self.source, features, self.cfg.label_rows, *extra, **kw)
             for k in range(tg.ranks)]
         addr, port = ray.get(self.actors[0].address.remote(), timeout=CALL_TIMEOUT_S)
         infos = ray.get([t.setup.remote(addr, port) for t in self.actors],

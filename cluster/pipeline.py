@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import ray
 from tqdm import tqdm
 
@@ -58,7 +59,8 @@ class Hooks:
 class PassState:
     index: int  # 0-based
     ds: Any  # the training rows as a Ray Dataset
-    per_call: int  # batches per rank per labelling call
+    per_call: int  # labelled batches per rank per labelling call
+    room: int  # student batches a labelling call of every rank may publish
     labels_done: bool = False  # the label group has labelled the whole pass
 
 
@@ -112,6 +114,9 @@ class OnlineDistillation:
         self.guard_log: dict[str, dict[str, int]] = {}  # group -> task -> pass it went off
         self.resumed: dict[str, Any] | None = None
         self._pass: PassState | None = None
+        # (last pass handed to the label ranks, their generation): passes up to it are
+        # queued on those ranks
+        self._handed: tuple[int, int] = (-1, -1)
         self._bar: Any = None
         self._last_gauge = 0.0
 
@@ -124,15 +129,23 @@ class OnlineDistillation:
             first_pass = self.resume_from.restore(self.groups, self.stream.ledgers,
                                                   self.history)
             self.resumed = self.resume_from.summary()
+        ds = train_dataset(self.data.train)
+
+        def hand_first_pass() -> None:
+            # its stream starts while the student groups start and the teacher is
+            # evaluated (a pass's stream takes ~1.3 s here to yield its first batch)
+            if self.cfg.teacher_group.prefetch:
+                self._pass = self._pass_state(first_pass, ds)
+                self.recovery.on_labels(lambda _: self._start_pass())
+
         self.recovery.start({n: s.state for n, s in self.resume_from.groups.items()}
-                            if self.resume_from else {})
+                            if self.resume_from else {}, hand_first_pass)
         self.version = first_version = int(self.labels.info["version"])
         params = {n: self.recovery.on_group(n, StudentGroup.parameters_count)
                   for n in self.groups}
         for name, g in self.groups.items():  # a sharded group restores from a snapshot
             if g.sharded and g.cfg.snapshot_every:
                 self._snapshot(name)
-        ds = train_dataset(self.data.train)
         valid_ref, test_ref = ray.put(self.data.valid), ray.put(self.data.test)
         teacher_valid, members_valid = self._teacher_metrics(valid_ref,
                                                              "evaluate teacher valid")
@@ -154,6 +167,12 @@ class OnlineDistillation:
                    "version": self.version, "first_version": first_version,
                    "refreshes": self.refreshes, "ranks": k,
                    "restarts": self.labels.generation,
+                   # how it labelled: rows per forward, input prefetch, table dtype and
+                   # (rank 0 of the lead) the tables' bytes and the rank's RSS
+                   "labelling": {"label_rows": self.cfg.label_rows,
+                                 "prefetch": self.cfg.teacher_group.prefetch,
+                                 "table_dtype": self.cfg.teacher_group.table_dtype,
+                                 "tables": self.labels.info.get("tables", {})},
                    # what the label source (teacher ranks or soft-label readers) spent
                    # and produced over all passes
                    "usage": usage}
@@ -181,7 +200,7 @@ class OnlineDistillation:
     def _run_pass(self, p: int, ds: Any) -> None:
         t_pass, cpu_pass, thread_pass = time.perf_counter(), time.process_time(), \
             time.thread_time()
-        self._pass = PassState(p, ds, self.cfg.label_batches_per_call)
+        self._pass = self._pass_state(p, ds)
         self._phase(f"pass {p + 1}")
         self.recovery.on_labels(lambda _: self._start_pass())
         self.recovery.restart_pass = self._start_pass  # a re-formed group replays it
@@ -197,13 +216,31 @@ class OnlineDistillation:
         self.timing.driver_cpu_s += time.process_time() - cpu_pass
         self.timing.driver_loop_cpu_s += time.thread_time() - thread_pass
 
+    def _pass_state(self, index: int, ds: Any) -> PassState:
+        return PassState(index, ds, self.cfg.label_batches_per_call,
+                         self.labels.ranks * self.cfg.student_batches_per_call)
+
     def _start_pass(self) -> None:
-        """Hand every label-group rank its share of the pass's shuffled stream."""
+        """Hand every label-group rank its share of the pass's shuffled stream, unless
+        it already has it; with ``teacher_group.prefetch``, the next pass's share too
+        (its stream starts while this pass is labelled). A re-formed label group is a
+        new generation: it gets both again."""
         ps = self._pass
         assert ps is not None
-        self.labels.start_pass(pass_shards(ps.ds, self.data.train, self.cfg.seed, ps.index,
-                                           self.labels.ranks))
+        generation = self.labels.generation
+        if self._handed[1] != generation:
+            self._handed = (-1, generation)
+        for index in (ps.index, ps.index + 1):
+            if index > self._handed[0] and index < self.cfg.passes and \
+                    (index == ps.index or self.cfg.teacher_group.prefetch):
+                self.labels.start_pass(self._shards(index))
+                self._handed = (index, generation)
         ps.labels_done = False
+
+    def _shards(self, index: int) -> list[Any]:
+        ps = self._pass
+        assert ps is not None
+        return pass_shards(ps.ds, self.data.train, self.cfg.seed, index, self.labels.ranks)
 
     def _end_pass(self, p: int, valid_ref: Any) -> None:
         valid = self._evaluate_groups(valid_ref, "evaluate valid")
@@ -234,7 +271,7 @@ class OnlineDistillation:
         ps = self._pass
         assert ps is not None
         if ps.labels_done or self.labels.pending is not None \
-                or not self.stream.has_room(self.labels.ranks * ps.per_call):
+                or not self.stream.has_room(ps.room):
             return
         self.label_rounds += 1
         self._maybe_refresh()
@@ -276,9 +313,18 @@ class OnlineDistillation:
             return
         rnd = self.labels.collect()
         ps.labels_done = rnd.ended
+        bs = self.cfg.teacher_group.batch_size
         for ids, batch_ref in rnd.batches:
-            # None: a re-formed label group replayed rows already published
-            self.stream.publish(batch_ref, ids, self.version, ps.index)
+            if len(ids) <= bs:
+                self.stream.publish(batch_ref, ids, self.version, ps.index)
+                continue
+            # A labelled batch of label_batch_size rows: student batches of its row
+            # ranges, each the same stored object (publish drops rows that a re-formed
+            # label group replayed).
+            for start in range(0, len(ids), bs):
+                stop = min(start + bs, len(ids))
+                self.stream.publish(batch_ref, ids[start:stop], self.version, ps.index,
+                                    rows=np.arange(start, stop))
         every = self.options.checkpoint_every
         if rnd.batches and every and self.label_rounds % every == 0:
             self._checkpoint(pass_done=False)

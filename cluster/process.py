@@ -59,3 +59,15 @@ def init_group(addr: str, port: int, rank: int, world: int, device: torch.device
     dist.init_process_group(backend_for(device), store=store, rank=rank, world_size=world,
                             timeout=COLLECTIVE_TIMEOUT)
 
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now."""
+    import psutil
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -144,10 +144,15 @@ class Recovery:
         if self.restart_pass is not None:
             self.restart_pass()
 
-    def start(self, states: dict[str, Any]) -> None:
+    def start(self, states: dict[str, Any],
+              labels_started: Callable[[], None] | None = None) -> None:
         """Start the label group and every student group (``states``: group -> the
-        state to start from, if any), each retried as a re-formation would be."""
+        state to start from, if any), each retried as a re-formation would be;
+        ``labels_started()`` runs in between (work for the label group that overlaps
+        the student groups' start)."""
         _retry(self.labels.start, self.labels.discard)
+        if labels_started is not None:
+            labels_started()
         for name, g in self.groups.items():
             _retry(lambda: g.start(states.get(name)), g.discard)
 

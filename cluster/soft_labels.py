@@ -109,6 +109,8 @@ class Manifest:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     # a committee's member names (their logits in member.<name>); [] for one teacher
     members: list[str] = field(default_factory=list)
+    # the teacher's tables when it labelled (teacher_group.table_dtype)
+    table_dtype: str = "fp32"
 
     def save(self, root: Path) -> None:
         tmp = root / (MANIFEST + ".tmp")
@@ -205,10 +207,11 @@ class SoftLabelReader(PassInput):
     """
 
     def __init__(self, rank: int, world: int, root: str, features: tuple[str, ...],
-                 batch_size: int) -> None:
+                 batch_size: int, *, prefetch: bool = False) -> None:
         enable_faulthandler()
         self.rank, self.world, self.root = rank, world, root
         self.features, self.batch_size = features, batch_size
+        self.prefetch = prefetch
         self._splits: dict[str, SoftLabels] = {}
 
     def address(self) -> tuple[str, int]:

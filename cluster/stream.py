@@ -39,20 +39,22 @@ class SoftLabelStream:
         """Whether ``n`` more batches fit every group's window."""
         return all(b.depth + n <= self.max_inflight for b in self.ledgers.values())
 
-    def publish(self, ref: Any, ids: np.ndarray, version: int, pass_index: int
-                ) -> StreamItem | None:
-        """Hand one labelled batch to every group (the same ref: one stored copy).
+    def publish(self, ref: Any, ids: np.ndarray, version: int, pass_index: int,
+                rows: np.ndarray | None = None) -> StreamItem | None:
+        """Hand one student batch to every group (the same ref: one stored copy).
 
-        Rows whose ids this pass already published (a re-formed label group replaying
-        the pass) are left out; a batch with none left is dropped (None)."""
+        ``rows``: the rows of the stored batch this student batch is (a slice of a
+        larger labelled batch; ``ids`` are theirs); None: all of it. Rows whose ids this
+        pass already published (a re-formed label group replaying the pass) are left
+        out; a batch with none left is dropped (None)."""
         seen = self.published.setdefault(pass_index, IdSet())
         new = ~seen.contains(ids)
-        rows = None
         if not new.all():
             self.replayed_rows += int((~new).sum())
             if not new.any():
                 return None
-            rows, ids = np.flatnonzero(new), ids[new]
+            rows = np.flatnonzero(new) if rows is None else rows[new]
+            ids = ids[new]
         seen.add(ids)
         item = StreamItem(self._seq, ref, ids, version, pass_index, rows)
         self._seq += 1

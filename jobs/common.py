@@ -54,6 +54,18 @@ def add_data_arguments(p: Any) -> None:
                         "32)")
 
 
+def add_labelling_arguments(p: Any) -> None:
+    """How the teacher labels (``--label-batch-size``, ``--table-dtype``): the
+    ``teacher_group`` keys of the same names; None where not given."""
+    from teacher.config import TABLE_DTYPES
+    p.add_argument("--label-batch-size", type=int, dest="label_batch_size",
+                   help="rows per teacher forward, a multiple of the student batch "
+                        "(teacher_group.label_batch_size; default 4096)")
+    p.add_argument("--table-dtype", choices=TABLE_DTYPES, dest="table_dtype",
+                   help="embedding tables the teacher labels from: fp32 (default) or "
+                        "quantized to fp16, int8 or int4 (teacher_group.table_dtype)")
+
+
 def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
                  rows: int = 100_000, max_cardinality: int = 100_000) -> Dataset:
     """``movielens`` (recbole's copy), ``synthetic`` (``rows`` rows in memory, split

@@ -25,8 +25,8 @@ from cluster.pipeline import Hooks, OnlineDistillation
 from cluster.report import DistillReport
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
-from jobs.common import (add_data_arguments, check_sections, load_dataset,
-                         quiet_library_warnings, read_toml, start_local_ray,
+from jobs.common import (add_data_arguments, add_labelling_arguments, check_sections,
+                         load_dataset, quiet_library_warnings, read_toml, start_local_ray,
                          write_json_atomic)
 from teacher.checkpoint import CheckpointError
 from teacher.config import TeacherConfig
@@ -77,9 +77,12 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
                 passes: int | None = None, seed: int | None = None,
                 ranks: int | None = None, replicas: int | None = None,
                 checkpoint: str | None = None, version: str | None = None,
-                seeds: int | None = None, kd_guard: bool | None = None) -> DistillConfig:
+                seeds: int | None = None, kd_guard: bool | None = None,
+                label_batch_size: int | None = None, table_dtype: str | None = None,
+                prefetch: bool | None = None) -> DistillConfig:
     """A DistillConfig from an optional TOML file plus command-line overrides (None:
-    not given): ``ranks``, ``checkpoint`` and ``version`` of the teacher group,
+    not given): ``ranks``, ``checkpoint``, ``version``, ``label_batch_size``,
+    ``table_dtype`` and ``prefetch`` of the teacher group,
     ``replicas`` of every group, the rest top-level fields.
 
     Fails before any actor starts, naming the file and the key as the file spells it
@@ -91,7 +94,9 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
         for g in cfg.groups:  # loss names and parameters, before any data is read
             resolve_terms(g.student)
         tg = {k: v for k, v in (("ranks", ranks), ("checkpoint", checkpoint),
-                                ("version", version)) if v is not None}
+                                ("version", version), ("label_batch_size", label_batch_size),
+                                ("table_dtype", table_dtype), ("prefetch", prefetch))
+              if v is not None}
         if tg:
             cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
                 cfg.teacher_group, **tg))
@@ -154,6 +159,10 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                         "extra groups of the same stream; the report adds mean, sd, the "
                         "gain's paired sd and eta over them")
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
+    add_labelling_arguments(p)
+    p.add_argument("--no-prefetch", dest="prefetch", action="store_false", default=None,
+                   help="start each pass's input stream only when the pass starts "
+                        "(teacher_group.prefetch = false)")
     p.add_argument("--replicas", type=int, help="M replicas in every student group")
     p.add_argument("--teacher-checkpoint", dest="checkpoint",
                    help="teacher checkpoint: a train_teacher root of versions or one "
@@ -192,7 +201,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                       max_cardinality=a.max_cardinality, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
                       checkpoint=a.checkpoint, version=a.version, seeds=a.seeds,
-                      kd_guard=a.kd_guard)
+                      kd_guard=a.kd_guard, label_batch_size=a.label_batch_size,
+                      table_dtype=a.table_dtype, prefetch=a.prefetch)
     state_dir = a.state_dir if a.state_dir is not None else str(
         Path(a.report).parent / "state")
     students_dir = a.students_dir if a.students_dir is not None else str(

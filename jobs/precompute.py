@@ -29,8 +29,8 @@ from cluster.config import DistillConfig
 from data.errors import ConfigError, DataError
 from data.fingerprint import fingerprint
 from data.spec import Dataset
-from jobs.common import (add_data_arguments, connect_ray, in_memory, load_dataset,
-                         quiet_library_warnings)
+from jobs.common import (add_data_arguments, add_labelling_arguments, connect_ray,
+                         in_memory, load_dataset, quiet_library_warnings)
 from teacher.checkpoint import CheckpointError, read_meta
 
 
@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
                                     "dtypes and the features its groups request)")
     add_data_arguments(p)
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
+    add_labelling_arguments(p)
     p.add_argument("--teacher-checkpoint", dest="checkpoint")
     p.add_argument("--teacher-version", dest="version")
     p.add_argument("--part-rows", type=int, default=20_000, help="rows per Parquet part")
@@ -53,7 +54,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
         raise ConfigError(f"--part-rows must be >= 1, got {a.part_rows}")
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,
                       max_cardinality=a.max_cardinality, ranks=a.ranks,
-                      checkpoint=a.checkpoint, version=a.version)
+                      checkpoint=a.checkpoint, version=a.version,
+                      label_batch_size=a.label_batch_size, table_dtype=a.table_dtype)
     return cfg, a
 
 
@@ -102,7 +104,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
                 "feature_dtype": cfg.stream.feature_dtype, "part_rows": part_rows,
                 "dataset": data.name, "tasks": list(data.spec.tasks),
                 "rows": {s: len(data.split(s)) for s in SPLITS},
-                "fingerprint": fingerprint(data.spec, data.name), "members": committee}
+                "fingerprint": fingerprint(data.spec, data.name), "members": committee,
+                "table_dtype": cfg.teacher_group.table_dtype}
         tinfo = labels.start()
         features = {k: int(tinfo["feature_dims"][k]) for k in cfg.requested_features}
         root.mkdir(parents=True, exist_ok=True)

@@ -454,3 +454,69 @@ def test_removed_node_with_a_teacher_rank_is_survived(tmp_path) -> None:
     for name, (per_pass, _) in out["students"].items():
         assert per_pass == [N, N], name
     assert out["stream"]["acked_rows"] == {"hard": 2 * N, "kd": 2 * N}
+
+
+def _label_batches_4x(cfg: DistillConfig) -> DistillConfig:
+    """Labelling in batches of 4 student batches (256 rows): the window holds a call of
+    both ranks (2 x 4 student batches)."""
+    import dataclasses
+    return dataclasses.replace(
+        cfg, teacher_group=dataclasses.replace(cfg.teacher_group, label_batch_size=256),
+        stream=StreamConfig(max_inflight=8))
+
+
+@pytest.mark.timeout(300)
+def test_label_batches_4x_the_student_batch_train_every_id_once(ray_cluster,
+                                                                 tmp_path) -> None:
+    """Each rank labels 256-row batches (320 rows: one of 256, one of 64); the stream
+    cuts them into 64-row student batches by row ranges: the groups see the same 10
+    student batches per pass as with 64-row labelling, each id once."""
+    cfg, data, dims = _setup(tmp_path)
+    cfg = _label_batches_4x(cfg)
+    assert (cfg.label_rows, cfg.slices_per_label_batch, cfg.label_batches_per_call) == \
+        (256, 4, 1)
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False))
+    try:
+        body = run.run().to_json()
+    finally:
+        run.shutdown()
+    _assert_exactly_once(run, data, passes=2)
+    s = body["stream"]
+    assert s["produced"] == 2 * 10  # student batches: 2 passes x 2 ranks x (4 + 1)
+    assert body["teacher"]["usage"]["batches"] == 2 * 2 * 2  # labelled: (256, 64) a rank
+    assert s["acked"] == {"hard": 20, "kd": 20}
+    assert s["redelivered"] == 0 and s["duplicates_dropped"] == 0
+    assert all(1 <= d <= 8 for d in s["max_depth"].values())  # counted in student batches
+    assert body["teacher"]["labelling"]["label_rows"] == 256
+
+
+@pytest.mark.timeout(300)
+def test_label_batches_4x_survive_a_killed_teacher_rank(ray_cluster, tmp_path) -> None:
+    """kill -9 of a teacher rank mid-pass while it labels 256-row batches: the group is
+    re-formed, the pass read again, the rows already published (whole labelled batches,
+    cut into student batches) dropped; every id trained once per pass per group."""
+    cfg, data, dims = _setup(tmp_path)
+    cfg = _label_batches_4x(cfg)
+    killed = {}
+
+    def kill_once(group: str, acked: int) -> None:
+        if group == "kd" and acked == 3 and not killed:
+            pid = ray_cluster.get(run.labels.actors[1].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed["pid"] = pid
+
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False),
+                             Hooks(after_ack=kill_once))
+    try:
+        body = run.run().to_json()
+    finally:
+        run.shutdown()
+    assert killed, "the failure was injected"
+    assert body["teacher"]["restarts"] == 1
+    assert body["students"]["kd"]["restarts"] == body["students"]["hard"]["restarts"] == 0
+    _assert_exactly_once(run, data, passes=2)
+    # what was published before the kill came again in the replay and was dropped:
+    # whole labelled batches, so a multiple of 64 rows
+    assert body["stream"]["replayed_rows"] > 0
+    assert body["stream"]["replayed_rows"] % 64 == 0
+    assert body["students"]["kd"]["examples_per_pass"] == [N, N]

@@ -69,7 +69,11 @@ def test_committee_outputs_are_the_members_mean() -> None:
 @pytest.mark.timeout(300)
 def test_combined_logits_equal_the_mean_of_the_members(ray_cluster, tmp_path) -> None:
     cfg, data, _ = _committee(tmp_path)
-    cfg = dataclasses.replace(cfg, stream=StreamConfig(logit_dtype="float32"))
+    # labelled batches of one student batch each (64 rows): 2 calls' worth per rank
+    cfg = dataclasses.replace(cfg, stream=StreamConfig(logit_dtype="float32"),
+                              teacher_group=dataclasses.replace(
+                                  cfg.teacher_group,
+                                  label_batch_size=cfg.teacher_group.batch_size))
     labels = Committee.teacher(cfg)
     assert labels.lead.read_keys == ("user", "item", "history", "genre")
     try:

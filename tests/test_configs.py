@@ -30,3 +30,24 @@ def test_shipped_config_is_the_default(tmp_path: Path) -> None:
     (tmp_path / "x.toml").write_text("[teacher\n")
     with pytest.raises(ConfigError, match=r"x\.toml: not valid TOML"):
         read_toml(tmp_path / "x.toml")
+
+
+def test_labelling_settings_are_checked_and_derived() -> None:
+    from cluster.config import DistillConfig, StreamConfig, TeacherGroupConfig
+    with pytest.raises(ConfigError, match=r"teacher_group\.label_batch_size \(1000\) must "
+                                          r"be a multiple of teacher_group\.batch_size"):
+        TeacherGroupConfig(batch_size=512, label_batch_size=1000)
+    with pytest.raises(ConfigError, match=r"teacher_group\.table_dtype: unknown 'int2'"):
+        TeacherGroupConfig(table_dtype="int2")
+    # the defaults: 4096-row forwards = 8 student batches, one labelled batch per call
+    cfg = DistillConfig()
+    assert (cfg.label_rows, cfg.slices_per_label_batch, cfg.label_batches_per_call,
+            cfg.student_batches_per_call) == (4096, 8, 1, 8)
+    # 8 ranks share a 32-batch window: 4 student batches each, so 2048-row forwards
+    cfg = DistillConfig(teacher_group=TeacherGroupConfig(ranks=8))
+    assert (cfg.label_rows, cfg.label_batches_per_call) == (2048, 1)
+    # student-sized labelling: 8 labelled batches per call, as before label batches
+    cfg = DistillConfig(teacher_group=TeacherGroupConfig(label_batch_size=512),
+                        stream=StreamConfig(max_inflight=32, batches_per_call=8))
+    assert (cfg.label_rows, cfg.label_batches_per_call, cfg.student_batches_per_call) \
+        == (512, 8, 8)
