@@ -115,6 +115,8 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
     p.add_argument("--config", help="TOML file with a [teacher] table (and optional [job])")
     add_data_arguments(p)
     p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--embedding-precision", choices=("fp32", "fp16"),
+                   help="the tables' weights while training (fp16: half the memory)")
     p.add_argument("--checkpoint", help="checkpoint root directory (default runs/teacher)")
     p.add_argument("--report", help="write a JSON report here")
     p.add_argument("--epochs", type=int)
@@ -152,6 +154,7 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
     job = from_mapping(TrainTeacherArgs, doc.get("job", {}), "job")
     over = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size),
                               ("embedding_dim", a.embedding_dim),
+                              ("embedding_precision", a.embedding_precision),
                               ("sharding", a.sharding), ("seed", a.seed),
                               ("dense_engine", a.dense_engine), ("zero_stage", a.zero_stage),
                               ("precision", a.precision)) if v is not None}

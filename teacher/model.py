@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchrec.models.dlrm import InteractionArch
 from torchrec.modules.crossnet import LowRankCrossNet
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -58,7 +58,9 @@ def embedding_tables(spec: FeatureSpec, cfg: TeacherConfig) -> list[EmbeddingBag
             tables[f.table] = EmbeddingBagConfig(
                 name=f"t_{f.table}", embedding_dim=cfg.embedding_dim,
                 num_embeddings=f.cardinality, feature_names=[name],
-                pooling=PoolingType.MEAN)  # a bag's mean; a single id is its own row
+                pooling=PoolingType.MEAN,  # a bag's mean; a single id is its own row
+                data_type=DataType.FP16 if cfg.embedding_precision == "fp16"
+                else DataType.FP32)
     return list(tables.values())
 
 
@@ -151,8 +153,9 @@ class TeacherModel(nn.Module):
     def pool(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """Pooled embeddings of every sparse feature, [B, F * E], in feature order."""
         pooled = self.ebc(sparse)
-        # KeyedTensor values are [B, sum of widths] in the EBC's feature order.
-        return torch.cat([pooled[n] for n in self.feature_names], dim=1)
+        # KeyedTensor values are [B, sum of widths] in the EBC's feature order (fp16
+        # from fp16 tables: the dense tower computes in fp32).
+        return torch.cat([pooled[n] for n in self.feature_names], dim=1).float()
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> TeacherOutputs:
         return self.tower(self.pool(sparse), dense)

@@ -30,19 +30,23 @@ from teacher.config import TABLE_DTYPES
 _SPARSE = {"fp32": SparseType.FP32, "fp16": SparseType.FP16, "int8": SparseType.INT8,
            "int4": SparseType.INT4}
 _BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+_PRECISION = {torch.float32: "fp32", torch.float16: "fp16"}
 
 
 def quantize_rows(weight: torch.Tensor, dtype: str
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A float table [N, D] as the inference kernel stores it: (uint8 rows, uint8 per-row
     fp16 scale and bias [N, 4], or None for fp16 / fp32)."""
-    w = weight.detach().float().contiguous()
+    # fp16 tables (``embedding_precision``) are quantized as they are: a float copy of
+    # the largest table would cost more than its int8 form saves
+    w = weight.detach()
+    w = (w if w.dtype in (torch.float32, torch.float16) else w.float()).contiguous()
     if dtype in ("int8", "int4"):
         fused = torch.ops.fbgemm.FloatOrHalfToFusedNBitRowwiseQuantizedSBHalf(w, _BITS[dtype])
         return fused[:, :-4], fused[:, -4:]
     if dtype == "fp16":
         return w.half().view(torch.uint8), None
-    return w.view(torch.uint8), None
+    return w.float().view(torch.uint8), None
 
 
 def _kernels(model: nn.Module) -> list[nn.Module]:
@@ -93,7 +97,8 @@ def quantize_tables(model: nn.Module, dtype: str) -> dict[str, float]:
         n = sum(w.numel() for w in weights)
         params += n
         before += sum(w.numel() * w.element_size() for w in weights)
-        if dtype == "fp32" or isinstance(tbe, IntNBitTableBatchedEmbeddingBagsCodegen):
+        if isinstance(tbe, IntNBitTableBatchedEmbeddingBagsCodegen) or \
+                dtype == _PRECISION.get(weights[0].dtype):  # already in that dtype
             after += sum(w.numel() * w.element_size() for w in weights)
             continue
         table_map = list(getattr(wrapper, "_feature_table_map", None)

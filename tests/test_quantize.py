@@ -3,6 +3,7 @@ of the sharded teacher's training kernels, on a fixed seeded batch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,34 @@ def test_quantized_logits_golden_and_within_bound(teacher_ckpt, kind: str) -> No
         per_param = {"fp16": 2.0, "int8": 1.25, "int4": 0.75}[dtype]
         assert per_param <= tables["bytes"] / params <= per_param + 3 * 64 / params
     assert ref.abs().max() > 1e-3  # not a degenerate all-zero model
+
+
+def test_fp16_trained_tables_train_save_and_label_from_int8(tmp_path: Path) -> None:
+    """``embedding_precision = "fp16"``: FBGEMM keeps the tables in fp16 while
+    training (half the bytes); the checkpoint loads with fp16 tables and quantizes to
+    int8 straight from them, within the int8 bound of the fp16 logits."""
+    from teacher.sharding import make_optimizer
+    from teacher.train import train_step
+    data = tiny_dataset()
+    cfg = TeacherConfig(**{**CFG.__dict__, "embedding_precision": "fp16"})
+    model = TeacherModel(data.spec, cfg)
+    dmp = shard_teacher(model, cfg, init_distributed(torch.device("cpu")),
+                        torch.device("cpu"))
+    opt = make_optimizer(dmp, cfg)
+    losses = [train_step(dmp, opt, a.to_batch())
+              for a in data.train.iter_batches(16, keys=model.feature_names)]
+    assert all(np.isfinite(losses))
+    save_teacher(dmp, str(tmp_path / "ckpt"), spec=data.spec, cfg=cfg, info={"step": 4})
+    served = shard_teacher(TeacherModel(data.spec, cfg), cfg,
+                           init_distributed(torch.device("cpu")), torch.device("cpu"))
+    load_teacher_state(served, str(tmp_path / "ckpt"))
+    served.eval()
+    b = data.test.take(np.arange(64), keys=model.feature_names).to_batch()
+    with torch.no_grad():
+        ref = served(b.dense, b.sparse).logits
+    tables = quantize_tables(served, "int8")
+    params = 50 * 16 + 80 * 16 + 6 * 16
+    assert tables["bytes_before"] == 2 * params  # the fp16 training tables
+    with torch.no_grad():
+        diff = (served(b.dense, b.sparse).logits - ref).abs().max().item()
+    assert 1e-6 < diff < 1e-3
