@@ -35,12 +35,21 @@ Suites:
           fused row-wise Adagrad, at max_cardinality 1e4, 1e6 and 1e7 (dense: 1e4, 1e6),
           interleaved step by step; and the online pipeline on the synthetic Criteo
           stream (ids capped at 1e6, the same teacher) with each, interleaved per repeat.
+  labelling  the teacher labelling alone (as the online driver calls it) vs its forward
+          alone on the same batches held in memory: ``input_overhead`` = 1 - alone /
+          forward, at the default labelling settings and at student-sized batches
+          without prefetch (``unbatched``); per table dtype (fp32, fp16, int8, int4):
+          bytes per table parameter, peak and current RSS of rank 0, labelling
+          examples/s, max |logit difference| to fp32 on fixed batches, and the
+          ``pred_kd`` students' test AUC trained from that dtype's labels against fp32
+          labels, ``--seeds`` seeds paired (MovieLens-100k).
   scale   ``--data synthetic-stream`` of each ``--sizes`` rows through the whole online
           pipeline (one pass, ``pred_kd``), each on a fresh local cluster, the RSS of
           every process and the object store sampled (``cluster.resources``); then a
           1.08e9-parameter teacher sharded over 2 ranks serving ``--big-rows`` rows.
 
     python -m jobs.bench --suite pipeline [--repeats 3] [--passes 2]
+    python -m jobs.bench --suite labelling [--repeats 3] [--passes 2] [--seeds 3]
     python -m jobs.bench --suite fanout [--repeats 3]
     python -m jobs.bench --suite transport
     python -m jobs.bench --suite committee [--repeats 3]
@@ -57,13 +66,15 @@ from types import ModuleType
 
 import torch
 
-from jobs.bench import committee, fanout, lookup, pipeline, scale, student, transport
+from jobs.bench import (committee, fanout, labelling, lookup, pipeline, scale, student,
+                        transport)
 from jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
 SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
                                  "transport": transport, "scale": scale,
-                                 "committee": committee, "student": student}
+                                 "committee": committee, "student": student,
+                                 "labelling": labelling}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                         "runs/bench/teacher_synthetic); student: one on ids capped at 1e6 "
                         "(default runs/bench/teacher_synthetic_1e6); trained first if "
                         "missing")
-    p.add_argument("--passes", type=int, default=2, help="pipeline: passes per run")
+    p.add_argument("--passes", type=int, default=2,
+                   help="pipeline, labelling: passes per run")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="labelling: student seeds trained from each table dtype's labels")
+    p.add_argument("--student-passes", type=int, default=8,
+                   help="labelling: passes of the students trained from each dtype")
     p.add_argument("--sizes", default="100000,1000000,10000000",
                    help="scale: training rows of each run, comma-separated")
     p.add_argument("--big-teacher", default="runs/bench/teacher_1b",
@@ -89,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                         "empty skips it)")
     p.add_argument("--big-rows", type=int, default=200_000,
                    help="scale: rows the 1e9 teacher serves")
+    p.add_argument("--served-teacher", default="runs/bench/teacher_3b",
+                   help="labelling: the largest teacher, served with int8 tables on 2 "
+                        "ranks (trained first if missing; empty skips it)")
+    p.add_argument("--served-dim", type=int, default=96,
+                   help="labelling: its embedding width (96: 3.2e9 parameters)")
+    p.add_argument("--served-rows", type=int, default=50_000,
+                   help="labelling: synthetic rows it streams to a student group")
     p.add_argument("--online-rows", type=int, default=30_000,
                    help="student: training rows of each online run")
     p.add_argument("--interval", type=float, default=1.0,

@@ -6,7 +6,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -74,3 +74,57 @@ def distill_runs(configs: list[tuple[str, Any]], teacher: str) -> list[tuple[str
     finally:
         ray.shutdown()
     return out
+
+
+def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool = False,
+                  then: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+    """The label group of ``cfg`` labelling ``cfg.passes`` passes with nobody consuming,
+    called as the online driver calls it: one lockstep round at a time, each pass's
+    shares handed over as the job does (the next pass's while this one is labelled
+    when ``teacher_group.prefetch``). The group is shut down after.
+
+    The clock starts when the first round is back: the first pass's stream start is a
+    one-time cost the job overlaps with the teacher's validation evaluation (it hands
+    the first pass over before evaluating); it is returned as ``first_round_s``.
+
+    Returns ``examples`` and ``wall_s`` (after the first round), ``first_round_s``,
+    ``usage`` (the ranks'), ``info`` (rank 0's setup info), ``kept`` (with ``keep``:
+    per rank, the refs of its first-pass batches), and what ``then(label_group,
+    result)`` adds (called before the group is shut down: more calls on its ranks)."""
+    from cluster.data import pass_shards, train_dataset
+    from cluster.groups import LabelGroup
+    labels = LabelGroup.teacher(cfg)
+    if rank_cls is not None:
+        labels.rank_cls = rank_cls
+    out: dict[str, Any] = {"info": labels.start()}
+    try:
+        ds = train_dataset(data.train)
+        kept: list[list[Any]] = [[] for _ in labels.actors]
+        ahead = 2 if cfg.teacher_group.prefetch else 1
+        n, t0, handed = 0, time.perf_counter(), -1
+        first = None
+        for p in range(cfg.passes):
+            for q in range(max(p, handed + 1), min(p + ahead, cfg.passes)):
+                labels.start_pass(pass_shards(ds, data.train, cfg.seed, q, labels.ranks))
+                handed = q
+            while True:
+                labels.request(cfg.label_batches_per_call)
+                rnd = labels.collect()
+                if first is None:
+                    first = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                else:
+                    n += sum(len(ids) for ids, _ in rnd.batches)
+                if keep and p == 0:  # batch i of every rank, then i + 1: rank j mod K's
+                    for j, (_, ref) in enumerate(rnd.batches):
+                        kept[j % labels.ranks].append(ref)
+                if rnd.ended:
+                    break
+        out.update(wall_s=time.perf_counter() - t0, examples=n, first_round_s=first,
+                   usage=labels.usage(), kept=kept)
+        if then is not None:
+            out.update(then(labels, out))
+        return out
+    finally:
+        labels.shutdown()

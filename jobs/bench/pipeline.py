@@ -8,7 +8,7 @@ import statistics
 import time
 from typing import Any
 
-from jobs.bench.common import pred_kd_cfg, rates_table, stats
+from jobs.bench.common import pred_kd_cfg, rates_table, stats, teacher_alone
 
 
 def _held_student_cls() -> type:
@@ -28,43 +28,22 @@ def _held_student_cls() -> type:
                 took.append(time.perf_counter() - t)
             return took
 
-        def train_held(self, passes: int) -> float:
+        def train_held(self, passes: int, batch_size: int) -> tuple[float, int]:
+            """(seconds, examples) to train every held batch ``passes`` times, in
+            student batches of ``batch_size`` rows (row ranges of a labelled batch, as
+            online)."""
+            import numpy as np
             t = time.perf_counter()
             for _ in range(passes):
                 for b in self.held:
-                    self.train_on(b, b.version)
-            return time.perf_counter() - t
+                    n = b.inputs.batch_size
+                    for start in range(0, n, batch_size):
+                        self.train_on(b, b.version,
+                                      np.arange(start, min(start + batch_size, n)))
+            return time.perf_counter() - t, passes * sum(b.inputs.batch_size
+                                                         for b in self.held)
 
     return HeldStudent
-
-
-def _teacher_alone(cfg: Any, data: Any, keep: bool
-                   ) -> tuple[float, int, list[Any], dict[str, float]]:
-    """(wall seconds, examples, refs of the first pass's batches if ``keep``, the ranks'
-    usage): the label group labelling ``cfg.passes`` passes with nobody consuming them,
-    called as the online driver calls it (one lockstep round at a time)."""
-    from cluster.data import pass_shards, train_dataset
-    from cluster.groups import LabelGroup
-    labels = LabelGroup.teacher(cfg)
-    kept: list[Any] = []
-    try:
-        labels.start()
-        ds = train_dataset(data.train)
-        t0, n = time.perf_counter(), 0
-        for p in range(cfg.passes):
-            labels.start_pass(pass_shards(ds, data.train, cfg.seed, p, labels.ranks))
-            while True:
-                labels.request(cfg.label_batches_per_call)
-                rnd = labels.collect()
-                n += sum(len(ids) for ids, _ in rnd.batches)
-                if keep and p == 0:
-                    kept += [ref for _, ref in rnd.batches]
-                if rnd.ended:
-                    break
-        wall = time.perf_counter() - t0
-        return wall, n, kept, labels.usage()
-    finally:
-        labels.shutdown()
 
 
 def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
@@ -81,15 +60,22 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
     group = cfg.groups[0]
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
     start_local_ray(16, dashboard=False)
-    online, online_1, alone_t, alone_s, eff = [], [], [], [], []
+    online, online_1, online_u, alone_t, alone_s, eff = [], [], [], [], [], []
     prof: dict[str, list[float]] = {}
     # The same run with one batch per actor call: what batches_per_call saves the broker.
     cfg_1 = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream,
                                                                 batches_per_call=1))
+    # The same run labelling in student-sized batches without prefetching the passes'
+    # input (the behaviour before those settings existed).
+    cfg_u = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
+        cfg.teacher_group, label_batch_size=cfg.teacher_group.batch_size, prefetch=False))
     try:
         ensure_teacher(cfg)
         dims = teacher_dims(cfg, data.spec)
         cls = ray.remote(_held_student_cls())
+        # Untimed: the cluster's first run starts Ray Data's own actors and worker
+        # processes (measured here: ~40% slower), which would land on the first setup.
+        run(cfg, RunOptions(progress=False))
         for r in range(repeats):
             report = run(cfg, RunOptions(progress=False)).to_json()
             st, u = report["students"][group.name], report["teacher"]["usage"]
@@ -97,13 +83,20 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
             report_1 = run(cfg_1, RunOptions(progress=False)).to_json()
             online_1.append(report_1["students"][group.name]["examples_trained"]
                             / report_1["train_wall_s"])
-            wall, n, refs, ua = _teacher_alone(cfg, data, keep=True)
-            alone_t.append(n / wall)
+            report_u = run(cfg_u, RunOptions(progress=False)).to_json()
+            online_u.append(report_u["students"][group.name]["examples_trained"]
+                            / report_u["train_wall_s"])
+            alone = teacher_alone(cfg, data, keep=True)
+            n, ua = alone["examples"], alone["usage"]
+            refs = alone["kept"][0]
+            alone_t.append(n / alone["wall_s"])
             student = cls.options(num_cpus=group.cpus).remote(group, data.spec, dims, 0, 1)
             ray.get(student.setup.remote("", 0))
             fetch = ray.get(student.hold.remote(refs))
-            # the first pass's batches, trained `passes` times: n examples in all
-            alone_s.append(n / ray.get(student.train_held.remote(passes)))
+            # the first pass's batches, trained `passes` times
+            took, examples = ray.get(student.train_held.remote(
+                passes, cfg.teacher_group.batch_size))
+            alone_s.append(examples / took)
             ray.kill(student, no_restart=True)
             # serialisation: a batch into the object store, as a task's return is stored
             sample = ray.get(refs[:20])
@@ -113,24 +106,29 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
                 ray.put(b)
                 put.append(time.perf_counter() - t)
             eff.append(online[-1] / min(alone_t[-1], alone_s[-1]))
-            batches = u["batches"]
+            # every figure per student batch (batch_size rows); a labelled batch holds
+            # `slices` of them
+            bs, slices = cfg.teacher_group.batch_size, cfg.slices_per_label_batch
+            batches = report["stream"]["produced"]
             step = st["seconds_per_batch"]
-            for key, value in (("teacher_alone_input", ua["input_s"] / ua["batches"]),
-                               ("teacher_alone_forward", ua["forward_s"] / ua["batches"]),
-                               ("teacher_input", u["input_s"] / batches),
-                               ("teacher_forward", u["forward_s"] / batches),
-                               ("teacher_encode", u["encode_s"] / batches),
-                               ("serialise", statistics.median(put)),
+            for key, value in (("teacher_alone_input", ua["input_s"] * bs / ua["examples"]),
+                               ("teacher_alone_forward",
+                                ua["forward_s"] * bs / ua["examples"]),
+                               ("teacher_input", u["input_s"] * bs / u["examples"]),
+                               ("teacher_forward", u["forward_s"] * bs / u["examples"]),
+                               ("teacher_encode", u["encode_s"] * bs / u["examples"]),
+                               ("serialise", statistics.median(put) / slices),
                                ("broker_driver_cpu", report["driver_cpu_s"] / batches),
                                ("broker_driver_busy", report["driver_busy_s"] / batches),
                                ("broker_driver_cpu_1_per_call", report_1["driver_cpu_s"]
-                                / report_1["teacher"]["usage"]["batches"]),
-                               ("transfer", statistics.median(fetch)),
+                                / report_1["stream"]["produced"]),
+                               ("transfer", statistics.median(fetch) / slices),
                                ("student_prepare", step["prepare_s"]),
                                ("student_step", step["step_s"])):
                 prof.setdefault(key, []).append(value)
             print(f"  repeat {r}: online {online[-1]:,.0f} ex/s (1 batch per call: "
-                  f"{online_1[-1]:,.0f}), teacher alone "
+                  f"{online_1[-1]:,.0f}; unbatched, no prefetch: {online_u[-1]:,.0f}), "
+                  "teacher alone "
                   f"{alone_t[-1]:,.0f}, student alone {alone_s[-1]:,.0f}, efficiency "
                   f"{eff[-1]:.3f}", flush=True)
     finally:
@@ -141,6 +139,11 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
             "batches_per_call": cfg.stream.batches_per_call,
             "online_examples_per_s": stats(online),
             "online_1_per_call_examples_per_s": stats(online_1),
+            "label_rows": cfg.label_rows, "prefetch": cfg.teacher_group.prefetch,
+            "online_unbatched_examples_per_s": stats(online_u),
+            "speedup_vs_unbatched": statistics.median(
+                [a / b for a, b in zip(online, online_u)]),
+            "speedup_vs_unbatched_per_repeat": [a / b for a, b in zip(online, online_u)],
             "teacher_alone_examples_per_s": stats(alone_t),
             "student_alone_examples_per_s": stats(alone_s),
             "efficiency": statistics.median(eff), "efficiency_per_repeat": eff,
@@ -161,8 +164,12 @@ def summary(r: dict[str, Any]) -> None:
           f"{r['passes']} passes, {r['repeats']} repeats")
     rates_table(r, [("online", "online_examples_per_s"),
                     ("online, 1/call", "online_1_per_call_examples_per_s"),
+                    ("online, unbatched", "online_unbatched_examples_per_s"),
                     ("teacher alone", "teacher_alone_examples_per_s"),
                     ("student alone", "student_alone_examples_per_s")], 16)
+    print(f"online / online unbatched without prefetch: median "
+          f"{r['speedup_vs_unbatched']:.3f} ("
+          f"{', '.join(f'{x:.3f}' for x in r['speedup_vs_unbatched_per_repeat'])})")
     print(f"efficiency online / min(alone): median {r['efficiency']:.3f} "
           f"({', '.join(f'{x:.3f}' for x in r['efficiency_per_repeat'])})")
     print("milliseconds per batch (median):")

@@ -42,19 +42,49 @@ def _scale_run(cfg: Any, interval: float) -> tuple[dict[str, Any], dict[str, Any
             "memory": mem}, report
 
 
-def _ensure_big_teacher(path: str, rows: int) -> None:
-    """Train (one short epoch on 2 Ray Train workers) the 1.08e9-parameter teacher:
-    Criteo's cardinalities (33.6 M ids, capped at 1e7) at embedding dim 32."""
+def _ensure_big_teacher(path: str, rows: int, dim: int = 32) -> None:
+    """Train (one short epoch on 2 Ray Train workers) a teacher at Criteo's
+    cardinalities (33.6 M ids, capped at 1e7) at embedding width ``dim``: 1.08e9
+    parameters at 32, 3.2e9 at 96."""
     import subprocess
 
     from teacher.checkpoint import versions
     if versions(path):
         return
-    print(f"  training the 1e9-parameter teacher into {path} (2 workers)", flush=True)
+    print(f"  training the big teacher (embedding dim {dim}) into {path} (2 workers)",
+          flush=True)
     subprocess.run([sys.executable, "-m", "jobs.train_teacher", "--data", "synthetic",
                     "--rows", str(rows), "--max-cardinality", "10000000",
-                    "--embedding-dim", "32", "--epochs", "1", "--workers", "2",
+                    "--embedding-dim", str(dim), "--epochs", "1", "--workers", "2",
                     "--checkpoint", path, "--report", f"{path}_report.json"], check=True)
+
+
+def serve_big_teacher(path: str, rows: int, interval: float, dim: int = 32,
+                      table_dtype: str = "fp32") -> dict[str, Any]:
+    """The big teacher (trained first if missing) sharded over 2 ranks, its tables in
+    ``table_dtype``, streaming ``rows`` synthetic rows to one ``pred_kd`` group; every
+    process's RSS sampled."""
+    import dataclasses
+
+    from cluster.config import TeacherGroupConfig
+    _ensure_big_teacher(path, 20_000, dim)
+    base = pred_kd_cfg(data="synthetic-stream", rows=rows, passes=1,
+                       max_cardinality=10_000_000,
+                       teacher_group=TeacherGroupConfig(checkpoint=path, ranks=2,
+                                                        table_dtype=table_dtype))
+    group = base.groups[0]
+    cfg = dataclasses.replace(base, groups=(dataclasses.replace(
+        group, student=dataclasses.replace(group.student, features=_SMALL_FEATURES)),))
+    r, report = _scale_run(cfg, interval)
+    r["teacher_parameters"] = report["teacher"]["parameters"]
+    r["teacher_ranks"] = 2
+    r["table_dtype"] = table_dtype
+    r["tables"] = report["teacher"]["labelling"]["tables"]
+    print(f"  big teacher ({r['teacher_parameters']:,} parameters, 2 ranks, {table_dtype} "
+          f"tables): {r['online_examples_per_s']:,.0f} ex/s online, teacher forward "
+          f"{r['teacher_forward_examples_per_s']:,.0f} ex/s, peak RSS per rank "
+          f"{r['memory']['roles']['TeacherRank']['peak_rss'] / 2**30:.2f} GiB", flush=True)
+    return r
 
 
 def bench_scale(teacher: str, sizes: list[int], big_teacher: str, big_rows: int,
@@ -62,7 +92,6 @@ def bench_scale(teacher: str, sizes: list[int], big_teacher: str, big_rows: int,
     """Synthetic streams of each size through the whole online pipeline (one pass, one
     ``pred_kd`` group), each on a fresh cluster, RSS of every process sampled; then the
     1e9-parameter teacher sharded over 2 ranks serving a stream."""
-    import dataclasses
 
     from cluster.config import TeacherGroupConfig
 
@@ -94,22 +123,7 @@ def bench_scale(teacher: str, sizes: list[int], big_teacher: str, big_rows: int,
                            "private_rss_ratio_by_role": private,
                            "sizes": sizes}
     if big_teacher:
-        _ensure_big_teacher(big_teacher, 20_000)
-        base = pred_kd_cfg(data="synthetic-stream", rows=big_rows, passes=1,
-                            max_cardinality=10_000_000,
-                            teacher_group=TeacherGroupConfig(checkpoint=big_teacher,
-                                                             ranks=2))
-        group = base.groups[0]
-        cfg = dataclasses.replace(base, groups=(dataclasses.replace(
-            group, student=dataclasses.replace(group.student, features=_SMALL_FEATURES)),))
-        r, report = _scale_run(cfg, interval)
-        r["teacher_parameters"] = report["teacher"]["parameters"]
-        r["teacher_ranks"] = 2
-        out["big_teacher"] = r
-        print(f"  1e9 teacher ({r['teacher_parameters']:,} parameters, 2 ranks): "
-              f"{r['online_examples_per_s']:,.0f} ex/s online, teacher forward "
-              f"{r['teacher_forward_examples_per_s']:,.0f} ex/s, peak RSS per rank "
-              f"{r['memory']['roles']['TeacherRank']['peak_rss'] / 2**30:.2f} GiB", flush=True)
+        out["big_teacher"] = serve_big_teacher(big_teacher, big_rows, interval)
     return out
 
 
