@@ -249,6 +249,8 @@ class RunOptions:
         resume: continue from ``state_dir``'s checkpoint (after the driver died).
         progress: show a progress bar (on a terminal).
         address: the Ray cluster to join ("": start a local one).
+        join_timeout_s: the most joining ``address`` may take; then the job fails
+            naming it (Ray's own join retries a silent address without end).
         report: the JSON report's path ("": none written).
         plot: the PNG's path ("": beside the report).
         artifacts: where every group's best student is written at the end,
@@ -261,6 +263,7 @@ class RunOptions:
     resume: bool = False
     progress: bool = True
     address: str = ""
+    join_timeout_s: float = 60.0
     report: str = ""
     plot: str = ""
     artifacts: str = ""
@@ -268,6 +271,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+        if self.join_timeout_s <= 0:
+            raise ConfigError(f"--join-timeout must be > 0, got {self.join_timeout_s}")
         if self.resume and not self.state_dir:
             raise ConfigError("--resume needs a --state-dir to resume from")
 

@@ -135,6 +135,83 @@ def metrics_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+JOIN_TIMEOUT_S = 60.0  # the most joining a Ray cluster may take before the job gives up
+
+
+class ClusterError(ConfigError):
+    """The Ray cluster the job was told to join (``--address`` / ``RAY_ADDRESS``)
+    cannot be joined; the message names the address."""
+
+
+def _gcs_host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a ``host:port`` or ``ray://host:port`` address; None for
+    ``auto`` and other forms Ray resolves itself."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _keep_loopback() -> None:
+    """Ray's one-machine switch (see :func:`start_local_ray`): without it Ray swaps
+    127.0.0.1 for the machine's address, and its processes bind that."""
+    from ray._private import ray_constants
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def join_ray(address: str, *, timeout_s: float = JOIN_TIMEOUT_S,
+             log_to_driver: bool = True) -> None:
+    """Join the Ray cluster at ``address``, or fail with one line naming it.
+
+    Ray's own join retries a GCS that does not answer without end, so: the address's
+    port is tried first (refused or unreachable: fail at once), and the join itself is
+    given ``timeout_s``. A loopback address stays loopback (the driver joins as
+    127.0.0.1 instead of the machine's address)."""
+    import socket
+    import threading
+
+    import ray
+    where = _gcs_host_port(address)
+    loopback = where is not None and where[0] in ("127.0.0.1", "localhost", "::1")
+    if where is not None:
+        try:
+            socket.create_connection(where, timeout=min(10.0, timeout_s)).close()
+        except OSError as e:
+            raise ClusterError(f"--address {address}: no Ray cluster answers there "
+                               f"({e.strerror or e})") from None
+    if loopback:
+        _keep_loopback()
+    # Ray's join logs a line per step and per retry (its Python logger and the core
+    # worker's C++ log): the job says in one line whether it joined.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    failed: list[BaseException] = []
+    done = threading.Event()
+
+    def join() -> None:
+        try:
+            ray.init(address=address, log_to_driver=log_to_driver,
+                     logging_level=logging.ERROR,
+                     **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+        except BaseException as e:  # noqa: BLE001 - reported by the caller, one line
+            failed.append(e)
+        finally:
+            done.set()
+
+    # A thread, so the wait has a limit; one that never returns dies with the process.
+    threading.Thread(target=join, name="ray-join", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise ClusterError(f"--address {address}: no Ray cluster joined within "
+                           f"{timeout_s:.0f} s (is it a Ray head's GCS address, "
+                           "host:6379, and is this machine allowed to reach it?)")
+    if failed:
+        lines = [ln for ln in str(failed[0]).splitlines() if ln.strip()]
+        raise ClusterError(f"--address {address}: cannot join the Ray cluster: "
+                           f"{lines[0] if lines else type(failed[0]).__name__}")
+    logging.getLogger("ray").setLevel(logging.WARNING)
+
+
 def start_local_ray(num_cpus: int, *, dashboard: bool = True,
                     log_to_driver: bool = False) -> Any:
     """Start a new single-node Ray cluster bound to 127.0.0.1 (the local mode of the jobs).
@@ -146,13 +223,11 @@ def start_local_ray(num_cpus: int, *, dashboard: bool = True,
     ``address="local"``: always a new cluster, never silently joining one `ray start` left.
     """
     import ray
-    from ray._private import ray_constants
     # Ray reads this switch from the environment when it is imported, which in the
     # driver has already happened; set it for the processes Ray is about to start and
     # on the imported module (node_ip_address() reads the module attribute), or every
     # Ray server and worker would bind the machine's address or all interfaces.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    _keep_loopback()
     return ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=log_to_driver,
@@ -160,9 +235,9 @@ def start_local_ray(num_cpus: int, *, dashboard: bool = True,
 
 
 def connect_ray(address: str, num_cpus: int, *, log_to_driver: bool = False) -> None:
-    """Join the Ray cluster at ``address``, or start a local one with ``num_cpus``."""
-    import ray
+    """Join the Ray cluster at ``address`` (:func:`join_ray`), or start a local one with
+    ``num_cpus``."""
     if address:
-        ray.init(address=address, log_to_driver=True)
+        join_ray(address)
     else:
         start_local_ray(num_cpus, log_to_driver=log_to_driver)

@@ -25,9 +25,9 @@ from cluster.pipeline import Hooks, OnlineDistillation
 from cluster.report import DistillReport
 from data.configs import from_mapping, to_mapping
 from data.errors import ConfigError, DataError
-from jobs.common import (add_data_arguments, add_labelling_arguments, check_sections,
-                         load_dataset, quiet_library_warnings, read_toml, start_local_ray,
-                         write_json_atomic)
+from jobs.common import (JOIN_TIMEOUT_S, add_data_arguments, add_labelling_arguments,
+                         check_sections, join_ray, load_dataset, quiet_library_warnings,
+                         read_toml, start_local_ray, write_json_atomic)
 from teacher.checkpoint import CheckpointError
 from teacher.config import TeacherConfig
 
@@ -172,6 +172,9 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
                    help="join this Ray cluster: its GCS address (host:6379) or 'auto' "
                         "(default: RAY_ADDRESS, else start a local one)")
+    p.add_argument("--join-timeout", type=float, default=JOIN_TIMEOUT_S,
+                   help="seconds joining --address may take before the job gives up "
+                        f"(default {JOIN_TIMEOUT_S:.0f})")
     p.add_argument("--report", default="runs/distill/report.json", help="JSON report path")
     p.add_argument("--plot", default="", help="PNG path (default: beside the report)")
     p.add_argument("--students-dir", default=None,
@@ -211,16 +214,19 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                            artifacts=students_dir,
                            checkpoint_every=a.checkpoint_every, resume=a.resume,
                            progress=not a.no_progress, address=a.address,
+                           join_timeout_s=a.join_timeout,
                            report=a.report, plot=a.plot), a.readme_table
 
 
-def start_ray(address: str, cfg: DistillConfig) -> None:
-    """Join ``address``, or start a single-node cluster bound to 127.0.0.1."""
+def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIMEOUT_S
+              ) -> None:
+    """Join ``address`` (giving up after ``join_timeout_s``), or start a single-node
+    cluster bound to 127.0.0.1."""
     import ray
     needed = len(cfg.members) * cfg.teacher_group.ranks * cfg.teacher_group.cpus + sum(
         g.replicas * g.cpus for g in cfg.groups)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        join_ray(address, timeout_s=join_timeout_s)
         have = ray.cluster_resources().get("CPU", 0.0)
         # Actors reserve their CPUs; Ray Data's tasks need at least one more.
         if have < needed + 1:
@@ -274,10 +280,9 @@ def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> No
 
 def member_exists(checkpoint: str) -> bool:
     """Whether a teacher checkpoint (a version directory or a root holding versions) is
-    there to load."""
-    from teacher.checkpoint import META_FILE, versions
-    ckpt = Path(checkpoint)
-    return (ckpt / META_FILE).is_file() or bool(versions(ckpt))
+    there to load; a path holding something else fails (``CheckpointError``)."""
+    from teacher.checkpoint import check_absent_or_checkpoint
+    return check_absent_or_checkpoint(checkpoint)
 
 
 def teacher_exists(cfg: DistillConfig) -> bool:
@@ -452,8 +457,12 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     ``options.address``) and shut down here; the report and its PNG are written where
     ``options`` says."""
     import ray
+    from cluster.run_state import STATE_FILE, RunCheckpoint
     from cluster.soft_labels import Manifest, spec_check
     t0 = time.perf_counter()
+    if options.resume:  # nothing to resume from fails now, before data, Ray or a teacher
+        RunCheckpoint.load(Path(options.state_dir) / STATE_FILE,
+                           [g.name for g in cfg.groups], options.soft_labels)
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows,
                         max_cardinality=cfg.max_cardinality)
     soft = options.soft_labels
@@ -472,7 +481,7 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     validate_students(cfg, data.spec, dims)  # before any actor starts
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        start_ray(options.address, cfg)
+        start_ray(options.address, cfg, options.join_timeout_s)
     pipeline = None
     try:
         if manifest is None:

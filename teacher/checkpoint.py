@@ -180,6 +180,31 @@ def versions(root: str | os.PathLike[str]) -> list[int]:
     return sorted(found)
 
 
+def check_absent_or_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a teacher checkpoint (a version directory holding
+    ``recdistill.json``, or a root of complete versions ``v<step>/``); False if nothing
+    is there (a teacher may be trained into it). Anything else that is there fails,
+    naming what was found: a job would otherwise train a teacher over it."""
+    p = Path(path)
+    if (p / META_FILE).is_file() or versions(p):
+        return True
+    if not p.exists():
+        return False
+    what = "a file" if not p.is_dir() else "an empty directory" \
+        if not any(p.iterdir()) else None
+    if what is None:
+        names = sorted(c.name for c in p.iterdir())
+        partial = [n for n in names if _VERSION_DIR.match(n)]
+        what = (f"a directory whose versions {partial[:3]} are incomplete (no {META_FILE})"
+                if partial else f"a directory of {len(names)} entries ({', '.join(names[:3])}"
+                f"{', ...' if len(names) > 3 else ''}) and no {META_FILE} or v<step>/ "
+                "versions")
+    raise CheckpointError(f"{p}: {what}, not a teacher checkpoint (a train_teacher root "
+                          f"of versions v<step>/, or one version's directory holding "
+                          f"{META_FILE}); name a checkpoint, or a path that does not exist "
+                          "to train a teacher into")
+
+
 def read_index(root: str | os.PathLike[str]) -> dict[str, int]:
     """``{"best": v, "latest": v}`` of a run's root; {} when there is none yet."""
     p = Path(root) / INDEX_FILE
