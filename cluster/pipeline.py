@@ -133,7 +133,7 @@ class OnlineDistillation:
 
         def hand_first_pass() -> None:
             # its stream starts while the student groups start and the teacher is
-            # evaluated (a pass's stream takes ~1.3 s here to yield its first batch)
+            # evaluated (a pass's stream takes ~1.5 s here to yield its first batch)
             if self.cfg.teacher_group.prefetch:
                 self._pass = self._pass_state(first_pass, ds)
                 self.recovery.on_labels(lambda _: self._start_pass())
