@@ -60,7 +60,6 @@ class PassState:
     index: int  # 0-based
     ds: Any  # the training rows as a Ray Dataset
     per_call: int  # labelled batches per rank per labelling call
-    room: int  # student batches a labelling call of every rank may publish
     labels_done: bool = False  # the label group has labelled the whole pass
 
 
@@ -135,7 +134,7 @@ class OnlineDistillation:
             # its stream starts while the student groups start and the teacher is
             # evaluated (a pass's stream takes ~1.5 s here to yield its first batch)
             if self.cfg.teacher_group.prefetch:
-                self._pass = self._pass_state(first_pass, ds)
+                self._pass = PassState(first_pass, ds, self.cfg.label_batches_per_call)
                 self.recovery.on_labels(lambda _: self._start_pass())
 
         self.recovery.start({n: s.state for n, s in self.resume_from.groups.items()}
@@ -200,7 +199,7 @@ class OnlineDistillation:
     def _run_pass(self, p: int, ds: Any) -> None:
         t_pass, cpu_pass, thread_pass = time.perf_counter(), time.process_time(), \
             time.thread_time()
-        self._pass = self._pass_state(p, ds)
+        self._pass = PassState(p, ds, self.cfg.label_batches_per_call)
         self._phase(f"pass {p + 1}")
         self.recovery.on_labels(lambda _: self._start_pass())
         self.recovery.restart_pass = self._start_pass  # a re-formed group replays it
@@ -215,10 +214,6 @@ class OnlineDistillation:
         self.timing.train_wall_s += time.perf_counter() - t_pass
         self.timing.driver_cpu_s += time.process_time() - cpu_pass
         self.timing.driver_loop_cpu_s += time.thread_time() - thread_pass
-
-    def _pass_state(self, index: int, ds: Any) -> PassState:
-        return PassState(index, ds, self.cfg.label_batches_per_call,
-                         self.labels.ranks * self.cfg.student_batches_per_call)
 
     def _start_pass(self) -> None:
         """Hand every label-group rank its share of the pass's shuffled stream, unless
@@ -271,7 +266,8 @@ class OnlineDistillation:
         ps = self._pass
         assert ps is not None
         if ps.labels_done or self.labels.pending is not None \
-                or not self.stream.has_room(ps.room):
+                or not self.stream.has_room(self.labels.ranks
+                                            * self.cfg.student_batches_per_call):
             return
         self.label_rounds += 1
         self._maybe_refresh()
@@ -315,16 +311,15 @@ class OnlineDistillation:
         ps.labels_done = rnd.ended
         bs = self.cfg.teacher_group.batch_size
         for ids, batch_ref in rnd.batches:
-            if len(ids) <= bs:
-                self.stream.publish(batch_ref, ids, self.version, ps.index)
-                continue
-            # A labelled batch of label_batch_size rows: student batches of its row
-            # ranges, each the same stored object (publish drops rows that a re-formed
-            # label group replayed).
+            # A labelled batch (label_batch_size rows) is published as student batches
+            # of its row ranges, each the same stored object; one that is a single
+            # student batch goes whole. publish drops rows that a re-formed label group
+            # replayed.
             for start in range(0, len(ids), bs):
                 stop = min(start + bs, len(ids))
+                whole = start == 0 and stop == len(ids)
                 self.stream.publish(batch_ref, ids[start:stop], self.version, ps.index,
-                                    rows=np.arange(start, stop))
+                                    rows=None if whole else np.arange(start, stop))
         every = self.options.checkpoint_every
         if rnd.batches and every and self.label_rounds % every == 0:
             self._checkpoint(pass_done=False)

@@ -60,7 +60,6 @@ def init_group(addr: str, port: int, rank: int, world: int, device: torch.device
                             timeout=COLLECTIVE_TIMEOUT)
 
 
-
 def rss_bytes() -> int:
     """This process's resident memory now."""
     import psutil

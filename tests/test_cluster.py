@@ -62,8 +62,18 @@ def _label_batches_4x(cfg: DistillConfig) -> DistillConfig:
 
 
 @pytest.mark.timeout(300)
-def test_two_ranks_two_groups_exactly_once_with_backpressure(ray_cluster, tmp_path) -> None:
+@pytest.mark.parametrize("label_4x", [False, True], ids=["label64", "label256"])
+def test_two_ranks_two_groups_exactly_once_with_backpressure(ray_cluster, tmp_path,
+                                                             label_4x) -> None:
+    """``label64``: each rank labels 64-row batches (the window of 3 allows no more).
+    ``label256``: 256-row batches (320 rows a rank: one of 256, one of 64) that the
+    stream cuts into 64-row student batches by row ranges: the groups see the same 10
+    student batches per pass either way, each id once."""
     cfg, data, dims = _setup(tmp_path, max_inflight=3)
+    if label_4x:
+        cfg = _label_batches_4x(cfg)
+    want = (256, 4, 1) if label_4x else (64, 1, 1)
+    assert (cfg.label_rows, cfg.slices_per_label_batch, cfg.label_batches_per_call) == want
     run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False))
     try:
         body = run.run().to_json()
@@ -71,11 +81,15 @@ def test_two_ranks_two_groups_exactly_once_with_backpressure(ray_cluster, tmp_pa
         run.shutdown()
     _assert_exactly_once(run, data, passes=2)
     s = body["stream"]
-    assert s["produced"] == 2 * 10  # 2 passes x 2 ranks x 5 batches
+    assert s["produced"] == 2 * 10  # student batches: 2 passes x 2 ranks x 5 batches
+    # labelled batches: (256, 64) a rank and pass, or 5 of 64
+    assert body["teacher"]["usage"]["batches"] == (2 * 2 * 2 if label_4x else 20)
+    assert body["teacher"]["labelling"]["label_rows"] == want[0]
     assert s["acked"] == {"hard": 20, "kd": 20}
     assert s["redelivered"] == 0 and s["duplicates_dropped"] == 0
-    # teachers waited: depth (queued + unacknowledged) never exceeded max_inflight
-    assert all(1 <= d <= 3 for d in s["max_depth"].values())
+    # teachers waited: depth (queued + unacknowledged, in student batches) never
+    # exceeded max_inflight
+    assert all(1 <= d <= cfg.stream.max_inflight for d in s["max_depth"].values())
     assert body["students"]["kd"]["examples_trained"] == 2 * N
     assert body["students"]["kd"]["teacher_versions"] == [5]
     assert body["teacher"]["ranks"] == 2
@@ -467,29 +481,3 @@ def test_removed_node_with_a_teacher_rank_is_survived(tmp_path) -> None:
     for name, (per_pass, _) in out["students"].items():
         assert per_pass == [N, N], name
     assert out["stream"]["acked_rows"] == {"hard": 2 * N, "kd": 2 * N}
-
-
-
-@pytest.mark.timeout(300)
-def test_label_batches_4x_the_student_batch_train_every_id_once(ray_cluster,
-                                                                 tmp_path) -> None:
-    """Each rank labels 256-row batches (320 rows: one of 256, one of 64); the stream
-    cuts them into 64-row student batches by row ranges: the groups see the same 10
-    student batches per pass as with 64-row labelling, each id once."""
-    cfg, data, dims = _setup(tmp_path)
-    cfg = _label_batches_4x(cfg)
-    assert (cfg.label_rows, cfg.slices_per_label_batch, cfg.label_batches_per_call) == \
-        (256, 4, 1)
-    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False))
-    try:
-        body = run.run().to_json()
-    finally:
-        run.shutdown()
-    _assert_exactly_once(run, data, passes=2)
-    s = body["stream"]
-    assert s["produced"] == 2 * 10  # student batches: 2 passes x 2 ranks x (4 + 1)
-    assert body["teacher"]["usage"]["batches"] == 2 * 2 * 2  # labelled: (256, 64) a rank
-    assert s["acked"] == {"hard": 20, "kd": 20}
-    assert s["redelivered"] == 0 and s["duplicates_dropped"] == 0
-    assert all(1 <= d <= 8 for d in s["max_depth"].values())  # counted in student batches
-    assert body["teacher"]["labelling"]["label_rows"] == 256

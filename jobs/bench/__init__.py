@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="scale: rows the 1e9 teacher serves")
     p.add_argument("--served-teacher", default="runs/bench/teacher_3b",
                    help="labelling: the largest teacher, served with int8 tables on 2 "
-                        "ranks (trained first if missing; empty skips it)")
+                        "ranks (trained first if missing, with fp16 tables; empty "
+                        "skips it)")
     p.add_argument("--served-dim", type=int, default=96,
                    help="labelling: its embedding width (96: 3.2e9 parameters)")
     p.add_argument("--served-rows", type=int, default=50_000,

@@ -84,7 +84,7 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
     import numpy as np
     import ray
 
-    from cluster.config import RunOptions, TeacherGroupConfig
+    from cluster.config import RunOptions, TeacherGroupConfig, with_seeds
     from jobs.common import load_dataset, start_local_ray
     from jobs.distill import ensure_teacher, run
     base = pred_kd_cfg(passes=passes, teacher_group=TeacherGroupConfig(checkpoint=teacher))
@@ -144,7 +144,7 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
         aucs: dict[str, list[float]] = {}
         for d in DTYPES:  # the job's default passes: the students as users train them
             cfg = dataclasses.replace(base, passes=student_passes, seeds=seeds,
-                                      groups=_seeded(base, seeds),
+                                      groups=with_seeds(base.groups, seeds),
                                       teacher_group=dataclasses.replace(
                                           base.teacher_group, table_dtype=d))
             report = run(cfg, RunOptions(progress=False)).to_json()
@@ -168,17 +168,13 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
     return out
 
 
-def _seeded(cfg: Any, seeds: int) -> Any:
-    from cluster.config import with_seeds
-    return with_seeds(cfg.groups, seeds)
-
-
 def run(a: argparse.Namespace, teacher: str) -> dict[str, Any]:
     out = bench_labelling(teacher, a.passes, min(a.repeats, 5), a.seeds, a.student_passes)
     if a.served_teacher:
         from jobs.bench.scale import serve_big_teacher
         served = serve_big_teacher(a.served_teacher, a.served_rows, a.interval,
-                                   dim=a.served_dim, table_dtype="int8")
+                                   dim=a.served_dim, table_dtype="int8",
+                                   precision="fp16")
         out["served"] = served
         out["max_parameters_served"] = served["teacher_parameters"]
     return out

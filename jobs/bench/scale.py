@@ -42,10 +42,12 @@ def _scale_run(cfg: Any, interval: float) -> tuple[dict[str, Any], dict[str, Any
             "memory": mem}, report
 
 
-def _ensure_big_teacher(path: str, rows: int, dim: int = 32) -> None:
+def _ensure_big_teacher(path: str, rows: int, dim: int = 32,
+                        precision: str = "fp32") -> None:
     """Train (one short epoch on 2 Ray Train workers) a teacher at Criteo's
     cardinalities (33.6 M ids, capped at 1e7) at embedding width ``dim``: 1.08e9
-    parameters at 32, 3.2e9 at 96."""
+    parameters at 32, 3.2e9 at 96 (whose fp32 tables do not train on 2 ranks of a
+    24 GiB machine: ``precision = "fp16"``, ``teacher.embedding_precision``)."""
     import subprocess
 
     from teacher.checkpoint import versions
@@ -55,19 +57,20 @@ def _ensure_big_teacher(path: str, rows: int, dim: int = 32) -> None:
           flush=True)
     subprocess.run([sys.executable, "-m", "jobs.train_teacher", "--data", "synthetic",
                     "--rows", str(rows), "--max-cardinality", "10000000",
-                    "--embedding-dim", str(dim), "--epochs", "1", "--workers", "2",
+                    "--embedding-dim", str(dim), "--embedding-precision", precision,
+                    "--epochs", "1", "--workers", "2",
                     "--checkpoint", path, "--report", f"{path}_report.json"], check=True)
 
 
 def serve_big_teacher(path: str, rows: int, interval: float, dim: int = 32,
-                      table_dtype: str = "fp32") -> dict[str, Any]:
-    """The big teacher (trained first if missing) sharded over 2 ranks, its tables in
-    ``table_dtype``, streaming ``rows`` synthetic rows to one ``pred_kd`` group; every
-    process's RSS sampled."""
+                      table_dtype: str = "fp32", precision: str = "fp32") -> dict[str, Any]:
+    """The big teacher (trained first if missing, its tables in ``precision``) sharded
+    over 2 ranks, its tables in ``table_dtype``, streaming ``rows`` synthetic rows to
+    one ``pred_kd`` group; every process's RSS sampled."""
     import dataclasses
 
     from cluster.config import TeacherGroupConfig
-    _ensure_big_teacher(path, 20_000, dim)
+    _ensure_big_teacher(path, 20_000, dim, precision)
     base = pred_kd_cfg(data="synthetic-stream", rows=rows, passes=1,
                        max_cardinality=10_000_000,
                        teacher_group=TeacherGroupConfig(checkpoint=path, ranks=2,
