@@ -25,7 +25,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@touch $@
 
 demo: setup
-	$(BIN)/python -m jobs.distill --report runs/demo/report.json \
+	$(BIN)/recdistill distill --report runs/demo/report.json \
 		--teacher-checkpoint runs/demo/teacher
 
 # The README's results tables: every dataset, 3 student seeds each (~20 min here).

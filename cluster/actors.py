@@ -21,18 +21,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cluster.codec import LabelledBatch, encode
-from cluster.data import arrow_to_batch
-from cluster.metrics import ActorMetrics
-from cluster.process import (enable_faulthandler, free_port, init_group, node_address,
+from recdistill.cluster.codec import LabelledBatch, encode
+from recdistill.cluster.data import arrow_to_batch
+from recdistill.cluster.metrics import ActorMetrics
+from recdistill.cluster.process import (enable_faulthandler, free_port, init_group, node_address,
                              peak_rss_bytes, rss_bytes)
-from data.spec import BatchArrays, ExampleTable
-from teacher.checkpoint import load_teacher_state, read_meta
-from teacher.model import TeacherModel, feature_dims
-from teacher.outputs import TeacherOutputs
-from teacher.quantize import quantize_tables
-from teacher.sharding import default_device, shard_teacher
-from teacher.train import predict
+from recdistill.data.spec import BatchArrays, ExampleTable
+from recdistill.teacher.checkpoint import load_teacher_state, read_meta
+from recdistill.teacher.model import TeacherModel, feature_dims
+from recdistill.teacher.outputs import TeacherOutputs
+from recdistill.teacher.quantize import quantize_tables
+from recdistill.teacher.sharding import default_device, shard_teacher
+from recdistill.teacher.train import predict
 
 
 PREFETCH_BATCHES = 2  # decoded batches a reader thread holds ahead of the labeller

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data.spec import BatchArrays
-from teacher.outputs import TeacherOutputs
+from recdistill.data.spec import BatchArrays
+from recdistill.teacher.outputs import TeacherOutputs
 
 
 def encode(t: torch.Tensor, dtype: str) -> np.ndarray:

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from cluster.config import DistillConfig
-from cluster.contracts import LabelRound
-from cluster.groups import LabelGroup
-from teacher.checkpoint import read_meta, resolve
-from teacher.model import teacher_features
+from recdistill.cluster.config import DistillConfig
+from recdistill.cluster.contracts import LabelRound
+from recdistill.cluster.groups import LabelGroup
+from recdistill.teacher.checkpoint import read_meta, resolve
+from recdistill.teacher.model import teacher_features
 
 
 class Committee:
@@ -181,7 +181,7 @@ class Committee:
         """(labels, member -> logits) of every row of a table, the members side by side."""
         import ray
 
-        from cluster.groups import CALL_TIMEOUT_S
+        from recdistill.cluster.groups import CALL_TIMEOUT_S
         refs = [[t.evaluate.remote(table_ref, batch_size) for t in m.actors]
                 for m in self.members]
         got = [ray.get(r, timeout=CALL_TIMEOUT_S)[0] for r in refs]

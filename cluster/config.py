@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from data.errors import ConfigError
-from student.config import LossTerm, StudentConfig
-from teacher.config import TABLE_DTYPES, TeacherConfig
-from teacher.outputs import FEATURE_NAMES
+from recdistill.data.errors import ConfigError
+from recdistill.student.config import LossTerm, StudentConfig
+from recdistill.teacher.config import TABLE_DTYPES, TeacherConfig
+from recdistill.teacher.outputs import FEATURE_NAMES
 
 DTYPES = ("float16", "bfloat16", "float32")
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from data.spec import BatchArrays, ExampleTable, pass_seed
-from data.synthetic import SyntheticStream
+from recdistill.data.spec import BatchArrays, ExampleTable, pass_seed
+from recdistill.data.synthetic import SyntheticStream
 
 ID, DENSE, LABELS = "_id", "_dense", "_labels"
 

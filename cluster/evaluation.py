@@ -11,9 +11,9 @@ import ray
 import torch
 from ray.exceptions import RayError
 
-from cluster.groups import CALL_TIMEOUT_S
-from cluster.recovery import Recovery
-from student.metrics import task_metrics
+from recdistill.cluster.groups import CALL_TIMEOUT_S
+from recdistill.cluster.recovery import Recovery
+from recdistill.student.metrics import task_metrics
 
 Metrics = dict[str, dict[str, float]]  # task -> metric -> value
 

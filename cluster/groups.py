@@ -18,14 +18,14 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError
 
-from cluster.actors import TeacherRank
-from cluster.config import DistillConfig, GroupConfig
-from cluster.contracts import LabelRound
-from cluster.ledger import ReplicaOutcome, StreamItem
-from cluster.replica import StudentReplica
-from cluster.soft_labels import SoftLabelReader
-from data.spec import ExampleTable, FeatureSpec
-from teacher.checkpoint import resolve
+from recdistill.cluster.actors import TeacherRank
+from recdistill.cluster.config import DistillConfig, GroupConfig
+from recdistill.cluster.contracts import LabelRound
+from recdistill.cluster.ledger import ReplicaOutcome, StreamItem
+from recdistill.cluster.replica import StudentReplica
+from recdistill.cluster.soft_labels import SoftLabelReader
+from recdistill.data.spec import ExampleTable, FeatureSpec
+from recdistill.teacher.checkpoint import resolve
 
 CALL_TIMEOUT_S = 600.0  # the most a control call (setup, pass start, evaluation) may take
 PLACEMENT_TIMEOUT_S = 120.0

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cluster.contracts import StepResult, TrainResult
-from cluster.idset import IdSet
+from recdistill.cluster.contracts import StepResult, TrainResult
+from recdistill.cluster.idset import IdSet
 
 
 @dataclass

@@ -29,18 +29,18 @@ import numpy as np
 import ray
 from tqdm import tqdm
 
-from cluster.config import DistillConfig, RunOptions
-from cluster.data import pass_shards, train_dataset
-from cluster.evaluation import evaluate_groups, evaluate_teacher, guard_off
-from cluster.committee import Committee
-from cluster.groups import StudentGroup
-from cluster.metrics import ActorMetrics
-from cluster.recovery import ATTEMPTS, Decision, Recovery, classify_label_calls
-from cluster.report import SEED_MARK, DistillReport, DriverTiming, base_name, student_summary
-from cluster.run_state import STATE_FILE, GroupCheckpoint, GroupHistory, RunCheckpoint
-from cluster.stream import SoftLabelStream
-from data.spec import Dataset
-from teacher.checkpoint import resolve
+from recdistill.cluster.config import DistillConfig, RunOptions
+from recdistill.cluster.data import pass_shards, train_dataset
+from recdistill.cluster.evaluation import evaluate_groups, evaluate_teacher, guard_off
+from recdistill.cluster.committee import Committee
+from recdistill.cluster.groups import StudentGroup
+from recdistill.cluster.metrics import ActorMetrics
+from recdistill.cluster.recovery import ATTEMPTS, Decision, Recovery, classify_label_calls
+from recdistill.cluster.report import SEED_MARK, DistillReport, DriverTiming, base_name, student_summary
+from recdistill.cluster.run_state import STATE_FILE, GroupCheckpoint, GroupHistory, RunCheckpoint
+from recdistill.cluster.stream import SoftLabelStream
+from recdistill.data.spec import Dataset
+from recdistill.teacher.checkpoint import resolve
 
 ROUNDS_AHEAD = 2  # rounds queued per group beyond the one running: hides call latency
 
@@ -431,8 +431,8 @@ class OnlineDistillation:
     def write_artifacts(self, root: str, students: dict[str, Any]) -> dict[str, str]:
         """Every group's best student to ``<root>/<group>/`` (``student/artifact.py``),
         with its report metrics; group -> path."""
-        from data.fingerprint import fingerprint
-        from student.artifact import write_artifact
+        from recdistill.data.fingerprint import fingerprint
+        from recdistill.student.artifact import write_artifact
         fp = fingerprint(self.data.spec, self.data.name)
         paths = {}
         for name, g in self.groups.items():

@@ -11,7 +11,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from teacher.sharding import backend_for
+from recdistill.teacher.sharding import backend_for
 
 # A collective that waits this long on a dead peer fails instead of hanging the group.
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)

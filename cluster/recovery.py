@@ -23,11 +23,11 @@ from typing import Any, Callable, TypeVar
 import ray
 from ray.exceptions import RayError
 
-from cluster.committee import Committee
-from cluster.groups import CALL_TIMEOUT_S, Round, StudentGroup
-from cluster.ledger import ReplicaOutcome, Settlement, settle
-from cluster.process import COLLECTIVE_TIMEOUT
-from cluster.stream import SoftLabelStream
+from recdistill.cluster.committee import Committee
+from recdistill.cluster.groups import CALL_TIMEOUT_S, Round, StudentGroup
+from recdistill.cluster.ledger import ReplicaOutcome, Settlement, settle
+from recdistill.cluster.process import COLLECTIVE_TIMEOUT
+from recdistill.cluster.stream import SoftLabelStream
 
 T = TypeVar("T")
 ATTEMPTS = 5  # tries of one call (or one re-formation) before the job gives up

@@ -19,20 +19,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.codec import LabelledBatch, committee_outputs
-from cluster.config import GroupConfig
-from cluster.contracts import StepResult, TrainResult
-from cluster.metrics import ActorMetrics
-from cluster.process import enable_faulthandler, free_port, init_group, node_address
-from data.spec import ExampleTable, FeatureSpec
-from student.losses import build_objective
-from student.model import StudentModel, count_parameters
-from student.sharding import (clone_state, fill_local, load_sharded, local_state,
+from recdistill.cluster.codec import LabelledBatch, committee_outputs
+from recdistill.cluster.config import GroupConfig
+from recdistill.cluster.contracts import StepResult, TrainResult
+from recdistill.cluster.metrics import ActorMetrics
+from recdistill.cluster.process import enable_faulthandler, free_port, init_group, node_address
+from recdistill.data.spec import ExampleTable, FeatureSpec
+from recdistill.student.losses import build_objective
+from recdistill.student.model import StudentModel, count_parameters
+from recdistill.student.sharding import (clone_state, fill_local, load_sharded, local_state,
                               make_sharded_optimizer, prepare_optimizer, save_sharded,
                               serving_state, shard_student)
-from student.train import (make_student_optimizer, mask_labels, predict_student,
+from recdistill.student.train import (make_student_optimizer, mask_labels, predict_student,
                            student_step)
-from teacher.sharding import init_distributed
+from recdistill.teacher.sharding import init_distributed
 
 
 class StudentReplica:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cluster.groups import StudentGroup
-from cluster.ledger import GroupLedger
-from cluster.run_state import GroupHistory
+from recdistill.cluster.groups import StudentGroup
+from recdistill.cluster.ledger import GroupLedger
+from recdistill.cluster.run_state import GroupHistory
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.groups import StudentGroup
-from cluster.ledger import GroupLedger, VersionCount
-from teacher.checkpoint import CheckpointError
+from recdistill.cluster.groups import StudentGroup
+from recdistill.cluster.ledger import GroupLedger, VersionCount
+from recdistill.teacher.checkpoint import CheckpointError
 
 STATE_FILE = "driver_state.pt"
 FORMAT = 2

@@ -36,11 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.actors import PassInput
-from cluster.codec import LabelledBatch, decode
-from cluster.process import enable_faulthandler
-from data.errors import DataError
-from data.spec import ExampleTable, FeatureSpec
+from recdistill.cluster.actors import PassInput
+from recdistill.cluster.codec import LabelledBatch, decode
+from recdistill.cluster.process import enable_faulthandler
+from recdistill.data.errors import DataError
+from recdistill.data.spec import ExampleTable, FeatureSpec
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -266,7 +266,7 @@ def spec_check(manifest: Manifest, spec: FeatureSpec, root: str, dataset: str = 
                ) -> None:
     """The soft labels were made for this dataset (its fingerprint; its tasks only for
     a manifest without one)."""
-    from data.fingerprint import differences, fingerprint
+    from recdistill.data.fingerprint import differences, fingerprint
     if manifest.fingerprint:
         found = differences(manifest.fingerprint, fingerprint(spec, dataset))
         if found:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from cluster.idset import IdSet
-from cluster.ledger import GroupLedger, Settlement, StreamItem
+from recdistill.cluster.idset import IdSet
+from recdistill.cluster.ledger import GroupLedger, Settlement, StreamItem
 
 
 class SoftLabelStream:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 
-from cluster.config import GroupConfig, SweepConfig
-from student.config import LossTerm, StudentConfig
+from recdistill.cluster.config import GroupConfig, SweepConfig
+from recdistill.student.config import LossTerm, StudentConfig
 
 def _terms(kind: str, weight: float, temperature: float) -> tuple[LossTerm, ...]:
     if kind == "prediction_kd":

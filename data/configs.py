@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Mapping, TypeVar
 
-from data.errors import ConfigError
+from recdistill.data.errors import ConfigError
 
 T = TypeVar("T")
 

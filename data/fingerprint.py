@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from data.spec import FeatureSpec
+from recdistill.data.spec import FeatureSpec
 
 
 def fingerprint(spec: FeatureSpec, dataset: str) -> dict[str, Any]:

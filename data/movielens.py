@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
+from recdistill.data.errors import DataError
+from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 
 HISTORY_LEN = 50
 SPLITS = ("user_time", "random", "global_time")

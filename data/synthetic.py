@@ -15,8 +15,8 @@ from typing import Iterator
 
 import numpy as np
 
-from data.errors import ConfigError
-from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
+from recdistill.data.errors import ConfigError
+from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 
 # Criteo Kaggle's cardinalities (33.8 M ids in all), capped by max_cardinality: the
 # default cap of 1e5 gives 0.84 M ids; a cap of 1e7 gives 33.6 M, a 1.08e9-parameter

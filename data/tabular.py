@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from data.errors import DataError
-from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
+from recdistill.data.errors import DataError
+from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 
 _KEYS = {"train": str, "valid": str, "test": str, "dense": list, "sparse": list,
          "multi_hot": dict, "tasks": list, "skip_bad_rows": bool}

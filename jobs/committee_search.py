@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.errors import ConfigError, DataError
-from jobs.common import add_data_arguments, in_memory, load_dataset, quiet_library_warnings
-from teacher.checkpoint import CheckpointError
-from teacher.config import TeacherConfig
+from recdistill.data.errors import ConfigError, DataError
+from recdistill.jobs.common import add_data_arguments, in_memory, load_dataset, quiet_library_warnings
+from recdistill.teacher.checkpoint import CheckpointError
+from recdistill.teacher.config import TeacherConfig
 
 CANDIDATES = {"dcn": {}, "dcn_seed1": {"seed": 1},
               "dcn_priv": {"use_privileged": True, "seed": 3},
@@ -35,11 +35,11 @@ CANDIDATES = {"dcn": {}, "dcn_seed1": {"seed": 1},
 
 
 def search(data_name: str, split: str, rows: int, root: str) -> dict[str, Any]:
-    from jobs.train_teacher import TrainTeacherArgs, run
-    from student.metrics import task_metrics
-    from teacher.checkpoint import load_teacher_state, read_meta, versions
-    from teacher.model import TeacherModel
-    from teacher.train import predict
+    from recdistill.jobs.train_teacher import TrainTeacherArgs, run
+    from recdistill.student.metrics import task_metrics
+    from recdistill.teacher.checkpoint import load_teacher_state, read_meta, versions
+    from recdistill.teacher.model import TeacherModel
+    from recdistill.teacher.train import predict
     torch.set_num_threads(1)
     data = in_memory(load_dataset(data_name, split=split, rows=rows),
                      "jobs.committee_search")
@@ -78,7 +78,7 @@ def search(data_name: str, split: str, rows: int, root: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
-    p = argparse.ArgumentParser(prog="python -m jobs.committee_search", description=__doc__,
+    p = argparse.ArgumentParser(prog="recdistill committee-search", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     p.add_argument("--root", default="runs/committee_search",
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
               + " | ".join(f"{row['valid'][t]:.4f}" for t in tasks) + " | "
               + " | ".join(f"{row['test'][t]:.4f}" for t in tasks) + " |")
     if a.json:
-        from jobs.common import write_json_atomic
+        from recdistill.jobs.common import write_json_atomic
         write_json_atomic(a.json, r)
     return 0
 

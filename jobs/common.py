@@ -14,20 +14,40 @@ from typing import Any
 
 import torch
 
-from data.errors import ConfigError, DataError
-from data.movielens import SPLITS, load_movielens
-from data.spec import Dataset
-from data.synthetic import SyntheticConfig, synthetic_dataset, synthetic_stream_dataset
-from data.tabular import load_tabular
+from recdistill.data.errors import ConfigError, DataError
+from recdistill.data.movielens import SPLITS, load_movielens
+from recdistill.data.spec import Dataset
+from recdistill.data.synthetic import SyntheticConfig, synthetic_dataset, synthetic_stream_dataset
+from recdistill.data.tabular import load_tabular
 
 DATASETS = ("movielens", "synthetic", "synthetic-stream")
 
 
-def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A TOML config file as a dict; errors name the file."""
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that come with the package (``jobs/configs/*.toml``)."""
+    return sorted(f.stem for f in CONFIGS.glob("*.toml"))
+
+
+def config_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a file, else the shipped config of that name (``distill_movielens``,
+    ``distill_movielens.toml`` or ``jobs/configs/distill_movielens.toml`` all name it), so
+    the README's commands work from any directory once the package is installed."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+    if p.is_file():
+        return p
+    shipped = CONFIGS / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"{p}: config file not found (shipped configs, usable by name: "
+                      f"{', '.join(shipped_configs())})")
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A TOML config file (or a shipped config's name) as a dict; errors name the file."""
+    p = config_path(path)
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -57,7 +77,7 @@ def add_data_arguments(p: Any) -> None:
 def add_labelling_arguments(p: Any) -> None:
     """How the teacher labels (``--label-batch-size``, ``--table-dtype``): the
     ``teacher_group`` keys of the same names; None where not given."""
-    from teacher.config import TABLE_DTYPES
+    from recdistill.teacher.config import TABLE_DTYPES
     p.add_argument("--label-batch-size", type=int, dest="label_batch_size",
                    help="rows per teacher forward, a multiple of the student batch "
                         "(teacher_group.label_batch_size; default 4096)")
@@ -92,7 +112,7 @@ def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
 
 def in_memory(data: Dataset, job: str) -> Dataset:
     """``data`` if its training rows are in memory; jobs that index rows need that."""
-    from data.synthetic import SyntheticStream
+    from recdistill.data.synthetic import SyntheticStream
     if isinstance(data.train, SyntheticStream):
         raise ConfigError(f"--data synthetic-stream streams its training rows for "
                           f"jobs.distill only; {job} needs them in memory: use --data "

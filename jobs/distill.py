@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import (DistillConfig, GroupConfig, MemberConfig, RunOptions,
+from recdistill.cluster.config import (DistillConfig, GroupConfig, MemberConfig, RunOptions,
                             TeacherGroupConfig, default_groups, default_teachers,
                             with_seeds)
-from cluster.pipeline import Hooks, OnlineDistillation
-from cluster.report import DistillReport
-from data.configs import from_mapping, to_mapping
-from data.errors import ConfigError, DataError
-from jobs.common import (JOIN_TIMEOUT_S, add_data_arguments, add_labelling_arguments,
+from recdistill.cluster.pipeline import Hooks, OnlineDistillation
+from recdistill.cluster.report import DistillReport
+from recdistill.data.configs import from_mapping, to_mapping
+from recdistill.data.errors import ConfigError, DataError
+from recdistill.jobs.common import (JOIN_TIMEOUT_S, add_data_arguments, add_labelling_arguments,
                          check_sections, join_ray, load_dataset, quiet_library_warnings,
                          read_toml, start_local_ray, write_json_atomic)
-from teacher.checkpoint import CheckpointError
-from teacher.config import TeacherConfig
+from recdistill.teacher.checkpoint import CheckpointError
+from recdistill.teacher.config import TeacherConfig
 
 ACTORS_PER_CPU = 8  # the most actor processes a local cluster starts per core
 SECTIONS = tuple(f.name for f in dataclasses.fields(DistillConfig))  # the file's keys
@@ -88,7 +88,7 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
     Fails before any actor starts, naming the file and the key as the file spells it
     (``groups.pred_kd.losses[0].params.temperature``).
     """
-    from student.losses import resolve_terms
+    from recdistill.student.losses import resolve_terms
     try:
         cfg = _parse(path, seed)
         for g in cfg.groups:  # loss names and parameters, before any data is read
@@ -127,7 +127,7 @@ def _parse(path: str | None, seed: int | None) -> DistillConfig:
                               else _members(teachers, doc.get("teacher", {})))
     run_seed = seed if seed is not None else doc.get("seed")
     if cfg.sweep is not None:  # the grid's groups, then any [[groups]] of the file
-        from cluster.sweep import sweep_groups
+        from recdistill.cluster.sweep import sweep_groups
         sweep = cfg.sweep if run_seed is None or "seed" in doc.get("sweep", {}) \
             else dataclasses.replace(cfg.sweep, seed=run_seed)
         extra = [_group(i, g) for i, g in enumerate(groups)] if groups else []
@@ -148,7 +148,7 @@ def _parse(path: str | None, seed: int | None) -> DistillConfig:
 
 def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]:
     """The job's config, how to run it, and whether to print the README table."""
-    p = argparse.ArgumentParser(prog="python -m jobs.distill", description=__doc__,
+    p = argparse.ArgumentParser(prog="recdistill distill", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file (see jobs/configs/distill_movielens.toml)")
     add_data_arguments(p)
@@ -257,8 +257,8 @@ def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIM
 def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
     """Width of each teacher feature (the lead member's: a committee's features are its
     lead's): from the checkpoint if there is one, else the config."""
-    from teacher.checkpoint import read_meta, resolve
-    from teacher.model import feature_dims
+    from recdistill.teacher.checkpoint import read_meta, resolve
+    from recdistill.teacher.model import feature_dims
     lead = cfg.members[0]
     tcfg = read_meta(resolve(lead.checkpoint, cfg.teacher_group.version))[1] \
         if member_exists(lead.checkpoint) else lead.teacher
@@ -267,8 +267,8 @@ def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
 
 def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> None:
     """Build every student once here, so a bad group fails before any actor starts."""
-    from student.losses import build_objective
-    from student.model import StudentModel
+    from recdistill.student.losses import build_objective
+    from recdistill.student.model import StudentModel
     for g in cfg.groups:
         unknown = set(g.student.label_tasks) - set(spec.tasks)
         if unknown:
@@ -281,7 +281,7 @@ def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> No
 def member_exists(checkpoint: str) -> bool:
     """Whether a teacher checkpoint (a version directory or a root holding versions) is
     there to load; a path holding something else fails (``CheckpointError``)."""
-    from teacher.checkpoint import check_absent_or_checkpoint
+    from recdistill.teacher.checkpoint import check_absent_or_checkpoint
     return check_absent_or_checkpoint(checkpoint)
 
 
@@ -297,8 +297,8 @@ def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
     ``teacher_group.checkpoint`` and ``train_if_missing`` holds; then this dataset's
     teachers live at the default path keyed by the dataset (trained there if missing).
     A missing checkpoint without ``train_if_missing`` fails here too."""
-    from data.fingerprint import differences, fingerprint, keyed_path
-    from teacher.checkpoint import read_meta, resolve
+    from recdistill.data.fingerprint import differences, fingerprint, keyed_path
+    from recdistill.teacher.checkpoint import read_meta, resolve
     tg = cfg.teacher_group
     fp = fingerprint(data.spec, data.name)
 
@@ -347,7 +347,7 @@ def ensure_teacher(cfg: DistillConfig) -> None:
     side by side."""
     import ray
 
-    from jobs.train_teacher import TrainTeacherArgs
+    from recdistill.jobs.train_teacher import TrainTeacherArgs
     missing = [m for m in cfg.members if not member_exists(m.checkpoint)]
     if not missing:
         return
@@ -374,7 +374,7 @@ def ensure_teacher(cfg: DistillConfig) -> None:
 def _train_teacher(job: Any, tcfg: Any) -> None:
     import torch.distributed as dist
 
-    from jobs.train_teacher import run
+    from recdistill.jobs.train_teacher import run
     quiet_library_warnings()
     try:
         run(job, tcfg)
@@ -457,8 +457,8 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     ``options.address``) and shut down here; the report and its PNG are written where
     ``options`` says."""
     import ray
-    from cluster.run_state import STATE_FILE, RunCheckpoint
-    from cluster.soft_labels import Manifest, spec_check
+    from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint
+    from recdistill.cluster.soft_labels import Manifest, spec_check
     t0 = time.perf_counter()
     if options.resume:  # nothing to resume from fails now, before data, Ray or a teacher
         RunCheckpoint.load(Path(options.state_dir) / STATE_FILE,
@@ -498,7 +498,7 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
                                  wall_s=time.perf_counter() - t0, config=to_mapping(cfg),
                                  soft_labels=soft or None)
     if cfg.sweep is not None:
-        from cluster.sweep import pareto
+        from recdistill.cluster.sweep import pareto
         report = dataclasses.replace(report, sweep=pareto(report.to_json()))
     if options.report:
         doc = report.to_json()
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(report.table())
     if readme_table:
-        from cluster.report import markdown_table
+        from recdistill.cluster.report import markdown_table
         print()
         print(markdown_table(report.to_json()))
     s = report.stream

@@ -25,18 +25,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cluster.config import DistillConfig
-from data.errors import ConfigError, DataError
-from data.fingerprint import fingerprint
-from data.spec import Dataset
-from jobs.common import (add_data_arguments, add_labelling_arguments, connect_ray,
+from recdistill.cluster.config import DistillConfig
+from recdistill.data.errors import ConfigError, DataError
+from recdistill.data.fingerprint import fingerprint
+from recdistill.data.spec import Dataset
+from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments, connect_ray,
                          in_memory, load_dataset, quiet_library_warnings)
-from teacher.checkpoint import CheckpointError, read_meta
+from recdistill.teacher.checkpoint import CheckpointError, read_meta
 
 
 def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespace]:
-    from jobs.distill import load_config
-    p = argparse.ArgumentParser(prog="python -m jobs.precompute", description=__doc__,
+    from recdistill.jobs.distill import load_config
+    p = argparse.ArgumentParser(prog="recdistill precompute", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="soft-label directory (created or resumed)")
     p.add_argument("--config", help="a distill TOML (its data, teacher group, stream "
@@ -76,10 +76,10 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     """
     import ray
 
-    from cluster.codec import decode, encode
-    from cluster.committee import Committee
-    from cluster.soft_labels import SPLITS, Manifest, labels_table, part_slices, write_part
-    from jobs.distill import ensure_teacher, match_teacher
+    from recdistill.cluster.codec import decode, encode
+    from recdistill.cluster.committee import Committee
+    from recdistill.cluster.soft_labels import SPLITS, Manifest, labels_table, part_slices, write_part
+    from recdistill.jobs.distill import ensure_teacher, match_teacher
     t0 = time.perf_counter()
     root = Path(out)
     data = in_memory(dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed,

@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from data.errors import ConfigError
-from jobs.common import load_dataset, write_json_atomic
+from recdistill.data.errors import ConfigError
+from recdistill.jobs.common import load_dataset, write_json_atomic
 
 SPLITS = ("train", "valid", "test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__,
+    p = argparse.ArgumentParser(prog="recdistill predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--student", required=True,
                    help="a student artifact directory (<run>/students/<group>)")
@@ -55,16 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def score(model: Any, table: Any, batch_size: int) -> tuple[Any, Any]:
-    from student.train import predict_student
+    from recdistill.student.train import predict_student
     return predict_student(model, table, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.fingerprint import differences, fingerprint
-    from jobs.common import quiet_library_warnings, set_threads
-    from student.artifact import export_inputs, export_serving, load_artifact, load_export
-    from student.metrics import task_metrics
-    from teacher.checkpoint import CheckpointError
+    from recdistill.data.fingerprint import differences, fingerprint
+    from recdistill.jobs.common import quiet_library_warnings, set_threads
+    from recdistill.student.artifact import export_inputs, export_serving, load_artifact, load_export
+    from recdistill.student.metrics import task_metrics
+    from recdistill.teacher.checkpoint import CheckpointError
     quiet_library_warnings()
     set_threads()
     a = parse_args(argv)

@@ -11,12 +11,12 @@ import argparse
 import json
 import sys
 
-from cluster.report import markdown_table
+from recdistill.cluster.report import markdown_table
 
 
 def valid_table(report: dict) -> str:
     """Per group (seeds together): validation AUC of its best pass, mean over seeds."""
-    from cluster.report import base_name
+    from recdistill.cluster.report import base_name
     tasks = list(report["teacher"]["valid"])
     teacher = {t: report["teacher"]["valid"][t]["auc"] for t in tasks}
     per: dict[str, list[list[float]]] = {}
@@ -60,7 +60,7 @@ def compare_table(a: dict, b: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.report_table", description=__doc__)
+    p = argparse.ArgumentParser(prog="recdistill report-table", description=__doc__)
     p.add_argument("reports", nargs="+", help="jobs.distill report JSON files")
     p.add_argument("--valid", action="store_true",
                    help="the groups' validation AUC (their best pass, mean over seeds: "

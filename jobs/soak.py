@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.common import quiet_library_warnings, write_json_atomic
+from recdistill.jobs.common import quiet_library_warnings, write_json_atomic
 
 
 def _peaks(curve: list[dict[str, Any]], lo: float, hi: float,
@@ -88,7 +88,7 @@ def plot(curve: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.soak", description=__doc__,
+    p = argparse.ArgumentParser(prog="recdistill soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=300_000, help="streamed rows per pass")
     p.add_argument("--passes", type=int, default=4)
@@ -98,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/soak", help="directory for soak.json, soak.png")
     a = p.parse_args(argv)
     quiet_library_warnings()
-    from cluster.config import DistillConfig, RunOptions, TeacherGroupConfig
-    from cluster.resources import ResourceSampler
-    from jobs.distill import run
+    from recdistill.cluster.config import DistillConfig, RunOptions, TeacherGroupConfig
+    from recdistill.cluster.resources import ResourceSampler
+    from recdistill.jobs.distill import run
     cfg = DistillConfig(data="synthetic-stream", rows=a.rows, passes=a.passes,
                         teacher_group=TeacherGroupConfig(checkpoint=a.teacher_checkpoint))
     t0 = time.perf_counter()

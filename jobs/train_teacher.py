@@ -35,22 +35,22 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data.configs import from_mapping, to_mapping
-from data.errors import ConfigError, DataError
-from data.fingerprint import fingerprint
-from data.spec import Dataset, pass_seed
-from jobs.common import (add_data_arguments, check_sections, connect_ray, in_memory,
+from recdistill.data.configs import from_mapping, to_mapping
+from recdistill.data.errors import ConfigError, DataError
+from recdistill.data.fingerprint import fingerprint
+from recdistill.data.spec import Dataset, pass_seed
+from recdistill.jobs.common import (add_data_arguments, check_sections, connect_ray, in_memory,
                          load_dataset,
                          metrics_table, quiet_library_warnings, read_toml, set_threads,
                          write_json_atomic)
-from student.metrics import task_metrics
-from teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
+from recdistill.student.metrics import task_metrics
+from recdistill.teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
                                 write_index)
-from teacher.config import DENSE_ENGINES, PRECISIONS, SHARDING_TYPES, TeacherConfig
-from teacher.engine import TeacherTrainer
-from teacher.model import TeacherModel
-from teacher.sharding import default_device, init_distributed
-from teacher.train import predict
+from recdistill.teacher.config import DENSE_ENGINES, PRECISIONS, SHARDING_TYPES, TeacherConfig
+from recdistill.teacher.engine import TeacherTrainer
+from recdistill.teacher.model import TeacherModel
+from recdistill.teacher.sharding import default_device, init_distributed
+from recdistill.teacher.train import predict
 
 # Progress lines per epoch where no terminal shows a bar (Ray workers, CI logs).
 _LOG_POINTS = 5
@@ -110,7 +110,7 @@ class TrainTeacherArgs:
 def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherConfig]]:
     """The runs to make: one teacher, or (``--member``) committee members of a
     ``jobs.distill`` config, each into its own checkpoint."""
-    p = argparse.ArgumentParser(prog="python -m jobs.train_teacher", description=__doc__,
+    p = argparse.ArgumentParser(prog="recdistill train-teacher", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file with a [teacher] table (and optional [job])")
     add_data_arguments(p)
@@ -188,7 +188,7 @@ def _members(a: argparse.Namespace, job: TrainTeacherArgs, over: dict[str, Any]
     """``--member``: each named member's run, its config the member's with the command
     line's model flags over it, its checkpoint the member's (``--checkpoint`` moves the
     committee's root as ``jobs.distill --teacher-checkpoint`` does)."""
-    from jobs.distill import load_config
+    from recdistill.jobs.distill import load_config
     dcfg = load_config(a.distill_config, data=a.data, split=a.split, rows=a.rows,
                        max_cardinality=a.max_cardinality, checkpoint=a.checkpoint)
     # the distill config's dataset (the command line's flags over it)
@@ -392,7 +392,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) that DeepSpeed reads."""
     import ray.train
 
-    from cluster.metrics import ActorMetrics
+    from recdistill.cluster.metrics import ActorMetrics
     quiet_library_warnings()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     ctx = ray.train.get_context()

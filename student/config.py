@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.errors import ConfigError
+from recdistill.data.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from data.configs import from_mapping
-from data.errors import ConfigError
-from data.spec import Batch
-from student.config import LossTerm, StudentConfig
-from student.model import StudentOutputs
-from teacher.outputs import TeacherOutputs
+from recdistill.data.configs import from_mapping
+from recdistill.data.errors import ConfigError
+from recdistill.data.spec import Batch
+from recdistill.student.config import LossTerm, StudentConfig
+from recdistill.student.model import StudentOutputs
+from recdistill.teacher.outputs import TeacherOutputs
 
 LossFn = Callable[[StudentOutputs, "TeacherOutputs | None", Batch, Any], torch.Tensor]
 

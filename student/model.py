@@ -19,9 +19,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from data.errors import ConfigError
-from data.spec import FeatureSpec
-from student.config import StudentConfig
+from recdistill.data.errors import ConfigError
+from recdistill.data.spec import FeatureSpec
+from recdistill.student.config import StudentConfig
 
 _TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars", "teacher_adapter.")
 

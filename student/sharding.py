@@ -42,10 +42,10 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from student.config import StudentConfig
-from student.model import StudentModel
-from teacher.checkpoint import CheckpointError, SafeFileSystemReader
-from teacher.sharding import _OPTIMIZERS, TeacherSharder
+from recdistill.student.config import StudentConfig
+from recdistill.student.model import StudentModel
+from recdistill.teacher.checkpoint import CheckpointError, SafeFileSystemReader
+from recdistill.teacher.sharding import _OPTIMIZERS, TeacherSharder
 
 STATE_META = "student_state.json"
 
@@ -220,5 +220,5 @@ def load_sharded(path: str | os.PathLike[str], model: nn.Module,
 def serving_state(state: dict[str, Any]) -> dict[str, Any]:
     """The serving weights of a (possibly sharded) model state: adapters, auxiliary
     heads and log-variances dropped (``StudentModel.export_state_dict``'s keys)."""
-    from student.model import _TRAINING_ONLY
+    from recdistill.student.model import _TRAINING_ONLY
     return {k: v for k, v in state.items() if not k.startswith(_TRAINING_ONLY)}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.spec import Batch, ExampleTable
-from student.config import StudentConfig
-from student.losses import Objective, masked_bce
-from student.model import StudentModel
-from teacher.outputs import TeacherOutputs
+from recdistill.data.spec import Batch, ExampleTable
+from recdistill.student.config import StudentConfig
+from recdistill.student.losses import Objective, masked_bce
+from recdistill.student.model import StudentModel
+from recdistill.teacher.outputs import TeacherOutputs
 
 
 def make_student_optimizer(model: StudentModel, cfg: StudentConfig) -> torch.optim.Optimizer:

@@ -33,9 +33,9 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from data.configs import from_mapping, to_mapping
-from data.spec import FeatureSpec
-from teacher.config import TeacherConfig
+from recdistill.data.configs import from_mapping, to_mapping
+from recdistill.data.spec import FeatureSpec
+from recdistill.teacher.config import TeacherConfig
 
 META_FILE = "recdistill.json"
 INDEX_FILE = "versions.json"

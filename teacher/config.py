@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data.errors import ConfigError
+from recdistill.data.errors import ConfigError
 
 SHARDING_TYPES = ("table_wise", "column_wise", "row_wise", "auto")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")

@@ -34,13 +34,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from data.spec import Batch, FeatureSpec
-from teacher.checkpoint import read_meta, load_state, save_teacher
-from teacher.config import TeacherConfig
-from teacher.model import DenseTower, TeacherModel
-from teacher.outputs import TeacherOutputs
-from teacher.sharding import make_optimizer, shard_teacher
-from teacher.train import multitask_bce
+from recdistill.data.spec import Batch, FeatureSpec
+from recdistill.teacher.checkpoint import read_meta, load_state, save_teacher
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import DenseTower, TeacherModel
+from recdistill.teacher.outputs import TeacherOutputs
+from recdistill.teacher.sharding import make_optimizer, shard_teacher
+from recdistill.teacher.train import multitask_bce
 
 DEEPSPEED_DIR = "deepspeed"
 _DS_TAG = "dense"

@@ -17,9 +17,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from data.spec import FeatureSpec
-from teacher.config import TeacherConfig
-from teacher.outputs import TeacherOutputs
+from recdistill.data.spec import FeatureSpec
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.outputs import TeacherOutputs
 
 
 def teacher_features(spec: FeatureSpec, cfg: TeacherConfig) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
 )
 from torch import nn
 
-from teacher.config import TABLE_DTYPES
+from recdistill.teacher.config import TABLE_DTYPES
 
 _SPARSE = {"fp32": SparseType.FP32, "fp16": SparseType.FP16, "int8": SparseType.INT8,
            "int4": SparseType.INT4}

@@ -29,8 +29,8 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel
 
 _OPTIMIZERS = {
     "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,

@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from data.spec import Batch, BatchArrays, ExampleTable
-from teacher.outputs import TeacherOutputs
+from recdistill.data.spec import Batch, BatchArrays, ExampleTable
+from recdistill.teacher.outputs import TeacherOutputs
 
 
 @dataclass

@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def movielens():
-    from data.movielens import load_movielens
+    from recdistill.data.movielens import load_movielens
     return load_movielens()
 
 
@@ -42,7 +42,7 @@ def ray_cluster():
     """One real single-node Ray cluster for every Ray test (ray.init costs ~5 s)."""
     import ray
 
-    from jobs.common import start_local_ray
+    from recdistill.jobs.common import start_local_ray
     start_local_ray(16, dashboard=False)  # as the jobs start theirs: loopback only
     yield ray
     ray.shutdown()

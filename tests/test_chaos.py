@@ -14,8 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster.config import RunOptions
-from cluster.pipeline import Hooks, OnlineDistillation
+from recdistill.cluster.config import RunOptions
+from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from test_cluster import _setup
 from test_sharding import tiny_dataset
 

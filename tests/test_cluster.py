@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
+from recdistill.cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
                             TeacherGroupConfig, default_teachers)
-from cluster.pipeline import Hooks, OnlineDistillation
-from data.errors import ConfigError
-from student.config import LossTerm, StudentConfig
-from teacher.checkpoint import save_teacher
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel
+from recdistill.cluster.pipeline import Hooks, OnlineDistillation
+from recdistill.data.errors import ConfigError
+from recdistill.student.config import LossTerm, StudentConfig
+from recdistill.teacher.checkpoint import save_teacher
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel
 from test_sharding import CFG, tiny_dataset
 
 N = 640  # 320 rows per teacher rank, 5 batches of 64 each
@@ -207,7 +207,7 @@ def test_single_replica_group_restores_from_its_snapshot(ray_cluster, tmp_path) 
 
 
 def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None:
-    from jobs.distill import load_config, run
+    from recdistill.jobs.distill import load_config, run
     bad = tmp_path / "bad.toml"
     bad.write_text('passes = 1\n[[groups]]\nname = "s"\n[[groups.losses]]\n'
                    'name = "prediction_kd"\nparams = { temprature = 2.0 }\n')
@@ -227,7 +227,7 @@ def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None
 
 
 def test_shipped_distill_config_is_the_default() -> None:
-    from jobs.distill import load_config
+    from recdistill.jobs.distill import load_config
     shipped = Path(__file__).parents[1] / "jobs" / "configs" / "distill_movielens.toml"
     cfg = load_config(str(shipped))
     assert cfg == load_config(None)
@@ -245,7 +245,7 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     holds the contract's keys, the PNG is written."""
     import json
 
-    from jobs.distill import load_config, run
+    from recdistill.jobs.distill import load_config, run
     from test_train_teacher_job import SMALL, _dataset
     data = _dataset(tmp_path)
     config = tmp_path / "distill.toml"
@@ -273,7 +273,7 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     # both sizes are reported (the 8x ratio is a property of the MovieLens defaults, README)
     # the default committee of this test's tiny teachers, each trained first as a Ray
     # task; no privileged features here: dcn_priv is dcn from another seed
-    from data.tabular import load_tabular
+    from recdistill.data.tabular import load_tabular
     spec = load_tabular(data).spec
     sizes = {m.name: sum(p.numel() for p in TeacherModel(spec, m.teacher).parameters())
              for m in cfg.members}
@@ -299,8 +299,8 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
 
 
 def test_streamed_synthetic_pass_yields_every_row_once_in_a_seeded_order(ray_cluster) -> None:
-    from cluster.data import arrow_to_batch, pass_dataset, train_dataset
-    from data.synthetic import SyntheticConfig, SyntheticStream
+    from recdistill.cluster.data import arrow_to_batch, pass_dataset, train_dataset
+    from recdistill.data.synthetic import SyntheticConfig, SyntheticStream
     stream = SyntheticStream(SyntheticConfig(rows=1000, chunk_rows=128, seed=2))
     ds = train_dataset(stream)
     assert ds.count() == 8  # chunk indices, not rows: nothing generated yet
@@ -321,7 +321,7 @@ def test_in_memory_pass_order_is_fixed_by_its_seed(ray_cluster) -> None:
     """A shuffled pass of an in-memory table comes in one order per seed, whatever
     order the shuffle's tasks finish in (preserve_order): the same seed, the same
     students."""
-    from cluster.data import arrow_to_batch, pass_shards, train_dataset
+    from recdistill.cluster.data import arrow_to_batch, pass_shards, train_dataset
     table = tiny_dataset(n=3000, seed=1).train
     ds = train_dataset(table)
 
@@ -340,10 +340,10 @@ def test_in_memory_pass_order_is_fixed_by_its_seed(ray_cluster) -> None:
 
 _DIE = r'''
 import os, signal, sys
-from jobs.common import quiet_library_warnings
-from cluster.config import RunOptions
-from cluster.pipeline import Hooks
-from jobs.distill import load_config, run
+from recdistill.jobs.common import quiet_library_warnings
+from recdistill.cluster.config import RunOptions
+from recdistill.cluster.pipeline import Hooks
+from recdistill.jobs.distill import load_config, run
 quiet_library_warnings()
 config, data, state, report = sys.argv[1:5]
 cfg = load_config(config, data=data, passes=2)
@@ -414,8 +414,8 @@ import ray
 from ray.cluster_utils import Cluster
 sys.path.insert(0, "tests")
 from test_cluster import N, _setup
-from cluster.config import RunOptions
-from cluster.pipeline import Hooks, OnlineDistillation
+from recdistill.cluster.config import RunOptions
+from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 8})
 workers = [cluster.add_node(num_cpus=2) for _ in range(2)]

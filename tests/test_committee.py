@@ -14,14 +14,14 @@ import pytest
 import ray
 import torch
 
-from cluster.codec import LabelledBatch, committee_outputs, encode
-from cluster.committee import Committee
-from cluster.config import MemberConfig, RunOptions, StreamConfig
-from cluster.data import pass_shards, train_dataset
-from cluster.pipeline import Hooks, OnlineDistillation
-from data.spec import BatchArrays
-from teacher.checkpoint import load_teacher_state, save_teacher
-from teacher.model import TeacherModel
+from recdistill.cluster.codec import LabelledBatch, committee_outputs, encode
+from recdistill.cluster.committee import Committee
+from recdistill.cluster.config import MemberConfig, RunOptions, StreamConfig
+from recdistill.cluster.data import pass_shards, train_dataset
+from recdistill.cluster.pipeline import Hooks, OnlineDistillation
+from recdistill.data.spec import BatchArrays
+from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
+from recdistill.teacher.model import TeacherModel
 from test_cluster import N, _assert_exactly_once, _setup
 from test_sharding import CFG, tiny_dataset
 
@@ -143,14 +143,14 @@ def test_committee_trains_every_id_once_and_survives_a_member_rank(ray_cluster,
 
 
 def test_fm_bi_interaction_by_hand() -> None:
-    from teacher.model import bi_interaction
+    from recdistill.teacher.model import bi_interaction
     # two fields of width 2: v1 = (1, 2), v2 = (3, -1): pairwise products (3, -2)
     v = torch.tensor([[[1.0, 2.0], [3.0, -1.0]]])
     torch.testing.assert_close(bi_interaction(v), torch.tensor([[3.0, -2.0]]))
 
 
 def test_every_interaction_gives_the_widths_it_declares() -> None:
-    from teacher.model import feature_dims
+    from recdistill.teacher.model import feature_dims
     data = tiny_dataset(n=8)
     b = data.train.take(np.arange(8))
     for kind, width in (("cross", 80), ("dot", 16 + 4 * 5 // 2), ("fm", 96)):
@@ -165,7 +165,7 @@ def test_every_interaction_gives_the_widths_it_declares() -> None:
 
 
 def test_guard_turns_off_tasks_the_baseline_reached() -> None:
-    from cluster.evaluation import guard_off
+    from recdistill.cluster.evaluation import guard_off
     teacher = {"click": {"auc": 0.80}, "like": {"auc": 0.70}}
     curve = [{"valid": {"click": {"auc": 0.75}, "like": {"auc": 0.69}}},
              {"valid": {"click": {"auc": 0.78}, "like": {"auc": 0.70}}}]
@@ -176,8 +176,8 @@ def test_guard_turns_off_tasks_the_baseline_reached() -> None:
 
 
 def test_teachers_table_parses_with_errors_naming_the_member(tmp_path) -> None:
-    from data.errors import ConfigError
-    from jobs.distill import load_config
+    from recdistill.data.errors import ConfigError
+    from recdistill.jobs.distill import load_config
     path = tmp_path / "c.toml"
     path.write_text('[teacher]\nembedding_dim = 16\n[[teachers]]\nname = "a"\n'
                     '[[teachers]]\nname = "b"\ninteraction = "dot"\ncheckpoint = "x/b"\n')
@@ -195,8 +195,8 @@ def test_teachers_table_parses_with_errors_naming_the_member(tmp_path) -> None:
 
 
 def test_train_teacher_member_runs(tmp_path) -> None:
-    from data.errors import ConfigError
-    from jobs.train_teacher import parse_args
+    from recdistill.data.errors import ConfigError
+    from recdistill.jobs.train_teacher import parse_args
     runs = parse_args(["--member", "all", "--checkpoint", str(tmp_path / "t"), "--epochs", "2"])
     assert [(j.checkpoint, c.interaction, c.use_privileged, c.epochs) for j, c in runs] == [
         (str(tmp_path / "t"), "cross", False, 2),
@@ -211,9 +211,9 @@ def test_train_teacher_member_runs(tmp_path) -> None:
 
 @pytest.mark.timeout(400)
 def test_committee_precompute_stores_mean_and_member_logits(ray_cluster, tmp_path) -> None:
-    from cluster.codec import decode
-    from cluster.soft_labels import Manifest, read_split
-    from jobs.precompute import run as precompute
+    from recdistill.cluster.codec import decode
+    from recdistill.cluster.soft_labels import Manifest, read_split
+    from recdistill.jobs.precompute import run as precompute
     cfg, data, dims = _committee(tmp_path)
     precompute(cfg, str(tmp_path / "labels"), part_rows=256, progress=False, dataset=data)
     m = Manifest.load(tmp_path / "labels")

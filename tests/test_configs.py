@@ -2,11 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from data.configs import from_mapping, to_mapping
-from data.errors import ConfigError
-from jobs.common import read_toml
-from jobs.train_teacher import TrainTeacherArgs, parse_args
-from teacher.config import TeacherConfig
+from recdistill.data.configs import from_mapping, to_mapping
+from recdistill.data.errors import ConfigError
+from recdistill.jobs.common import read_toml
+from recdistill.jobs.train_teacher import TrainTeacherArgs, parse_args
+from recdistill.teacher.config import TeacherConfig
 
 
 def test_types_are_checked_and_named() -> None:
@@ -33,7 +33,7 @@ def test_shipped_config_is_the_default(tmp_path: Path) -> None:
 
 
 def test_labelling_settings_are_checked_and_derived() -> None:
-    from cluster.config import DistillConfig, StreamConfig, TeacherGroupConfig
+    from recdistill.cluster.config import DistillConfig, StreamConfig, TeacherGroupConfig
     with pytest.raises(ConfigError, match=r"teacher_group\.label_batch_size \(1000\) must "
                                           r"be a multiple of teacher_group\.batch_size"):
         TeacherGroupConfig(batch_size=512, label_batch_size=1000)

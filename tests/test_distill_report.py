@@ -1,6 +1,6 @@
 import pytest
 
-from cluster.report import gains, table
+from recdistill.cluster.report import gains, table
 
 
 def _m(auc: float) -> dict:
@@ -23,7 +23,7 @@ def test_gain_and_share_of_gap_recovered() -> None:
 
 
 def test_report_json_keeps_its_keys_and_derives_gains() -> None:
-    from cluster.report import DistillReport, DriverTiming
+    from recdistill.cluster.report import DistillReport, DriverTiming
     students = {"baseline": {"test": {"a": _m(0.78)}, "parameters": 100},
                 "kd": {"test": {"a": _m(0.79)}, "parameters": 100}}
     report = DistillReport(teacher={"test": {"a": _m(0.80)}, "parameters": 1000},
@@ -43,7 +43,7 @@ def test_report_json_keeps_its_keys_and_derives_gains() -> None:
 
 
 def test_seed_summary_pairs_each_seed_with_its_baseline() -> None:
-    from cluster.report import seed_summary
+    from recdistill.cluster.report import seed_summary
     # teacher 0.80; baselines 0.78, 0.77, 0.79 (mean 0.78: the teacher leads by 0.02);
     # kd gains +0.010, +0.012, +0.008 over its own seed's baseline
     aucs = {"baseline": (0.78, 0.77, 0.79), "kd": (0.79, 0.782, 0.798)}
@@ -68,7 +68,7 @@ def test_seed_summary_pairs_each_seed_with_its_baseline() -> None:
 
 
 def test_seeds_expand_groups_into_seeded_copies() -> None:
-    from jobs.distill import load_config
+    from recdistill.jobs.distill import load_config
     cfg = load_config(None, seed=4, seeds=3)
     names = [g.name for g in cfg.groups]
     assert names[:4] == ["baseline", "pred_kd", "feat_kd", "multitask_kd"]

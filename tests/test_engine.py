@@ -22,11 +22,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data.spec import Dataset
-from teacher.checkpoint import (load_teacher_state, read_index, read_meta, resolve,
+from recdistill.data.spec import Dataset
+from recdistill.teacher.checkpoint import (load_teacher_state, read_index, read_meta, resolve,
                                 version_dir, versions)
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel
 from test_sharding import CFG, tiny_dataset
 
 # A tower that can fit its tiny data in a few epochs (loss must fall visibly).
@@ -66,7 +66,7 @@ def _spawn(fn: Any, world: int, *args: Any, retry_on_signal: bool = False) -> No
 
 
 def _trainer(cfg: TeacherConfig, data: Dataset, init_from: str | None = None) -> Any:
-    from teacher.engine import TeacherTrainer
+    from recdistill.teacher.engine import TeacherTrainer
     torch.manual_seed(cfg.seed)
     return TeacherTrainer(TeacherModel(data.spec, cfg), cfg, dist.group.WORLD,
                           torch.device("cpu"), init_from=init_from, resume_engine=True)
@@ -132,7 +132,7 @@ def _load_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     path = resolve(root, "latest")
     _, cfg, _ = read_meta(path)
     # The serving path: a plain-DMP teacher (no DeepSpeed) over ``world`` ranks.
-    from teacher.sharding import shard_teacher
+    from recdistill.teacher.sharding import shard_teacher
     dmp = shard_teacher(TeacherModel(data.spec, cfg), cfg, dist.group.WORLD,
                         torch.device("cpu"))
     load_teacher_state(dmp, path)
@@ -141,7 +141,7 @@ def _load_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 
 def _logits(model: Any, data: Dataset, out: str) -> None:
-    from teacher.train import predict
+    from recdistill.teacher.train import predict
     p = predict(model, data.test, model.module.feature_names, 32, torch.device("cpu"))
     if dist.get_rank() == 0:
         np.save(out, p.logits)
@@ -212,8 +212,8 @@ class _Killed(Exception):
 def _job_worker(rank: int, world: int, port: int, root: str, epochs: int, kill_at: int,
                 resume: bool, engine: str) -> None:
     _init(rank, world, port)
-    from jobs.train_teacher import TrainTeacherArgs, run
-    from teacher.engine import TeacherTrainer
+    from recdistill.jobs.train_teacher import TrainTeacherArgs, run
+    from recdistill.teacher.engine import TeacherTrainer
     data = tiny_dataset(128)
     cfg = dataclasses.replace(FIT, epochs=epochs, patience=10, dense_engine=engine)
     job = TrainTeacherArgs(checkpoint=root, report=root + ".json", resume=resume,

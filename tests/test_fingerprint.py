@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import ray
 
-from data.errors import DataError
-from data.fingerprint import differences, fingerprint, keyed_path
-from data.tabular import load_tabular
-from jobs.distill import load_config, match_teacher, run
-from teacher.checkpoint import CheckpointError, save_teacher
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel
+from recdistill.data.errors import DataError
+from recdistill.data.fingerprint import differences, fingerprint, keyed_path
+from recdistill.data.tabular import load_tabular
+from recdistill.jobs.distill import load_config, match_teacher, run
+from recdistill.teacher.checkpoint import CheckpointError, save_teacher
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel
 from tests.test_tabular import write_dataset
 
 
@@ -52,14 +52,14 @@ def test_differences_name_what_changed(movielens) -> None:
 
 def test_teacher_of_another_dataset_fails_before_ray(tmp_path: Path, movielens,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import jobs.distill
+    import recdistill.jobs.distill as distill_job
 
     def started(*_: object, **__: object) -> None:
         raise AssertionError("Ray or an actor was started")
 
     # the suite may share a running Ray cluster: fail if the job gets as far as using it
     for name in ("start_ray", "ensure_teacher", "OnlineDistillation"):
-        monkeypatch.setattr(jobs.distill, name, started)
+        monkeypatch.setattr(distill_job, name, started)
     monkeypatch.setattr(ray, "init", started)
     _teacher(tmp_path / "ml_teacher", movielens)
     toml = write_dataset(tmp_path)
@@ -92,7 +92,7 @@ def test_default_path_of_another_dataset_is_keyed(tmp_path: Path, movielens,
 
 
 def test_soft_labels_of_another_dataset_fail(movielens) -> None:
-    from cluster.soft_labels import Manifest, spec_check
+    from recdistill.cluster.soft_labels import Manifest, spec_check
     m = Manifest(checkpoint="t", version=1, tasks=["like", "love"], features={},
                  logit_dtype="float16", feature_dtype="float16", part_rows=10,
                  dataset=movielens.name, rows={}, keys=[], parameters=1, parts={},

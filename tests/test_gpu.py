@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from teacher.checkpoint import load_teacher_state, save_teacher
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel
-from teacher.sharding import backend_for, default_device, shard_teacher
+from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel
+from recdistill.teacher.sharding import backend_for, default_device, shard_teacher
 from test_sharding import CFG, _plain_logits, tiny_dataset
 
 pytestmark = pytest.mark.gpu
@@ -60,7 +60,7 @@ def test_nccl_sharded_teacher_matches_cpu(tmp_path: Path, free_port: int) -> Non
 def _deepspeed_worker(rank: int, world: int, port: int, out: str) -> None:
     import dataclasses
 
-    from teacher.engine import TeacherTrainer
+    from recdistill.teacher.engine import TeacherTrainer
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     device = default_device()

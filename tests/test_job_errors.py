@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from teacher.checkpoint import CheckpointError, check_absent_or_checkpoint, save_teacher
-from teacher.model import TeacherModel
+from recdistill.teacher.checkpoint import CheckpointError, check_absent_or_checkpoint, save_teacher
+from recdistill.teacher.model import TeacherModel
 from test_sharding import CFG, tiny_dataset
 
 ROOT = Path(__file__).parents[1]

@@ -4,9 +4,9 @@ exact counts."""
 import numpy as np
 import pytest
 
-from cluster.contracts import StepResult, TrainResult
-from cluster.ledger import GroupLedger, ReplicaOutcome, VersionCount, settle
-from cluster.stream import SoftLabelStream
+from recdistill.cluster.contracts import StepResult, TrainResult
+from recdistill.cluster.ledger import GroupLedger, ReplicaOutcome, VersionCount, settle
+from recdistill.cluster.stream import SoftLabelStream
 
 
 def _step(ids, loss: float = 0.5) -> StepResult:

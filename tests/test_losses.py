@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import ConfigError
-from data.spec import Batch, ExampleTable, FeatureSpec, SparseFeature
-from student.config import StudentConfig
-from student.losses import (AuxHeadKD, FeatureKD, HardLabel, LogitMSE, MultiTaskKD,
+from recdistill.data.errors import ConfigError
+from recdistill.data.spec import Batch, ExampleTable, FeatureSpec, SparseFeature
+from recdistill.student.config import StudentConfig
+from recdistill.student.losses import (AuxHeadKD, FeatureKD, HardLabel, LogitMSE, MultiTaskKD,
                             PredictionKD, aux_head_kd, build_objective, feature_kd,
                             hard_label, logit_mse, make_term, multitask_kd, prediction_kd)
-from student.model import StudentModel, StudentOutputs
-from student.train import make_student_optimizer, mask_labels, student_step
-from teacher.outputs import TeacherOutputs
+from recdistill.student.model import StudentModel, StudentOutputs
+from recdistill.student.train import make_student_optimizer, mask_labels, student_step
+from recdistill.teacher.outputs import TeacherOutputs
 
 LN2 = math.log(2.0)
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from student.metrics import task_metrics
+from recdistill.student.metrics import task_metrics
 
 
 def test_metrics_match_hand_computation() -> None:

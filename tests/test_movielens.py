@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data.movielens import HISTORY_LEN, load_movielens, movielens_dir
+from recdistill.data.movielens import HISTORY_LEN, load_movielens, movielens_dir
 
 
 def _raw() -> np.ndarray:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.config import RunOptions
-from cluster.pipeline import Hooks, OnlineDistillation
-from cluster.soft_labels import SPLITS, Manifest, read_split
+from recdistill.cluster.config import RunOptions
+from recdistill.cluster.pipeline import Hooks, OnlineDistillation
+from recdistill.cluster.soft_labels import SPLITS, Manifest, read_split
 from test_cluster import N, _setup
 
 
@@ -19,7 +19,7 @@ class _Stop(Exception):
 
 @pytest.mark.timeout(400)
 def test_precompute_resumes_to_the_same_output(ray_cluster, tmp_path: Path) -> None:
-    from jobs.precompute import run
+    from recdistill.jobs.precompute import run
     cfg, data, _ = _setup(tmp_path)
     whole = run(cfg, str(tmp_path / "whole"), part_rows=200, progress=False, dataset=data)
     assert whole["complete"] and len(whole["parts"]) == 3 * 4  # 640 rows: 200+200+200+40
@@ -56,7 +56,7 @@ def test_precompute_resumes_to_the_same_output(ray_cluster, tmp_path: Path) -> N
 
 @pytest.mark.timeout(500)
 def test_offline_students_train_like_online(ray_cluster, tmp_path: Path) -> None:
-    from jobs.precompute import run
+    from recdistill.jobs.precompute import run
     cfg, data, dims = _setup(tmp_path)
     run(cfg, str(tmp_path / "labels"), part_rows=256, progress=False, dataset=data)
     reports = {}
@@ -89,10 +89,10 @@ def test_teacher_version_swapped_mid_stream(ray_cluster, tmp_path: Path) -> None
     student with staleness weighting (and the ExFM adapter) trains."""
     import dataclasses
 
-    from cluster.config import GroupConfig
-    from student.config import LossTerm, StudentConfig
-    from teacher.checkpoint import save_teacher, version_dir
-    from teacher.model import TeacherModel
+    from recdistill.cluster.config import GroupConfig
+    from recdistill.student.config import LossTerm, StudentConfig
+    from recdistill.teacher.checkpoint import save_teacher, version_dir
+    from recdistill.teacher.model import TeacherModel
     from test_cluster import _assert_exactly_once
     from test_sharding import CFG
     cfg, data, dims = _setup(tmp_path)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from teacher.checkpoint import load_teacher_state, save_teacher
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel
-from teacher.quantize import quantize_rows, quantize_tables
-from teacher.sharding import init_distributed, shard_teacher
+from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel
+from recdistill.teacher.quantize import quantize_rows, quantize_tables
+from recdistill.teacher.sharding import init_distributed, shard_teacher
 from test_sharding import CFG, tiny_dataset
 
 # Seeded golden values: max |logit - fp32 logit| over the 64 test rows of the tiny
@@ -86,8 +86,8 @@ def test_fp16_trained_tables_train_save_and_label_from_int8(tmp_path: Path) -> N
     """``embedding_precision = "fp16"``: FBGEMM keeps the tables in fp16 while
     training (half the bytes); the checkpoint loads with fp16 tables and quantizes to
     int8 straight from them, within the int8 bound of the fp16 logits."""
-    from teacher.sharding import make_optimizer
-    from teacher.train import train_step
+    from recdistill.teacher.sharding import make_optimizer
+    from recdistill.teacher.train import train_step
     data = tiny_dataset()
     cfg = TeacherConfig(**{**CFG.__dict__, "embedding_precision": "fp16"})
     model = TeacherModel(data.spec, cfg)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from ray.exceptions import RayActorError
 
-from cluster.contracts import StepResult
-from cluster.ledger import Settlement, StreamItem
-from cluster.recovery import (ATTEMPTS, Decision, _retry, classify_group_loss,
+from recdistill.cluster.contracts import StepResult
+from recdistill.cluster.ledger import Settlement, StreamItem
+from recdistill.cluster.recovery import (ATTEMPTS, Decision, _retry, classify_group_loss,
                               classify_label_calls, classify_round)
 
 ITEM = StreamItem(0, "ref", np.arange(4), 1, 0)

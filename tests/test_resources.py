@@ -1,6 +1,6 @@
 import os
 
-from cluster.resources import ResourceSampler, role
+from recdistill.cluster.resources import ResourceSampler, role
 
 
 def test_sampler_names_actor_processes_and_keeps_their_peaks(ray_cluster) -> None:
@@ -64,7 +64,7 @@ def test_role_names() -> None:
 
 
 def test_soak_boundedness_compares_last_third_with_middle_third() -> None:
-    from jobs.soak import bounded
+    from recdistill.jobs.soak import bounded
     # t = 0..8: start-up spike in the first third, flat middle, +10% driver at the end
     curve = [{"t": float(t), "total_rss": 100 + (50 if t < 3 else 0), "total_private": 80,
               "object_store": 10,

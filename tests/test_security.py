@@ -8,8 +8,8 @@ import sys
 _SCRIPT = r'''
 import json, os, time
 import psutil, ray, torch.distributed as dist
-from jobs.common import start_local_ray
-from cluster.process import free_port, init_group, node_address
+from recdistill.jobs.common import start_local_ray
+from recdistill.cluster.process import free_port, init_group, node_address
 import torch
 
 ctx = start_local_ray(4, dashboard=True)

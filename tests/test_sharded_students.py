@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.config import GroupConfig
-from data.errors import ConfigError
-from student.config import LossTerm, StudentConfig
-from teacher.checkpoint import CheckpointError
+from recdistill.cluster.config import GroupConfig
+from recdistill.data.errors import ConfigError
+from recdistill.student.config import LossTerm, StudentConfig
+from recdistill.teacher.checkpoint import CheckpointError
 from test_sharding import tiny_dataset
 
 
@@ -31,9 +31,9 @@ def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cl
     weights of the artifact they write, in a plain model."""
     import ray
 
-    from cluster.codec import LabelledBatch
-    from cluster.replica import StudentReplica
-    from data.spec import FeatureSpec
+    from recdistill.cluster.codec import LabelledBatch
+    from recdistill.cluster.replica import StudentReplica
+    from recdistill.data.spec import FeatureSpec
     data = tiny_dataset(n=256, seed=4)
     spec: FeatureSpec = data.spec
     group = GroupConfig(StudentConfig(name="s", embedding_dim=4, hidden=(8,),
@@ -54,8 +54,8 @@ def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cl
     state = ray.get([r.save_state.remote(str(tmp_path / "state")) for r in two])[0]
     # the serving weights of the best state, written by both replicas, load into a
     # plain model that gives the best state's logits
-    from student.artifact import load_artifact, write_artifact
-    from student.train import predict_student
+    from recdistill.student.artifact import load_artifact, write_artifact
+    from recdistill.student.train import predict_student
     write_artifact(tmp_path / "student",
                    lambda d: ray.get([r.save_serving.remote(d) for r in two]),
                    cfg=group.student, spec=spec, fingerprint={}, metrics={})
@@ -78,11 +78,11 @@ def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cl
 def test_sharded_step_matches_the_dense_model_with_the_same_weights() -> None:
     """World of one: the sharded student computes the plain one's logits from the same
     weights, and its fused row-wise Adagrad touches only the rows in the batch."""
-    from student.model import StudentModel
-    from student.sharding import make_sharded_optimizer, shard_student
-    from student.losses import build_objective
-    from student.train import student_step
-    from teacher.sharding import init_distributed
+    from recdistill.student.model import StudentModel
+    from recdistill.student.sharding import make_sharded_optimizer, shard_student
+    from recdistill.student.losses import build_objective
+    from recdistill.student.train import student_step
+    from recdistill.teacher.sharding import init_distributed
     data = tiny_dataset(n=128, seed=5)
     cfg = StudentConfig(name="s", embedding_dim=4, hidden=(8,), sharding="row_wise",
                         embedding_lr=0.5)
@@ -110,8 +110,8 @@ def test_sharded_step_matches_the_dense_model_with_the_same_weights() -> None:
 
 
 def test_serving_export_matches_the_eager_student(tmp_path) -> None:
-    from student.artifact import export_inputs, export_serving, load_export
-    from student.model import StudentModel
+    from recdistill.student.artifact import export_inputs, export_serving, load_export
+    from recdistill.student.model import StudentModel
     data = tiny_dataset(n=256, seed=6)
     model = StudentModel(data.spec, StudentConfig(name="s", embedding_dim=4,
                                                   hidden=(8,))).eval()
@@ -129,8 +129,8 @@ def test_serving_export_matches_the_eager_student(tmp_path) -> None:
 
 
 def test_tampered_artifact_fails_with_its_path(tmp_path) -> None:
-    from student.artifact import load_artifact, write_artifact
-    from student.model import StudentModel
+    from recdistill.student.artifact import load_artifact, write_artifact
+    from recdistill.student.model import StudentModel
     data = tiny_dataset(n=64, seed=7)
     cfg = StudentConfig(name="s", embedding_dim=4, hidden=(8,), aux_heads=True,
                         losses=(LossTerm("hard_label"), LossTerm("aux_head_kd")))
@@ -155,8 +155,8 @@ def test_tampered_artifact_fails_with_its_path(tmp_path) -> None:
 
 
 def test_sweep_expands_into_sizes_and_kd_settings(tmp_path) -> None:
-    from cluster.sweep import pareto
-    from jobs.distill import load_config
+    from recdistill.cluster.sweep import pareto
+    from recdistill.jobs.distill import load_config
     path = tmp_path / "sweep.toml"
     path.write_text("[sweep]\nembedding_dim = [4, 8]\nhidden = [[16], [32, 8]]\n"
                     'loss = ["prediction_kd", "multitask_kd"]\nkd_weight = [0.5]\n'
@@ -197,9 +197,9 @@ def test_sweep_expands_into_sizes_and_kd_settings(tmp_path) -> None:
 
 
 def test_too_many_actors_for_the_machine_fails_before_ray_starts(monkeypatch) -> None:
-    import jobs.distill as distill
-    from cluster.sweep import sweep_groups
-    from cluster.config import DistillConfig, SweepConfig
+    import recdistill.jobs.distill as distill
+    from recdistill.cluster.sweep import sweep_groups
+    from recdistill.cluster.config import DistillConfig, SweepConfig
     cores = os.cpu_count() or 1
     n = distill.ACTORS_PER_CPU * cores  # with the 3 default teacher members: too many
     sweep = SweepConfig(embedding_dim=tuple(4 * (i + 1) for i in range(n // 2 + 1)))
@@ -213,7 +213,7 @@ def test_too_many_actors_for_the_machine_fails_before_ray_starts(monkeypatch) ->
 
 def _artifact_matches_report(saved: dict, students: Path, data: str, tmp: Path) -> None:
     """jobs.predict on each artifact gives the report's test metrics."""
-    from jobs.predict import main
+    from recdistill.jobs.predict import main
     for name, s in saved["students"].items():
         assert s["artifact"] == str(students / name)
         out = tmp / f"{name}.json"

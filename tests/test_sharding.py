@@ -17,13 +17,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
-from teacher.checkpoint import load_teacher_state, save_teacher
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel
-from teacher.quantize import quantize_tables
-from teacher.sharding import init_distributed, make_optimizer, shard_teacher
-from teacher.train import train_step
+from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
+from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel
+from recdistill.teacher.quantize import quantize_tables
+from recdistill.teacher.sharding import init_distributed, make_optimizer, shard_teacher
+from recdistill.teacher.train import train_step
 
 CFG = TeacherConfig(embedding_dim=16, use_privileged=True, dense_layers=(16, 16), cross_layers=2,
                     cross_rank=8, over_layers=(32, 16), batch_size=16)

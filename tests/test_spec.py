@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.spec import ExampleTable, FeatureSpec, SparseFeature
+from recdistill.data.spec import ExampleTable, FeatureSpec, SparseFeature
 
 
 def _table() -> ExampleTable:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from cluster.idset import IdSet
-from cluster.stream import SoftLabelStream
+from recdistill.cluster.idset import IdSet
+from recdistill.cluster.stream import SoftLabelStream
 
 
 def test_idset_counts_membership_and_growth() -> None:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.errors import ConfigError
-from student.config import StudentConfig
-from student.losses import build_objective, make_term
-from student.model import StudentModel, count_parameters
-from student.train import make_student_optimizer, predict_student, student_step
-from teacher.model import TeacherModel
+from recdistill.data.errors import ConfigError
+from recdistill.student.config import StudentConfig
+from recdistill.student.losses import build_objective, make_term
+from recdistill.student.model import StudentModel, count_parameters
+from recdistill.student.train import make_student_optimizer, predict_student, student_step
+from recdistill.teacher.model import TeacherModel
 from test_sharding import CFG, tiny_dataset
 
 
@@ -67,10 +67,10 @@ def test_teacher_adapter_and_staleness_weighting() -> None:
 
     import torch.nn.functional as F
 
-    from cluster.codec import LabelledBatch, encode
-    from cluster.config import GroupConfig
-    from cluster.replica import StudentReplica
-    from teacher.outputs import TeacherOutputs
+    from recdistill.cluster.codec import LabelledBatch, encode
+    from recdistill.cluster.config import GroupConfig
+    from recdistill.cluster.replica import StudentReplica
+    from recdistill.teacher.outputs import TeacherOutputs
     data = tiny_dataset(n=64)
     cfg = StudentConfig(name="exfm", embedding_dim=4, hidden=(8,), teacher_adapter=True,
                         losses=(make_term("prediction_kd", 1.0, temperature=1.0),),
@@ -107,9 +107,9 @@ def test_teacher_adapter_and_staleness_weighting() -> None:
 def test_train_many_equals_train_on_in_order_and_reports_a_failed_step() -> None:
     """Several steps in one call are the same steps as one call each; a step that fails
     after others ends the call with the steps done (the driver books exactly those)."""
-    from cluster.codec import LabelledBatch, encode
-    from cluster.config import GroupConfig
-    from cluster.replica import StudentReplica
+    from recdistill.cluster.codec import LabelledBatch, encode
+    from recdistill.cluster.config import GroupConfig
+    from recdistill.cluster.replica import StudentReplica
     data = tiny_dataset(n=96)
     group = GroupConfig(StudentConfig(sharding="none", name="many", embedding_dim=4, hidden=(8,),
                                       losses=(make_term("hard_label", 0.5),
@@ -150,10 +150,10 @@ def test_kd_guard_stops_the_teacher_on_the_tasks_it_turned_off() -> None:
     distilled; every task off: the KD term weighs nothing (hard labels alone)."""
     import copy
 
-    from cluster.codec import LabelledBatch, encode
-    from cluster.config import GroupConfig
-    from cluster.replica import StudentReplica
-    from teacher.outputs import TeacherOutputs
+    from recdistill.cluster.codec import LabelledBatch, encode
+    from recdistill.cluster.config import GroupConfig
+    from recdistill.cluster.replica import StudentReplica
+    from recdistill.teacher.outputs import TeacherOutputs
     data = tiny_dataset(n=32)
     group = GroupConfig(StudentConfig(name="g", embedding_dim=4, hidden=(8,), losses=(
         make_term("hard_label", 0.5), make_term("prediction_kd", 0.5)), sharding="none"))
@@ -196,9 +196,9 @@ def test_kd_guard_stops_the_teacher_on_the_tasks_it_turned_off() -> None:
 def test_kd_guard_keeps_the_labels_of_multitask_kd_and_stops_feature_kd() -> None:
     """Every task off: multi-task KD (fixed weights, a = 0.8) steps exactly as its
     hard-label part, 0.2 BCE, does alone; feature KD gives the trunk no gradient."""
-    from cluster.codec import LabelledBatch, encode
-    from cluster.config import GroupConfig
-    from cluster.replica import StudentReplica
+    from recdistill.cluster.codec import LabelledBatch, encode
+    from recdistill.cluster.config import GroupConfig
+    from recdistill.cluster.replica import StudentReplica
     data = tiny_dataset(n=32)
     arrays = data.train.take(np.arange(32))
     labelled = LabelledBatch(arrays, encode(torch.full((32, 2), 3.0), "float32"),

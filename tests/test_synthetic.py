@@ -2,8 +2,8 @@ import numpy as np
 import psutil
 import pytest
 
-from data.errors import ConfigError
-from data.synthetic import SyntheticConfig, generate_chunk, iter_chunks, synthetic_dataset
+from recdistill.data.errors import ConfigError
+from recdistill.data.synthetic import SyntheticConfig, generate_chunk, iter_chunks, synthetic_dataset
 
 
 def test_same_seed_same_batches_other_seed_differs() -> None:
@@ -54,7 +54,7 @@ def test_ten_million_rows_stream_in_bounded_memory() -> None:
 
 
 def test_stream_dataset_chunks_and_fixed_eval_sets() -> None:
-    from data.synthetic import SyntheticStream, synthetic_stream_dataset
+    from recdistill.data.synthetic import SyntheticStream, synthetic_stream_dataset
     cfg = SyntheticConfig(rows=5000, chunk_rows=2048, seed=3)
     d = synthetic_stream_dataset(cfg, eval_rows=300)
     assert isinstance(d.train, SyntheticStream) and len(d.train) == 5000

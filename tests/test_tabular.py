@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.errors import DataError
-from data.tabular import load_tabular
+from recdistill.data.errors import DataError
+from recdistill.data.tabular import load_tabular
 
 TOML = """
 train = "train.{ext}"
@@ -192,7 +192,7 @@ def test_skip_bad_rows_names_rows_when_no_line_was_dropped(tmp_path: Path) -> No
     ("multi_hot", [("item", None, False), ("region", 13, False), ("tags", None, True)],
      ("y", "z"))])
 def test_generated_shapes_load_and_are_seeded(tmp_path: Path, shape, sparse, tasks) -> None:
-    from data.shapes import frames, write
+    from recdistill.data.shapes import frames, write
     d = load_tabular(write(tmp_path, shape, rows=4000, seed=3))
     assert d.spec.tasks == tasks
     got = [(f.name, f.cardinality, f.multi_valued) for f in d.spec.sparse]

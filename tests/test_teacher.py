@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from teacher import checkpoint as ckpt_mod
-from teacher.checkpoint import CheckpointError, load_teacher_state, read_meta, save_teacher
-from teacher.config import TeacherConfig
-from teacher.model import TeacherModel, embedding_tables
-from teacher.sharding import make_optimizer, shard_teacher
-from teacher.train import predict, train_step
+from recdistill.teacher import checkpoint as ckpt_mod
+from recdistill.teacher.checkpoint import CheckpointError, load_teacher_state, read_meta, save_teacher
+from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TeacherModel, embedding_tables
+from recdistill.teacher.sharding import make_optimizer, shard_teacher
+from recdistill.teacher.train import predict, train_step
 from test_sharding import CFG, tiny_dataset
 
 
@@ -128,7 +128,7 @@ def test_planner_plan_on_one_rank_matches_plain_model(tmp_path: Path) -> None:
 
 
 def test_versions_resolve_best_latest_and_numbers(tmp_path: Path) -> None:
-    from teacher.checkpoint import resolve, version_dir, versions, write_index
+    from recdistill.teacher.checkpoint import resolve, version_dir, versions, write_index
     data = tiny_dataset()
     root = tmp_path / "run"
     for step, seed in ((3, 1), (4, 2), (6, 3), (8, 4)):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from student.metrics import task_metrics
-from teacher.checkpoint import load_teacher_state, read_meta
-from teacher.model import TeacherModel
-from teacher.train import predict
+from recdistill.student.metrics import task_metrics
+from recdistill.teacher.checkpoint import load_teacher_state, read_meta
+from recdistill.teacher.model import TeacherModel
+from recdistill.teacher.train import predict
 from test_tabular import make_frames, write_dataset
 
 SMALL = """
@@ -79,7 +79,7 @@ def test_single_process_and_torchrun_on_a_toml_dataset(tmp_path: Path) -> None:
 
 def _reload_metrics(checkpoint: Path, data: Path) -> dict[str, float]:
     """Test metrics of ``checkpoint`` loaded into a plain model in this process."""
-    from data.tabular import load_tabular
+    from recdistill.data.tabular import load_tabular
     spec, cfg, _ = read_meta(checkpoint)
     model = TeacherModel(spec, cfg, device="cpu")
     load_teacher_state(model, checkpoint)
@@ -149,7 +149,7 @@ def test_config_typo_fails_naming_the_key(tmp_path: Path) -> None:
 def test_teacher_seed_is_not_the_data_seed() -> None:
     """A committee member's seed seeds its model, not its data: every member of a
     distill job sees that job's dataset (its seed), whatever the member's own seed."""
-    from jobs.train_teacher import parse_args
+    from recdistill.jobs.train_teacher import parse_args
     runs = parse_args(["--member", "all", "--data", "synthetic", "--rows", "1000"])
     assert [c.seed for _, c in runs] == [0, 3, 5]
     assert {j.data_seed for j, _ in runs} == {0} and {j.data for j, _ in runs} == {"synthetic"}

@@ -66,9 +66,9 @@ from types import ModuleType
 
 import torch
 
-from jobs.bench import (committee, fanout, labelling, lookup, pipeline, scale, student,
+from recdistill.jobs.bench import (committee, fanout, labelling, lookup, pipeline, scale, student,
                         transport)
-from jobs.bench.common import machine
+from recdistill.jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
 SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
@@ -78,7 +78,7 @@ SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="recdistill bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=sorted(SUITES), default="lookup")
     p.add_argument("--json", help="write results here")
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1.0,
                    help="scale: seconds between memory samples")
     a = p.parse_args(argv)
-    from jobs.common import quiet_library_warnings, write_json_atomic
+    from recdistill.jobs.common import quiet_library_warnings, write_json_atomic
     quiet_library_warnings()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     teacher = a.teacher_checkpoint or {

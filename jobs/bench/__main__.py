@@ -2,6 +2,6 @@
 
 import sys
 
-from jobs.bench import main
+from recdistill.jobs.bench import main
 
 sys.exit(main())

@@ -6,14 +6,14 @@ import argparse
 import statistics
 from typing import Any
 
-from jobs.bench.common import distill_runs, pred_kd_cfg, stats
+from recdistill.jobs.bench.common import distill_runs, pred_kd_cfg, stats
 
 
 def bench_committee(teacher: str, repeats: int) -> dict[str, Any]:
     import dataclasses
 
-    from cluster.config import default_teachers
-    from teacher.config import TeacherConfig
+    from recdistill.cluster.config import default_teachers
+    from recdistill.teacher.config import TeacherConfig
     members = default_teachers(TeacherConfig())
     runs = [(f"{k}@{r}", dataclasses.replace(pred_kd_cfg(passes=1), teachers=members[:k]))
             for r in range(repeats) for k in (1, 2, 3)]

@@ -31,7 +31,7 @@ def machine() -> dict[str, Any]:
 
 def pred_kd_cfg(**kw: Any) -> Any:
     """A distill config with the one ``pred_kd`` group (the pipeline and scale suites')."""
-    from cluster.config import DistillConfig, default_groups
+    from recdistill.cluster.config import DistillConfig, default_groups
     groups = tuple(g for g in default_groups() if g.student.name == "pred_kd")
     return DistillConfig(groups=groups, **kw)
 
@@ -40,8 +40,8 @@ def ensure_bench_teacher(cfg: Any) -> None:
     """Train ``cfg``'s missing teacher on a cluster of its own, outside the measured runs."""
     import ray
 
-    from jobs.common import start_local_ray
-    from jobs.distill import ensure_teacher, teacher_exists
+    from recdistill.jobs.common import start_local_ray
+    from recdistill.jobs.distill import ensure_teacher, teacher_exists
     if teacher_exists(cfg):
         return
     start_local_ray(4, dashboard=False)
@@ -58,9 +58,9 @@ def distill_runs(configs: list[tuple[str, Any]], teacher: str) -> list[tuple[str
 
     import ray
 
-    from cluster.config import RunOptions
-    from jobs.common import start_local_ray
-    from jobs.distill import run
+    from recdistill.cluster.config import RunOptions
+    from recdistill.jobs.common import start_local_ray
+    from recdistill.jobs.distill import run
     out = []
     start_local_ray(16, dashboard=False)
     try:
@@ -92,8 +92,8 @@ def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool 
     ``usage`` (the ranks'), ``info`` (rank 0's setup info), ``kept`` (with ``keep``:
     per rank, the refs of its first-pass batches), and what ``then(label_group,
     result)`` adds (called before the group is shut down: more calls on its ranks)."""
-    from cluster.data import pass_shards, train_dataset
-    from cluster.groups import LabelGroup
+    from recdistill.cluster.data import pass_shards, train_dataset
+    from recdistill.cluster.groups import LabelGroup
     labels = LabelGroup.teacher(cfg)
     if rank_cls is not None:
         labels.rank_cls = rank_cls

@@ -6,13 +6,13 @@ import argparse
 import statistics
 from typing import Any
 
-from jobs.bench.common import distill_runs, stats
+from recdistill.jobs.bench.common import distill_runs, stats
 
 
 def bench_fanout(teacher: str, repeats: int) -> dict[str, Any]:
     import dataclasses
 
-    from cluster.config import DistillConfig, default_groups
+    from recdistill.cluster.config import DistillConfig, default_groups
     # The same stream in every configuration: copies of the feat_kd group (logits and
     # the 128-wide last_hidden travel). Mixing group kinds would change what the
     # teacher encodes and ships, not just how many groups read it.

@@ -9,7 +9,7 @@ import statistics
 import time
 from typing import Any
 
-from jobs.bench.common import pred_kd_cfg, stats, teacher_alone
+from recdistill.jobs.bench.common import pred_kd_cfg, stats, teacher_alone
 
 DTYPES = ("fp32", "fp16", "int8", "int4")
 
@@ -17,7 +17,7 @@ DTYPES = ("fp32", "fp16", "int8", "int4")
 def _held_teacher_cls() -> type:
     """A teacher rank that also labels batches held in its own memory (its forward
     alone: no input stream, no actor call per batch)."""
-    from cluster.actors import TeacherRank
+    from recdistill.cluster.actors import TeacherRank
 
     class HeldTeacher(TeacherRank):
         def hold(self, refs: list[Any]) -> int:
@@ -56,7 +56,7 @@ def _alone(cfg: Any, data: Any, cls: type, keep: int) -> dict[str, Any]:
     ``keep`` held batches of rank 0."""
     import ray
 
-    from cluster.groups import CALL_TIMEOUT_S
+    from recdistill.cluster.groups import CALL_TIMEOUT_S
 
     def forward_alone(labels: Any, res: dict[str, Any]) -> dict[str, Any]:
         held = ray.get([a.hold.remote(refs) for a, refs in zip(labels.actors, res["kept"])],
@@ -84,9 +84,9 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
     import numpy as np
     import ray
 
-    from cluster.config import RunOptions, TeacherGroupConfig, with_seeds
-    from jobs.common import load_dataset, start_local_ray
-    from jobs.distill import ensure_teacher, run
+    from recdistill.cluster.config import RunOptions, TeacherGroupConfig, with_seeds
+    from recdistill.jobs.common import load_dataset, start_local_ray
+    from recdistill.jobs.distill import ensure_teacher, run
     base = pred_kd_cfg(passes=passes, teacher_group=TeacherGroupConfig(checkpoint=teacher))
     data = load_dataset(base.data, split=base.split, seed=base.seed, rows=base.rows)
     unbatched = dataclasses.replace(base, teacher_group=dataclasses.replace(
@@ -171,7 +171,7 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
 def run(a: argparse.Namespace, teacher: str) -> dict[str, Any]:
     out = bench_labelling(teacher, a.passes, min(a.repeats, 5), a.seeds, a.student_passes)
     if a.served_teacher:
-        from jobs.bench.scale import serve_big_teacher
+        from recdistill.jobs.bench.scale import serve_big_teacher
         served = serve_big_teacher(a.served_teacher, a.served_rows, a.interval,
                                    dim=a.served_dim, table_dtype="int8",
                                    precision="fp16")

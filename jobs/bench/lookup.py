@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from jobs.bench.common import rates_table
+from recdistill.jobs.bench.common import rates_table
 
 
 def _batches(n_tables: int, rows: int, batch: int, max_pool: int, count: int,
              seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(values, lengths) per batch, key-major, Zipf ids (synthetic data's sampler)."""
-    from data.synthetic import zipf_ids
+    from recdistill.data.synthetic import zipf_ids
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -40,8 +40,8 @@ def bench_lookup(rows: int, dim: int, n_tables: int = 26, batch: int = 2048,
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    from teacher.config import TeacherConfig
-    from teacher.sharding import shard_teacher
+    from recdistill.teacher.config import TeacherConfig
+    from recdistill.teacher.sharding import shard_teacher
 
     keys = [f"f{i}" for i in range(n_tables)]
     tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=dim, num_embeddings=rows,

@@ -8,13 +8,13 @@ import statistics
 import time
 from typing import Any
 
-from jobs.bench.common import pred_kd_cfg, rates_table, stats, teacher_alone
+from recdistill.jobs.bench.common import pred_kd_cfg, rates_table, stats, teacher_alone
 
 
 def _held_student_cls() -> type:
     """A student replica training from labelled batches held in its own memory (the
     pipeline suite's "student alone")."""
-    from cluster.replica import StudentReplica
+    from recdistill.cluster.replica import StudentReplica
 
     class HeldStudent(StudentReplica):
         def hold(self, refs: list[Any]) -> list[float]:
@@ -53,9 +53,9 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
 
     import ray
 
-    from cluster.config import RunOptions, TeacherGroupConfig
-    from jobs.common import load_dataset, start_local_ray
-    from jobs.distill import ensure_teacher, run, teacher_dims
+    from recdistill.cluster.config import RunOptions, TeacherGroupConfig
+    from recdistill.jobs.common import load_dataset, start_local_ray
+    from recdistill.jobs.distill import ensure_teacher, run, teacher_dims
     cfg = pred_kd_cfg(passes=passes, teacher_group=TeacherGroupConfig(checkpoint=teacher))
     group = cfg.groups[0]
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)

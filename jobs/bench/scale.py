@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from jobs.bench.common import ensure_bench_teacher, pred_kd_cfg
+from recdistill.jobs.bench.common import ensure_bench_teacher, pred_kd_cfg
 
 
 # The features of the 1e9-parameter teacher's stream a student embeds: all but the six
@@ -22,9 +22,9 @@ _SMALL_FEATURES = tuple(f"c{i}" for i in (0, 1, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14
 
 def _scale_run(cfg: Any, interval: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """One ``jobs.distill`` run on its own fresh local Ray cluster, memory sampled."""
-    from cluster.config import RunOptions
-    from cluster.resources import ResourceSampler
-    from jobs.distill import run
+    from recdistill.cluster.config import RunOptions
+    from recdistill.cluster.resources import ResourceSampler
+    from recdistill.jobs.distill import run
     with ResourceSampler(interval=interval) as sampler:
         t0 = time.perf_counter()
         report = run(cfg, RunOptions(progress=False)).to_json()
@@ -50,12 +50,12 @@ def _ensure_big_teacher(path: str, rows: int, dim: int = 32,
     24 GiB machine: ``precision = "fp16"``, ``teacher.embedding_precision``)."""
     import subprocess
 
-    from teacher.checkpoint import versions
+    from recdistill.teacher.checkpoint import versions
     if versions(path):
         return
     print(f"  training the big teacher (embedding dim {dim}) into {path} (2 workers)",
           flush=True)
-    subprocess.run([sys.executable, "-m", "jobs.train_teacher", "--data", "synthetic",
+    subprocess.run([sys.executable, "-m", "recdistill.jobs.train_teacher", "--data", "synthetic",
                     "--rows", str(rows), "--max-cardinality", "10000000",
                     "--embedding-dim", str(dim), "--embedding-precision", precision,
                     "--epochs", "1", "--workers", "2",
@@ -69,7 +69,7 @@ def serve_big_teacher(path: str, rows: int, interval: float, dim: int = 32,
     one ``pred_kd`` group; every process's RSS sampled."""
     import dataclasses
 
-    from cluster.config import TeacherGroupConfig
+    from recdistill.cluster.config import TeacherGroupConfig
     _ensure_big_teacher(path, 20_000, dim, precision)
     base = pred_kd_cfg(data="synthetic-stream", rows=rows, passes=1,
                        max_cardinality=10_000_000,
@@ -96,7 +96,7 @@ def bench_scale(teacher: str, sizes: list[int], big_teacher: str, big_rows: int,
     ``pred_kd`` group), each on a fresh cluster, RSS of every process sampled; then the
     1e9-parameter teacher sharded over 2 ranks serving a stream."""
 
-    from cluster.config import TeacherGroupConfig
+    from recdistill.cluster.config import TeacherGroupConfig
 
     runs = []
     for rows in sizes:

@@ -10,7 +10,7 @@ import statistics
 import time
 from typing import Any
 
-from jobs.bench.common import distill_runs, ensure_bench_teacher, pred_kd_cfg, stats
+from recdistill.jobs.bench.common import distill_runs, ensure_bench_teacher, pred_kd_cfg, stats
 
 CARDINALITIES = (10_000, 1_000_000, 10_000_000)
 DENSE_CARDINALITIES = (10_000, 1_000_000)  # at 1e7 one dense step takes seconds
@@ -20,13 +20,13 @@ def _step_models(batch_rows: int, steps: int) -> dict[str, Any]:
     """(model, optimizer, objective, batches) per (path, cardinality)."""
     import torch
 
-    from data.synthetic import SyntheticConfig, generate_chunk
-    from student.config import StudentConfig
-    from student.losses import build_objective
-    from student.model import StudentModel, count_parameters
-    from student.sharding import make_sharded_optimizer, shard_student
-    from student.train import make_student_optimizer
-    from teacher.sharding import init_distributed
+    from recdistill.data.synthetic import SyntheticConfig, generate_chunk
+    from recdistill.student.config import StudentConfig
+    from recdistill.student.losses import build_objective
+    from recdistill.student.model import StudentModel, count_parameters
+    from recdistill.student.sharding import make_sharded_optimizer, shard_student
+    from recdistill.student.train import make_student_optimizer
+    from recdistill.teacher.sharding import init_distributed
     pg = init_distributed(torch.device("cpu"))
     out = {}
     for path, cards in (("dense", DENSE_CARDINALITIES), ("sharded", CARDINALITIES)):
@@ -52,7 +52,7 @@ def _step_models(batch_rows: int, steps: int) -> dict[str, Any]:
 def bench_steps(batch_rows: int = 512, repeats: int = 15, warmup: int = 3) -> dict[str, Any]:
     """Median seconds per student step of each (path, cardinality), interleaved step by
     step on the same seeded batches (ids drawn at each cardinality)."""
-    from student.train import student_step
+    from recdistill.student.train import student_step
     models = _step_models(batch_rows, repeats + warmup)
     times: dict[tuple[str, int], list[float]] = {k: [] for k in models}
     for i in range(repeats + warmup):
@@ -76,7 +76,7 @@ def bench_steps(batch_rows: int = 512, repeats: int = 15, warmup: int = 3) -> di
 def bench_online(teacher: str, rows: int, repeats: int) -> dict[str, Any]:
     """One pass of the synthetic Criteo stream (26 features capped at 1e6 ids), the same
     teacher, one ``pred_kd`` group on dense vs sharded tables, interleaved per repeat."""
-    from cluster.config import TeacherGroupConfig
+    from recdistill.cluster.config import TeacherGroupConfig
     base = pred_kd_cfg(data="synthetic-stream", rows=rows, passes=1,
                        max_cardinality=1_000_000,
                        teacher_group=TeacherGroupConfig(checkpoint=teacher))

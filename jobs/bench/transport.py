@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jobs.bench.common import distill_runs
+from recdistill.jobs.bench.common import distill_runs
 
 
 def bench_transport(teacher: str) -> dict[str, Any]:
 
-    from cluster.config import DistillConfig, StreamConfig, default_groups
+    from recdistill.cluster.config import DistillConfig, StreamConfig, default_groups
     groups = tuple(g for g in default_groups() if g.student.name in ("pred_kd", "feat_kd"))
     runs = [(d, DistillConfig(groups=groups, stream=StreamConfig(logit_dtype=d,
                                                                  feature_dtype=d)))
