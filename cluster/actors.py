@@ -25,7 +25,7 @@ from recdistill.cluster.codec import LabelledBatch, encode
 from recdistill.cluster.data import arrow_to_batch
 from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.process import (enable_faulthandler, free_port, init_group, node_address,
-                             peak_rss_bytes, rss_bytes)
+                                        peak_rss_bytes, rss_bytes)
 from recdistill.data.spec import BatchArrays, ExampleTable
 from recdistill.teacher.checkpoint import load_teacher_state, read_meta
 from recdistill.teacher.model import TeacherModel, feature_dims

@@ -255,6 +255,7 @@ class RunOptions:
         plot: the PNG's path ("": beside the report).
         artifacts: where every group's best student is written at the end,
             ``<artifacts>/<group>/`` (``student/artifact.py``); "" for none.
+        verbose: keep Ray's own log lines (start-up, token auth) in the output.
     """
 
     soft_labels: str = ""
@@ -267,6 +268,7 @@ class RunOptions:
     report: str = ""
     plot: str = ""
     artifacts: str = ""
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:

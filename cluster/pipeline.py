@@ -36,7 +36,8 @@ from recdistill.cluster.committee import Committee
 from recdistill.cluster.groups import StudentGroup
 from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.recovery import ATTEMPTS, Decision, Recovery, classify_label_calls
-from recdistill.cluster.report import SEED_MARK, DistillReport, DriverTiming, base_name, student_summary
+from recdistill.cluster.report import (SEED_MARK, DistillReport, DriverTiming, base_name,
+                                       student_summary)
 from recdistill.cluster.run_state import STATE_FILE, GroupCheckpoint, GroupHistory, RunCheckpoint
 from recdistill.cluster.stream import SoftLabelStream
 from recdistill.data.spec import Dataset
@@ -149,14 +150,18 @@ class OnlineDistillation:
         teacher_valid, members_valid = self._teacher_metrics(valid_ref,
                                                              "evaluate teacher valid")
         self.teacher_valid = teacher_valid
-        k, bs = self.cfg.teacher_group.ranks, self.cfg.teacher_group.batch_size
-        per_pass = k * self.data.train.num_batches(bs, k)
-        self._bar = tqdm(total=per_pass * self.cfg.passes * len(self.groups), unit="batch",
-                         desc="distilling", disable=None if self.options.progress else True,
+        k = self.cfg.teacher_group.ranks
+        # the bar counts examples trained, every group's (a resumed run: from the resume)
+        self._bar = tqdm(total=len(self.data.train) * (self.cfg.passes - first_pass)
+                         * len(self.groups), unit="ex", unit_scale=True,
+                         desc=f"distilling {self.data.name} into {len(self.groups)} "
+                              f"group(s)", disable=None if self.options.progress else True,
                          mininterval=0.5)
+        self._pass_walls: list[float] = []
         for p in range(first_pass, self.cfg.passes):
+            t_pass = time.perf_counter()
             self._run_pass(p, ds)
-            self._end_pass(p, valid_ref)
+            self._end_pass(p, valid_ref, t_pass)
         self._bar.close()
         usage = self.recovery.on_labels(Committee.usage)
         test = self._evaluate_groups(test_ref, "evaluate test", best=True)
@@ -237,7 +242,7 @@ class OnlineDistillation:
         assert ps is not None
         return pass_shards(ps.ds, self.data.train, self.cfg.seed, index, self.labels.ranks)
 
-    def _end_pass(self, p: int, valid_ref: Any) -> None:
+    def _end_pass(self, p: int, valid_ref: Any, t_pass: float) -> None:
         valid = self._evaluate_groups(valid_ref, "evaluate valid")
         first = self.data.spec.tasks[0]
         for name, g in self.groups.items():
@@ -248,6 +253,10 @@ class OnlineDistillation:
         self._guard(p + 1)
         self._checkpoint(pass_done=True)
         self._bar.set_postfix({n: f"{valid[n][first]['auc']:.4f}" for n in self.groups})
+        self._pass_walls.append(time.perf_counter() - t_pass)
+        tqdm.write(pass_line(p + 1, self.cfg.passes, self._pass_walls,
+                             {n: len(self.stream.ledgers[n].trained_ids(p))
+                              for n in self.groups}, valid))
 
     # ------------------------------------------------------------------ the loop
     def step(self) -> bool:
@@ -353,7 +362,8 @@ class OnlineDistillation:
             self._last_gauge = now
 
     def _trained(self, name: str, acked: int) -> None:
-        self._bar.update(1)
+        self._bar.update(sum(led.acked_rows for led in self.stream.ledgers.values())
+                         - self._bar.n)
         if self.hooks.after_ack is not None:
             self.hooks.after_ack(name, acked)
 
@@ -456,3 +466,22 @@ class OnlineDistillation:
             g.shutdown()
         if self._own_root:
             shutil.rmtree(self._own_root, ignore_errors=True)
+
+
+def pass_line(k: int, passes: int, walls: list[float], examples: dict[str, int],
+              valid: dict[str, dict[str, dict[str, float]]]) -> str:
+    """The log's line for a finished pass (a terminal or not): ``pass k/N``, examples/s
+    (of the group that trained most), each group's validation AUC per task, and the ETA
+    from the mean pass time so far (validation included)."""
+    wall = walls[-1]
+    rate = max(examples.values(), default=0) / wall if wall > 0 else 0.0
+    aucs = "; ".join(f"{name} " + " ".join(f"{task} {m['auc']:.4f}" for task, m in v.items())
+                     for name, v in valid.items())
+    eta = (passes - k) * sum(walls) / len(walls)
+    return (f"pass {k}/{passes}: {wall:.1f}s, {rate:,.0f} examples/s; valid AUC {aucs}; "
+            f"ETA {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"

@@ -28,10 +28,10 @@ from recdistill.data.spec import ExampleTable, FeatureSpec
 from recdistill.student.losses import build_objective
 from recdistill.student.model import StudentModel, count_parameters
 from recdistill.student.sharding import (clone_state, fill_local, load_sharded, local_state,
-                              make_sharded_optimizer, prepare_optimizer, save_sharded,
-                              serving_state, shard_student)
+                                         make_sharded_optimizer, prepare_optimizer, save_sharded,
+                                         serving_state, shard_student)
 from recdistill.student.train import (make_student_optimizer, mask_labels, predict_student,
-                           student_step)
+                                      student_step)
 from recdistill.teacher.sharding import init_distributed
 
 

@@ -67,6 +67,8 @@ class DistillReport:
     config: dict[str, Any] = field(default_factory=dict)
     soft_labels: str | None = None
     sweep: dict[str, Any] | None = None  # a [sweep]'s Pareto view (cluster.sweep.pareto)
+    # where to watch the run: the dashboard's URL and auth token, TensorBoard's logdir
+    monitoring: dict[str, Any] = field(default_factory=dict)
 
     @property
     def gains(self) -> dict[str, dict[str, dict[str, float | None]]]:

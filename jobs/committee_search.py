@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from recdistill.data.errors import ConfigError, DataError
-from recdistill.jobs.common import add_data_arguments, in_memory, load_dataset, quiet_library_warnings
+from recdistill.jobs.common import (add_data_arguments, in_memory, load_dataset,
+                                    quiet_library_warnings)
 from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.config import TeacherConfig
 

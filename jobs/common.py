@@ -232,8 +232,45 @@ def join_ray(address: str, *, timeout_s: float = JOIN_TIMEOUT_S,
     logging.getLogger("ray").setLevel(logging.WARNING)
 
 
+def ray_dashboard() -> dict[str, str]:
+    """The dashboard the connected Ray cluster really has (Ray takes the next free port
+    when 8265 is busy) and where its auth token is (Ray's token auth is on by default:
+    the page asks for it)."""
+    # what ray.init's own context reports as dashboard_url; no public getter after init
+    from ray._private.worker import get_dashboard_url
+    try:
+        url = get_dashboard_url() or ""
+    except Exception:  # noqa: BLE001 - a cluster without a dashboard
+        url = ""
+    if url and "://" not in url:
+        url = "http://" + url
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        token = ""
+    elif os.environ.get("RAY_AUTH_TOKEN"):
+        token = "the RAY_AUTH_TOKEN environment variable"
+    else:
+        token = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" /
+                                                             "auth_token")
+    return {"url": url, "token": token}
+
+
+def dashboard_line(d: dict[str, str]) -> str:
+    if not d["url"]:
+        return "Ray dashboard: none on this cluster"
+    token = (f"; it asks for the auth token in {d['token']} (`ray get-auth-token` prints "
+             "it)" if d["token"] else "")
+    return f"Ray dashboard: {d['url']}{token}"
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Ray's start-up lines (token auth, "Started a local Ray instance") off unless
+    ``verbose``; the job prints what a user needs itself (:func:`dashboard_line`)."""
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.ERROR)
+
+
 def start_local_ray(num_cpus: int, *, dashboard: bool = True,
-                    log_to_driver: bool = False) -> Any:
+                    log_to_driver: bool = False, verbose: bool = False) -> Any:
     """Start a new single-node Ray cluster bound to 127.0.0.1 (the local mode of the jobs).
 
     Ray turns 127.0.0.1 into the machine's address unless told this is a one-machine
@@ -248,16 +285,22 @@ def start_local_ray(num_cpus: int, *, dashboard: bool = True,
     # on the imported module (node_ip_address() reads the module attribute), or every
     # Ray server and worker would bind the machine's address or all interfaces.
     _keep_loopback()
-    return ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
-             dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             log_to_driver=log_to_driver,
-             runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}})
+    quiet_ray(verbose)
+    ctx = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                   dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                   log_to_driver=log_to_driver,
+                   logging_level=logging.INFO if verbose else logging.ERROR,
+                   runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}})
+    if not verbose:
+        logging.getLogger("ray").setLevel(logging.WARNING)  # the job's own run: warnings
+    return ctx
 
 
-def connect_ray(address: str, num_cpus: int, *, log_to_driver: bool = False) -> None:
+def connect_ray(address: str, num_cpus: int, *, log_to_driver: bool = False,
+                verbose: bool = False) -> None:
     """Join the Ray cluster at ``address`` (:func:`join_ray`), or start a local one with
     ``num_cpus``."""
     if address:
         join_ray(address)
     else:
-        start_local_ray(num_cpus, log_to_driver=log_to_driver)
+        start_local_ray(num_cpus, log_to_driver=log_to_driver, verbose=verbose)

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from recdistill.cluster.config import (DistillConfig, GroupConfig, MemberConfig, RunOptions,
-                            TeacherGroupConfig, default_groups, default_teachers,
-                            with_seeds)
+                                       TeacherGroupConfig, default_groups, default_teachers,
+                                       with_seeds)
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from recdistill.cluster.report import DistillReport
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.jobs.common import (JOIN_TIMEOUT_S, add_data_arguments, add_labelling_arguments,
-                         check_sections, join_ray, load_dataset, quiet_library_warnings,
-                         read_toml, start_local_ray, write_json_atomic)
+                                    check_sections, dashboard_line, join_ray, load_dataset,
+                                    quiet_library_warnings, ray_dashboard, read_toml,
+                                    start_local_ray, write_json_atomic)
 from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.config import TeacherConfig
 
@@ -197,6 +198,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                         "teacher")
     p.add_argument("--no-kd-guard", dest="kd_guard", action="store_false", default=None,
                    help="keep KD on where the baseline reached the teacher (kd_guard)")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep Ray's own log lines (start-up, token auth) in the output")
     p.add_argument("--readme-table", action="store_true",
                    help="also print the README's results table (markdown) of the report")
     a = p.parse_args(argv)
@@ -215,11 +218,11 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                            checkpoint_every=a.checkpoint_every, resume=a.resume,
                            progress=not a.no_progress, address=a.address,
                            join_timeout_s=a.join_timeout,
-                           report=a.report, plot=a.plot), a.readme_table
+                           report=a.report, plot=a.plot, verbose=a.verbose), a.readme_table
 
 
-def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIMEOUT_S
-              ) -> None:
+def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIMEOUT_S,
+              verbose: bool = False) -> None:
     """Join ``address`` (giving up after ``join_timeout_s``), or start a single-node
     cluster bound to 127.0.0.1."""
     import ray
@@ -251,7 +254,7 @@ def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIM
             f"this machine's {cores} CPUs hold at most {ACTORS_PER_CPU * cores} "
             f"({ACTORS_PER_CPU} per CPU): sweep fewer sizes or settings, run fewer "
             f"--seeds, or join a larger cluster with --address")
-    start_local_ray(int(needed + 0.999) + max(2, os.cpu_count() or 1))
+    start_local_ray(int(needed + 0.999) + max(2, os.cpu_count() or 1), verbose=verbose)
 
 
 def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
@@ -346,6 +349,7 @@ def ensure_teacher(cfg: DistillConfig) -> None:
     """Train each missing teacher (the one, or each committee member) as a Ray task,
     side by side."""
     import ray
+    from ray.util.queue import Queue
 
     from recdistill.jobs.train_teacher import TrainTeacherArgs
     missing = [m for m in cfg.members if not member_exists(m.checkpoint)]
@@ -359,25 +363,45 @@ def ensure_teacher(cfg: DistillConfig) -> None:
     data, rows = (("synthetic", min(cfg.rows, 1_000_000)) if cfg.data == "synthetic-stream"
                   else (cfg.data, cfg.rows))
     task = ray.remote(num_cpus=1)(_train_teacher)
-    calls = []
+    # The training tasks' progress lines come to this driver through a queue (a small
+    # Ray actor), so they are in the job's own output, terminal or not; Ray's forwarding
+    # of worker output is off (it would bring every library's chatter with them).
+    lines = Queue(actor_options={"num_cpus": 0})
+    calls = {}
     for m in missing:
         print(f"teacher checkpoint {m.checkpoint} not found: training "
-              f"{'the teacher' if len(cfg.members) == 1 else 'member ' + m.name} first",
-              flush=True)
+              f"{'the teacher' if len(cfg.members) == 1 else 'member ' + m.name} into it "
+              "first", flush=True)
         job = TrainTeacherArgs(data=data, split=cfg.split, rows=rows,
                                max_cardinality=cfg.max_cardinality, data_seed=cfg.seed,
                                checkpoint=m.checkpoint, report=m.checkpoint + "_report.json")
-        calls.append(task.remote(job, m.teacher))
-    ray.get(calls)
+        prefix = "teacher" if len(cfg.members) == 1 else f"teacher {m.name}"
+        calls[task.remote(job, m.teacher, lines, prefix)] = m
+    pending = list(calls)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, timeout=0.5)
+            _drain(lines)
+            for ref in done:
+                ray.get(ref)  # a failed training raises here
+                m = calls[ref]
+        _drain(lines)
+    finally:
+        ray.kill(lines.actor)
 
 
-def _train_teacher(job: Any, tcfg: Any) -> None:
+def _drain(lines: Any) -> None:
+    for line in lines.get_nowait_batch(lines.qsize()):
+        print(line, flush=True)
+
+
+def _train_teacher(job: Any, tcfg: Any, lines: Any, prefix: str) -> None:
     import torch.distributed as dist
 
     from recdistill.jobs.train_teacher import run
     quiet_library_warnings()
     try:
-        run(job, tcfg)
+        run(job, tcfg, echo=lambda msg: lines.put(f"{prefix}: {msg}"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -481,7 +505,9 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     validate_students(cfg, data.spec, dims)  # before any actor starts
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        start_ray(options.address, cfg, options.join_timeout_s)
+        start_ray(options.address, cfg, options.join_timeout_s, options.verbose)
+    monitoring = {"dashboard": ray_dashboard()}
+    print(dashboard_line(monitoring["dashboard"]), flush=True)
     pipeline = None
     try:
         if manifest is None:
@@ -496,7 +522,7 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
             ray.shutdown()
     report = dataclasses.replace(report, dataset=data.name, data_skipped=data.skipped,
                                  wall_s=time.perf_counter() - t0, config=to_mapping(cfg),
-                                 soft_labels=soft or None)
+                                 soft_labels=soft or None, monitoring=monitoring)
     if cfg.sweep is not None:
         from recdistill.cluster.sweep import pareto
         report = dataclasses.replace(report, sweep=pareto(report.to_json()))
@@ -530,8 +556,13 @@ def main(argv: list[str] | None = None) -> int:
               f"it); rows each group had trained in it: {r['trained_in_pass']}")
     print(f"stream: {s['produced']} batches produced, acked {s['acked']}, "
           f"re-delivered {s['redelivered']}, duplicates dropped {s['duplicates_dropped']}")
-    print(f"wall {report.wall_s:.0f}s; report {options.report}, curves "
-          f"{options.plot or Path(options.report).with_suffix('.png')}")
+    if options.report:
+        print(f"wall {report.wall_s:.0f}s; report {options.report}, figure "
+              f"{options.plot or Path(options.report).with_suffix('.png')}")
+    else:
+        print(f"wall {report.wall_s:.0f}s; no report written (--report '')")
+    if options.artifacts:
+        print(f"students: {options.artifacts}/<group>/ (recdistill predict --student ...)")
     return 0
 
 

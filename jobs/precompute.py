@@ -30,7 +30,7 @@ from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset
 from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments, connect_ray,
-                         in_memory, load_dataset, quiet_library_warnings)
+                                    in_memory, load_dataset, quiet_library_warnings)
 from recdistill.teacher.checkpoint import CheckpointError, read_meta
 
 
@@ -78,7 +78,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
 
     from recdistill.cluster.codec import decode, encode
     from recdistill.cluster.committee import Committee
-    from recdistill.cluster.soft_labels import SPLITS, Manifest, labels_table, part_slices, write_part
+    from recdistill.cluster.soft_labels import (SPLITS, Manifest, labels_table, part_slices,
+                                                write_part)
     from recdistill.jobs.distill import ensure_teacher, match_teacher
     t0 = time.perf_counter()
     root = Path(out)

@@ -40,12 +40,11 @@ from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset, pass_seed
 from recdistill.jobs.common import (add_data_arguments, check_sections, connect_ray, in_memory,
-                         load_dataset,
-                         metrics_table, quiet_library_warnings, read_toml, set_threads,
-                         write_json_atomic)
+                                    load_dataset, metrics_table, quiet_library_warnings, read_toml,
+                                    set_threads, write_json_atomic)
 from recdistill.student.metrics import task_metrics
 from recdistill.teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
-                                write_index)
+                                           write_index)
 from recdistill.teacher.config import DENSE_ENGINES, PRECISIONS, SHARDING_TYPES, TeacherConfig
 from recdistill.teacher.engine import TeacherTrainer
 from recdistill.teacher.model import TeacherModel
@@ -245,13 +244,16 @@ def _restore(job: TrainTeacherArgs, world: int, log: Callable[[str], None]
 
 def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
-        summary: bool = True) -> dict[str, Any]:
+        summary: bool = True,
+        echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train, checkpoint, keep the best version, evaluate it on test (every rank).
 
     ``on_progress`` is called on every rank with ``{"epoch", "step", "loss",
     "examples_per_s"}`` at each progress point and with ``"valid"`` at each epoch end
     (the Ray worker loop turns these into dashboard metrics and Ray Train reports).
     ``summary``: rank 0 prints the test table (the Ray driver prints it instead).
+    ``echo``: where rank 0's progress lines go (default: printed; the distill job sends
+    them to its driver, which prints them in its own output).
     """
     t0 = time.perf_counter()
     set_threads()
@@ -262,7 +264,7 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
 
     def log(msg: str) -> None:
         if rank == 0:
-            tqdm.write(msg)
+            (echo or tqdm.write)(msg)
 
     resume_from, prog = _restore(job, world, log)
     data = in_memory(dataset or load_dataset(job.data, split=job.split, seed=job.data_seed,
@@ -374,16 +376,23 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
         if job.report:
             write_json_atomic(job.report, report)
         if summary:
-            print_summary(report)
+            print_summary(report, echo)
     return report
 
 
-def print_summary(report: dict[str, Any]) -> None:
-    print(metrics_table({"teacher": report["test"]}), flush=True)
-    print(f"best epoch {report['best_epoch']} (version {report['checkpoint']}), "
-          f"{report['world_size']} rank(s), wall {report['wall_s']:.1f}s", flush=True)
+def print_summary(report: dict[str, Any],
+                  echo: Callable[[str], None] | None = None) -> None:
+    def out(line: str) -> None:
+        if echo:
+            echo(line)
+        else:
+            print(line, flush=True)
+    for line in metrics_table({"teacher": report["test"]}).splitlines():
+        out(line)
+    out(f"best epoch {report['best_epoch']} (version {report['checkpoint']}), "
+        f"{report['world_size']} rank(s), wall {report['wall_s']:.1f}s")
     if report["config"]["job"]["report"]:
-        print(f"report written to {report['config']['job']['report']}", flush=True)
+        out(f"report written to {report['config']['job']['report']}")
 
 
 # -- Ray Train -----------------------------------------------------------------------------

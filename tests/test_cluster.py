@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from recdistill.cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
-                            TeacherGroupConfig, default_teachers)
+                                       TeacherGroupConfig, default_teachers)
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from recdistill.data.errors import ConfigError
 from recdistill.student.config import LossTerm, StudentConfig

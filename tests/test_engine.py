@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from recdistill.data.spec import Dataset
 from recdistill.teacher.checkpoint import (load_teacher_state, read_index, read_meta, resolve,
-                                version_dir, versions)
+                                           version_dir, versions)
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
 from test_sharding import CFG, tiny_dataset

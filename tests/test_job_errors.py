@@ -21,10 +21,11 @@ ROOT = Path(__file__).parents[1]
 
 
 def _distill(*args: str, timeout: float = 120) -> tuple[int, list[str], float]:
-    """``python -m jobs.distill ARGS`` in a process of its own: (exit code, the
+    """``recdistill distill ARGS`` in a process of its own: (exit code, the
     non-empty stderr lines, wall seconds)."""
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "jobs.distill", "--passes", "1", *args],
+    p = subprocess.run([str(Path(sys.executable).parent / "recdistill"), "distill",
+                        "--passes", "1", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     return p.returncode, [ln for ln in p.stderr.splitlines() if ln.strip()], \
         time.perf_counter() - t

@@ -10,8 +10,9 @@ from recdistill.data.errors import ConfigError
 from recdistill.data.spec import Batch, ExampleTable, FeatureSpec, SparseFeature
 from recdistill.student.config import StudentConfig
 from recdistill.student.losses import (AuxHeadKD, FeatureKD, HardLabel, LogitMSE, MultiTaskKD,
-                            PredictionKD, aux_head_kd, build_objective, feature_kd,
-                            hard_label, logit_mse, make_term, multitask_kd, prediction_kd)
+                                       PredictionKD, aux_head_kd, build_objective, feature_kd,
+                                       hard_label, logit_mse, make_term, multitask_kd,
+                                       prediction_kd)
 from recdistill.student.model import StudentModel, StudentOutputs
 from recdistill.student.train import make_student_optimizer, mask_labels, student_step
 from recdistill.teacher.outputs import TeacherOutputs

@@ -7,7 +7,7 @@ from ray.exceptions import RayActorError
 from recdistill.cluster.contracts import StepResult
 from recdistill.cluster.ledger import Settlement, StreamItem
 from recdistill.cluster.recovery import (ATTEMPTS, Decision, _retry, classify_group_loss,
-                              classify_label_calls, classify_round)
+                                         classify_label_calls, classify_round)
 
 ITEM = StreamItem(0, "ref", np.arange(4), 1, 0)
 STEP = StepResult(np.arange(4), {"loss": 0.1}, 1, 1.0, {})

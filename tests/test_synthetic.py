@@ -3,7 +3,8 @@ import psutil
 import pytest
 
 from recdistill.data.errors import ConfigError
-from recdistill.data.synthetic import SyntheticConfig, generate_chunk, iter_chunks, synthetic_dataset
+from recdistill.data.synthetic import (SyntheticConfig, generate_chunk, iter_chunks,
+                                       synthetic_dataset)
 
 
 def test_same_seed_same_batches_other_seed_differs() -> None:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from recdistill.teacher import checkpoint as ckpt_mod
-from recdistill.teacher.checkpoint import CheckpointError, load_teacher_state, read_meta, save_teacher
+from recdistill.teacher.checkpoint import (CheckpointError, load_teacher_state, read_meta,
+                                           save_teacher)
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel, embedding_tables
 from recdistill.teacher.sharding import make_optimizer, shard_teacher

@@ -67,7 +67,7 @@ from types import ModuleType
 import torch
 
 from recdistill.jobs.bench import (committee, fanout, labelling, lookup, pipeline, scale, student,
-                        transport)
+                                   transport)
 from recdistill.jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
