@@ -74,6 +74,20 @@ def add_data_arguments(p: Any) -> None:
                         "32)")
 
 
+def add_plugin_argument(p: Any) -> None:
+    """``--plugin MODULE`` (repeatable): a module that registers teacher architectures
+    (``recdistill.teacher.registry``), imported from the working directory."""
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (from the working directory) before the config "
+                        "is read: it registers teacher architectures that [teacher] arch "
+                        "names; repeatable")
+
+
+def load_plugins(modules: list[str]) -> None:
+    from recdistill.teacher.registry import load_plugins as load
+    load(modules)
+
+
 def add_labelling_arguments(p: Any) -> None:
     """How the teacher labels (``--label-batch-size``, ``--table-dtype``): the
     ``teacher_group`` keys of the same names; None where not given."""
@@ -212,7 +226,7 @@ def join_ray(address: str, *, timeout_s: float = JOIN_TIMEOUT_S,
     def join() -> None:
         try:
             ray.init(address=address, log_to_driver=log_to_driver,
-                     logging_level=logging.ERROR,
+                     logging_level=logging.ERROR, runtime_env=_plugin_env() or None,
                      **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
         except BaseException as e:  # noqa: BLE001 - reported by the caller, one line
             failed.append(e)
@@ -269,6 +283,14 @@ def quiet_ray(verbose: bool) -> None:
         logging.getLogger("ray").setLevel(logging.ERROR)
 
 
+def _plugin_env() -> dict[str, Any]:
+    """The plugins (``--plugin``) for every actor and task of the job: Ray merges this
+    with a submitted job's own runtime_env (whose working_dir holds the modules)."""
+    from recdistill.teacher.registry import PLUGINS_ENV
+    plugins = os.environ.get(PLUGINS_ENV, "")
+    return {"env_vars": {PLUGINS_ENV: plugins}} if plugins else {}
+
+
 def start_local_ray(num_cpus: int, *, dashboard: bool = True,
                     log_to_driver: bool = False, verbose: bool = False) -> Any:
     """Start a new single-node Ray cluster bound to 127.0.0.1 (the local mode of the jobs).
@@ -290,7 +312,8 @@ def start_local_ray(num_cpus: int, *, dashboard: bool = True,
                    dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                    log_to_driver=log_to_driver,
                    logging_level=logging.INFO if verbose else logging.ERROR,
-                   runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo"}})
+                   runtime_env={"env_vars": {"GLOO_SOCKET_IFNAME": "lo",
+                                             **_plugin_env().get("env_vars", {})}})
     if not verbose:
         logging.getLogger("ray").setLevel(logging.WARNING)  # the job's own run: warnings
     return ctx

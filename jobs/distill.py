@@ -26,9 +26,9 @@ from recdistill.cluster.report import DistillReport
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.jobs.common import (JOIN_TIMEOUT_S, add_data_arguments, add_labelling_arguments,
-                                    check_sections, dashboard_line, join_ray, load_dataset,
-                                    quiet_library_warnings, ray_dashboard, read_toml,
-                                    start_local_ray, write_json_atomic)
+                                    add_plugin_argument, check_sections, dashboard_line, join_ray,
+                                    load_dataset, load_plugins, quiet_library_warnings,
+                                    ray_dashboard, read_toml, start_local_ray, write_json_atomic)
 from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.config import TeacherConfig
 
@@ -153,6 +153,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file (see jobs/configs/distill_movielens.toml)")
     add_data_arguments(p)
+    add_plugin_argument(p)
     p.add_argument("--passes", type=int, help="passes over train")
     p.add_argument("--seed", type=int)
     p.add_argument("--seeds", type=int,
@@ -203,6 +204,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
     p.add_argument("--readme-table", action="store_true",
                    help="also print the README's results table (markdown) of the report")
     a = p.parse_args(argv)
+    load_plugins(a.plugin)
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,
                       max_cardinality=a.max_cardinality, passes=a.passes,
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas,
@@ -269,9 +271,15 @@ def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
 
 
 def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> None:
-    """Build every student once here, so a bad group fails before any actor starts."""
+    """Build every student once here, so a bad group fails before any actor starts; and
+    every teacher member's tower that is not the built-in one (a registered arch), so
+    one that breaks the contract fails the same way."""
     from recdistill.student.losses import build_objective
     from recdistill.student.model import StudentModel
+    from recdistill.teacher.model import feature_dims
+    for m in cfg.members:
+        if m.teacher.arch != "builtin" and not member_exists(m.checkpoint):
+            feature_dims(spec, m.teacher)
     for g in cfg.groups:
         unknown = set(g.student.label_tasks) - set(spec.tasks)
         if unknown:

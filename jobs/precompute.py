@@ -29,8 +29,9 @@ from recdistill.cluster.config import DistillConfig
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset
-from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments, connect_ray,
-                                    in_memory, load_dataset, quiet_library_warnings)
+from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments,
+                                    add_plugin_argument, connect_ray, in_memory, load_dataset,
+                                    load_plugins, quiet_library_warnings)
 from recdistill.teacher.checkpoint import CheckpointError, read_meta
 
 
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--config", help="a distill TOML (its data, teacher group, stream "
                                     "dtypes and the features its groups request)")
     add_data_arguments(p)
+    add_plugin_argument(p)
     p.add_argument("--teacher-ranks", type=int, dest="ranks", help="K teacher actors")
     add_labelling_arguments(p)
     p.add_argument("--teacher-checkpoint", dest="checkpoint")
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
                    help="join this Ray cluster (default: RAY_ADDRESS, else start one)")
     a = p.parse_args(argv)
+    load_plugins(a.plugin)
     if a.part_rows < 1:
         raise ConfigError(f"--part-rows must be >= 1, got {a.part_rows}")
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,

@@ -39,9 +39,10 @@ from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset, pass_seed
-from recdistill.jobs.common import (add_data_arguments, check_sections, connect_ray, in_memory,
-                                    load_dataset, metrics_table, quiet_library_warnings, read_toml,
-                                    set_threads, write_json_atomic)
+from recdistill.jobs.common import (add_data_arguments, add_plugin_argument, check_sections,
+                                    connect_ray, in_memory, load_dataset, load_plugins,
+                                    metrics_table, quiet_library_warnings, read_toml, set_threads,
+                                    write_json_atomic)
 from recdistill.student.metrics import task_metrics
 from recdistill.teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
                                            write_index)
@@ -113,7 +114,11 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file with a [teacher] table (and optional [job])")
     add_data_arguments(p)
+    add_plugin_argument(p)
     p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--arch", help="the tower over the tables: builtin (default), "
+                                  "torchrec_dlrm, torchrec_dlrm_dcn, torchrec_deepfm, or "
+                                  "a name a --plugin registered ([teacher] arch)")
     p.add_argument("--embedding-precision", choices=("fp32", "fp16"),
                    help="the tables' weights while training (fp16: half the memory)")
     p.add_argument("--checkpoint", help="checkpoint root directory (default runs/teacher)")
@@ -144,6 +149,7 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
     p.add_argument("--distill-config", help="the jobs.distill TOML whose committee "
                    "--member names (default: the default job's committee)")
     a = p.parse_args(argv)
+    load_plugins(a.plugin)
     if a.distill_config and not a.member:
         p.error("--distill-config names a committee for --member")
 
@@ -152,7 +158,7 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
     cfg = from_mapping(TeacherConfig, doc.get("teacher", {}), "teacher")
     job = from_mapping(TrainTeacherArgs, doc.get("job", {}), "job")
     over = {k: v for k, v in (("epochs", a.epochs), ("batch_size", a.batch_size),
-                              ("embedding_dim", a.embedding_dim),
+                              ("embedding_dim", a.embedding_dim), ("arch", a.arch),
                               ("embedding_precision", a.embedding_precision),
                               ("sharding", a.sharding), ("seed", a.seed),
                               ("dense_engine", a.dense_engine), ("zero_stage", a.zero_stage),
@@ -457,10 +463,23 @@ def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
     return report
 
 
+def data_spec_check(job: TrainTeacherArgs, cfg: TeacherConfig) -> None:
+    """A registered tower (``cfg.arch``) keeps the contract on this dataset's shapes:
+    one forward on a zero batch (the built-in tower is tested)."""
+    if cfg.arch == "builtin":
+        return
+    from recdistill.teacher.model import feature_dims
+    spec = load_dataset(job.data, split=job.split, seed=job.data_seed, rows=min(job.rows, 1000),
+                        max_cardinality=job.max_cardinality).spec
+    feature_dims(spec, cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
         runs = parse_args(argv)
+        for job, cfg in runs:  # an arch that breaks the contract fails before any data
+            data_spec_check(job, cfg)
         for job, cfg in runs:
             if len(runs) > 1:
                 print(f"training {job.checkpoint}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from recdistill.data.errors import ConfigError
 
@@ -57,6 +58,11 @@ class TeacherConfig:
             weights and activations, fp32 master weights in the optimizer).
         offload_optimizer: DeepSpeed ZeRO optimizer-state offload to host memory (stage
             1-3; a GPU memory saving, no effect on a CPU run).
+        arch: the tower over the tables (``teacher/registry.py``): ``builtin`` (this
+            project's, shaped by ``interaction``), ``torchrec_dlrm``,
+            ``torchrec_dlrm_dcn``, ``torchrec_deepfm`` (TorchRec's models,
+            ``teacher/torchrec_models.py``) or a name a plugin registered.
+        arch_params: settings of a registered tower that has its own (a table).
         interaction: the layer between the embeddings and the over-arch MLP: ``cross``
             (DCN-v2 low-rank cross network, ``cross_layers`` x ``cross_rank``), ``dot``
             (DLRM pairwise dot products; needs the dense MLP's last width, if any, to
@@ -86,6 +92,8 @@ class TeacherConfig:
     precision: str = "fp32"
     offload_optimizer: bool = False
     interaction: str = "cross"
+    arch: str = "builtin"
+    arch_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.interaction not in INTERACTIONS:

@@ -20,6 +20,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdistill.data.spec import FeatureSpec
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.outputs import TeacherOutputs
+from recdistill.teacher.registry import check_tower, register_teacher, tower_builder
 
 
 def teacher_features(spec: FeatureSpec, cfg: TeacherConfig) -> tuple[str, ...]:
@@ -39,8 +40,12 @@ def interaction_width(n_sparse: int, has_dense: bool, cfg: TeacherConfig) -> int
 
 
 def feature_dims(spec: FeatureSpec, cfg: TeacherConfig) -> dict[str, int]:
-    """Width of each named feature ``TeacherModel.forward`` returns."""
+    """Width of each named feature ``TeacherModel.forward`` returns (another ``arch``
+    than the built-in one: from one forward of its tower on a zero batch, which also
+    checks it keeps the contract)."""
     n = len(teacher_features(spec, cfg))
+    if cfg.arch != "builtin":
+        return check_tower(build_tower(spec, cfg, n), spec, cfg, n)
     return {"pooled_embeddings": n * cfg.embedding_dim,
             "interaction": interaction_width(n, bool(spec.dense), cfg),
             "last_hidden": cfg.over_layers[-1]}
@@ -124,8 +129,23 @@ class DenseTower(nn.Module):
             "pooled_embeddings": emb, "interaction": interaction, "last_hidden": hidden})
 
 
+@register_teacher("builtin")
+def _builtin(spec: FeatureSpec, cfg: TeacherConfig, n_sparse: int) -> nn.Module:
+    return DenseTower(spec, cfg, n_sparse)
+
+
+def build_tower(spec: FeatureSpec, cfg: TeacherConfig, n_sparse: int) -> nn.Module:
+    """``cfg.arch``'s tower, initialised from ``cfg.seed`` (torch's global generator is
+    left as it was)."""
+    builder = tower_builder(cfg.arch)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return builder(spec, cfg, n_sparse)
+
+
 class TeacherModel(nn.Module):
-    """Multi-task DCN-v2 ranking model over a :class:`FeatureSpec`.
+    """Multi-task ranking model over a :class:`FeatureSpec`: the tables, and the tower
+    ``cfg.arch`` names (default: DCN-v2, ``DenseTower``).
 
     Args:
         spec: the dataset schema.
@@ -146,9 +166,7 @@ class TeacherModel(nn.Module):
         self.feature_names = teacher_features(spec, cfg)
         self.ebc = EmbeddingBagCollection(tables=embedding_tables(spec, cfg),
                                           device=torch.device(device))
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.seed)
-            self.tower = DenseTower(spec, cfg, len(self.feature_names))
+        self.tower = build_tower(spec, cfg, len(self.feature_names))
 
     def pool(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """Pooled embeddings of every sparse feature, [B, F * E], in feature order."""

@@ -1,0 +1,138 @@
+"""Teacher architectures by name: the built-in one, TorchRec's own models, and yours.
+
+A teacher is the TorchRec ``EmbeddingBagCollection`` the project shards, quantizes and
+checkpoints (``teacher.model.TeacherModel``), and a *tower* on top of it: everything
+that turns the pooled embeddings and the dense features into per-task logits. The tower
+is what ``teacher.arch`` names::
+
+    from recdistill.teacher.registry import register_teacher
+    from recdistill.teacher.outputs import TeacherOutputs
+
+    @register_teacher("my_tower")
+    def build(spec, cfg, n_sparse):          # FeatureSpec, TeacherConfig, int
+        return MyTower(...)                  # an nn.Module
+
+    # MyTower.forward(emb [B, n_sparse * cfg.embedding_dim], dense [B, len(spec.dense)])
+    #     -> TeacherOutputs(logits [B, len(spec.tasks)], features {name: [B, d]})
+
+and the config says ``[teacher] arch = "my_tower"`` (its own settings in
+``arch_params``). The module that registers it is a *plugin*: ``--plugin my_module``
+imports it (from the working directory) in the job and, through the
+``RECDISTILL_PLUGINS`` environment variable, in every process that builds a teacher
+(Ray actors and tasks, Ray Train workers). :func:`check_tower` runs one forward on a
+zero batch when a job starts, so a tower that breaks the contract fails with one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from recdistill.data.errors import ConfigError
+
+if TYPE_CHECKING:
+    from recdistill.data.spec import FeatureSpec
+    from recdistill.teacher.config import TeacherConfig
+
+TowerBuilder = Callable[["FeatureSpec", "TeacherConfig", int], nn.Module]
+PLUGINS_ENV = "RECDISTILL_PLUGINS"  # comma-separated modules every process imports
+_TOWERS: dict[str, TowerBuilder] = {}
+_BUILTIN_MODULES = ("recdistill.teacher.model", "recdistill.teacher.torchrec_models")
+
+
+def register_teacher(name: str) -> Callable[[TowerBuilder], TowerBuilder]:
+    """Decorator: ``builder(spec, cfg, n_sparse) -> nn.Module`` is ``teacher.arch =
+    name``. Registering a name twice with another builder is an error."""
+    def add(builder: TowerBuilder) -> TowerBuilder:
+        old = _TOWERS.get(name)
+        if old is not None and getattr(old, "__qualname__", None) != getattr(
+                builder, "__qualname__", None):
+            raise ValueError(f"teacher arch {name!r} is already registered "
+                             f"({old.__module__}.{old.__qualname__})")
+        _TOWERS[name] = builder
+        return builder
+    return add
+
+
+def load_plugins(modules: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """Import each plugin module (default: those in ``RECDISTILL_PLUGINS``), the working
+    directory first on the path, and add them to ``RECDISTILL_PLUGINS`` so processes
+    started from here import them too. Returns the modules now loaded."""
+    env = [m for m in os.environ.get(PLUGINS_ENV, "").split(",") if m]
+    wanted = list(env if modules is None else modules)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a console script's path lacks the working dir
+    for module in wanted:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"--plugin {module}: cannot import it from {os.getcwd()} "
+                              f"({e})") from None
+    merged = list(dict.fromkeys([*env, *wanted]))
+    if merged:
+        os.environ[PLUGINS_ENV] = ",".join(merged)
+    return merged
+
+
+def tower_builder(name: str) -> TowerBuilder:
+    """The builder registered as ``name``; the built-in modules and the plugins of
+    ``RECDISTILL_PLUGINS`` are imported first."""
+    if name not in _TOWERS:
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+    if name not in _TOWERS and os.environ.get(PLUGINS_ENV):
+        load_plugins()
+    if name not in _TOWERS:
+        raise ConfigError(f"teacher.arch: unknown {name!r}; registered: {known()} "
+                          "(a plugin module registers more: --plugin MODULE)")
+    return _TOWERS[name]
+
+
+def known() -> list[str]:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    return sorted(_TOWERS)
+
+
+def check_tower(tower: nn.Module, spec: FeatureSpec, cfg: TeacherConfig,
+                n_sparse: int) -> dict[str, int]:
+    """One forward of ``tower`` on a zero batch of 2 rows; the width of each feature it
+    returns. A tower that breaks the contract fails naming what it returned."""
+    from recdistill.teacher.outputs import TeacherOutputs
+    where = f"teacher.arch = {cfg.arch!r}"
+    b, tasks = 2, len(spec.tasks)
+    was_training = tower.training
+    tower.eval()
+    try:
+        with torch.no_grad():
+            out = tower(torch.zeros(b, n_sparse * cfg.embedding_dim),
+                        torch.zeros(b, len(spec.dense)))
+    except Exception as e:  # noqa: BLE001 - any failure of a user's module, one line
+        raise ConfigError(f"{where}: forward(emb [{b}, {n_sparse * cfg.embedding_dim}], "
+                          f"dense [{b}, {len(spec.dense)}]) failed: "
+                          f"{type(e).__name__}: {e}") from None
+    finally:
+        tower.train(was_training)
+    if not isinstance(out, TeacherOutputs):
+        raise ConfigError(f"{where}: forward must return TeacherOutputs(logits, features), "
+                          f"returned {type(out).__name__}")
+    if not (isinstance(out.logits, torch.Tensor) and tuple(out.logits.shape) == (b, tasks)):
+        raise ConfigError(f"{where}: logits must be [B, {tasks}] (one column per task "
+                          f"{list(spec.tasks)}), got {_shape(out.logits)}")
+    dims: dict[str, int] = {}
+    for name, t in out.features.items():
+        if not (isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == b
+                and t.is_floating_point()):
+            raise ConfigError(f"{where}: feature {name!r} must be a float [B, d] tensor, "
+                              f"got {_shape(t)}")
+        dims[name] = int(t.shape[1])
+    return dims
+
+
+def _shape(t: Any) -> str:
+    return f"a {tuple(t.shape)} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
