@@ -256,6 +256,8 @@ class RunOptions:
         artifacts: where every group's best student is written at the end,
             ``<artifacts>/<group>/`` (``student/artifact.py``); "" for none.
         verbose: keep Ray's own log lines (start-up, token auth) in the output.
+        tensorboard: where the driver writes TensorBoard event files, one run per group
+            (``cluster/tensorboard.py``); "" for none.
     """
 
     soft_labels: str = ""
@@ -269,6 +271,7 @@ class RunOptions:
     plot: str = ""
     artifacts: str = ""
     verbose: bool = False
+    tensorboard: str = ""
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:

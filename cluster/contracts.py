@@ -19,6 +19,8 @@ class StepResult:
         kd_scale: the staleness weight applied to the KD terms.
         timing: ``prepare_s`` (reading rows and teacher outputs out of the batch) and
             ``step_s`` (forward, backward, optimizer step), wall seconds.
+        agreement: share of the step's rows where student and teacher are on the same
+            side of 0.5 (every task).
     """
 
     ids: np.ndarray
@@ -26,6 +28,7 @@ class StepResult:
     version: int
     kd_scale: float
     timing: dict[str, float]
+    agreement: float = 0.0
 
 
 @dataclass(frozen=True)

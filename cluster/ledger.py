@@ -129,15 +129,20 @@ class StepStats:
     # Running sums, not per-batch lists: the driver's memory must not grow with rows.
     pass_loss: dict[str, float] = field(default_factory=dict)  # this pass, per term
     pass_steps: int = 0
+    # the run's sums (TensorBoard's curves take means over the steps between samples)
+    loss_sum: dict[str, float] = field(default_factory=dict)
+    agreement_sum: float = 0.0
 
     def add(self, step: StepResult) -> None:
         self.steps += 1
         self.pass_steps += 1
         self.kd_scale_sum += step.kd_scale
+        self.agreement_sum += step.agreement
         for key, value in step.timing.items():
             self.timing[key] = self.timing.get(key, 0.0) + value
         for term, value in step.loss.items():
             self.pass_loss[term] = self.pass_loss.get(term, 0.0) + value
+            self.loss_sum[term] = self.loss_sum.get(term, 0.0) + value
 
     def end_pass(self) -> dict[str, float]:
         """This pass's mean loss per term; starts the next pass's sums."""

@@ -40,6 +40,7 @@ from recdistill.cluster.report import (SEED_MARK, DistillReport, DriverTiming, b
                                        student_summary)
 from recdistill.cluster.run_state import STATE_FILE, GroupCheckpoint, GroupHistory, RunCheckpoint
 from recdistill.cluster.stream import SoftLabelStream
+from recdistill.cluster.tensorboard import TensorBoardLog
 from recdistill.data.spec import Dataset
 from recdistill.teacher.checkpoint import resolve
 
@@ -119,6 +120,7 @@ class OnlineDistillation:
         self._handed: tuple[int, int] = (-1, -1)
         self._bar: Any = None
         self._last_gauge = 0.0
+        self.tb: TensorBoardLog | None = None
 
     # ------------------------------------------------------------------ the run
     def run(self) -> DistillReport:
@@ -150,6 +152,8 @@ class OnlineDistillation:
         teacher_valid, members_valid = self._teacher_metrics(valid_ref,
                                                              "evaluate teacher valid")
         self.teacher_valid = teacher_valid
+        if self.options.tensorboard:
+            self.tb = TensorBoardLog(self.options.tensorboard, list(self.groups))
         k = self.cfg.teacher_group.ranks
         # the bar counts examples trained, every group's (a resumed run: from the resume)
         self._bar = tqdm(total=len(self.data.train) * (self.cfg.passes - first_pass)
@@ -253,6 +257,8 @@ class OnlineDistillation:
         self._guard(p + 1)
         self._checkpoint(pass_done=True)
         self._bar.set_postfix({n: f"{valid[n][first]['auc']:.4f}" for n in self.groups})
+        if self.tb is not None:
+            self.tb.pass_end(p + 1, self.stream.ledgers, valid, self.teacher_valid)
         self._pass_walls.append(time.perf_counter() - t_pass)
         tqdm.write(pass_line(p + 1, self.cfg.passes, self._pass_walls,
                              {n: len(self.stream.ledgers[n].trained_ids(p))
@@ -360,6 +366,8 @@ class OnlineDistillation:
             for name, ledger in self.stream.ledgers.items():
                 self.metrics.gauge("recdistill_queue_depth", ledger.depth, {"group": name})
             self._last_gauge = now
+        if self.tb is not None:
+            self.tb.sample(self.stream.ledgers)
 
     def _trained(self, name: str, acked: int) -> None:
         self._bar.update(sum(led.acked_rows for led in self.stream.ledgers.values())
@@ -461,6 +469,8 @@ class OnlineDistillation:
         return paths
 
     def shutdown(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
         self.labels.shutdown()
         for g in self.groups.values():
             g.shutdown()

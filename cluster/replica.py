@@ -137,7 +137,7 @@ class StudentReplica:
         self._t_last = now
         self.metrics.gauge("recdistill_kd_scale", kd_scale)
         return StepResult(ids=labelled.inputs.ids[rows], loss=out, version=labelled.version,
-                          kd_scale=kd_scale, timing=timing)
+                          kd_scale=kd_scale, timing=timing, agreement=float(agree))
 
     def train_many(self, newest_version: int | None, rows: list[np.ndarray | None],
                    members: int, *labelled: LabelledBatch) -> TrainResult:

@@ -182,6 +182,10 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
     p.add_argument("--students-dir", default=None,
                    help="where every group's best student is written, <dir>/<group>/ "
                         "(default: 'students' beside the report; '' for none)")
+    p.add_argument("--tensorboard", default=None,
+                   help="TensorBoard event files of the run, one run per group (default: "
+                        "'tensorboard' beside the report; '' for none): `tensorboard "
+                        "--logdir DIR`")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--state-dir", default=None,
                    help="where the driver checkpoints the run (default: 'state' beside "
@@ -215,12 +219,15 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, RunOptions, bool]
         Path(a.report).parent / "state")
     students_dir = a.students_dir if a.students_dir is not None else str(
         Path(a.report).parent / "students")
+    tensorboard = a.tensorboard if a.tensorboard is not None else (
+        str(Path(a.report).parent / "tensorboard") if a.report else "")
     return cfg, RunOptions(soft_labels=a.soft_labels, state_dir=state_dir,
                            artifacts=students_dir,
                            checkpoint_every=a.checkpoint_every, resume=a.resume,
                            progress=not a.no_progress, address=a.address,
                            join_timeout_s=a.join_timeout,
-                           report=a.report, plot=a.plot, verbose=a.verbose), a.readme_table
+                           report=a.report, plot=a.plot, verbose=a.verbose,
+                           tensorboard=tensorboard), a.readme_table
 
 
 def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIMEOUT_S,
@@ -415,74 +422,6 @@ def _train_teacher(job: Any, tcfg: Any, lines: Any, prefix: str) -> None:
             dist.destroy_process_group()
 
 
-def plot(report: dict[str, Any], path: Path) -> Path:
-    """Learning curves: validation AUC and training loss per pass, one line per group."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    tasks = list(report["teacher"]["valid"])
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5 * (len(tasks) + 1), 4))
-    for ax, task in zip(axes, tasks):
-        for name, s in report["students"].items():
-            xs = [c["pass"] for c in s["curve"]]
-            ax.plot(xs, [c["valid"][task]["auc"] for c in s["curve"]], marker="o", label=name)
-        ax.axhline(report["teacher"]["valid"][task]["auc"], color="black", ls="--",
-                   label="teacher")
-        ax.set_title(f"validation AUC: {task}")
-        ax.set_xlabel("pass")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    ax = axes[-1]
-    for name, s in report["students"].items():
-        xs = [c["pass"] for c in s["curve"]]
-        ax.plot(xs, [c["train_loss"].get("loss", float("nan")) for c in s["curve"]],
-                marker="o", label=name)
-    ax.set_title("training objective (mean per pass)")
-    ax.set_xlabel("pass")
-    ax.grid(alpha=0.3)
-    fig.suptitle(f"recdistill on {report['dataset']}: teacher "
-                 f"{report['teacher']['parameters']:,} params")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def plot_pareto(report: dict[str, Any], path: Path) -> Path:
-    """The sweep's trade-off: serving parameters (log x) vs test AUC of the first task,
-    KD and no-KD students, the teacher as a line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    sweep = report["sweep"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kd, style in ((False, dict(color="tab:gray", marker="s", label="no KD")),
-                      (True, dict(color="tab:blue", marker="o", label="KD"))):
-        pts = sorted((p for p in sweep["points"] if p["kd"] == kd),
-                     key=lambda p: p["parameters"])
-        ax.scatter([p["parameters"] for p in pts], [p["test_auc"] for p in pts], **style)
-        for p in pts:
-            ax.annotate(p["group"], (p["parameters"], p["test_auc"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.axhline(sweep["teacher_test_auc"], color="black", ls="--",
-               label=f"teacher ({report['teacher']['parameters']:,} params)")
-    ax.set_xscale("log")
-    ax.set_xlabel("student serving parameters")
-    ax.set_ylabel(f"test AUC: {sweep['task']}")
-    ax.set_title(f"student size vs quality on {report['dataset']}, one teacher pass")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
         hooks: Hooks = Hooks()) -> DistillReport:
     """The whole job; returns the report. Ray is started (or joined at
@@ -514,8 +453,11 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     own_cluster = not ray.is_initialized()
     if own_cluster:
         start_ray(options.address, cfg, options.join_timeout_s, options.verbose)
-    monitoring = {"dashboard": ray_dashboard()}
+    monitoring: dict[str, Any] = {"dashboard": ray_dashboard()}
     print(dashboard_line(monitoring["dashboard"]), flush=True)
+    if options.tensorboard:
+        monitoring["tensorboard"] = options.tensorboard
+        print(f"TensorBoard: tensorboard --logdir {options.tensorboard}", flush=True)
     pipeline = None
     try:
         if manifest is None:
@@ -538,6 +480,7 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
         doc = report.to_json()
         write_json_atomic(options.report, doc)
         png = Path(options.plot) if options.plot else Path(options.report).with_suffix(".png")
+        from recdistill.jobs.figure import plot, plot_pareto
         plot(doc, png)
         if report.sweep is not None:
             plot_pareto(doc, png.with_name(png.stem + "_pareto.png"))

@@ -52,7 +52,9 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
     (``StudentConfig.teacher_adapter``) the adapter's map of the teacher logits, trained
     here on the true labels, is the KD target.
 
-    Returns the total loss (``loss``), each term's value, and with a teacher the share
+    Returns the total loss (``loss``), each term's value, ``label_bce`` (the BCE of the
+    student's logits on the batch's true labels: not a term of the loss, but the one
+    number every group's objective can be compared on), and with a teacher the share
     of rows where student and teacher agree on the first task's side of 0.5
     (``agreement``, measured before the step).
     """
@@ -77,6 +79,7 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
     if adapter_loss is not None:
         loss = loss + adapter_loss
         parts["teacher_adapter"] = float(adapter_loss.detach())
+    parts["label_bce"] = float(masked_bce(out.logits.detach(), batch.labels))
     if teacher is not None:
         parts["agreement"] = float(((out.logits[:, 0] > 0) ==
                                     (teacher.logits[:, 0] > 0)).float().mean())

@@ -240,6 +240,32 @@ def test_shipped_distill_config_is_the_default() -> None:
 
 
 @pytest.mark.timeout(400)
+def _tensorboard_matches_report(logdir: Path, saved: dict) -> None:
+    """The driver's event files: one run per group and the teacher's; per pass each
+    group's validation AUC at its examples trained, equal to the report's curve; the
+    running loss terms and teacher agreement between them."""
+    import math
+
+    from recdistill.cluster.tensorboard import read_scalars
+    runs = read_scalars(logdir)
+    assert set(runs) == {*saved["students"], "teacher"}
+    for name, s in saved["students"].items():
+        auc = runs[name]["valid_auc/income"]
+        assert [step for step, _ in auc] == [400, 800]  # 400 train rows per pass
+        assert [v for _, v in auc] == pytest.approx(
+            [c["valid"]["income"]["auc"] for c in s["curve"]], abs=1e-6)
+        # every group's label_bce (comparable across objectives), a positive number
+        losses = [v for _, v in runs[name]["loss/label_bce"]]
+        assert losses and all(math.isfinite(v) and v > 0 for v in losses)
+        agree = [v for _, v in runs[name]["teacher_agreement"]]
+        assert agree and all(0.0 <= v <= 1.0 for v in agree)
+        steps = [step for step, _ in runs[name]["loss/label_bce"]]
+        assert steps == sorted(steps) and steps[-1] == 800
+    assert [v for _, v in runs["teacher"]["valid_auc/income"]] == pytest.approx(
+        [saved["teacher"]["valid"]["income"]["auc"]] * 2, abs=1e-6)
+    assert "feature_kd" in {t.removeprefix("loss/") for t in runs["feat_kd"]}
+
+
 def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     """`jobs.distill --data dataset.toml`: teacher trained first (a Ray task), report
     holds the contract's keys, the PNG is written."""
@@ -253,8 +279,10 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
                       f'"{tmp_path / "teacher"}"\n')
     cfg = load_config(str(config), data=str(data), passes=2)
     report = run(cfg, RunOptions(report=str(tmp_path / "out.json"), progress=False,
-                                 artifacts=str(tmp_path / "students")))
+                                 artifacts=str(tmp_path / "students"),
+                                 tensorboard=str(tmp_path / "tb")))
     saved = json.loads((tmp_path / "out.json").read_text())
+    _tensorboard_matches_report(tmp_path / "tb", saved)
     # every group's best student was written; jobs.predict on it gives the report's
     # test metrics (to 1e-5)
     from test_sharded_students import _artifact_matches_report

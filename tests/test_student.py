@@ -50,7 +50,7 @@ def test_student_trains_on_teacher_batches_with_extra_keys() -> None:
                 t = teacher(b.dense, b.sparse)
             losses.append(student_step(student, opt, obj, b, t))
     assert set(losses[0]) == {"hard_label", "prediction_kd", "feature_kd", "loss",
-                              "agreement"}
+                              "agreement", "label_bce"}
     # the KD terms shrink as the student fits the (fixed) teacher
     assert np.mean([x["prediction_kd"] for x in losses[-4:]]) < \
         np.mean([x["prediction_kd"] for x in losses[:4]])
@@ -81,7 +81,12 @@ def test_teacher_adapter_and_staleness_weighting() -> None:
     t = TeacherOutputs(logits=torch.full((64, 2), 2.0))
     obj = build_objective(cfg, data.spec.tasks)
     opt = torch.optim.SGD(student.parameters(), lr=1.0)
+    with torch.no_grad():
+        before = student(b.dense, b.sparse, t.logits).logits
     parts = student_step(student, opt, obj, b, t)
+    # label_bce: the student's own BCE on the true labels before the step (not a term)
+    assert parts["label_bce"] == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(before, b.labels)), rel=1e-6)
     # identity at the start: adapter loss = BCE(labels, sigmoid(2)), KD target sigmoid(2)
     want = float(F.binary_cross_entropy_with_logits(torch.full((64, 2), 2.0), b.labels))
     assert parts["teacher_adapter"] == pytest.approx(want, rel=1e-6)
