@@ -81,6 +81,7 @@ def _describe(toml_path: Path) -> dict[str, Any]:
 
 
 _CSV_LINE = re.compile(r"line (\d+)")
+_CSV_FIELDS = re.compile(r"Expected (\d+) fields in line \d+, saw (\d+)")  # pandas' wording
 
 
 def _read_frame(path: Path, columns: list[str], named_by: str,
@@ -102,7 +103,11 @@ def _read_frame(path: Path, columns: list[str], named_by: str,
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **kw)
         except pd.errors.ParserError as e:
             m = _CSV_LINE.search(str(e))
-            raise DataError(f"malformed row: {e}", path=str(path),
+            fields = _CSV_FIELDS.search(str(e))
+            what = (f"{fields.group(2)} fields where the header has {fields.group(1)}"
+                    if fields else "cannot be split into the header's fields")
+            raise DataError(f"malformed row: {what} (a stray comma or quote? "
+                            "skip_bad_rows = true leaves such rows out)", path=str(path),
                             row=int(m.group(1)) if m else None) from None
         except pd.errors.EmptyDataError:
             raise DataError("file is empty", path=str(path)) from None
