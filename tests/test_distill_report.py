@@ -35,7 +35,7 @@ def test_report_json_keeps_its_keys_and_derives_gains() -> None:
     assert set(doc) == {"teacher", "students", "stream", "resumed", "dataset",
                         "data_skipped", "wall_s", "config", "soft_labels", "gains", "seeds",
                         "run_wall_s", "train_wall_s", "driver_busy_s", "driver_cpu_s",
-                        "driver_loop_cpu_s"}
+                        "driver_loop_cpu_s", "monitoring"}
     assert (doc["train_wall_s"], doc["driver_busy_s"], doc["driver_loop_cpu_s"]) == \
         (2.0, 0.5, 0.125)
     assert doc["gains"]["kd"]["a"]["gap_recovered"] == pytest.approx(0.5)
