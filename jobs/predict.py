@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", default="",
                    help="also write the serving student with torch.export here (.pt2)")
     p.add_argument("--batch-size", type=int, default=4096)
+    from recdistill.jobs.common import add_plugin_argument
+    add_plugin_argument(p)
     return p.parse_args(argv)
 
 
@@ -61,7 +63,7 @@ def score(model: Any, table: Any, batch_size: int) -> tuple[Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from recdistill.data.fingerprint import differences, fingerprint
-    from recdistill.jobs.common import quiet_library_warnings, set_threads
+    from recdistill.jobs.common import load_plugins, quiet_library_warnings, set_threads
     from recdistill.student.artifact import (export_inputs, export_serving, load_artifact,
                                              load_export)
     from recdistill.student.metrics import task_metrics
@@ -70,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     set_threads()
     a = parse_args(argv)
     try:
+        load_plugins(a.plugin)
         model, spec, meta = load_artifact(a.student)
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     made_for = meta.get("fingerprint") or {}

@@ -36,6 +36,11 @@ class StudentConfig:
         name: the student (group) name.
         embedding_dim: width of its embedding tables (a multiple of 4).
         hidden: widths of its MLP; the last one is its ``last_hidden`` feature.
+        arch: its tower over the embeddings and dense features (``mlp``: TorchRec's MLP
+            over ``hidden``; ``dcn``: a low-rank cross network, then that MLP; or a name
+            a plugin registered, ``teacher/registry.py``).
+        arch_params: settings of the tower (``dcn``: ``cross_layers``, default 2, and
+            ``cross_rank``, default 16).
         features: sparse features it reads; empty = every non-privileged feature.
         label_tasks: tasks whose true labels it sees; empty = all. Other tasks are
             learned from the teacher alone.
@@ -61,6 +66,8 @@ class StudentConfig:
     name: str = "student"
     embedding_dim: int = 8
     hidden: tuple[int, ...] = (64, 32)
+    arch: str = "mlp"
+    arch_params: dict[str, Any] = field(default_factory=dict)
     features: tuple[str, ...] = ()
     label_tasks: tuple[str, ...] = ()
     losses: tuple[LossTerm, ...] = (LossTerm("hard_label"),)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
+from torchrec.modules.crossnet import LowRankCrossNet
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
@@ -22,6 +23,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdistill.data.errors import ConfigError
 from recdistill.data.spec import FeatureSpec
 from recdistill.student.config import StudentConfig
+from recdistill.teacher.registry import STUDENTS, register_student
 
 _TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars", "teacher_adapter.")
 
@@ -71,6 +73,55 @@ class TeacherLogitAdapter(nn.Module):
         return teacher_logits * self.scale + self.bias
 
 
+@register_student("mlp")
+def _mlp(spec: FeatureSpec, cfg: StudentConfig, in_width: int) -> nn.Module:
+    return MLP(in_width, list(cfg.hidden))
+
+
+class CrossTower(nn.Module):
+    """A small DCN-v2 student tower: TorchRec's low-rank cross network over the
+    embeddings and dense features, then the MLP over ``hidden``."""
+
+    def __init__(self, in_width: int, cfg: StudentConfig) -> None:
+        super().__init__()
+        layers = int(cfg.arch_params.get("cross_layers", 2))
+        rank = int(cfg.arch_params.get("cross_rank", 16))
+        if layers < 1 or rank < 1:
+            raise ConfigError(f"groups.{cfg.name}.arch_params: cross_layers and "
+                              f"cross_rank must be >= 1, got {layers} and {rank}")
+        self.cross = LowRankCrossNet(in_width, layers, rank)
+        self.mlp = MLP(in_width, list(cfg.hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.cross(x))
+
+
+@register_student("dcn")
+def _dcn(spec: FeatureSpec, cfg: StudentConfig, in_width: int) -> nn.Module:
+    return CrossTower(in_width, cfg)
+
+
+def build_student_tower(spec: FeatureSpec, cfg: StudentConfig,
+                        in_width: int) -> tuple[nn.Module, int]:
+    """``cfg.arch``'s tower and the width of its output (one forward on a zero batch,
+    which also checks a plugin's tower keeps the contract)."""
+    where = f"groups.{cfg.name}.arch"
+    tower = STUDENTS.builder(cfg.arch, where)(spec, cfg, in_width)
+    try:
+        with torch.no_grad():
+            out = tower(torch.zeros(2, in_width))
+    except Exception as e:  # noqa: BLE001 - any failure of a user's module, one line
+        raise ConfigError(f"{where} = {cfg.arch!r}: forward(x [2, {in_width}]) failed: "
+                          f"{type(e).__name__}: {e}") from None
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == 2
+            and out.is_floating_point()):
+        got = f"a {tuple(out.shape)} tensor" if isinstance(out, torch.Tensor) \
+            else type(out).__name__
+        raise ConfigError(f"{where} = {cfg.arch!r}: forward(x [B, {in_width}]) must return "
+                          f"last_hidden, a float [B, d] tensor; got {got}")
+    return tower, int(out.shape[1])
+
+
 def student_features(spec: FeatureSpec, cfg: StudentConfig) -> tuple[str, ...]:
     """The sparse features a student reads; privileged ones are refused."""
     allowed = spec.student_view().sparse_names
@@ -84,7 +135,7 @@ def student_features(spec: FeatureSpec, cfg: StudentConfig) -> tuple[str, ...]:
 
 
 class StudentModel(nn.Module):
-    """An embedding + MLP multi-task student.
+    """An embedding + tower (default: MLP) multi-task student.
 
     Args:
         spec: the dataset schema (privileged features are never read).
@@ -121,12 +172,13 @@ class StudentModel(nn.Module):
             self.ebc = EmbeddingBagCollection(tables=list(tables.values()),
                                               device=torch.device(table_device))
             width = len(self.feature_names) * cfg.embedding_dim + len(spec.dense)
-            self.mlp = MLP(width, list(cfg.hidden))
-            self.heads = nn.Linear(cfg.hidden[-1], len(spec.tasks))
-            self.aux_heads = nn.Linear(cfg.hidden[-1], len(spec.tasks)) \
+            # `mlp` keeps its name for the default tower (the checkpoints' keys)
+            self.mlp, hidden = build_student_tower(spec, cfg, width)
+            self.heads = nn.Linear(hidden, len(spec.tasks))
+            self.aux_heads = nn.Linear(hidden, len(spec.tasks)) \
                 if cfg.aux_heads else None
             dims = {"pooled_embeddings": len(self.feature_names) * cfg.embedding_dim,
-                    "last_hidden": cfg.hidden[-1]}
+                    "last_hidden": hidden}
             self.adapter_pairs = dict(cfg.adapters)
             adapters = {}
             for s_name, t_name in self.adapter_pairs.items():

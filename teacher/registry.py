@@ -1,4 +1,5 @@
-"""Teacher architectures by name: the built-in one, TorchRec's own models, and yours.
+"""Teacher and student architectures by name: the built-in ones, TorchRec's own
+models, and yours.
 
 A teacher is the TorchRec ``EmbeddingBagCollection`` the project shards, quantizes and
 checkpoints (``teacher.model.TeacherModel``), and a *tower* on top of it: everything
@@ -21,6 +22,11 @@ imports it (from the working directory) in the job and, through the
 ``RECDISTILL_PLUGINS`` environment variable, in every process that builds a teacher
 (Ray actors and tasks, Ray Train workers). :func:`check_tower` runs one forward on a
 zero batch when a job starts, so a tower that breaks the contract fails with one line.
+
+Students the same way: a group's ``arch`` names its tower (``register_student``;
+default ``mlp``, TorchRec's MLP over ``hidden``), which maps the student's pooled
+embeddings and dense features side by side, [B, in_width], to its ``last_hidden``
+[B, d]; the tables, the heads, adapters and the serving export stay the project's.
 """
 
 from __future__ import annotations
@@ -41,22 +47,64 @@ if TYPE_CHECKING:
 
 TowerBuilder = Callable[["FeatureSpec", "TeacherConfig", int], nn.Module]
 PLUGINS_ENV = "RECDISTILL_PLUGINS"  # comma-separated modules every process imports
-_TOWERS: dict[str, TowerBuilder] = {}
-_BUILTIN_MODULES = ("recdistill.teacher.model", "recdistill.teacher.torchrec_models")
 
 
-def register_teacher(name: str) -> Callable[[TowerBuilder], TowerBuilder]:
+class Registry:
+    """Builders of one kind of module by name; ``builtin`` modules are imported (and
+    so register theirs) before a name is looked up, then the plugins of
+    ``RECDISTILL_PLUGINS``."""
+
+    def __init__(self, key: str, builtin: tuple[str, ...]) -> None:
+        self.key, self.builtin = key, builtin
+        self._builders: dict[str, Callable[..., nn.Module]] = {}
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        """Decorator: the builder (a function or a module class) is ``name``.
+        Registering a name twice with another builder is an error."""
+        def add(builder: Any) -> Any:
+            old = self._builders.get(name)
+            if old is not None and getattr(old, "__qualname__", None) != getattr(
+                    builder, "__qualname__", None):
+                raise ValueError(f"{self.key} {name!r} is already registered "
+                                 f"({old.__module__}.{old.__qualname__})")
+            self._builders[name] = builder
+            return builder
+        return add
+
+    def builder(self, name: str, where: str = "") -> Callable[..., nn.Module]:
+        if name not in self._builders:
+            for module in self.builtin:
+                importlib.import_module(module)
+        if name not in self._builders and os.environ.get(PLUGINS_ENV):
+            load_plugins()
+        if name not in self._builders:
+            raise ConfigError(f"{where or self.key}: unknown {name!r}; registered: "
+                              f"{self.known()} (a plugin module registers more: "
+                              "--plugin MODULE)")
+        return self._builders[name]
+
+    def known(self) -> list[str]:
+        for module in self.builtin:
+            importlib.import_module(module)
+        return sorted(self._builders)
+
+
+TEACHERS = Registry("teacher.arch", ("recdistill.teacher.model",
+                                     "recdistill.teacher.torchrec_models"))
+STUDENTS = Registry("groups.<name>.arch", ("recdistill.student.model",))
+
+
+def register_teacher(name: str) -> Callable[[Any], Any]:
     """Decorator: ``builder(spec, cfg, n_sparse) -> nn.Module`` is ``teacher.arch =
-    name``. Registering a name twice with another builder is an error."""
-    def add(builder: TowerBuilder) -> TowerBuilder:
-        old = _TOWERS.get(name)
-        if old is not None and getattr(old, "__qualname__", None) != getattr(
-                builder, "__qualname__", None):
-            raise ValueError(f"teacher arch {name!r} is already registered "
-                             f"({old.__module__}.{old.__qualname__})")
-        _TOWERS[name] = builder
-        return builder
-    return add
+    name`` (a tower: ``forward(emb, dense) -> TeacherOutputs``)."""
+    return TEACHERS.register(name)
+
+
+def register_student(name: str) -> Callable[[Any], Any]:
+    """Decorator: ``builder(spec, cfg, in_width) -> nn.Module`` is a student group's
+    ``arch = name`` (its tower: ``forward(x [B, in_width]) -> last_hidden [B, d]``,
+    ``x`` the pooled embeddings and the dense features side by side)."""
+    return STUDENTS.register(name)
 
 
 def load_plugins(modules: list[str] | tuple[str, ...] | None = None) -> list[str]:
@@ -80,23 +128,13 @@ def load_plugins(modules: list[str] | tuple[str, ...] | None = None) -> list[str
 
 
 def tower_builder(name: str) -> TowerBuilder:
-    """The builder registered as ``name``; the built-in modules and the plugins of
-    ``RECDISTILL_PLUGINS`` are imported first."""
-    if name not in _TOWERS:
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-    if name not in _TOWERS and os.environ.get(PLUGINS_ENV):
-        load_plugins()
-    if name not in _TOWERS:
-        raise ConfigError(f"teacher.arch: unknown {name!r}; registered: {known()} "
-                          "(a plugin module registers more: --plugin MODULE)")
-    return _TOWERS[name]
+    """The teacher tower registered as ``name``."""
+    return TEACHERS.builder(name)
 
 
 def known() -> list[str]:
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    return sorted(_TOWERS)
+    """The registered teacher towers."""
+    return TEACHERS.known()
 
 
 def check_tower(tower: nn.Module, spec: FeatureSpec, cfg: TeacherConfig,

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN
 from recdistill.data.errors import ConfigError
 from recdistill.teacher.model import TeacherModel, feature_dims
 from recdistill.teacher.outputs import TeacherOutputs
-from recdistill.teacher.registry import known, register_teacher
+from recdistill.teacher.registry import known, register_student, register_teacher
 from test_sharding import CFG, tiny_dataset
 from test_train_teacher_job import SMALL, _dataset, _env
 
@@ -85,13 +86,46 @@ def test_registered_names_and_contract_errors() -> None:
         feature_dims(data.spec, dataclasses.replace(CFG, arch="test_tuple"))
 
 
+def test_student_towers() -> None:
+    from recdistill.student.config import StudentConfig
+    from recdistill.student.model import CrossTower, StudentModel
+    data = tiny_dataset(16)
+    batch = data.train.take(np.arange(16)).to_batch()
+    cfg = StudentConfig(name="s", arch="dcn", hidden=(12, 5), sharding="none",
+                        arch_params={"cross_layers": 1, "cross_rank": 3})
+    model = StudentModel(data.spec, cfg)
+    assert isinstance(model.mlp, CrossTower)
+    with torch.no_grad():
+        out = model(batch.dense, batch.sparse)
+        # by hand: x = [embeddings, dense]; one low-rank cross layer
+        # x1 = x0 * (W (V x0) + b) + x0; then the MLP and the heads
+        emb = out.features["pooled_embeddings"]
+        x0 = torch.cat([emb, batch.dense], dim=1)
+        layer_v, layer_w = model.mlp.cross.V_kernels[0], model.mlp.cross.W_kernels[0]
+        x1 = x0 * (torch.nn.functional.linear(torch.nn.functional.linear(x0, layer_v),
+                                              layer_w) + model.mlp.cross.bias[0]) + x0
+        hidden = model.mlp.mlp(x1)
+    torch.testing.assert_close(out.features["last_hidden"], hidden)
+    torch.testing.assert_close(out.logits, model.heads(hidden))
+    assert out.features["last_hidden"].shape == (16, 5)
+
+    register_student("test_flat")(lambda spec, cfg, width: nn.Flatten(0))
+    with pytest.raises(ConfigError) as e:
+        StudentModel(data.spec, StudentConfig(name="g1", arch="test_flat", sharding="none"))
+    assert str(e.value) == ("groups.g1.arch = 'test_flat': forward(x [B, 26]) must return "
+                            "last_hidden, a float [B, d] tensor; got a (52,) tensor")
+    with pytest.raises(ConfigError, match=r"^groups\.g2\.arch: unknown 'nope'; registered: "
+                                          r"\['dcn', 'mlp'"):
+        StudentModel(data.spec, StudentConfig(name="g2", arch="nope", sharding="none"))
+
+
 PLUGIN = '''
 """A team's own teacher tower: embeddings and dense features -> a 2-layer MLP."""
 import torch
 from torch import nn
 
 from recdistill.teacher.outputs import TeacherOutputs
-from recdistill.teacher.registry import register_teacher
+from recdistill.teacher.registry import register_student, register_teacher
 
 
 class TinyTower(nn.Module):
@@ -109,6 +143,19 @@ class TinyTower(nn.Module):
 
 
 register_teacher("tiny_mlp")(TinyTower)
+
+
+@register_student("two_layer")
+class TwoLayer(nn.Module):
+    """A student tower of the team's: x -> tanh layer -> relu layer."""
+
+    def __init__(self, spec, cfg, in_width):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_width, 16), nn.Tanh(), nn.Linear(16, 6),
+                                 nn.ReLU())
+
+    def forward(self, x):
+        return self.net(x)
 '''
 
 
@@ -130,6 +177,8 @@ def test_plugin_teacher_distilled_end_to_end(tmp_path: Path) -> None:
         losses = [{{ name = "hard_label", weight = 1.0 }}]
         [[groups]]
         name = "feat_kd"
+        arch = "two_layer"
+        sharding = "none"
         adapters = {{ last_hidden = "last_hidden" }}
         losses = [{{ name = "hard_label", weight = 1.0 }},
                   {{ name = "feature_kd", weight = 0.3 }}]
@@ -150,6 +199,17 @@ def test_plugin_teacher_distilled_end_to_end(tmp_path: Path) -> None:
     assert report["students"]["feat_kd"]["examples_trained"] == 2 * 400
     assert report["teacher"]["test"]["income"]["auc"] > 0.6
     assert report["students"]["feat_kd"]["kd"] == ["feature_kd"]
+    # the plugin's student tower (16 -> 6 wide): its artifact scored by predict (which
+    # imports the plugin) gives the report's test metrics
+    assert report["config"]["groups"][1]["student"]["arch"] == "two_layer"
+    p = subprocess.run([str(RECDISTILL), "predict", "--plugin", "my_teacher", "--student",
+                        str(tmp_path / "students" / "feat_kd"), "--data", str(data),
+                        "--report", str(tmp_path / "scored.json")],
+                       cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    scored = json.loads((tmp_path / "scored.json").read_text())
+    assert scored["metrics"]["income"]["auc"] == pytest.approx(
+        report["students"]["feat_kd"]["test"]["income"]["auc"], abs=1e-5)
     # without the plugin the same config fails in one line before anything runs
     p = subprocess.run([str(RECDISTILL), "distill", "--config", str(config), "--data",
                         str(data), "--passes", "1", "--report", str(tmp_path / "r2.json"),
