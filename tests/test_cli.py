@@ -77,3 +77,26 @@ def test_readme_files_exist() -> None:
         names |= set(FILE.findall((ROOT / doc).read_text(encoding="utf-8")))
     absent = sorted(n for n in names if not (ROOT / n).exists())
     assert not absent, f"README/BENCHMARKS name files that are not in the repository: {absent}"
+
+
+def test_submit_ships_the_checkout(tmp_path: Path) -> None:
+    from recdistill.jobs.submit import runtime_env
+    # from a checkout: the checkout is the job's working directory (.gitignore'd and
+    # these excluded); another directory cannot stand in for it
+    assert runtime_env(None) == {"excludes": [".venv", "runs", ".git"],
+                                 "working_dir": str(ROOT)}
+    with pytest.raises(SystemExit, match="from a checkout the job's working directory"):
+        runtime_env(str(tmp_path))
+
+
+def test_submit_ships_an_installed_package(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from recdistill.jobs.submit import runtime_env
+    package = tmp_path / "site-packages" / "recdistill"
+    (package / "cluster").mkdir(parents=True)
+    monkeypatch.setattr(recdistill, "__file__", str(package / "__init__.py"))
+    # an installed wheel (recdistill/ holds cluster/ ...) ships itself as a py_module,
+    # and uploads a working directory only when asked to
+    assert runtime_env(None) == {"excludes": [".venv", "runs", ".git"],
+                                 "py_modules": [str(package)]}
+    assert runtime_env(str(tmp_path))["working_dir"] == str(tmp_path)
