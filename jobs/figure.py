@@ -80,13 +80,14 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         bars = ax.bar(x + (j - (len(tasks) - 1) / 2) * width, gains, width * 0.92,
                       yerr=err, capsize=3, color=f"C{j}", alpha=0.35 + 0.5 / (j + 1),
                       edgecolor="black", linewidth=0.5, label=f"task {task}")
-        for g, rect in zip(groups, bars):
+        for i, (g, rect) in enumerate(zip(groups, bars)):
             eta = seeds.get(g, {}).get(task, {}).get("eta")
             gain = rect.get_height()
             if gain != gain:
                 continue
             text = f"{gain:+.4f}" + (f"\n{eta:.0%} of lead" if eta is not None else "")
-            ax.annotate(text, (rect.get_x() + rect.get_width() / 2, gain),
+            tip = gain + (err[i] if err else 0.0) * (1 if gain >= 0 else -1)  # above its bar
+            ax.annotate(text, (rect.get_x() + rect.get_width() / 2, tip),
                         xytext=(0, 3 if gain >= 0 else -3), textcoords="offset points",
                         ha="center", va="bottom" if gain >= 0 else "top", fontsize=7)
     ax.axhline(0.0, color="black", lw=0.8)
@@ -104,7 +105,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="y", alpha=0.3)
     lo, hi = ax.get_ylim()
-    ax.set_ylim(min(lo, -0.002) * 1.25, max(hi, 0.002) * 1.25)
+    ax.set_ylim(min(lo, -0.002) * 1.7, max(hi, 0.002) * 1.25)  # room for the labels
 
     # --- validation AUC per pass, each task; the loss every group shares
     handles: dict[str, Any] = {}
