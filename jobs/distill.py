@@ -238,7 +238,8 @@ def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIM
     needed = len(cfg.members) * cfg.teacher_group.ranks * cfg.teacher_group.cpus + sum(
         g.replicas * g.cpus for g in cfg.groups)
     if address:
-        join_ray(address, timeout_s=join_timeout_s)
+        # worker output stays in the workers' logs (the dashboard shows them) unless --verbose
+        join_ray(address, timeout_s=join_timeout_s, log_to_driver=verbose)
         have = ray.cluster_resources().get("CPU", 0.0)
         # Actors reserve their CPUs; Ray Data's tasks need at least one more.
         if have < needed + 1:

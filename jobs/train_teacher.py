@@ -288,8 +288,8 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
     first_task = data.spec.tasks[0]
     engine = cfg.dense_engine + (f" ZeRO-{cfg.zero_stage} {cfg.precision}"
                                  if cfg.dense_engine == "deepspeed" else "")
-    log(f"teacher: {n_params:,} parameters, {len(keys)} sparse features, {world} rank(s), "
-        f"tables {cfg.sharding}, dense {engine}, data {data.name} "
+    log(f"training a {n_params:,}-parameter teacher: {len(keys)} sparse features, "
+        f"{world} rank(s), tables {cfg.sharding}, dense {engine}, data {data.name} "
         f"({len(data.train):,} train rows)")
     steps_per_epoch = data.train.num_batches(cfg.batch_size, world)
 
