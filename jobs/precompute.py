@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     p.add_argument("--part-rows", type=int, default=20_000, help="rows per Parquet part")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS", ""),
                    help="join this Ray cluster (default: RAY_ADDRESS, else start one)")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep Ray's own start-up lines (token auth) in the output")
     a = p.parse_args(argv)
     load_plugins(a.plugin)
     if a.part_rows < 1:
@@ -71,7 +73,7 @@ def _check_resumable(m: Any, want: dict[str, Any], out: Path) -> None:
 
 def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = "",
         progress: bool = True, after_part: Callable[[str, int], None] | None = None,
-        dataset: Dataset | None = None) -> dict[str, Any]:
+        dataset: Dataset | None = None, verbose: bool = False) -> dict[str, Any]:
     """Precompute (or finish) ``out``; returns the manifest as a dict.
 
     ``after_part(split, part)`` is called after each part is recorded (tests stop a run
@@ -93,7 +95,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     cfg = match_teacher(cfg, data)
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        connect_ray(address, len(cfg.members) * cfg.teacher_group.ranks + 2)
+        connect_ray(address, len(cfg.members) * cfg.teacher_group.ranks + 2, verbose=verbose)
     labels: Committee | None = None
     try:
         ensure_teacher(cfg)
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
         cfg, a = parse_args(argv)
-        run(cfg, a.out, a.part_rows, a.address)
+        run(cfg, a.out, a.part_rows, a.address, verbose=a.verbose)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -74,6 +74,8 @@ class TrainTeacherArgs:
             starts a local one (``RAY_ADDRESS`` is honoured).
         gpu: one GPU per Ray worker (nccl); CPU and gloo otherwise.
         resume: continue from the latest version under ``checkpoint``.
+        verbose: keep Ray's own start-up lines (token auth, "Started a local Ray
+            instance") in the output of a ``workers`` run.
         checkpoint_every: also write a version every this many steps (0: epoch ends only).
         keep_versions: versions kept besides the best (older ones are deleted; 0 keeps all).
         data_seed: seed of the dataset (the synthetic generator, MovieLens' random
@@ -93,6 +95,7 @@ class TrainTeacherArgs:
     address: str = ""
     gpu: bool = False
     resume: bool = False
+    verbose: bool = False
     checkpoint_every: int = 0
     keep_versions: int = 3
     data_seed: int = 0
@@ -142,6 +145,8 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
                    help="DeepSpeed optimizer-state offload to host memory")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint version")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep Ray's own start-up lines (token auth) with --workers")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
     p.add_argument("--member", help="train this member of the distill config's teacher "
                    "committee (its [[teachers]] table over [teacher]) into its checkpoint, "
@@ -183,6 +188,8 @@ def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherCo
         job = dataclasses.replace(job, gpu=True)
     if a.resume:
         job = dataclasses.replace(job, resume=True)
+    if a.verbose:
+        job = dataclasses.replace(job, verbose=True)
     if not a.member:
         return [(job, cfg)]
     return _members(a, job, over)
@@ -410,6 +417,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from recdistill.cluster.metrics import ActorMetrics
     quiet_library_warnings()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    if not config["job"].verbose:  # FBGEMM logs every table's arguments at INFO (root)
+        logging.getLogger().setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     metrics = ActorMetrics("teacher_train", {"rank": str(ctx.get_world_rank())})
 
@@ -443,7 +452,8 @@ def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
     job = dataclasses.replace(
         job, checkpoint=os.path.abspath(job.checkpoint),
         report=os.path.abspath(job.report or os.path.join(job.checkpoint, "report.json")))
-    connect_ray(job.address, job.workers + 2, log_to_driver=True)
+    # the workers' output (rank 0's epoch lines) is the run's log: forwarded
+    connect_ray(job.address, job.workers + 2, log_to_driver=True, verbose=job.verbose)
     try:
         trainer = TorchTrainer(
             _worker_loop, train_loop_config={"job": job, "cfg": cfg},
