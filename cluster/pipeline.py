@@ -154,7 +154,6 @@ class OnlineDistillation:
         self.teacher_valid = teacher_valid
         if self.options.tensorboard:
             self.tb = TensorBoardLog(self.options.tensorboard, list(self.groups))
-        k = self.cfg.teacher_group.ranks
         # the bar counts examples trained, every group's (a resumed run: from the resume)
         self._bar = tqdm(total=len(self.data.train) * (self.cfg.passes - first_pass)
                          * len(self.groups), unit="ex", unit_scale=True,
@@ -173,7 +172,8 @@ class OnlineDistillation:
         teacher = {"test": teacher_test,
                    "valid": teacher_valid, "parameters": int(self.labels.info["parameters"]),
                    "version": self.version, "first_version": first_version,
-                   "refreshes": self.refreshes, "ranks": k,
+                   "refreshes": self.refreshes,
+                   "ranks": self.cfg.teacher_group.ranks,
                    "restarts": self.labels.generation,
                    # how it labelled: rows per forward, input prefetch, table dtype and
                    # (rank 0 of the lead) the tables' bytes and the rank's RSS

@@ -19,6 +19,7 @@ from recdistill.data.movielens import SPLITS, load_movielens
 from recdistill.data.spec import Dataset
 from recdistill.data.synthetic import SyntheticConfig, synthetic_dataset, synthetic_stream_dataset
 from recdistill.data.tabular import load_tabular
+from recdistill.teacher.registry import PLUGINS_ENV, load_plugins  # noqa: F401 (--plugin)
 
 DATASETS = ("movielens", "synthetic", "synthetic-stream")
 
@@ -81,11 +82,6 @@ def add_plugin_argument(p: Any) -> None:
                    help="import MODULE (from the working directory) before the config "
                         "is read: it registers teacher architectures that [teacher] arch "
                         "names; repeatable")
-
-
-def load_plugins(modules: list[str]) -> None:
-    from recdistill.teacher.registry import load_plugins as load
-    load(modules)
 
 
 def add_labelling_arguments(p: Any) -> None:
@@ -286,7 +282,6 @@ def quiet_ray(verbose: bool) -> None:
 def _plugin_env() -> dict[str, Any]:
     """The plugins (``--plugin``) for every actor and task of the job: Ray merges this
     with a submitted job's own runtime_env (whose working_dir holds the modules)."""
-    from recdistill.teacher.registry import PLUGINS_ENV
     plugins = os.environ.get(PLUGINS_ENV, "")
     return {"env_vars": {PLUGINS_ENV: plugins}} if plugins else {}
 

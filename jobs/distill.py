@@ -383,7 +383,7 @@ def ensure_teacher(cfg: DistillConfig) -> None:
     # Ray actor), so they are in the job's own output, terminal or not; Ray's forwarding
     # of worker output is off (it would bring every library's chatter with them).
     lines = Queue(actor_options={"num_cpus": 0})
-    calls = {}
+    pending = []
     for m in missing:
         print(f"teacher checkpoint {m.checkpoint} not found: training "
               f"{'the teacher' if len(cfg.members) == 1 else 'member ' + m.name} into it "
@@ -392,15 +392,12 @@ def ensure_teacher(cfg: DistillConfig) -> None:
                                max_cardinality=cfg.max_cardinality, data_seed=cfg.seed,
                                checkpoint=m.checkpoint, report=m.checkpoint + "_report.json")
         prefix = "teacher" if len(cfg.members) == 1 else f"teacher {m.name}"
-        calls[task.remote(job, m.teacher, lines, prefix)] = m
-    pending = list(calls)
+        pending.append(task.remote(job, m.teacher, lines, prefix))
     try:
         while pending:
             done, pending = ray.wait(pending, timeout=0.5)
             _drain(lines)
-            for ref in done:
-                ray.get(ref)  # a failed training raises here
-                m = calls[ref]
+            ray.get(done)  # a failed training raises here
         _drain(lines)
     finally:
         ray.kill(lines.actor)

@@ -110,36 +110,33 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     # --- validation AUC per pass, each task; the loss every group shares
     handles: dict[str, Any] = {}
     single = all(len(s["curve"]) <= 1 for s in students.values())
-    for j, task in enumerate(tasks):
-        ax = fig.add_subplot(grid[1, j])
-        values = []
+
+    def curves(ax: Any, y_of: Any) -> list[float]:
+        """Every group's per-pass values (``y_of(curve point)``), extra seeds paler;
+        one legend handle per group. Returns the values plotted."""
+        values: list[float] = []
         for name, s in students.items():
             g, k = base_name(name)
-            xs = [c["pass"] for c in s["curve"]]
-            ys = [c["valid"][task]["auc"] for c in s["curve"]]
+            ys = [y_of(c) for c in s["curve"]]
             values += ys
-            (line,) = ax.plot(xs, ys, marker="o", ms=4, color=color.get(g, "gray"),
-                              alpha=1.0 if k == 0 else 0.45, label=g)
+            (line,) = ax.plot([c["pass"] for c in s["curve"]], ys, marker="o", ms=4,
+                              color=color.get(g, "gray"), alpha=1.0 if k == 0 else 0.45)
             handles.setdefault(g, line)
+        return values
+
+    for j, task in enumerate(tasks):
+        ax = fig.add_subplot(grid[1, j])
+        values = curves(ax, lambda c, task=task: c["valid"][task]["auc"])
         t_auc = report["teacher"]["valid"][task]["auc"]
-        handles["teacher"] = ax.axhline(t_auc, color="black", ls="--", lw=1,
-                                        label="teacher")
+        handles["teacher"] = ax.axhline(t_auc, color="black", ls="--", lw=1)
         _pad(ax, [*values, t_auc], 0.01)
         ax.set_title(f"validation AUC: {task}", fontsize=9)
         ax.set_xlabel("pass")
         ax.set_ylabel("AUC")
         _passes_axis(ax, single)
     ax = fig.add_subplot(grid[1, -1])
-    values = []
-    for name, s in students.items():
-        g, k = base_name(name)
-        xs = [c["pass"] for c in s["curve"]]
-        ys = [c["train_loss"].get("label_bce", c["train_loss"].get("hard_label",
-                                                                   float("nan")))
-              for c in s["curve"]]
-        values += ys
-        ax.plot(xs, ys, marker="o", ms=4, color=color.get(g, "gray"),
-                alpha=1.0 if k == 0 else 0.45)
+    values = curves(ax, lambda c: c["train_loss"].get("label_bce", c["train_loss"].get(
+        "hard_label", float("nan"))))
     _pad(ax, values, 0.01)
     ax.set_title("training loss: BCE on true labels", fontsize=9)
     ax.set_xlabel("pass")

@@ -23,7 +23,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdistill.data.errors import ConfigError
 from recdistill.data.spec import FeatureSpec
 from recdistill.student.config import StudentConfig
-from recdistill.teacher.registry import STUDENTS, register_student
+from recdistill.teacher.registry import (STUDENTS, dry_forward, is_rows, register_student,
+                                         shape_of)
 
 _TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars", "teacher_adapter.")
 
@@ -107,18 +108,11 @@ def build_student_tower(spec: FeatureSpec, cfg: StudentConfig,
     which also checks a plugin's tower keeps the contract)."""
     where = f"groups.{cfg.name}.arch"
     tower = STUDENTS.builder(cfg.arch, where)(spec, cfg, in_width)
-    try:
-        with torch.no_grad():
-            out = tower(torch.zeros(2, in_width))
-    except Exception as e:  # noqa: BLE001 - any failure of a user's module, one line
-        raise ConfigError(f"{where} = {cfg.arch!r}: forward(x [2, {in_width}]) failed: "
-                          f"{type(e).__name__}: {e}") from None
-    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == 2
-            and out.is_floating_point()):
-        got = f"a {tuple(out.shape)} tensor" if isinstance(out, torch.Tensor) \
-            else type(out).__name__
+    out = dry_forward(tower, (torch.zeros(2, in_width),), f"{where} = {cfg.arch!r}",
+                      f"forward(x [2, {in_width}])")
+    if not is_rows(out, 2):
         raise ConfigError(f"{where} = {cfg.arch!r}: forward(x [B, {in_width}]) must return "
-                          f"last_hidden, a float [B, d] tensor; got {got}")
+                          f"last_hidden, a float [B, d] tensor; got {shape_of(out)}")
     return tower, int(out.shape[1])
 
 

@@ -20,7 +20,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recdistill.data.spec import FeatureSpec
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.outputs import TeacherOutputs
-from recdistill.teacher.registry import check_tower, register_teacher, tower_builder
+from recdistill.teacher.registry import TEACHERS, check_tower, register_teacher
 
 
 def teacher_features(spec: FeatureSpec, cfg: TeacherConfig) -> tuple[str, ...]:
@@ -79,6 +79,19 @@ def bi_interaction(fields: torch.Tensor) -> torch.Tensor:
     return 0.5 * (s * s - (fields * fields).sum(dim=1))
 
 
+class TaskHeads(nn.ModuleDict):
+    """One linear head per task over a [B, width] hidden tensor; ``forward`` gives the
+    [B, T] logits in task order. A ModuleDict keyed by task, so the weights' names stay
+    ``heads.<task>.weight``."""
+
+    def __init__(self, width: int, tasks: tuple[str, ...]) -> None:
+        super().__init__({t: nn.Linear(width, 1) for t in tasks})
+        self.tasks = tuple(tasks)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self[t](hidden) for t in self.tasks], dim=1)
+
+
 class DenseTower(nn.Module):
     """Everything but the tables: dense MLP, interaction layer, over-arch MLP, heads.
 
@@ -95,7 +108,6 @@ class DenseTower(nn.Module):
 
     def __init__(self, spec: FeatureSpec, cfg: TeacherConfig, n_sparse: int) -> None:
         super().__init__()
-        self.tasks = spec.tasks
         e = cfg.embedding_dim
         self.dense_arch = MLP(len(spec.dense), [*cfg.dense_layers[:-1], e]) \
             if spec.dense else None
@@ -107,8 +119,7 @@ class DenseTower(nn.Module):
             self.dot = InteractionArch(num_sparse_features=n_sparse)
         width = interaction_width(n_sparse, bool(spec.dense), cfg)
         self.over = MLP(width, list(cfg.over_layers))
-        self.heads = nn.ModuleDict(
-            {t: nn.Linear(cfg.over_layers[-1], 1) for t in spec.tasks})
+        self.heads = TaskHeads(cfg.over_layers[-1], spec.tasks)
 
     def forward(self, emb: torch.Tensor, dense: torch.Tensor) -> TeacherOutputs:
         parts = [emb]
@@ -124,8 +135,7 @@ class DenseTower(nn.Module):
             fields = x.view(x.shape[0], -1, self.e)
             interaction = torch.cat([x, bi_interaction(fields)], dim=1)
         hidden = self.over(interaction)
-        logits = torch.cat([self.heads[t](hidden) for t in self.tasks], dim=1)
-        return TeacherOutputs(logits=logits, features={
+        return TeacherOutputs(logits=self.heads(hidden), features={
             "pooled_embeddings": emb, "interaction": interaction, "last_hidden": hidden})
 
 
@@ -137,7 +147,7 @@ def _builtin(spec: FeatureSpec, cfg: TeacherConfig, n_sparse: int) -> nn.Module:
 def build_tower(spec: FeatureSpec, cfg: TeacherConfig, n_sparse: int) -> nn.Module:
     """``cfg.arch``'s tower, initialised from ``cfg.seed`` (torch's global generator is
     left as it was)."""
-    builder = tower_builder(cfg.arch)
+    builder = TEACHERS.builder(cfg.arch)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         return builder(spec, cfg, n_sparse)

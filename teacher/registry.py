@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from recdistill.data.spec import FeatureSpec
     from recdistill.teacher.config import TeacherConfig
 
-TowerBuilder = Callable[["FeatureSpec", "TeacherConfig", int], nn.Module]
 PLUGINS_ENV = "RECDISTILL_PLUGINS"  # comma-separated modules every process imports
 
 
@@ -127,14 +126,26 @@ def load_plugins(modules: list[str] | tuple[str, ...] | None = None) -> list[str
     return merged
 
 
-def tower_builder(name: str) -> TowerBuilder:
-    """The teacher tower registered as ``name``."""
-    return TEACHERS.builder(name)
+def dry_forward(tower: nn.Module, inputs: tuple[torch.Tensor, ...], where: str,
+                call: str) -> Any:
+    """``tower(*inputs)`` without gradients, in eval mode (its mode restored after, so
+    no batch-norm statistics move): the start-up check of a registered tower. Any
+    failure of the user's module is one ``ConfigError``: ``{where}: {call} failed: ...``."""
+    was_training = tower.training
+    tower.eval()
+    try:
+        with torch.no_grad():
+            return tower(*inputs)
+    except Exception as e:  # noqa: BLE001 - any failure of a user's module, one line
+        raise ConfigError(f"{where}: {call} failed: {type(e).__name__}: {e}") from None
+    finally:
+        tower.train(was_training)
 
 
-def known() -> list[str]:
-    """The registered teacher towers."""
-    return TEACHERS.known()
+def is_rows(t: Any, b: int) -> bool:
+    """Whether ``t`` is a float [b, d] tensor (a per-row feature)."""
+    return isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == b \
+        and t.is_floating_point()
 
 
 def check_tower(tower: nn.Module, spec: FeatureSpec, cfg: TeacherConfig,
@@ -143,34 +154,24 @@ def check_tower(tower: nn.Module, spec: FeatureSpec, cfg: TeacherConfig,
     returns. A tower that breaks the contract fails naming what it returned."""
     from recdistill.teacher.outputs import TeacherOutputs
     where = f"teacher.arch = {cfg.arch!r}"
-    b, tasks = 2, len(spec.tasks)
-    was_training = tower.training
-    tower.eval()
-    try:
-        with torch.no_grad():
-            out = tower(torch.zeros(b, n_sparse * cfg.embedding_dim),
-                        torch.zeros(b, len(spec.dense)))
-    except Exception as e:  # noqa: BLE001 - any failure of a user's module, one line
-        raise ConfigError(f"{where}: forward(emb [{b}, {n_sparse * cfg.embedding_dim}], "
-                          f"dense [{b}, {len(spec.dense)}]) failed: "
-                          f"{type(e).__name__}: {e}") from None
-    finally:
-        tower.train(was_training)
+    b, tasks, width = 2, len(spec.tasks), n_sparse * cfg.embedding_dim
+    out = dry_forward(tower, (torch.zeros(b, width), torch.zeros(b, len(spec.dense))), where,
+                      f"forward(emb [{b}, {width}], dense [{b}, {len(spec.dense)}])")
     if not isinstance(out, TeacherOutputs):
         raise ConfigError(f"{where}: forward must return TeacherOutputs(logits, features), "
                           f"returned {type(out).__name__}")
     if not (isinstance(out.logits, torch.Tensor) and tuple(out.logits.shape) == (b, tasks)):
         raise ConfigError(f"{where}: logits must be [B, {tasks}] (one column per task "
-                          f"{list(spec.tasks)}), got {_shape(out.logits)}")
+                          f"{list(spec.tasks)}), got {shape_of(out.logits)}")
     dims: dict[str, int] = {}
     for name, t in out.features.items():
-        if not (isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == b
-                and t.is_floating_point()):
+        if not is_rows(t, b):
             raise ConfigError(f"{where}: feature {name!r} must be a float [B, d] tensor, "
-                              f"got {_shape(t)}")
+                              f"got {shape_of(t)}")
         dims[name] = int(t.shape[1])
     return dims
 
 
-def _shape(t: Any) -> str:
+def shape_of(t: Any) -> str:
+    """What a contract error says was returned: a tensor's shape, or the type."""
     return f"a {tuple(t.shape)} tensor" if isinstance(t, torch.Tensor) else type(t).__name__

@@ -34,6 +34,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from recdistill.data.errors import ConfigError
 from recdistill.data.spec import FeatureSpec
 from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.model import TaskHeads
 from recdistill.teacher.outputs import TeacherOutputs
 from recdistill.teacher.registry import register_teacher
 
@@ -45,7 +46,7 @@ class DLRMTower(nn.Module):
                  interaction: str) -> None:
         super().__init__()
         e = cfg.embedding_dim
-        self.n_sparse, self.e, self.tasks = n_sparse, e, spec.tasks
+        self.n_sparse, self.e = n_sparse, e
         # DLRM needs a dense vector of width E beside the embeddings; a dataset without
         # dense features gets zeros there (the DenseArch has no input to read)
         self.dense_arch = dlrm.DenseArch(len(spec.dense), [*cfg.dense_layers[:-1], e]) \
@@ -83,14 +84,14 @@ class DeepFMTower(nn.Module):
         if di < 1:
             raise ConfigError(f"teacher.arch_params.deep_fm_dimension must be >= 1, got {di}")
         self.names = [f"f{i}" for i in range(n_sparse)]
-        self.n_sparse, self.e, self.tasks = n_sparse, e, spec.tasks
+        self.n_sparse, self.e = n_sparse, e
         self.dense_arch = deepfm.DenseArch(len(spec.dense), cfg.dense_layers[0], e) \
             if spec.dense else None
         self.inter_arch = deepfm.FMInteractionArch(
             fm_in_features=(n_sparse + 1) * e, sparse_feature_names=self.names,
             deep_fm_dimension=di)
         self.over = MLP(e + di + 1, list(cfg.over_layers))
-        self.heads = nn.ModuleDict({t: nn.Linear(cfg.over_layers[-1], 1) for t in spec.tasks})
+        self.heads = TaskHeads(cfg.over_layers[-1], spec.tasks)
 
     def forward(self, emb: torch.Tensor, dense: torch.Tensor) -> TeacherOutputs:
         b = emb.shape[0]
@@ -100,8 +101,7 @@ class DeepFMTower(nn.Module):
                              values=emb)
         interaction = self.inter_arch(d, sparse)
         hidden = self.over(interaction)
-        logits = torch.cat([self.heads[t](hidden) for t in self.tasks], dim=1)
-        return TeacherOutputs(logits=logits, features={
+        return TeacherOutputs(logits=self.heads(hidden), features={
             "pooled_embeddings": emb, "interaction": interaction, "last_hidden": hidden})
 
 

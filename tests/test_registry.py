@@ -21,7 +21,7 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN
 from recdistill.data.errors import ConfigError
 from recdistill.teacher.model import TeacherModel, feature_dims
 from recdistill.teacher.outputs import TeacherOutputs
-from recdistill.teacher.registry import known, register_student, register_teacher
+from recdistill.teacher.registry import TEACHERS, register_student, register_teacher
 from test_sharding import CFG, tiny_dataset
 from test_train_teacher_job import SMALL, _dataset, _env
 
@@ -61,7 +61,8 @@ def test_torchrec_dlrm_dcn_tower_is_torchrecs_dlrm_dcn() -> None:
 
 
 def test_registered_names_and_contract_errors() -> None:
-    assert {"builtin", "torchrec_dlrm", "torchrec_dlrm_dcn", "torchrec_deepfm"} <= set(known())
+    assert {"builtin", "torchrec_dlrm", "torchrec_dlrm_dcn",
+            "torchrec_deepfm"} <= set(TEACHERS.known())
     data = tiny_dataset(8)
     # DeepFM: 3 features of width 16 -> interaction = dense (16) + deep (64) + FM (1)
     assert feature_dims(data.spec, dataclasses.replace(CFG, use_privileged=False,
