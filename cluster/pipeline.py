@@ -244,7 +244,8 @@ class OnlineDistillation:
     def _shards(self, index: int) -> list[Any]:
         ps = self._pass
         assert ps is not None
-        return pass_shards(ps.ds, self.data.train, self.cfg.seed, index, self.labels.ranks)
+        return pass_shards(ps.ds, self.data.train, self.cfg.seed, index, self.labels.ranks,
+                           self.cfg.teacher_group.split)
 
     def _end_pass(self, p: int, valid_ref: Any, t_pass: float) -> None:
         valid = self._evaluate_groups(valid_ref, "evaluate valid")

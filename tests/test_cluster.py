@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from recdistill.cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
                                        TeacherGroupConfig, default_teachers)
@@ -364,6 +365,51 @@ def test_in_memory_pass_order_is_fixed_by_its_seed(ray_cluster) -> None:
         np.testing.assert_array_equal(r, runs[0])
     assert not np.array_equal(order(0, 1), runs[0])  # the next pass: another order
     assert not np.array_equal(order(1, 0), runs[0])  # another seed: another order
+
+
+def test_row_shares_read_what_streaming_split_gives(ray_cluster) -> None:
+    """split = "rows": rank r of k reads the same rows, in the same batches, as
+    streaming_split(k, equal=True) hands rank r, for k = 1, 2, 3 (3001 rows: shares of
+    3001, 1500 and 1000 rows, the last not a multiple of the 256-row batches); the
+    shares are disjoint."""
+    from recdistill.cluster.data import ID, RowShare, pass_shards, train_dataset
+    table = tiny_dataset(n=3001, seed=1).train
+    ds = train_dataset(table)
+
+    def batches(share: object) -> list[np.ndarray]:
+        return [b.column(ID).to_numpy() for b in share.iter_batches(  # type: ignore[attr-defined]
+            batch_size=256, batch_format="pyarrow")]
+
+    @ray.remote
+    def read(share: object) -> list[np.ndarray]:  # a split's iterator is read in a task
+        return batches(share)
+
+    for k in (1, 2, 3):
+        rows = pass_shards(ds, table, 0, 1, k, split="rows")
+        assert all(isinstance(r, RowShare) for r in rows)
+        stream = ray.get([read.remote(s) for s in pass_shards(ds, table, 0, 1, k,
+                                                               split="stream")])
+        got = ray.get([read.remote(r) for r in rows])
+        for mine, theirs in zip(got, stream):
+            assert [len(b) for b in mine] == [len(b) for b in theirs]
+            for a, b in zip(mine, theirs):
+                np.testing.assert_array_equal(a, b)
+        ids = np.concatenate([np.concatenate(g) for g in got])
+        assert len(ids) == (3001 // k) * k and len(np.unique(ids)) == len(ids)
+
+
+def test_row_share_slices_across_blocks(ray_cluster) -> None:
+    """A RowShare over a dataset of several blocks (5, 7 and 4 rows): rows [3, 13) in
+    batches of 4 are rows 3-6, 7-10 and 11-12, each batch spanning the blocks it needs."""
+    import pyarrow as pa
+
+    from recdistill.cluster.data import RowShare
+    blocks = [pa.table({"x": np.arange(a, b)}) for a, b in ((0, 5), (5, 12), (12, 16))]
+    share = RowShare(ray.data.from_arrow(blocks), 3, 13)
+    got = [b.column("x").to_pylist() for b in share.iter_batches(batch_size=4)]
+    assert got == [[3, 4, 5, 6], [7, 8, 9, 10], [11, 12]]
+    with pytest.raises(ValueError, match="pyarrow"):
+        next(share.iter_batches(batch_size=4, batch_format="numpy"))
 
 
 _DIE = r'''

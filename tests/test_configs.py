@@ -39,6 +39,9 @@ def test_labelling_settings_are_checked_and_derived() -> None:
         TeacherGroupConfig(batch_size=512, label_batch_size=1000)
     with pytest.raises(ConfigError, match=r"teacher_group\.table_dtype: unknown 'int2'"):
         TeacherGroupConfig(table_dtype="int2")
+    with pytest.raises(ConfigError, match=r"teacher_group\.split must be one of "
+                                          r"\('rows', 'stream'\), got 'shards'"):
+        TeacherGroupConfig(split="shards")
     # the defaults: 4096-row forwards = 8 student batches, one labelled batch per call
     cfg = DistillConfig()
     assert (cfg.label_rows, cfg.slices_per_label_batch, cfg.label_batches_per_call,

@@ -106,7 +106,8 @@ def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool 
         first = None
         for p in range(cfg.passes):
             for q in range(max(p, handed + 1), min(p + ahead, cfg.passes)):
-                labels.start_pass(pass_shards(ds, data.train, cfg.seed, q, labels.ranks))
+                labels.start_pass(pass_shards(ds, data.train, cfg.seed, q, labels.ranks,
+                                              cfg.teacher_group.split))
                 handed = q
             while True:
                 labels.request(cfg.label_batches_per_call)

@@ -60,15 +60,21 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
     group = cfg.groups[0]
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
     start_local_ray(16, dashboard=False)
-    online, online_1, online_u, alone_t, alone_s, eff = [], [], [], [], [], []
+    online, online_1, online_u, online_ur = [], [], [], []
+    alone_t, alone_s, eff = [], [], []
     prof: dict[str, list[float]] = {}
     # The same run with one batch per actor call: what batches_per_call saves the broker.
     cfg_1 = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream,
                                                                 batches_per_call=1))
     # The same run labelling in student-sized batches without prefetching the passes'
-    # input (the behaviour before those settings existed).
+    # input, each pass split by Ray Data's streaming_split (the behaviour before those
+    # settings existed); and the same with the ranks reading their rows (split = rows),
+    # which shows how much of the difference is the split's.
     cfg_u = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
-        cfg.teacher_group, label_batch_size=cfg.teacher_group.batch_size, prefetch=False))
+        cfg.teacher_group, label_batch_size=cfg.teacher_group.batch_size, prefetch=False,
+        split="stream"))
+    cfg_ur = dataclasses.replace(cfg_u, teacher_group=dataclasses.replace(
+        cfg_u.teacher_group, split="rows"))
     try:
         ensure_teacher(cfg)
         dims = teacher_dims(cfg, data.spec)
@@ -86,6 +92,9 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
             report_u = run(cfg_u, RunOptions(progress=False)).to_json()
             online_u.append(report_u["students"][group.name]["examples_trained"]
                             / report_u["train_wall_s"])
+            report_ur = run(cfg_ur, RunOptions(progress=False)).to_json()
+            online_ur.append(report_ur["students"][group.name]["examples_trained"]
+                             / report_ur["train_wall_s"])
             alone = teacher_alone(cfg, data, keep=True)
             n, ua = alone["examples"], alone["usage"]
             refs = alone["kept"][0]
@@ -127,7 +136,8 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
                                ("student_step", step["step_s"])):
                 prof.setdefault(key, []).append(value)
             print(f"  repeat {r}: online {online[-1]:,.0f} ex/s (1 batch per call: "
-                  f"{online_1[-1]:,.0f}; unbatched, no prefetch: {online_u[-1]:,.0f}), "
+                  f"{online_1[-1]:,.0f}; unbatched, no prefetch: {online_u[-1]:,.0f}, "
+                  f"the same with split = rows: {online_ur[-1]:,.0f}), "
                   "teacher alone "
                   f"{alone_t[-1]:,.0f}, student alone {alone_s[-1]:,.0f}, efficiency "
                   f"{eff[-1]:.3f}", flush=True)
@@ -144,6 +154,9 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
             "speedup_vs_unbatched": statistics.median(
                 [a / b for a, b in zip(online, online_u)]),
             "speedup_vs_unbatched_per_repeat": [a / b for a, b in zip(online, online_u)],
+            "online_unbatched_rows_examples_per_s": stats(online_ur),
+            "speedup_vs_unbatched_rows": statistics.median(
+                [a / b for a, b in zip(online, online_ur)]),
             "teacher_alone_examples_per_s": stats(alone_t),
             "student_alone_examples_per_s": stats(alone_s),
             "efficiency": statistics.median(eff), "efficiency_per_repeat": eff,
@@ -165,11 +178,13 @@ def summary(r: dict[str, Any]) -> None:
     rates_table(r, [("online", "online_examples_per_s"),
                     ("online, 1/call", "online_1_per_call_examples_per_s"),
                     ("online, unbatched", "online_unbatched_examples_per_s"),
+                    ("unbatched, rows", "online_unbatched_rows_examples_per_s"),
                     ("teacher alone", "teacher_alone_examples_per_s"),
                     ("student alone", "student_alone_examples_per_s")], 16)
     print(f"online / online unbatched without prefetch: median "
           f"{r['speedup_vs_unbatched']:.3f} ("
-          f"{', '.join(f'{x:.3f}' for x in r['speedup_vs_unbatched_per_repeat'])})")
+          f"{', '.join(f'{x:.3f}' for x in r['speedup_vs_unbatched_per_repeat'])}); "
+          f"vs the same with split = rows: {r['speedup_vs_unbatched_rows']:.3f}")
     print(f"efficiency online / min(alone): median {r['efficiency']:.3f} "
           f"({', '.join(f'{x:.3f}' for x in r['efficiency_per_repeat'])})")
     print("milliseconds per batch (median):")
