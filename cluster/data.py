@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -82,65 +83,72 @@ def pass_dataset(ds: ray.data.Dataset, train: ExampleTable | SyntheticStream,
     return ds.random_shuffle(seed=seed)
 
 
+SHUFFLE_TIMEOUT_S = 600.0  # a rank's wait for its pass's shuffled table
+
+
+def _shuffled(pass_ds: ray.data.Dataset) -> pa.Table:
+    """One pass of an in-memory table in its shuffled order, as one Arrow table (run as
+    a Ray task: Ray Data's executor runs there, not in a teacher rank's process)."""
+    blocks = list(pass_ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    return blocks[0] if len(blocks) == 1 else pa.concat_tables(blocks)
+
+
+# num_cpus=0: the task waits on the shuffle's own tasks (which take their CPUs)
+_shuffled_task = ray.remote(num_cpus=0)(_shuffled).options(name="shuffle-pass")
+
+
 @dataclass(frozen=True)
 class RowShare:
-    """Rows ``[start, stop)`` of one pass of an in-memory table, in the pass's order:
-    one rank's share, read by running the pass's (seeded) shuffle in the rank itself.
+    """Rows ``[start, stop)`` of one pass of an in-memory table in the pass's order: one
+    rank's share. ``table`` is the object ref of the pass's shuffled table, made once
+    per pass by a task (Ray Data's seeded ``random_shuffle``); the rank reads its rows
+    from the object store without copying them.
 
-    Ray Data splits a stream lazily only through ``streaming_split``, whose coordinator
-    is a new actor per pass: ~1.5 s of CPU per pass on a 2-core machine (a worker
-    process starting and importing Ray Data), as much as the teacher's labelling of a
-    MovieLens pass, for rows a rank can slice itself. ``streaming_split(k, equal=True)``
-    of the one-block shuffled table gives rank r the rows ``[r*m, (r+1)*m)``, m = n // k;
-    a RowShare reads exactly those, in the same batches.
+    Why not ``streaming_split``: Ray Data splits a stream lazily only through it, and
+    its coordinator is a new actor every pass: ~1.5 s of CPU per pass on a 2-core
+    machine (a worker process starting), as much as the teacher's labelling of a
+    MovieLens pass, for rows a rank can slice itself; its executor then runs beside the
+    ranks. ``streaming_split(k, equal=True)`` of the one-block shuffled table gives rank
+    r the rows ``[r*m, (r+1)*m)``, m = n // k: a RowShare reads exactly those, in the
+    same batches.
     """
 
-    dataset: ray.data.Dataset
+    table: Any  # ObjectRef[pa.Table]
     start: int
     stop: int
 
     def iter_batches(self, *, batch_size: int, batch_format: str = "pyarrow",
-                     prefetch_batches: int = 1) -> Iterator[pa.Table]:
+                     prefetch_batches: int = 0) -> Iterator[pa.Table]:
         """The share's rows in ``batch_size``-row Arrow tables (the last may be
-        shorter); zero-copy slices of the pass's blocks."""
+        shorter): zero-copy slices of the stored table. ``prefetch_batches`` is
+        accepted for ``DataIterator.iter_batches``' signature; nothing is fetched."""
         if batch_format != "pyarrow":
             raise ValueError(f"RowShare yields pyarrow batches, not {batch_format!r}")
-        pieces: list[pa.Table] = []
-        held = offset = 0
-        for block in self.dataset.iter_batches(batch_size=None, batch_format="pyarrow",
-                                               prefetch_batches=prefetch_batches):
-            lo, hi = max(self.start - offset, 0), min(self.stop - offset, block.num_rows)
-            offset += block.num_rows
-            while lo < hi:
-                take = min(hi - lo, batch_size - held)
-                pieces.append(block.slice(lo, take))
-                held, lo = held + take, lo + take
-                if held == batch_size:
-                    yield pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
-                    pieces, held = [], 0
-            if offset >= self.stop:
-                break
-        if pieces:
-            yield pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+        share = ray.get(self.table, timeout=SHUFFLE_TIMEOUT_S).slice(
+            self.start, self.stop - self.start)
+        for i in range(0, share.num_rows, batch_size):
+            yield share.slice(i, batch_size)
 
 
 def pass_shards(ds: ray.data.Dataset, train: ExampleTable | SyntheticStream, seed: int,
                 pass_index: int, k: int, split: str = "rows"
                 ) -> list[ray.data.DataIterator | RowShare]:
     """Pass ``pass_index``'s order of ``ds`` split into ``k`` equal shares, one per
-    label-group rank (equal, so the ranks make the same number of forwards).
+    label-group rank (equal, so the ranks make the same number of forwards). Returns at
+    once: the pass's shuffle runs while the ranks get to it.
 
     ``split``: ``rows`` gives an in-memory table's ranks :class:`RowShare` s (the same
-    rows and batches as ``stream``, without a coordinator actor per pass); ``stream``,
-    and always for a :class:`SyntheticStream` (rows generated by the pass's tasks, that
-    every rank would otherwise generate), Ray Data's ``streaming_split``."""
+    rows and batches as ``stream``; one shuffle task per pass, no coordinator actor);
+    ``stream``, and always for a :class:`SyntheticStream` (a pass too large to hold, its
+    rows generated by the pass's tasks), Ray Data's ``streaming_split``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     pass_ds = pass_dataset(ds, train, pass_seed(seed, pass_index))
     if split == "stream" or isinstance(train, SyntheticStream):
         return pass_ds.streaming_split(k, equal=True)
+    table = _shuffled_task.remote(pass_ds)
     m = len(train) // k
-    return [RowShare(pass_ds, r * m, (r + 1) * m) for r in range(k)]
+    return [RowShare(table, r * m, (r + 1) * m) for r in range(k)]
 
 
 def _fixed_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:

@@ -175,10 +175,11 @@ class OnlineDistillation:
                    "refreshes": self.refreshes,
                    "ranks": self.cfg.teacher_group.ranks,
                    "restarts": self.labels.generation,
-                   # how it labelled: rows per forward, input prefetch, table dtype and
-                   # (rank 0 of the lead) the tables' bytes and the rank's RSS
+                   # how it labelled: rows per forward, input prefetch and split, table
+                   # dtype and (rank 0 of the lead) the tables' bytes and the rank's RSS
                    "labelling": {"label_rows": self.cfg.label_rows,
                                  "prefetch": self.cfg.teacher_group.prefetch,
+                                 "split": self.cfg.teacher_group.split,
                                  "table_dtype": self.cfg.teacher_group.table_dtype,
                                  "tables": self.labels.info.get("tables", {})},
                    # what the label source (teacher ranks or soft-label readers) spent

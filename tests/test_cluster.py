@@ -398,18 +398,32 @@ def test_row_shares_read_what_streaming_split_gives(ray_cluster) -> None:
         assert len(ids) == (3001 // k) * k and len(np.unique(ids)) == len(ids)
 
 
-def test_row_share_slices_across_blocks(ray_cluster) -> None:
-    """A RowShare over a dataset of several blocks (5, 7 and 4 rows): rows [3, 13) in
-    batches of 4 are rows 3-6, 7-10 and 11-12, each batch spanning the blocks it needs."""
+def test_row_share_batches_its_rows(ray_cluster) -> None:
+    """A RowShare of rows [3, 13) of a stored 16-row table, in batches of 4: rows 3-6,
+    7-10 and 11-12."""
     import pyarrow as pa
 
     from recdistill.cluster.data import RowShare
-    blocks = [pa.table({"x": np.arange(a, b)}) for a, b in ((0, 5), (5, 12), (12, 16))]
-    share = RowShare(ray.data.from_arrow(blocks), 3, 13)
+    share = RowShare(ray.put(pa.table({"x": np.arange(16)})), 3, 13)
     got = [b.column("x").to_pylist() for b in share.iter_batches(batch_size=4)]
     assert got == [[3, 4, 5, 6], [7, 8, 9, 10], [11, 12]]
     with pytest.raises(ValueError, match="pyarrow"):
         next(share.iter_batches(batch_size=4, batch_format="numpy"))
+
+
+def test_a_pass_of_several_blocks_is_shuffled_whole(ray_cluster) -> None:
+    """A table stored as 3 blocks (5, 7 and 4 rows) is shuffled as one pass: every row
+    once, in the order Ray Data's seeded shuffle gives it."""
+    import pyarrow as pa
+
+    from recdistill.cluster.data import _shuffled
+    ds = ray.data.from_arrow([pa.table({"x": np.arange(a, b)})
+                              for a, b in ((0, 5), (5, 12), (12, 16))])
+    got = _shuffled(ds.random_shuffle(seed=3)).column("x").to_numpy()
+    want = np.concatenate([b["x"] for b in ds.random_shuffle(seed=3).iter_batches(
+        batch_size=None, batch_format="numpy")])
+    np.testing.assert_array_equal(got, want)
+    assert sorted(got.tolist()) == list(range(16)) and got.tolist() != list(range(16))
 
 
 _DIE = r'''

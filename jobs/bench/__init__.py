@@ -21,7 +21,10 @@ Suites:
           each, interleaved per repeat; efficiency = online / min(alone). And where a
           batch's time goes: teacher input, forward, encoding; serialising it into the
           object store; the driver's (broker's) CPU; the replica's fetch (transfer);
-          the student's row/teacher-output preparation and optimizer step.
+          the student's row/teacher-output preparation and optimizer step. Beside the
+          default, the same job as it ran before the labelling settings (512-row
+          labelling, no prefetch, ``split = "stream"``: ``speedup_vs_unbatched``) and
+          that job with ``split = "rows"`` (``speedup_vs_unbatched_rows``).
   transport  bytes per example of the soft labels (logits + requested features) through
           the object store in float32, float16 and bfloat16, and the test AUC of the
           ``pred_kd`` and ``feat_kd`` students trained from each (MovieLens-100k, the
@@ -37,12 +40,18 @@ Suites:
           stream (ids capped at 1e6, the same teacher) with each, interleaved per repeat.
   labelling  the teacher labelling alone (as the online driver calls it) vs its forward
           alone on the same batches held in memory: ``input_overhead`` = 1 - alone /
-          forward, at the default labelling settings and at student-sized batches
-          without prefetch (``unbatched``); per table dtype (fp32, fp16, int8, int4):
-          bytes per table parameter, peak and current RSS of rank 0, labelling
+          forward, at the default labelling settings and as before them (student-sized
+          batches, no prefetch, ``split = "stream"``: ``unbatched``); per table dtype
+          (fp32, fp16, int8, int4): bytes per table parameter, peak and current RSS of
+          rank 0, labelling
           examples/s, max |logit difference| to fp32 on fixed batches, and the
           ``pred_kd`` students' test AUC trained from that dtype's labels against fp32
           labels, ``--seeds`` seeds paired (MovieLens-100k).
+  input   one pass of MovieLens-100k's stream read by ``--ranks`` tasks as teacher
+          ranks read it, nothing labelled, with ``teacher_group.split = stream``
+          (``streaming_split``) and ``rows`` interleaved pass by pass: seconds to the
+          first batch, wall seconds, and the CPU seconds of every process on the
+          machine meanwhile (``input.cpu_ratio``: stream / rows, per pass).
   scale   ``--data synthetic-stream`` of each ``--sizes`` rows through the whole online
           pipeline (one pass, ``pred_kd``), each on a fresh local cluster, the RSS of
           every process and the object store sampled (``cluster.resources``); then a
@@ -50,6 +59,7 @@ Suites:
 
     python -m jobs.bench --suite pipeline [--repeats 3] [--passes 2]
     python -m jobs.bench --suite labelling [--repeats 3] [--passes 2] [--seeds 3]
+    python -m jobs.bench --suite input [--repeats 3] [--passes 2] [--ranks 1]
     python -m jobs.bench --suite fanout [--repeats 3]
     python -m jobs.bench --suite transport
     python -m jobs.bench --suite committee [--repeats 3]
@@ -66,15 +76,15 @@ from types import ModuleType
 
 import torch
 
-from recdistill.jobs.bench import (committee, fanout, labelling, lookup, pipeline, scale, student,
-                                   transport)
+from recdistill.jobs.bench import (committee, fanout, inputs, labelling, lookup, pipeline, scale,
+                                   student, transport)
 from recdistill.jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
 SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
                                  "transport": transport, "scale": scale,
                                  "committee": committee, "student": student,
-                                 "labelling": labelling}
+                                 "labelling": labelling, "input": inputs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="labelling: its embedding width (96: 3.2e9 parameters)")
     p.add_argument("--served-rows", type=int, default=50_000,
                    help="labelling: synthetic rows it streams to a student group")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="input: ranks reading each pass")
     p.add_argument("--online-rows", type=int, default=30_000,
                    help="student: training rows of each online run")
     p.add_argument("--interval", type=float, default=1.0,

@@ -26,13 +26,17 @@ def _held_teacher_cls() -> type:
             self.held = [ray.get(r).inputs for r in refs]
             return sum(b.batch_size for b in self.held)
 
-        def forward_held(self) -> float:
+        def forward_held(self, times: int = 3) -> float:
             """Seconds to label every held batch once (forward and encoding, as in
-            ``label_next``)."""
-            t = time.perf_counter()
-            for b in self.held:
-                self._label(b)
-            return time.perf_counter() - t
+            ``label_next``): the median of ``times`` rounds (one round moves by +-15%
+            on this machine)."""
+            took = []
+            for _ in range(times):
+                t = time.perf_counter()
+                for b in self.held:
+                    self._label(b)
+                took.append(time.perf_counter() - t)
+            return statistics.median(took)
 
         def logits_held(self, n: int) -> Any:
             """fp32 logits of the first ``n`` held batches."""
@@ -110,9 +114,19 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
                         base.teacher_group, table_dtype=d))) for d in DTYPES if d != "fp32"]:
                 res = _alone(cfg, data, held, keep=4 if r == 0 else 0)
                 q = rates.setdefault(name, {"alone": [], "forward": [], "overhead": [],
-                                            "decode": [], "first": []})
+                                            "decode": [], "first": [], "wall_ms": [],
+                                            "forward_ms": [], "held_forward_ms": [],
+                                            "cpu_ms": []})
                 u = res["usage"]
                 q["decode"].append(u["decode_s"] * 1e3 / u["batches"])
+                # where a labelled batch's time goes, per batch of label_rows rows: the
+                # rank's wall between batches, its forward and encoding online and on
+                # the held batches, and its process's CPU (every thread)
+                rows = u["examples"] / u["batches"]
+                q["wall_ms"].append(rows * 1e3 / res["alone"])
+                q["forward_ms"].append((u["forward_s"] + u["encode_s"]) * 1e3 / u["batches"])
+                q["held_forward_ms"].append(rows * 1e3 / res["forward"])
+                q["cpu_ms"].append(u["cpu_s"] * 1e3 / u["batches"])
                 q["first"].append(res["first_round_s"])
                 q["alone"].append(res["alone"])
                 q["forward"].append(res["forward"])
@@ -139,6 +153,8 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
                          # Arrow -> numpy per labelled batch, and the first pass's
                          # stream start (before the clock)
                          "decode_ms_per_batch": stats(q["decode"]),
+                         "ms_per_batch": {k: stats(q[k]) for k in (
+                             "wall_ms", "forward_ms", "held_forward_ms", "cpu_ms")},
                          "first_round_s": stats(q["first"])}
         out["input_overhead"] = out["default"]["input_overhead"]
         # the students, from fp32 and from each dtype's labels, seeds paired
@@ -191,6 +207,10 @@ def summary(r: dict[str, Any]) -> None:
               f"overhead {q['input_overhead']:.3f}, decode "
               f"{q['decode_ms_per_batch']['median']:.2f} ms per labelled batch, first "
               f"round {q['first_round_s']['median']:.2f} s")
+        m = {k: v["median"] for k, v in q["ms_per_batch"].items()}
+        print(f"    ms per labelled batch: wall {m['wall_ms']:.1f}, forward online "
+              f"{m['forward_ms']:.1f}, held {m['held_forward_ms']:.1f}, rank CPU "
+              f"{m['cpu_ms']:.1f}")
     if "served" in r:
         q = r["served"]
         print(f"largest teacher served: {r['max_parameters_served']:,} parameters, 2 ranks, "
