@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+from collections import defaultdict
 from typing import Any
 
 from recdistill.jobs.bench.common import pred_kd_cfg, stats, teacher_alone
@@ -113,15 +114,13 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
                     (f"dtype_{d}", dataclasses.replace(base, teacher_group=dataclasses.replace(
                         base.teacher_group, table_dtype=d))) for d in DTYPES if d != "fp32"]:
                 res = _alone(cfg, data, held, keep=4 if r == 0 else 0)
-                q = rates.setdefault(name, {"alone": [], "forward": [], "overhead": [],
-                                            "decode": [], "first": [], "wall_ms": [],
-                                            "forward_ms": [], "held_forward_ms": [],
-                                            "cpu_ms": []})
+                q = rates.setdefault(name, defaultdict(list))
                 u = res["usage"]
                 q["decode"].append(u["decode_s"] * 1e3 / u["batches"])
                 # where a labelled batch's time goes, per batch of label_rows rows: the
-                # rank's wall between batches, its forward and encoding online and on
-                # the held batches, and its process's CPU (every thread)
+                # rank's wall per batch after the first round, its forward and encoding
+                # (every batch) online and on the held batches, and its process's CPU
+                # (every thread)
                 rows = u["examples"] / u["batches"]
                 q["wall_ms"].append(rows * 1e3 / res["alone"])
                 q["forward_ms"].append((u["forward_s"] + u["encode_s"]) * 1e3 / u["batches"])

@@ -82,19 +82,20 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
         # Untimed: the cluster's first run starts Ray Data's own actors and worker
         # processes (measured here: ~40% slower), which would land on the first setup.
         run(cfg, RunOptions(progress=False))
+
+        def online_run(c: Any, rates: list[float]) -> dict[str, Any]:
+            """One job of config ``c``; its group's examples/s appended to ``rates``."""
+            report = run(c, RunOptions(progress=False)).to_json()
+            rates.append(report["students"][group.name]["examples_trained"]
+                         / report["train_wall_s"])
+            return report
+
         for r in range(repeats):
-            report = run(cfg, RunOptions(progress=False)).to_json()
+            report = online_run(cfg, online)
             st, u = report["students"][group.name], report["teacher"]["usage"]
-            online.append(st["examples_trained"] / report["train_wall_s"])
-            report_1 = run(cfg_1, RunOptions(progress=False)).to_json()
-            online_1.append(report_1["students"][group.name]["examples_trained"]
-                            / report_1["train_wall_s"])
-            report_u = run(cfg_u, RunOptions(progress=False)).to_json()
-            online_u.append(report_u["students"][group.name]["examples_trained"]
-                            / report_u["train_wall_s"])
-            report_ur = run(cfg_ur, RunOptions(progress=False)).to_json()
-            online_ur.append(report_ur["students"][group.name]["examples_trained"]
-                             / report_ur["train_wall_s"])
+            report_1 = online_run(cfg_1, online_1)
+            online_run(cfg_u, online_u)
+            online_run(cfg_ur, online_ur)
             alone = teacher_alone(cfg, data, keep=True)
             n, ua = alone["examples"], alone["usage"]
             refs = alone["kept"][0]
