@@ -145,8 +145,10 @@ class OnlineDistillation:
         self.version = first_version = int(self.labels.info["version"])
         params = {n: self.recovery.on_group(n, StudentGroup.parameters_count)
                   for n in self.groups}
-        for name, g in self.groups.items():  # a sharded group restores from a snapshot
-            if g.sharded and g.cfg.snapshot_every:
+        # A group whose replicas all die restores from its last snapshot: keep one from
+        # the start, so a loss before the first `snapshot_every` batches is survived too.
+        for name, g in self.groups.items():
+            if g.cfg.snapshot_every:
                 self._snapshot(name)
         valid_ref, test_ref = ray.put(self.data.valid), ray.put(self.data.test)
         teacher_valid, members_valid = self._teacher_metrics(valid_ref,
