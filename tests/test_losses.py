@@ -96,7 +96,8 @@ def _tiny_student(**kw) -> tuple[StudentModel, Batch]:
         ids=np.arange(6), sparse={"u": (np.arange(7), np.array([1, 2, 3, 4, 1, 2])),
                                   "i": (np.arange(7), np.array([6, 5, 4, 3, 2, 1]))})
     cfg = StudentConfig(name="s", hidden=(8, 4), **kw)
-    return StudentModel(spec, cfg, teacher_dims={"last_hidden": 3}), table.take(np.arange(6)).to_batch()
+    return (StudentModel(spec, cfg, teacher_dims={"last_hidden": 3}),
+            table.take(np.arange(6)).to_batch())
 
 
 def test_aux_head_kd_trains_only_the_auxiliary_head() -> None:

@@ -72,8 +72,9 @@ def test_global_time_split_orders_by_time_and_random_is_seeded() -> None:
 
 
 def test_dense_features_standardised_on_train(movielens) -> None:
-    np.testing.assert_allclose(movielens.train.dense.astype(np.float64).mean(axis=0), 0.0, atol=1e-5)
-    np.testing.assert_allclose(movielens.train.dense.astype(np.float64).std(axis=0), 1.0, atol=1e-4)
+    dense = movielens.train.dense.astype(np.float64)
+    np.testing.assert_allclose(dense.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(dense.std(axis=0), 1.0, atol=1e-4)
 
 
 def test_unknown_split_names_the_choices() -> None:

@@ -149,8 +149,9 @@ def test_precompute_killed_by_sigkill_resumes_identically(tmp_path: Path) -> Non
     from test_train_teacher_job import SMALL, _dataset, _env
     data = _dataset(tmp_path)
     config = tmp_path / "distill.toml"
-    config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 16\ncheckpoint = '
-                      f'"{tmp_path / "teacher"}"\n')
+    # one teacher: a committee's resume is the same (its precompute: test_committee)
+    config.write_text("teachers = []\n" + SMALL + f'\n[teacher_group]\nbatch_size = 16\n'
+                      f'checkpoint = "{tmp_path / "teacher"}"\n')
 
     def cmd(out: str) -> list[str]:
         return [sys.executable, "-m", "jobs.precompute", "--config", str(config), "--data",

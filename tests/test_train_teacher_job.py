@@ -30,6 +30,20 @@ epochs = 4
 dense_lr = 0.01
 """
 
+# baseline and pred_kd as the defaults have them: a smaller job for the end-to-end tests
+# that are about something else than the comparison of the four groups.
+TWO_GROUPS = '''
+[[groups]]
+name = "baseline"
+sharding = "none"
+losses = [{ name = "hard_label", weight = 1.0 }]
+[[groups]]
+name = "pred_kd"
+sharding = "none"
+losses = [{ name = "hard_label", weight = 0.2 },
+          { name = "prediction_kd", weight = 0.8, params = { temperature = 1.0 } }]
+'''
+
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -121,29 +135,31 @@ def test_ray_train_workers_with_deepspeed_zero2(tmp_path: Path) -> None:
     (["--resume", "--checkpoint", "{tmp}/nothing"], "nothing: checkpoint directory not found"),
 ])
 def test_bad_worker_config_fails_before_any_worker(tmp_path: Path, args: list[str],
-                                                   message: str) -> None:
+                                                   message: str, monkeypatch, capsys) -> None:
+    """The job's main in this process (a subprocess per case cost ~7 s of imports): exit
+    status 2 and one line naming the key, before Ray workers would start."""
+    from recdistill.jobs import train_teacher
+
+    def no_workers(*_: object) -> None:
+        raise AssertionError("Ray workers started for a bad config")
+    monkeypatch.setattr(train_teacher, "run_on_ray", no_workers)
     config = tmp_path / "teacher.toml"
     config.write_text(SMALL)
-    r = subprocess.run([sys.executable, "-m", "jobs.train_teacher", "--config", str(config),
-                        *[a.format(tmp=tmp_path) for a in args]],
-                       capture_output=True, text=True, env=_env(), timeout=120)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert message in r.stderr
-    assert "Started a local Ray instance" not in r.stdout + r.stderr
+    rc = train_teacher.main(["--config", str(config), *[a.format(tmp=tmp_path) for a in args]])
+    err = capsys.readouterr().err
+    assert rc == 2, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: ") and message in err
 
 
-def test_config_typo_fails_naming_the_key(tmp_path: Path) -> None:
+def test_config_typo_fails_naming_the_key(tmp_path: Path, capsys) -> None:
+    from recdistill.jobs.train_teacher import main
     bad = tmp_path / "bad.toml"
     bad.write_text("[teacher]\nembeding_dim = 32\n")
-    r = subprocess.run([sys.executable, "-m", "jobs.train_teacher", "--config", str(bad)],
-                       capture_output=True, text=True, env=_env(), timeout=120)
-    assert r.returncode == 2
-    assert "teacher.embeding_dim: unknown key" in r.stderr
+    assert main(["--config", str(bad)]) == 2
+    assert "teacher.embeding_dim: unknown key" in capsys.readouterr().err
     bad.write_text("[teacher]\nembedding_dim = 30\n")
-    r = subprocess.run([sys.executable, "-m", "jobs.train_teacher", "--config", str(bad)],
-                       capture_output=True, text=True, env=_env(), timeout=120)
-    assert r.returncode == 2 and "teacher.embedding_dim must be a positive multiple of 4" \
-        in r.stderr
+    assert main(["--config", str(bad)]) == 2
+    assert "teacher.embedding_dim must be a positive multiple of 4" in capsys.readouterr().err
 
 
 def test_teacher_seed_is_not_the_data_seed() -> None:
