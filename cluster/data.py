@@ -86,11 +86,12 @@ def pass_dataset(ds: ray.data.Dataset, train: ExampleTable | SyntheticStream,
 SHUFFLE_TIMEOUT_S = 600.0  # a rank's wait for its pass's shuffled table
 
 
-def _shuffled(pass_ds: ray.data.Dataset) -> pa.Table:
-    """One pass of an in-memory table in its shuffled order, as one Arrow table (run as
-    a Ray task: Ray Data's executor runs there, not in a teacher rank's process)."""
+def _shuffled(pass_ds: ray.data.Dataset) -> ExampleTable:
+    """One pass of an in-memory table in its shuffled order, decoded once into one
+    :class:`ExampleTable` (run as a Ray task: Ray Data's executor and the decode run
+    there, not in a teacher rank's process, which then slices its batches)."""
     blocks = list(pass_ds.iter_batches(batch_size=None, batch_format="pyarrow"))
-    return blocks[0] if len(blocks) == 1 else pa.concat_tables(blocks)
+    return arrow_to_table(blocks[0] if len(blocks) == 1 else pa.concat_tables(blocks))
 
 
 # num_cpus=0: the task waits on the shuffle's own tasks (which take their CPUs)
@@ -100,9 +101,9 @@ _shuffled_task = ray.remote(num_cpus=0)(_shuffled).options(name="shuffle-pass")
 @dataclass(frozen=True)
 class RowShare:
     """Rows ``[start, stop)`` of one pass of an in-memory table in the pass's order: one
-    rank's share. ``table`` is the object ref of the pass's shuffled table, made once
-    per pass by a task (Ray Data's seeded ``random_shuffle``); the rank reads its rows
-    from the object store without copying them.
+    rank's share. ``table`` is the object ref of the pass's shuffled table, made and
+    decoded once per pass by a task (Ray Data's seeded ``random_shuffle``); the rank
+    reads its batches as views of the stored columns (no Arrow decode per batch).
 
     Why not ``streaming_split``: Ray Data splits a stream lazily only through it, and
     its coordinator is a new actor every pass: ~1.5 s of CPU per pass on a 2-core
@@ -113,21 +114,20 @@ class RowShare:
     same batches.
     """
 
-    table: Any  # ObjectRef[pa.Table]
+    table: Any  # ObjectRef[ExampleTable]
     start: int
     stop: int
 
-    def iter_batches(self, *, batch_size: int, batch_format: str = "pyarrow",
-                     prefetch_batches: int = 0) -> Iterator[pa.Table]:
-        """The share's rows in ``batch_size``-row Arrow tables (the last may be
-        shorter): zero-copy slices of the stored table. ``prefetch_batches`` is
-        accepted for ``DataIterator.iter_batches``' signature; nothing is fetched."""
-        if batch_format != "pyarrow":
-            raise ValueError(f"RowShare yields pyarrow batches, not {batch_format!r}")
-        share = ray.get(self.table, timeout=SHUFFLE_TIMEOUT_S).slice(
-            self.start, self.stop - self.start)
-        for i in range(0, share.num_rows, batch_size):
-            yield share.slice(i, batch_size)
+    def ranges(self, batch_size: int) -> Iterator[tuple[ExampleTable, int, int]]:
+        """(the pass's table, start, stop) of each ``batch_size``-row batch of the share
+        (the last may be shorter); the table is fetched (waited for) at the first."""
+        table = ray.get(self.table, timeout=SHUFFLE_TIMEOUT_S)
+        for i in range(self.start, self.stop, batch_size):
+            yield table, i, min(i + batch_size, self.stop)
+
+    def batches(self, batch_size: int, keys: tuple[str, ...]) -> Iterator[BatchArrays]:
+        """The share's batches (:meth:`ranges`) holding the sparse features ``keys``."""
+        return (table.rows(a, b, keys) for table, a, b in self.ranges(batch_size))
 
 
 def pass_shards(ds: ray.data.Dataset, train: ExampleTable | SyntheticStream, seed: int,
@@ -157,6 +157,26 @@ def _fixed_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
     if width == 0:
         return np.zeros((n, 0), np.float32)
     return pc.list_flatten(arr).to_numpy(zero_copy_only=False).reshape(n, width)
+
+
+def arrow_to_table(table: pa.Table) -> ExampleTable:
+    """An Arrow table of :func:`to_arrow`'s layout -> the :class:`ExampleTable` (every
+    sparse column)."""
+    n = table.num_rows
+    sparse = {}
+    for k in table.column_names:
+        if k in (ID, DENSE, LABELS):
+            continue
+        col = table.column(k).combine_chunks()
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        sparse[k] = (offsets, pc.list_flatten(col).to_numpy(zero_copy_only=False)
+                     .astype(np.int64, copy=False))
+    return ExampleTable(
+        dense=_fixed_to_numpy(table.column(DENSE), n).astype(np.float32, copy=False),
+        labels=_fixed_to_numpy(table.column(LABELS), n).astype(np.float32, copy=False),
+        ids=table.column(ID).to_numpy().astype(np.int64, copy=False), sparse=sparse)
 
 
 def arrow_to_batch(batch: pa.Table, keys: tuple[str, ...]) -> BatchArrays:

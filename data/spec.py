@@ -277,6 +277,25 @@ class ExampleTable:
             else np.zeros(0, np.int32),
         )
 
+    def rows(self, start: int, stop: int, keys: tuple[str, ...] | None = None
+             ) -> BatchArrays:
+        """Rows ``[start, stop)`` as a batch holding the sparse features ``keys`` (all if
+        None): views of the columns, only the key-major values and lengths are put
+        together (``take`` of a contiguous range, without its gathers)."""
+        keys = tuple(self.sparse) if keys is None else keys
+        lengths, values = [], []
+        for k in keys:
+            offsets, vals = self.sparse[k]
+            lengths.append(np.diff(offsets[start:stop + 1]))
+            values.append(vals[offsets[start]:offsets[stop]])
+        return BatchArrays(
+            dense=self.dense[start:stop], labels=self.labels[start:stop],
+            ids=self.ids[start:stop], keys=keys,
+            values=np.concatenate(values).astype(np.int64, copy=False) if values
+            else np.zeros(0, np.int64),
+            lengths=np.concatenate(lengths).astype(np.int32, copy=False) if lengths
+            else np.zeros(0, np.int32))
+
     def num_batches(self, batch_size: int, world: int = 1) -> int:
         """Batches ``iter_batches(batch_size, world=world)`` yields per rank (no padding)."""
         return -(-(len(self) // world) // batch_size)

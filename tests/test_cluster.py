@@ -373,19 +373,21 @@ def test_in_memory_pass_order_is_fixed_by_its_seed(ray_cluster) -> None:
 def test_row_shares_read_what_streaming_split_gives(ray_cluster) -> None:
     """split = "rows": rank r of k reads the same rows, in the same batches, as
     streaming_split(k, equal=True) hands rank r, for k = 1, 2, 3 (3001 rows: shares of
-    3001, 1500 and 1000 rows, the last not a multiple of the 256-row batches); the
+    3001, 1500 and 1000 rows, the last not a multiple of the 256-row batches), and the
+    batches it slices from the pass decoded once hold what each streamed batch decodes
+    to, column by column (two of the four sparse features, in the order asked); the
     shares are disjoint."""
-    from recdistill.cluster.data import ID, RowShare, pass_shards, train_dataset
+    from recdistill.cluster.data import RowShare, arrow_to_batch, pass_shards, train_dataset
     table = tiny_dataset(n=3001, seed=1).train
     ds = train_dataset(table)
-
-    def batches(share: object) -> list[np.ndarray]:
-        return [b.column(ID).to_numpy() for b in share.iter_batches(  # type: ignore[attr-defined]
-            batch_size=256, batch_format="pyarrow")]
+    keys = ("history", "user")
 
     @ray.remote
-    def read(share: object) -> list[np.ndarray]:  # a split's iterator is read in a task
-        return batches(share)
+    def read(share: object) -> list[object]:  # a split's iterator is read in a task
+        if isinstance(share, RowShare):
+            return list(share.batches(256, keys))
+        return [arrow_to_batch(b, keys) for b in share.iter_batches(  # type: ignore
+            batch_size=256, batch_format="pyarrow")]
 
     for k in (1, 2, 3):
         rows = pass_shards(ds, table, 0, 1, k, split="rows")
@@ -394,39 +396,54 @@ def test_row_shares_read_what_streaming_split_gives(ray_cluster) -> None:
                                                                split="stream")])
         got = ray.get([read.remote(r) for r in rows])
         for mine, theirs in zip(got, stream):
-            assert [len(b) for b in mine] == [len(b) for b in theirs]
+            assert [b.batch_size for b in mine] == [b.batch_size for b in theirs]
             for a, b in zip(mine, theirs):
-                np.testing.assert_array_equal(a, b)
-        ids = np.concatenate([np.concatenate(g) for g in got])
+                assert a.keys == b.keys == keys
+                for col in ("ids", "dense", "labels", "values", "lengths"):
+                    np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
+                    assert getattr(a, col).dtype == getattr(b, col).dtype, col
+        ids = np.concatenate([b.ids for g in got for b in g])
         assert len(ids) == (3001 // k) * k and len(np.unique(ids)) == len(ids)
 
 
 def test_row_share_batches_its_rows(ray_cluster) -> None:
     """A RowShare of rows [3, 13) of a stored 16-row table, in batches of 4: rows 3-6,
-    7-10 and 11-12."""
-    import pyarrow as pa
-
+    7-10 and 11-12, a bag feature's values and lengths sliced with them."""
     from recdistill.cluster.data import RowShare
-    share = RowShare(ray.put(pa.table({"x": np.arange(16)})), 3, 13)
-    got = [b.column("x").to_pylist() for b in share.iter_batches(batch_size=4)]
-    assert got == [[3, 4, 5, 6], [7, 8, 9, 10], [11, 12]]
-    with pytest.raises(ValueError, match="pyarrow"):
-        next(share.iter_batches(batch_size=4, batch_format="numpy"))
+    from recdistill.data.spec import ExampleTable
+    lengths = np.arange(16) % 3  # row i has i % 3 values: 10*i, 10*i + 1, ...
+    values = np.concatenate([10 * i + np.arange(n) for i, n in enumerate(lengths)])
+    table = ExampleTable(dense=np.arange(32, dtype=np.float32).reshape(16, 2),
+                         labels=np.zeros((16, 1), np.float32), ids=np.arange(100, 116),
+                         sparse={"bag": (np.concatenate([[0], np.cumsum(lengths)]), values),
+                                 "one": (np.arange(17), np.arange(16) + 500)})
+    got = list(RowShare(ray.put(table), 3, 13).batches(4, ("bag", "one")))
+    assert [b.ids.tolist() for b in got] == [[103, 104, 105, 106], [107, 108, 109, 110],
+                                             [111, 112]]
+    # rows 3-6 have 0, 1, 2, 0 values; then the single-valued feature's 503-506
+    assert got[0].lengths.tolist() == [0, 1, 2, 0, 1, 1, 1, 1]
+    assert got[0].values.tolist() == [40, 50, 51, 503, 504, 505, 506]
+    assert got[2].lengths.tolist() == [2, 0, 1, 1] and got[2].values.tolist() == [
+        110, 111, 511, 512]
+    assert got[2].dense.tolist() == [[22.0, 23.0], [24.0, 25.0]]
 
 
 def test_a_pass_of_several_blocks_is_shuffled_whole(ray_cluster) -> None:
-    """A table stored as 3 blocks (5, 7 and 4 rows) is shuffled as one pass: every row
-    once, in the order Ray Data's seeded shuffle gives it."""
-    import pyarrow as pa
-
-    from recdistill.cluster.data import _shuffled
-    ds = ray.data.from_arrow([pa.table({"x": np.arange(a, b)})
-                              for a, b in ((0, 5), (5, 12), (12, 16))])
-    got = _shuffled(ds.random_shuffle(seed=3)).column("x").to_numpy()
-    want = np.concatenate([b["x"] for b in ds.random_shuffle(seed=3).iter_batches(
+    """A table stored as 3 blocks (5, 7 and 4 rows) is shuffled as one pass and decoded
+    into one table: every row once, in the order Ray Data's seeded shuffle gives it,
+    each row's features with it."""
+    from recdistill.cluster.data import ID, _shuffled, to_arrow
+    table = tiny_dataset(n=16, seed=4).train
+    arrow = to_arrow(table)
+    ds = ray.data.from_arrow([arrow.slice(a, b - a) for a, b in ((0, 5), (5, 12), (12, 16))])
+    got = _shuffled(ds.random_shuffle(seed=3))
+    want = np.concatenate([b[ID] for b in ds.random_shuffle(seed=3).iter_batches(
         batch_size=None, batch_format="numpy")])
-    np.testing.assert_array_equal(got, want)
-    assert sorted(got.tolist()) == list(range(16)) and got.tolist() != list(range(16))
+    np.testing.assert_array_equal(got.ids, want)
+    assert sorted(want.tolist()) == list(range(16)) and want.tolist() != list(range(16))
+    same = table.take(want)  # ids are row numbers here
+    for col in ("dense", "labels", "values", "lengths"):
+        np.testing.assert_array_equal(getattr(got.rows(0, 16), col), getattr(same, col))
 
 
 _DIE = r'''

@@ -1,6 +1,7 @@
 """input: what one pass's stream costs the machine before anything is labelled, with
-each ``teacher_group.split``: seconds to its first batch, wall seconds to read it, and
-the CPU seconds every process on the machine spent meanwhile."""
+each ``teacher_group.split``: seconds to its first batch, wall seconds to read it into
+the batches a rank labels, and the CPU seconds every process on the machine spent
+meanwhile."""
 
 from __future__ import annotations
 
@@ -22,15 +23,17 @@ def _machine_cpu_s() -> float:
         getattr(t, "softirq", 0.0)
 
 
-def _read(share: Any, batch_size: int) -> tuple[int, float]:
-    """(rows, seconds to the first batch) of one rank's share, read and dropped."""
+def _read(share: Any, batch_size: int, keys: tuple[str, ...]) -> tuple[int, float]:
+    """(rows, seconds to the first batch) of one rank's share, read into the batches a
+    teacher rank labels (decoded as the rank decodes them) and dropped."""
+    from recdistill.cluster.actors import _PassReader
     t0 = time.perf_counter()
     first, rows = 0.0, 0
-    for b in share.iter_batches(batch_size=batch_size, batch_format="pyarrow",
-                                prefetch_batches=2):
+    reader = _PassReader(share, batch_size, keys, threaded=False)
+    while (b := reader.next()) is not None:
         if not rows:
             first = time.perf_counter() - t0
-        rows += b.num_rows
+        rows += b.batch_size
     return rows, first
 
 
@@ -51,11 +54,13 @@ def bench_input(passes: int, repeats: int, ranks: int = 1) -> dict[str, Any]:
                                               for s in SPLITS}
     try:
         ds = train_dataset(data.train)
+        keys = tuple(data.train.sparse)
         for r in range(repeats * passes + 1):
             for split in SPLITS:
                 c0, t0 = _machine_cpu_s(), time.perf_counter()
                 shares = pass_shards(ds, data.train, cfg.seed, r, ranks, split)
-                out = ray.get([read.remote(s, cfg.label_rows) for s in shares], timeout=600)
+                out = ray.get([read.remote(s, cfg.label_rows, keys) for s in shares],
+                              timeout=600)
                 wall, cpu = time.perf_counter() - t0, _machine_cpu_s() - c0
                 if r == 0:  # untimed: the cluster's first Ray Data run of each
                     continue
