@@ -179,9 +179,10 @@ class GroupConfig:
         replicas: M actors training it with DDP; each takes 1/M of every batch's rows.
         cpus: CPUs reserved per replica actor.
         snapshot_every: every this many acknowledged batches (and at the start and each
-            pass end) the driver keeps a snapshot of the group's state in the object store; if every
-            replica dies, the group restarts from it and the batches trained since are
-            delivered again. 0: no snapshots (a group with no survivor ends the job).
+            pass end) the driver keeps a snapshot of the group's state in the object
+            store; if every replica dies, the group restarts from it and the batches
+            trained since are delivered again. 0: no snapshots (a group with no
+            survivor ends the job).
     """
 
     student: StudentConfig

@@ -159,40 +159,36 @@ def _fixed_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
     return pc.list_flatten(arr).to_numpy(zero_copy_only=False).reshape(n, width)
 
 
+def _bag(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """A list column -> (each row's bag length, the values of every bag, int64)."""
+    arr = col.combine_chunks()
+    return (pc.list_value_length(arr).to_numpy(zero_copy_only=False),
+            pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+
+
+def _rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dense, labels, ids) of an Arrow table of :func:`to_arrow`'s layout."""
+    n = table.num_rows
+    return (_fixed_to_numpy(table.column(DENSE), n).astype(np.float32, copy=False),
+            _fixed_to_numpy(table.column(LABELS), n).astype(np.float32, copy=False),
+            table.column(ID).to_numpy().astype(np.int64, copy=False))
+
+
 def arrow_to_table(table: pa.Table) -> ExampleTable:
     """An Arrow table of :func:`to_arrow`'s layout -> the :class:`ExampleTable` (every
     sparse column)."""
-    n = table.num_rows
     sparse = {}
     for k in table.column_names:
-        if k in (ID, DENSE, LABELS):
-            continue
-        col = table.column(k).combine_chunks()
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        sparse[k] = (offsets, pc.list_flatten(col).to_numpy(zero_copy_only=False)
-                     .astype(np.int64, copy=False))
-    return ExampleTable(
-        dense=_fixed_to_numpy(table.column(DENSE), n).astype(np.float32, copy=False),
-        labels=_fixed_to_numpy(table.column(LABELS), n).astype(np.float32, copy=False),
-        ids=table.column(ID).to_numpy().astype(np.int64, copy=False), sparse=sparse)
+        if k not in (ID, DENSE, LABELS):
+            lengths, values = _bag(table.column(k))
+            offsets = np.zeros(table.num_rows + 1, np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+            sparse[k] = (offsets, values)
+    return ExampleTable(*_rows(table), sparse=sparse)
 
 
 def arrow_to_batch(batch: pa.Table, keys: tuple[str, ...]) -> BatchArrays:
     """A Ray Data ``pyarrow`` batch -> BatchArrays holding the sparse features ``keys``."""
-    n = batch.num_rows
-    lengths, values = [], []
-    for k in keys:
-        col = batch.column(k).combine_chunks()
-        lengths.append(pc.list_value_length(col).to_numpy(zero_copy_only=False))
-        values.append(pc.list_flatten(col).to_numpy(zero_copy_only=False))
-    return BatchArrays(
-        dense=_fixed_to_numpy(batch.column(DENSE), n).astype(np.float32, copy=False),
-        labels=_fixed_to_numpy(batch.column(LABELS), n).astype(np.float32, copy=False),
-        ids=batch.column(ID).to_numpy().astype(np.int64, copy=False),
-        keys=keys,
-        values=np.concatenate(values).astype(np.int64, copy=False) if values
-        else np.zeros(0, np.int64),
-        lengths=np.concatenate(lengths).astype(np.int32, copy=False) if lengths
-        else np.zeros(0, np.int32))
+    bags = [_bag(batch.column(k)) for k in keys]
+    return BatchArrays.key_major(*_rows(batch), keys, [ln for ln, _ in bags],
+                                 [v for _, v in bags])

@@ -134,6 +134,17 @@ class BatchArrays:
     values: np.ndarray
     lengths: np.ndarray
 
+    @classmethod
+    def key_major(cls, dense: np.ndarray, labels: np.ndarray, ids: np.ndarray,
+                  keys: tuple[str, ...], lengths: list[np.ndarray],
+                  values: list[np.ndarray]) -> BatchArrays:
+        """A batch from each key's bag lengths and values (in ``keys``' order)."""
+        return cls(dense, labels, ids, keys,
+                   np.concatenate(values).astype(np.int64, copy=False) if values
+                   else np.zeros(0, np.int64),
+                   np.concatenate(lengths).astype(np.int32, copy=False) if lengths
+                   else np.zeros(0, np.int32))
+
     @property
     def batch_size(self) -> int:
         return int(self.ids.shape[0])
@@ -266,16 +277,8 @@ class ExampleTable:
             ln, v = _gather_ragged(offsets, vals, rows)
             lengths.append(ln)
             values.append(v)
-        return BatchArrays(
-            dense=self.dense[rows],
-            labels=self.labels[rows],
-            ids=self.ids[rows],
-            keys=keys,
-            values=np.concatenate(values).astype(np.int64, copy=False) if values
-            else np.zeros(0, np.int64),
-            lengths=np.concatenate(lengths).astype(np.int32, copy=False) if lengths
-            else np.zeros(0, np.int32),
-        )
+        return BatchArrays.key_major(self.dense[rows], self.labels[rows], self.ids[rows],
+                                     keys, lengths, values)
 
     def rows(self, start: int, stop: int, keys: tuple[str, ...] | None = None
              ) -> BatchArrays:
@@ -288,13 +291,8 @@ class ExampleTable:
             offsets, vals = self.sparse[k]
             lengths.append(np.diff(offsets[start:stop + 1]))
             values.append(vals[offsets[start]:offsets[stop]])
-        return BatchArrays(
-            dense=self.dense[start:stop], labels=self.labels[start:stop],
-            ids=self.ids[start:stop], keys=keys,
-            values=np.concatenate(values).astype(np.int64, copy=False) if values
-            else np.zeros(0, np.int64),
-            lengths=np.concatenate(lengths).astype(np.int32, copy=False) if lengths
-            else np.zeros(0, np.int32))
+        return BatchArrays.key_major(self.dense[start:stop], self.labels[start:stop],
+                                     self.ids[start:stop], keys, lengths, values)
 
     def num_batches(self, batch_size: int, world: int = 1) -> int:
         """Batches ``iter_batches(batch_size, world=world)`` yields per rank (no padding)."""
