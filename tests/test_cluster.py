@@ -352,13 +352,14 @@ def test_streamed_synthetic_pass_yields_every_row_once_in_a_seeded_order(ray_clu
 def test_in_memory_pass_order_is_fixed_by_its_seed(ray_cluster) -> None:
     """A shuffled pass of an in-memory table comes in one order per seed, whatever
     order the shuffle's tasks finish in (preserve_order): the same seed, the same
-    students."""
+    students. (Ray Data's stream, split = "stream"; split = "rows" reads the same rows,
+    test_row_shares_read_what_streaming_split_gives.)"""
     from recdistill.cluster.data import arrow_to_batch, pass_shards, train_dataset
     table = tiny_dataset(n=3000, seed=1).train
     ds = train_dataset(table)
 
     def order(seed: int, pass_index: int) -> np.ndarray:
-        shard = pass_shards(ds, table, seed, pass_index, 1)[0]
+        shard = pass_shards(ds, table, seed, pass_index, 1, split="stream")[0]
         return np.concatenate([arrow_to_batch(b, ("user",)).ids for b in shard.iter_batches(
             batch_size=256, batch_format="pyarrow")])
 
