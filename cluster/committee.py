@@ -40,7 +40,6 @@ class Committee:
 
     def __init__(self, members: list[LabelGroup]) -> None:
         self.members = members
-        self.pending: list[Any] | None = None  # a marker: a round is in flight
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -110,6 +109,11 @@ class Committee:
         return self.lead.generation
 
     @property
+    def in_flight(self) -> int:
+        """Labelling calls in flight (each on every rank of every member)."""
+        return len(self.lead.pending)
+
+    @property
     def actors(self) -> list[Any]:
         """Every member's rank actors, the lead's first."""
         return [a for m in self.members for a in m.actors]
@@ -127,29 +131,31 @@ class Committee:
     def shutdown(self) -> None:
         for m in self.members:
             m.shutdown()
-        self.pending = None
 
     def discard(self) -> None:
         for m in self.members:
             m.discard()
-        self.pending = None
 
     # ------------------------------------------------------------------ calls
-    def start_pass(self, shards: list[Any]) -> None:
-        """The lead's ranks take their shares of the pass (the others read the lead's)."""
-        self.lead.start_pass(shards)
+    def start_pass(self, shards: list[Any], index: int) -> None:
+        """The lead's ranks take their shares of pass ``index`` (the others read the
+        lead's)."""
+        self.lead.start_pass(shards, index)
 
-    def request(self, n: int) -> None:
-        """Every member's next ``n`` batches per rank: the lead's from the stream, the
-        others' of the lead's (each call waits only for its lead batches)."""
-        self.lead.request(n)
-        assert self.lead.pending is not None
+    def request(self, n: int, index: int) -> None:
+        """Every member's next ``n`` batches per rank of pass ``index``: the lead's from
+        the stream, the others' of the lead's (each call waits only for its lead
+        batches)."""
+        self.lead.request(n, index)
         for m in self.members[1:]:
-            m.request_from(self.lead.pending, n)
-        self.pending = [m.pending for m in self.members]
+            m.request_from(self.lead.pending[-1], n)
 
     def pending_refs(self) -> list[Any]:
         return [ref for m in self.members for ref in m.pending_refs()]
+
+    def oldest_done(self, ready: set[Any]) -> bool:
+        """Whether the oldest call in flight is done on every rank of every member."""
+        return all(m.oldest_done(ready) for m in self.members)
 
     def outcomes(self, ready: set[Any]) -> list[bool | None]:
         """Per rank of every member: True, False (it failed, or the lead's batches it
@@ -157,10 +163,9 @@ class Committee:
         return [o for m in self.members for o in m.outcomes(ready)]
 
     def collect(self) -> LabelRound:
-        """The round's batches (every member's calls are done): one ref per batch for a
-        single teacher, else a tuple of refs (the lead's, then each member's)."""
+        """The oldest call's batches (every member's calls are done): one ref per batch
+        for a single teacher, else a tuple of refs (the lead's, then each member's)."""
         rounds = [m.collect() for m in self.members]
-        self.pending = None
         if len(rounds) == 1:
             return rounds[0]
         lead = rounds[0]

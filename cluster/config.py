@@ -64,10 +64,17 @@ class TeacherGroupConfig:
             share of ``stream.max_inflight`` (a larger value is lowered to that: see
             :attr:`DistillConfig.label_rows`). ``batch_size`` labels in student-sized
             batches (the behaviour before this setting existed).
-        prefetch: each pass's input stream starts while the pass before it is still
-            being labelled, read and decoded ahead by a thread in every rank, so no
-            rank waits for a pass to start; false: a pass's stream starts when the pass
-            does, and a batch is read when it is labelled.
+        prefetch: each pass's input starts once the pass before it has yielded its
+            first round, while that pass is being labelled (its shuffle task with
+            ``split = rows``; with ``stream``, its stream, read and decoded ahead by a
+            thread in every rank), so no rank waits for a pass to start; false: a pass's
+            input starts when the pass does, and a batch is read when it is labelled.
+        calls_in_flight: labelling calls the driver keeps queued on every rank: 2 (the
+            default) lets a rank start its next call while the driver handles the last
+            one's batches, instead of idling for that round trip; 1 is the behaviour
+            before. It bounds what is labelled ahead of the stream: a call is made only
+            if the window (``stream.max_inflight``) has room for it and the calls
+            already in flight.
         split: how the ranks get their shares of a pass of an in-memory table:
             ``rows``: one task per pass shuffles the table (Ray Data's seeded
             ``random_shuffle``) into the object store and every rank reads its range of
@@ -105,6 +112,7 @@ class TeacherGroupConfig:
     batch_size: int = 512
     label_batch_size: int = 4096
     prefetch: bool = True
+    calls_in_flight: int = 2
     split: str = "rows"
     table_dtype: str = "fp32"
     checkpoint: str = "runs/distill/teacher"
@@ -122,6 +130,9 @@ class TeacherGroupConfig:
             raise ConfigError(f"teacher_group.ranks must be >= 1, got {self.ranks}")
         if self.batch_size < 1:
             raise ConfigError(f"teacher_group.batch_size must be >= 1, got {self.batch_size}")
+        if self.calls_in_flight < 1:
+            raise ConfigError("teacher_group.calls_in_flight must be >= 1, got "
+                              f"{self.calls_in_flight}")
         if self.label_batch_size < self.batch_size or self.label_batch_size % self.batch_size:
             raise ConfigError(f"teacher_group.label_batch_size ({self.label_batch_size}) "
                               "must be a multiple of teacher_group.batch_size "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,8 +38,8 @@ class LabelSource(Protocol):
 
     def address(self) -> tuple[str, int]: ...
     def setup(self, addr: str, port: int) -> dict[str, Any]: ...
-    def start_pass(self, shard: Any) -> None: ...
-    def label_many(self, n: int) -> tuple[Any, ...]: ...
+    def start_pass(self, shard: Any, index: int) -> None: ...
+    def label_many(self, n: int, index: int) -> tuple[Any, ...]: ...
     def evaluate(self, table: ExampleTable, batch_size: int
                  ) -> tuple[np.ndarray, np.ndarray]: ...
     def usage(self) -> dict[str, float]: ...
@@ -84,8 +85,9 @@ class LabelGroup:
         self.actors: list[Any] = []
         self.pids: list[int] = []
         self.info: dict[str, Any] = {}
-        # per rank: [ids-list ref, batch refs...] of the labelling call in flight
-        self.pending: list[list[Any]] | None = None
+        # the labelling calls in flight, oldest first (at most
+        # teacher_group.calls_in_flight): per rank, [ids-list ref, batch refs...]
+        self.pending: deque[list[list[Any]]] = deque()
         self._placement: Any = None
 
     @classmethod
@@ -140,7 +142,7 @@ class LabelGroup:
     def shutdown(self) -> None:
         """Kill the actors and free the placement; calls in flight are dropped."""
         _kill(self.actors)
-        self.actors, self.pids, self.pending = [], [], None
+        self.actors, self.pids, self.pending = [], [], deque()
         self._release_placement()
 
     def discard(self) -> None:
@@ -154,30 +156,40 @@ class LabelGroup:
             self._placement = None
 
     # ------------------------------------------------------------------- calls
-    def start_pass(self, shards: list[Any]) -> None:
-        """Hand every rank its share of the pass's stream."""
-        ray.get([t.start_pass.remote(s) for t, s in zip(self.actors, shards)],
-                timeout=CALL_TIMEOUT_S)
+    def start_pass(self, shards: list[Any], index: int) -> None:
+        """Hand every rank its share of pass ``index``'s stream. Not waited for: a rank
+        runs its calls in order, so this one comes after the labelling calls in flight
+        and before the next; a rank that fails it fails its next labelling call."""
+        for t, s in zip(self.actors, shards):
+            t.start_pass.options(enable_task_events=False).remote(s, index)
 
-    def request(self, n: int) -> None:
-        """Ask every rank for its next ``n`` batches (``pending`` until collected)."""
+    def request(self, n: int, index: int) -> None:
+        """Ask every rank for its next ``n`` batches of pass ``index`` (``pending``
+        until collected; a rank runs its calls in order)."""
         # Per-batch calls keep no task events: the GCS would hold one per call (up to
         # its cap), memory that grows with rows; metrics cover them.
-        self.pending = [t.label_many.options(num_returns=n + 1, enable_task_events=False)
-                        .remote(n) for t in self.actors]
+        self.pending.append([t.label_many.options(num_returns=n + 1,
+                                                  enable_task_events=False).remote(n, index)
+                             for t in self.actors])
 
     def request_from(self, lead: list[list[Any]], n: int) -> None:
-        """A follower: label the lead's pending batches (rank k takes the lead's rank
-        k's), each call running once the lead's batches are stored."""
-        self.pending = [t.label_inputs.options(num_returns=n + 1, enable_task_events=False)
-                        .remote(*call[1:]) for t, call in zip(self.actors, lead)]
+        """A follower: label the batches of one of the lead's calls (rank k takes the
+        lead's rank k's), each call running once the lead's batches are stored."""
+        self.pending.append([t.label_inputs.options(num_returns=n + 1,
+                                                    enable_task_events=False)
+                             .remote(*call[1:]) for t, call in zip(self.actors, lead)])
 
     def pending_refs(self) -> list[Any]:
-        return [call[0] for call in self.pending] if self.pending else []
+        """The ids-list refs of every call in flight, every rank."""
+        return [call[0] for calls in self.pending for call in calls]
+
+    def oldest_done(self, ready: set[Any]) -> bool:
+        """Whether every rank's oldest call in flight is done."""
+        return bool(self.pending) and all(call[0] in ready for call in self.pending[0])
 
     def outcomes(self, ready: set[Any]) -> list[bool | None]:
-        """Per rank, how its pending call ended: True, False (it raised: the rank died,
-        or a peer's collective failed) or None (still running). A dead rank's call
+        """Per rank and call in flight, how it ended: True, False (it raised: the rank
+        died, or a peer's collective failed) or None (still running). A dead rank's call
         fails at once; its peers would wait out the collective timeout, so the calls
         that are done are read without waiting for the rest."""
         out: list[bool | None] = []
@@ -193,9 +205,8 @@ class LabelGroup:
         return out
 
     def collect(self) -> LabelRound:
-        """The pending call's batches (every rank's call is done)."""
-        assert self.pending is not None
-        calls, self.pending = self.pending, None
+        """The oldest call's batches (every rank's call is done)."""
+        calls = self.pending.popleft()
         return LabelRound.from_ids(ray.get([call[0] for call in calls]), calls)
 
     def evaluate(self, table_ref: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -429,6 +429,42 @@ def test_row_share_batches_its_rows(ray_cluster) -> None:
     assert got[2].dense.tolist() == [[22.0, 23.0], [24.0, 25.0]]
 
 
+def test_a_labelling_call_after_its_pass_ended_reads_nothing_of_the_next(ray_cluster
+                                                                        ) -> None:
+    """With two calls queued per rank, the second call of a pass may come after the pass
+    ended: it labels nothing and leaves the next pass (already queued) to its own calls,
+    which read it from its first row. A call for a pass never handed over fails."""
+    from recdistill.cluster.actors import PassInput
+    from recdistill.cluster.data import RowShare
+    from recdistill.data.spec import ExampleTable
+
+    class Rows(PassInput):  # a rank that "labels" a batch as its size
+        batch_size, keys = 4, ("one",)
+
+        def label_next(self) -> tuple:
+            arrays = self._next_arrays()
+            return (None, None) if arrays is None else (arrays.ids, arrays.batch_size)
+
+    table = ExampleTable(dense=np.zeros((10, 1), np.float32),
+                         labels=np.zeros((10, 1), np.float32), ids=np.arange(100, 110),
+                         sparse={"one": (np.arange(11), np.arange(10))})
+    ref = ray.put(table)
+    rank = Rows()
+    rank.start_pass(RowShare(ref, 0, 10), 0)
+    rank.start_pass(RowShare(ref, 4, 10), 1)
+
+    def call(n: int, index: int) -> tuple[list, list]:
+        ids, *sizes = rank.label_many(n, index)
+        return [None if i is None else i.tolist() for i in ids], sizes
+
+    assert call(2, 0) == ([[100, 101, 102, 103], [104, 105, 106, 107]], [4, 4])
+    assert call(2, 0) == ([[108, 109], None], [2, None])  # the pass ends in this call
+    assert call(2, 0) == ([None, None], [None, None])  # queued behind it: nothing
+    assert call(2, 1) == ([[104, 105, 106, 107], [108, 109]], [4, 2])
+    with pytest.raises(RuntimeError, match="pass 2 was not handed to this rank"):
+        rank.label_many(1, 2)
+
+
 def test_a_pass_of_several_blocks_is_shuffled_whole(ray_cluster) -> None:
     """A table stored as 3 blocks (5, 7 and 4 rows) is shuffled as one pass and decoded
     into one table: every row once, in the order Ray Data's seeded shuffle gives it,

@@ -78,8 +78,8 @@ def test_combined_logits_equal_the_mean_of_the_members(ray_cluster, tmp_path) ->
     assert labels.lead.read_keys == ("user", "item", "history", "genre")
     try:
         labels.start()
-        labels.start_pass(pass_shards(train_dataset(data.train), data.train, 0, 0, 2))
-        labels.request(2)
+        labels.start_pass(pass_shards(train_dataset(data.train), data.train, 0, 0, 2), 0)
+        labels.request(2, 0)
         ray.wait(labels.pending_refs(), num_returns=4, timeout=120)
         rnd = labels.collect()
         assert len(rnd.batches) == 4 and all(len(ref) == 2 for _, ref in rnd.batches)

@@ -42,6 +42,9 @@ def test_labelling_settings_are_checked_and_derived() -> None:
     with pytest.raises(ConfigError, match=r"teacher_group\.split must be one of "
                                           r"\('rows', 'stream'\), got 'shards'"):
         TeacherGroupConfig(split="shards")
+    with pytest.raises(ConfigError, match=r"teacher_group\.calls_in_flight must be >= 1, "
+                                          r"got 0"):
+        TeacherGroupConfig(calls_in_flight=0)
     # the defaults: 4096-row forwards = 8 student batches, one labelled batch per call
     cfg = DistillConfig()
     assert (cfg.label_rows, cfg.slices_per_label_batch, cfg.label_batches_per_call,

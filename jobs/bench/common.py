@@ -80,9 +80,10 @@ def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool 
                   then: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
                   ) -> dict[str, Any]:
     """The label group of ``cfg`` labelling ``cfg.passes`` passes with nobody consuming,
-    called as the online driver calls it: one lockstep round at a time, each pass's
-    shares handed over as the job does (the next pass's while this one is labelled
-    when ``teacher_group.prefetch``). The group is shut down after.
+    called as the online driver calls it: ``teacher_group.calls_in_flight`` lockstep
+    rounds in flight, each pass's shares handed over as the job does (the next pass's
+    once this pass's first round is back when ``teacher_group.prefetch``). The group
+    is shut down after.
 
     The clock starts when the first round is back: the first pass's stream start is a
     one-time cost the job overlaps with the teacher's validation evaluation (it hands
@@ -101,17 +102,26 @@ def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool 
     try:
         ds = train_dataset(data.train)
         kept: list[list[Any]] = [[] for _ in labels.actors]
-        ahead = 2 if cfg.teacher_group.prefetch else 1
         n, t0, handed = 0, time.perf_counter(), -1
+
+        def hand(q: int) -> int:
+            if handed < q < cfg.passes:
+                labels.start_pass(pass_shards(ds, data.train, cfg.seed, q, labels.ranks,
+                                              cfg.teacher_group.split), q)
+                return q
+            return handed
+
         first = None
         for p in range(cfg.passes):
-            for q in range(max(p, handed + 1), min(p + ahead, cfg.passes)):
-                labels.start_pass(pass_shards(ds, data.train, cfg.seed, q, labels.ranks,
-                                              cfg.teacher_group.split))
-                handed = q
-            while True:
-                labels.request(cfg.label_batches_per_call)
+            handed = hand(p)
+            ended = False
+            while not ended or labels.pending:
+                while not ended and len(labels.pending) < cfg.teacher_group.calls_in_flight:
+                    labels.request(cfg.label_batches_per_call, p)
                 rnd = labels.collect()
+                ended = ended or rnd.ended
+                if cfg.teacher_group.prefetch:
+                    handed = hand(p + 1)
                 if first is None:
                     first = time.perf_counter() - t0
                     t0 = time.perf_counter()
@@ -120,8 +130,6 @@ def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool 
                 if keep and p == 0:  # batch i of every rank, then i + 1: rank j mod K's
                     for j, (_, ref) in enumerate(rnd.batches):
                         kept[j % labels.ranks].append(ref)
-                if rnd.ended:
-                    break
         out.update(wall_s=time.perf_counter() - t0, examples=n, first_round_s=first,
                    usage=labels.usage(), kept=kept)
         if then is not None:

@@ -29,7 +29,7 @@ def _read(share: Any, batch_size: int, keys: tuple[str, ...]) -> tuple[int, floa
     from recdistill.cluster.actors import _PassReader
     t0 = time.perf_counter()
     first, rows = 0.0, 0
-    reader = _PassReader(share, batch_size, keys, threaded=False)
+    reader = _PassReader(share, 0, batch_size, keys, threaded=False)
     while (b := reader.next()) is not None:
         if not rows:
             first = time.perf_counter() - t0

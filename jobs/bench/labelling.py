@@ -96,7 +96,7 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
     data = load_dataset(base.data, split=base.split, seed=base.seed, rows=base.rows)
     unbatched = dataclasses.replace(base, teacher_group=dataclasses.replace(
         base.teacher_group, label_batch_size=base.teacher_group.batch_size, prefetch=False,
-        split="stream"))
+        calls_in_flight=1, split="stream"))
     start_local_ray(16, dashboard=False)
     held = _held_teacher_cls()
     out: dict[str, Any] = {"data": base.data, "passes": passes, "repeats": repeats,

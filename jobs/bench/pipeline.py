@@ -72,7 +72,7 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
     # which shows how much of the difference is the split's.
     cfg_u = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
         cfg.teacher_group, label_batch_size=cfg.teacher_group.batch_size, prefetch=False,
-        split="stream"))
+        calls_in_flight=1, split="stream"))
     cfg_ur = dataclasses.replace(cfg_u, teacher_group=dataclasses.replace(
         cfg_u.teacher_group, split="rows"))
     try:
