@@ -111,7 +111,7 @@ class Committee:
     @property
     def in_flight(self) -> int:
         """Labelling calls in flight (each on every rank of every member)."""
-        return len(self.lead.pending)
+        return self.lead.in_flight
 
     @property
     def actors(self) -> list[Any]:

@@ -179,6 +179,11 @@ class LabelGroup:
                                                     enable_task_events=False)
                              .remote(*call[1:]) for t, call in zip(self.actors, lead)])
 
+    @property
+    def in_flight(self) -> int:
+        """Labelling calls in flight (each on every rank)."""
+        return len(self.pending)
+
     def pending_refs(self) -> list[Any]:
         """The ids-list refs of every call in flight, every rank."""
         return [call[0] for calls in self.pending for call in calls]

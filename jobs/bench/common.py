@@ -115,8 +115,8 @@ def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool 
         for p in range(cfg.passes):
             handed = hand(p)
             ended = False
-            while not ended or labels.pending:
-                while not ended and len(labels.pending) < cfg.teacher_group.calls_in_flight:
+            while not ended or labels.in_flight:
+                while not ended and labels.in_flight < cfg.teacher_group.calls_in_flight:
                     labels.request(cfg.label_batches_per_call, p)
                 rnd = labels.collect()
                 ended = ended or rnd.ended
