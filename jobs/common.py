@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import sys
+import threading
 import tomllib
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -191,16 +192,67 @@ def _keep_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# Set when a join was given up on while Ray's own join still runs in its thread; see
+# :func:`exit_process`.
+_JOIN_LEFT_RUNNING = threading.Event()
+
+
+def _check_gcs(address: str, where: tuple[str, int], timeout_s: float) -> None:
+    """Ask what answers at ``where`` for its Ray cluster id (the first call ray.init
+    makes to a GCS), with a deadline, before ray.init is started. A port that accepts
+    and says nothing, one that speaks something other than a Ray GCS, and a GCS that
+    wants an auth token this process does not send fail here in one line each, instead
+    of inside Ray's join, which retries them without end or says only "Failed to
+    connect"."""
+    import grpc
+    # Ray's own channel factory: TLS (RAY_USE_TLS) and token auth as ray.init has them
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    channel = init_grpc_channel(f"{where[0]}:{where[1]}")
+    try:
+        gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+            gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s)
+    except grpc.RpcError as e:
+        if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise ClusterError(_no_join(address, timeout_s)) from None
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:  # a GCS that wants Ray's token
+            raise ClusterError(_token_error(address)) from None
+        details = (e.details() or "").rsplit(": ", 1)[-1]
+        raise ClusterError(f"--address {address}: what answers there is not a Ray "
+                           f"cluster's GCS ({e.code().name}: {details})") from None
+    finally:
+        channel.close()
+
+
+def _token_error(address: str) -> str:
+    """Why a GCS refused this process. Ray reads RAY_AUTH_MODE once, when it is imported,
+    and sends its token only in token mode: a cluster started with token auth (``ray
+    start`` turns it on by default) refuses a driver started without it."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    where = ("RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; `ray "
+             "get-auth-token` on the head prints it")
+    if is_token_auth_enabled():
+        return (f"--address {address}: the Ray cluster refuses this process's auth token "
+                f"(read from {where})")
+    return (f"--address {address}: the Ray cluster asks for its auth token: run the job "
+            f"with RAY_AUTH_MODE=token in its environment (the token is read from {where})")
+
+
+def _no_join(address: str, timeout_s: float) -> str:
+    return (f"--address {address}: no Ray cluster joined within {timeout_s:.0f} s (is it "
+            "a Ray head's GCS address, host:6379, and is this machine allowed to reach it?)")
+
+
 def join_ray(address: str, *, timeout_s: float = JOIN_TIMEOUT_S,
              log_to_driver: bool = True) -> None:
     """Join the Ray cluster at ``address``, or fail with one line naming it.
 
     Ray's own join retries a GCS that does not answer without end, so: the address's
-    port is tried first (refused or unreachable: fail at once), and the join itself is
-    given ``timeout_s``. A loopback address stays loopback (the driver joins as
-    127.0.0.1 instead of the machine's address)."""
+    port is tried first (refused or unreachable: fail at once), then asked for its
+    cluster id with a deadline (:func:`_check_gcs`), and the join itself is given
+    ``timeout_s``. A loopback address stays loopback (the driver joins as 127.0.0.1
+    instead of the machine's address)."""
     import socket
-    import threading
 
     import ray
     where = _gcs_host_port(address)
@@ -211,6 +263,8 @@ def join_ray(address: str, *, timeout_s: float = JOIN_TIMEOUT_S,
         except OSError as e:
             raise ClusterError(f"--address {address}: no Ray cluster answers there "
                                f"({e.strerror or e})") from None
+        if not address.startswith("ray://"):  # a Ray Client server is not a GCS
+            _check_gcs(address, where, timeout_s)
     if loopback:
         _keep_loopback()
     # Ray's join logs a line per step and per retry (its Python logger and the core
@@ -229,17 +283,36 @@ def join_ray(address: str, *, timeout_s: float = JOIN_TIMEOUT_S,
         finally:
             done.set()
 
-    # A thread, so the wait has a limit; one that never returns dies with the process.
+    # A thread, so the wait has a limit; one that never returns ends with the process
+    # (exit_process).
     threading.Thread(target=join, name="ray-join", daemon=True).start()
     if not done.wait(timeout_s):
-        raise ClusterError(f"--address {address}: no Ray cluster joined within "
-                           f"{timeout_s:.0f} s (is it a Ray head's GCS address, "
-                           "host:6379, and is this machine allowed to reach it?)")
+        _JOIN_LEFT_RUNNING.set()
+        raise ClusterError(_no_join(address, timeout_s))
     if failed:
         lines = [ln for ln in str(failed[0]).splitlines() if ln.strip()]
         raise ClusterError(f"--address {address}: cannot join the Ray cluster: "
                            f"{lines[0] if lines else type(failed[0]).__name__}")
     logging.getLogger("ray").setLevel(logging.WARNING)
+
+
+def end_if_join_left_running(rc: int) -> None:
+    """After a join that was given up on, end the process with exit code ``rc`` at once.
+
+    Ray's core worker is then still connecting in its threads, and the interpreter's
+    normal exit (module teardown, C++ static destructors) runs under them and can crash
+    with SIGSEGV instead of returning ``rc``; so this flushes and leaves with os._exit.
+    Otherwise it returns."""
+    if _JOIN_LEFT_RUNNING.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+
+def exit_process(rc: int) -> NoReturn:
+    """``sys.exit(rc)`` for a job's ``__main__``, through :func:`end_if_join_left_running`."""
+    end_if_join_left_running(rc)
+    sys.exit(rc)
 
 
 def ray_dashboard() -> dict[str, str]:

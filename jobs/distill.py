@@ -26,9 +26,10 @@ from recdistill.cluster.report import DistillReport
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.jobs.common import (JOIN_TIMEOUT_S, add_data_arguments, add_labelling_arguments,
-                                    add_plugin_argument, check_sections, dashboard_line, join_ray,
-                                    load_dataset, load_plugins, quiet_library_warnings,
-                                    ray_dashboard, read_toml, start_local_ray, write_json_atomic)
+                                    add_plugin_argument, check_sections, dashboard_line,
+                                    exit_process, join_ray, load_dataset, load_plugins,
+                                    quiet_library_warnings, ray_dashboard, read_toml,
+                                    start_local_ray, write_json_atomic)
 from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.config import TeacherConfig
 
@@ -516,4 +517,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -30,8 +30,8 @@ from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset
 from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments,
-                                    add_plugin_argument, connect_ray, in_memory, load_dataset,
-                                    load_plugins, quiet_library_warnings)
+                                    add_plugin_argument, connect_ray, exit_process, in_memory,
+                                    load_dataset, load_plugins, quiet_library_warnings)
 from recdistill.teacher.checkpoint import CheckpointError, read_meta
 
 
@@ -183,4 +183,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

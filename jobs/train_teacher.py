@@ -40,9 +40,9 @@ from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset, pass_seed
 from recdistill.jobs.common import (add_data_arguments, add_plugin_argument, check_sections,
-                                    connect_ray, in_memory, load_dataset, load_plugins,
-                                    metrics_table, quiet_library_warnings, read_toml, set_threads,
-                                    write_json_atomic)
+                                    connect_ray, exit_process, in_memory, load_dataset,
+                                    load_plugins, metrics_table, quiet_library_warnings,
+                                    read_toml, set_threads, write_json_atomic)
 from recdistill.student.metrics import task_metrics
 from recdistill.teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
                                            write_index)
@@ -510,4 +510,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
