@@ -193,7 +193,7 @@ def _keep_loopback() -> None:
 
 
 # Set when a join was given up on while Ray's own join still runs in its thread; see
-# :func:`exit_process`.
+# :func:`end_if_join_left_running`.
 _JOIN_LEFT_RUNNING = threading.Event()
 
 
@@ -284,7 +284,7 @@ def join_ray(address: str, *, timeout_s: float = JOIN_TIMEOUT_S,
             done.set()
 
     # A thread, so the wait has a limit; one that never returns ends with the process
-    # (exit_process).
+    # (end_if_join_left_running).
     threading.Thread(target=join, name="ray-join", daemon=True).start()
     if not done.wait(timeout_s):
         _JOIN_LEFT_RUNNING.set()
