@@ -208,7 +208,8 @@ def _check_gcs(address: str, where: tuple[str, int], timeout_s: float) -> None:
     # Ray's own channel factory: TLS (RAY_USE_TLS) and token auth as ray.init has them
     from ray._private.grpc_utils import init_grpc_channel
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
-    channel = init_grpc_channel(f"{where[0]}:{where[1]}")
+    host = f"[{where[0]}]" if ":" in where[0] else where[0]  # an IPv6 host in brackets
+    channel = init_grpc_channel(f"{host}:{where[1]}")
     try:
         gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
             gcs_service_pb2.GetClusterIdRequest(), timeout=timeout_s)
