@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.recdistill-installed
 export OMP_NUM_THREADS ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test results clean
+.PHONY: setup demo test test-fast results clean
 
 setup: $(STAMP)
 
@@ -32,8 +32,13 @@ demo: setup
 results: setup
 	PYTHON=$(BIN)/python bash jobs/results.sh
 
+# Three tiers: tests/unit (no Ray: seconds to a minute), tests/cluster (one real Ray
+# cluster: kills, chaos, exactly-once), tests/e2e (the jobs run as processes).
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests/unit
 
 clean:
 	rm -rf runs .pytest_cache

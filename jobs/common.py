@@ -366,7 +366,7 @@ def start_local_ray(num_cpus: int, *, dashboard: bool = True,
 
     Ray turns 127.0.0.1 into the machine's address unless told this is a one-machine
     "cluster" (its macOS/Windows mode); with it every Ray process (GCS, raylet, workers,
-    dashboard and its agents) listens on loopback only (``tests/test_security.py``),
+    dashboard and its agents) listens on loopback only (``tests/cluster/test_security.py``),
     and gloo (which Ray Train and the actor groups use on CPU) is kept on loopback too.
     ``address="local"``: always a new cluster, never silently joining one `ray start` left.
     """

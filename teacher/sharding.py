@@ -79,7 +79,7 @@ class TeacherSharder(EmbeddingBagCollectionSharder):
 
     TorchRec offers row-wise only for CUDA, but its CPU path (FBGEMM CPU kernels, gloo
     all-to-all and reduce-scatter) runs it and matches the unsharded model (see
-    tests/test_sharding.py), so the CPU can test the same plans a GPU cluster runs.
+    tests/unit/test_sharding.py), so the CPU can test the same plans a GPU cluster runs.
     """
 
     def sharding_types(self, compute_device_type: str) -> list[str]:

@@ -17,7 +17,7 @@ from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel, embedding_tables
 from recdistill.teacher.sharding import make_optimizer, shard_teacher
 from recdistill.teacher.train import predict, train_step
-from test_sharding import CFG, tiny_dataset
+from testkit import CFG, tiny_dataset
 
 
 def test_model_shapes_and_shared_table() -> None:

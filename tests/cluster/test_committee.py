@@ -22,15 +22,15 @@ from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from recdistill.data.spec import BatchArrays
 from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
 from recdistill.teacher.model import TeacherModel
-from test_cluster import N, _assert_exactly_once, _setup
-from test_sharding import CFG, tiny_dataset
+from testkit import N, assert_exactly_once, online_setup
+from testkit import CFG, tiny_dataset
 
 # member b reads no privileged feature: the lead (a) reads the union of both
 B = dataclasses.replace(CFG, use_privileged=False, seed=1)
 
 
 def _committee(tmp_path: Path, **kw):
-    cfg, data, dims = _setup(tmp_path, **kw)
+    cfg, data, dims = online_setup(tmp_path, **kw)
     save_teacher(TeacherModel(data.spec, B, device="cpu"), tmp_path / "teacher-b",
                  spec=data.spec, cfg=B, info={"step": 7})
     cfg = dataclasses.replace(cfg, teachers=(
@@ -126,7 +126,7 @@ def test_committee_trains_every_id_once_and_survives_a_member_rank(ray_cluster,
     finally:
         run.shutdown()
     assert killed, "the failure was injected"
-    _assert_exactly_once(run, data, passes=2)
+    assert_exactly_once(run, data, passes=2)
     t = body["teacher"]
     assert t["restarts"] == 1
     assert set(t["members"]) == {"a", "b"}
@@ -231,5 +231,5 @@ def test_committee_precompute_stores_mean_and_member_logits(ray_cluster, tmp_pat
         body = job.run().to_json()
     finally:
         job.shutdown()
-    _assert_exactly_once(job, data, passes=2)
+    assert_exactly_once(job, data, passes=2)
     assert body["students"]["kd"]["examples_per_pass"] == [N, N]

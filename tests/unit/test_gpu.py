@@ -14,7 +14,7 @@ from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
 from recdistill.teacher.sharding import backend_for, default_device, shard_teacher
-from test_sharding import CFG, _plain_logits, tiny_dataset
+from testkit import CFG, plain_logits, tiny_dataset
 
 pytestmark = pytest.mark.gpu
 
@@ -53,7 +53,7 @@ def test_nccl_sharded_teacher_matches_cpu(tmp_path: Path, free_port: int) -> Non
         for rank in range(world):
             got = torch.load(tmp_path / f"{kind}_{rank}.pt", weights_only=True)
             # TF32 / different kernels on the GPU: compare at float32-on-GPU tolerance
-            torch.testing.assert_close(got["logits"], _plain_logits(plain, data, got["ids"]),
+            torch.testing.assert_close(got["logits"], plain_logits(plain, data, got["ids"]),
                                        rtol=1e-3, atol=1e-4)
 
 

@@ -11,47 +11,13 @@ import numpy as np
 import pytest
 import ray
 
-from recdistill.cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
-                                       TeacherGroupConfig, default_teachers)
+from recdistill.cluster.config import DistillConfig, RunOptions, StreamConfig, default_teachers
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from recdistill.data.errors import ConfigError
-from recdistill.student.config import LossTerm, StudentConfig
-from recdistill.teacher.checkpoint import save_teacher
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
-from test_sharding import CFG, tiny_dataset
+from testkit import N, assert_exactly_once, online_setup, tiny_dataset
 
-N = 640  # 320 rows per teacher rank, 5 batches of 64 each
-
-
-def _setup(tmp_path: Path, max_inflight: int = 3, passes: int = 2):
-    data = tiny_dataset(n=N, seed=2)
-    save_teacher(TeacherModel(data.spec, CFG, device="cpu"), tmp_path / "teacher",
-                 spec=data.spec, cfg=CFG, info={"step": 5})
-    groups = (
-        # plain tables under dense Adam, DDP over the whole model
-        GroupConfig(StudentConfig(name="hard", embedding_dim=4, hidden=(8,),
-                                  sharding="none"), replicas=2),
-        # (the default) TorchRec row-wise shards of every table over the 2 replicas
-        GroupConfig(StudentConfig(name="kd", embedding_dim=4, hidden=(8,), losses=(
-            LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5, {"temperature": 2.0}),
-            LossTerm("feature_kd", 1.0)), adapters={"last_hidden": "last_hidden"}),
-            replicas=2),
-    )
-    cfg = DistillConfig(passes=passes, teacher=CFG, groups=groups,
-                        teacher_group=TeacherGroupConfig(ranks=2, batch_size=64,
-                                                         checkpoint=str(tmp_path / "teacher")),
-                        stream=StreamConfig(max_inflight=max_inflight))
-    dims = {"pooled_embeddings": 64, "interaction": 80, "last_hidden": 16}
-    return cfg, data, dims
-
-
-def _assert_exactly_once(run: OnlineDistillation, data, passes: int) -> None:
-    all_ids = set(data.train.ids.tolist())
-    for name, books in run.stream.ledgers.items():
-        for p in range(passes):
-            assert set(books.trained[p].to_array().tolist()) == all_ids, (name, p)
-            assert books.examples_by_pass[p] == N, (name, p)  # no id twice
 
 def _label_batches_4x(cfg: DistillConfig) -> DistillConfig:
     """Labelling in batches of 4 student batches (256 rows): the window holds a call of
@@ -70,7 +36,7 @@ def test_two_ranks_two_groups_exactly_once_with_backpressure(ray_cluster, tmp_pa
     ``label256``: 256-row batches (320 rows a rank: one of 256, one of 64) that the
     stream cuts into 64-row student batches by row ranges: the groups see the same 10
     student batches per pass either way, each id once."""
-    cfg, data, dims = _setup(tmp_path, max_inflight=3)
+    cfg, data, dims = online_setup(tmp_path, max_inflight=3)
     if label_4x:
         cfg = _label_batches_4x(cfg)
     want = (256, 4, 1) if label_4x else (64, 1, 1)
@@ -80,7 +46,7 @@ def test_two_ranks_two_groups_exactly_once_with_backpressure(ray_cluster, tmp_pa
         body = run.run().to_json()
     finally:
         run.shutdown()
-    _assert_exactly_once(run, data, passes=2)
+    assert_exactly_once(run, data, passes=2)
     s = body["stream"]
     assert s["produced"] == 2 * 10  # student batches: 2 passes x 2 ranks x 5 batches
     # labelled batches: (256, 64) a rank and pass, or 5 of 64
@@ -100,7 +66,7 @@ def test_two_ranks_two_groups_exactly_once_with_backpressure(ray_cluster, tmp_pa
 
 @pytest.mark.timeout(300)
 def test_killed_replica_is_replaced_and_counts_stay_exact(ray_cluster, tmp_path) -> None:
-    cfg, data, dims = _setup(tmp_path, max_inflight=4)
+    cfg, data, dims = online_setup(tmp_path, max_inflight=4)
     killed = {}
 
     def kill_once(group: str, acked: int) -> None:
@@ -125,7 +91,7 @@ def test_killed_replica_is_replaced_and_counts_stay_exact(ray_cluster, tmp_path)
     s = body["stream"]
     assert s["redelivered_by_group"]["kd"] >= 1
     assert s["redelivered_by_group"]["hard"] == 0
-    _assert_exactly_once(run, data, passes=2)
+    assert_exactly_once(run, data, passes=2)
     assert s["acked"] == {"hard": 20, "kd": 20}
 
 
@@ -139,7 +105,7 @@ def test_killed_teacher_rank_reforms_the_group_and_counts_stay_exact(ray_cluster
     the stream cuts into 64-row student batches (what was published before the kill is
     whole student batches, dropped from the replayed labelled ones); a 64-row labelled
     batch is the case of one slice."""
-    cfg, data, dims = _setup(tmp_path, max_inflight=3)
+    cfg, data, dims = online_setup(tmp_path, max_inflight=3)
     cfg = _label_batches_4x(cfg)
     killed = {}
 
@@ -160,7 +126,7 @@ def test_killed_teacher_rank_reforms_the_group_and_counts_stay_exact(ray_cluster
     assert killed, "the failure was injected"
     assert body["teacher"]["restarts"] == 1
     assert body["students"]["kd"]["restarts"] == body["students"]["hard"]["restarts"] == 0
-    _assert_exactly_once(run, data, passes=2)
+    assert_exactly_once(run, data, passes=2)
     s = body["stream"]
     # every row of pass 0 published before the kill was labelled again and dropped
     assert s["replayed_rows"] > 0 and s["replayed_rows"] % 64 == 0
@@ -179,7 +145,7 @@ def test_single_replica_group_restores_from_its_snapshot(ray_cluster, tmp_path) 
     start), the second 2 batches after one. The group is the unsharded one (a sharded
     group's restore: test_sharded_students)."""
     import dataclasses
-    cfg, data, dims = _setup(tmp_path, max_inflight=4)
+    cfg, data, dims = online_setup(tmp_path, max_inflight=4)
     solo = dataclasses.replace(cfg.groups[0], replicas=1, snapshot_every=3)
     cfg = dataclasses.replace(cfg, groups=(solo, cfg.groups[1]))
     killed: list[int] = []
@@ -201,7 +167,7 @@ def test_single_replica_group_restores_from_its_snapshot(ray_cluster, tmp_path) 
     hard, kd = body["students"]["hard"], body["students"]["kd"]
     assert (hard["restarts"], hard["restored_from_snapshot"]) == (2, 2)
     assert (kd["restarts"], kd["restored_from_snapshot"]) == (0, 0)
-    _assert_exactly_once(run, data, passes=2)
+    assert_exactly_once(run, data, passes=2)
     s = body["stream"]
     # at least the 2 + 2 batches acknowledged after the snapshots went round again
     assert s["redelivered_by_group"]["hard"] >= 4 and s["redelivered_by_group"]["kd"] == 0
@@ -276,8 +242,8 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     import json
 
     from recdistill.jobs.distill import load_config, run
-    from test_train_teacher_job import SMALL, _dataset
-    data = _dataset(tmp_path)
+    from testkit import SMALL, toml_dataset
+    data = toml_dataset(tmp_path)
     config = tmp_path / "distill.toml"
     config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 64\ncheckpoint = '
                       f'"{tmp_path / "teacher"}"\n')
@@ -289,8 +255,8 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     _tensorboard_matches_report(tmp_path / "tb", saved)
     # every group's best student was written; jobs.predict on it gives the report's
     # test metrics (to 1e-5)
-    from test_sharded_students import _artifact_matches_report
-    _artifact_matches_report(saved, tmp_path / "students", str(data), tmp_path)
+    from testkit import artifact_matches_report
+    artifact_matches_report(saved, tmp_path / "students", str(data), tmp_path)
     assert saved["students"].keys() == {"baseline", "pred_kd", "feat_kd", "multitask_kd"}
     for name, s in saved["students"].items():
         assert set(s["test"]["income"]) >= {"auc", "logloss", "ne"}
@@ -514,8 +480,8 @@ def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> Non
 
     import torch
 
-    from test_train_teacher_job import SMALL, TWO_GROUPS, _dataset, _env
-    data = _dataset(tmp_path)
+    from testkit import SMALL, TWO_GROUPS, toml_dataset, job_env
+    data = toml_dataset(tmp_path)
     config = tmp_path / "distill.toml"
     # One batch per call: a checkpoint every 2 batches, so one falls before the kill.
     # One teacher and two groups: the resume is the same for any number (the default
@@ -526,7 +492,7 @@ def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> Non
     state, report = tmp_path / "state", tmp_path / "out.json"
     first = subprocess.Popen([sys.executable, "-c", _DIE, str(config), str(data),
                               str(state), str(report)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=_env(),
+                             stderr=subprocess.PIPE, text=True, env=job_env(),
                              start_new_session=True)
     _, err = first.communicate(timeout=400)
     try:  # the dead driver's Ray daemons, left in its process group
@@ -543,7 +509,7 @@ def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> Non
     second = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(config),
                              "--data", str(data), "--passes", "2", "--report", str(report),
                              "--state-dir", str(state), "--resume", "--no-progress"],
-                            capture_output=True, text=True, env=_env(), timeout=400)
+                            capture_output=True, text=True, env=job_env(), timeout=400)
     assert second.returncode == 0, second.stderr[-3000:]
     saved = json.loads(report.read_text())
     assert saved["resumed"] == {"pass": 2, "pass_done": False, "trained_in_pass": before}
@@ -561,7 +527,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on loopback
 import ray
 from ray.cluster_utils import Cluster
 sys.path.insert(0, "tests")
-from test_cluster import N, _setup
+from testkit import N, online_setup
 from recdistill.cluster.config import RunOptions
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 
@@ -569,7 +535,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 8})
 workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
-cfg, data, dims = _setup(Path(tempfile.mkdtemp()), max_inflight=3)
+cfg, data, dims = online_setup(Path(tempfile.mkdtemp()), max_inflight=3)
 cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
     cfg.teacher_group, placement="strict_spread"))
 where = {}

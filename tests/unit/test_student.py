@@ -1,6 +1,6 @@
 """The student model, its step and losses, and the replica's step logic (KD guard,
 adapter, staleness) on plain tables (``sharding = "none"``): the replicas here are
-built without a process group; the sharded path is tests/test_sharded_students.py."""
+built without a process group; the sharded path is tests/cluster/test_sharded_students.py."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from recdistill.student.losses import build_objective, make_term
 from recdistill.student.model import StudentModel, count_parameters
 from recdistill.student.train import make_student_optimizer, predict_student, student_step
 from recdistill.teacher.model import TeacherModel
-from test_sharding import CFG, tiny_dataset
+from testkit import CFG, tiny_dataset
 
 
 def test_student_never_reads_privileged_features() -> None:

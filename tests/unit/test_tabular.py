@@ -8,44 +8,7 @@ import pytest
 
 from recdistill.data.errors import DataError
 from recdistill.data.tabular import load_tabular
-
-TOML = """
-train = "train.{ext}"
-valid = "valid.{ext}"
-test = "test.{ext}"
-dense = ["age", "hours"]
-sparse = ["workclass", "education"]
-multi_hot = {{ genres = "|" }}
-tasks = ["income"]
-"""
-
-
-def make_frames(n: int = 40, seed: int = 0) -> dict[str, pd.DataFrame]:
-    rng = np.random.default_rng(seed)
-    frames = {}
-    for split, size in (("train", n), ("valid", n // 4), ("test", n // 4)):
-        frames[split] = pd.DataFrame({
-            "age": rng.integers(18, 70, size),
-            "hours": rng.normal(40, 10, size).round(1),
-            "workclass": rng.choice(["private", "state", "self"], size),
-            "education": rng.choice([9, 12, 16], size),
-            "genres": rng.choice(["a|b", "b", "c|a|b"], size),
-            "income": rng.integers(0, 2, size),
-            "extra": "ignored",
-        })
-    return frames
-
-
-def write_dataset(root: Path, ext: str = "csv", frames: dict | None = None) -> Path:
-    frames = frames or make_frames()
-    for split, frame in frames.items():
-        if ext == "csv":
-            frame.to_csv(root / f"{split}.csv", index=False)
-        else:
-            frame.to_parquet(root / f"{split}.parquet", index=False)
-    path = root / "dataset.toml"
-    path.write_text(TOML.format(ext=ext))
-    return path
+from testkit import TOML, make_frames, write_dataset
 
 
 @pytest.mark.parametrize("ext", ["csv", "parquet"])

@@ -27,7 +27,7 @@ from recdistill.teacher.checkpoint import (load_teacher_state, read_index, read_
                                            version_dir, versions)
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
-from test_sharding import CFG, tiny_dataset
+from testkit import CFG, tiny_dataset
 
 # A tower that can fit its tiny data in a few epochs (loss must fall visibly).
 FIT = dataclasses.replace(CFG, dense_lr=1e-2, embedding_lr=0.05, batch_size=16)

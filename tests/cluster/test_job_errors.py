@@ -21,7 +21,7 @@ import pytest
 
 from recdistill.teacher.checkpoint import CheckpointError, check_absent_or_checkpoint, save_teacher
 from recdistill.teacher.model import TeacherModel
-from test_sharding import CFG, tiny_dataset
+from testkit import CFG, tiny_dataset
 
 ROOT = Path(__file__).parents[1]
 

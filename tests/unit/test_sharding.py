@@ -17,39 +17,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
 from recdistill.teacher.quantize import quantize_tables
 from recdistill.teacher.sharding import init_distributed, make_optimizer, shard_teacher
 from recdistill.teacher.train import train_step
-
-CFG = TeacherConfig(embedding_dim=16, use_privileged=True, dense_layers=(16, 16), cross_layers=2,
-                    cross_rank=8, over_layers=(32, 16), batch_size=16)
-
-
-def tiny_dataset(n: int = 64, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    spec = FeatureSpec(
-        dense=("d0", "d1"),
-        sparse=(SparseFeature("user", 50), SparseFeature("item", 80),
-                SparseFeature("history", 80, multi_valued=True, table="item"),
-                SparseFeature("genre", 6, multi_valued=True)),
-        tasks=("click", "like"), privileged=("history",))
-
-    def bag(max_len: int, card: int) -> tuple[np.ndarray, np.ndarray]:
-        lengths = rng.integers(0, max_len + 1, n)
-        return (np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                rng.integers(1, card, int(lengths.sum())))
-
-    table = ExampleTable(
-        dense=rng.normal(size=(n, 2)).astype(np.float32),
-        labels=rng.integers(0, 2, (n, 2)).astype(np.float32), ids=np.arange(n),
-        sparse={"user": (np.arange(n + 1), rng.integers(1, 50, n)),
-                "item": (np.arange(n + 1), rng.integers(1, 80, n)),
-                "history": bag(6, 80), "genre": bag(3, 6)})
-    return Dataset(spec, table, table, table)
+from testkit import CFG, plain_logits, tiny_dataset
 
 
 def _init(rank: int, port: int) -> None:
@@ -100,12 +74,6 @@ def _train_worker(rank: int, port: int, ckpt: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _plain_logits(model: TeacherModel, data: Dataset, ids: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    b = data.test.take(ids.numpy(), keys=model.feature_names).to_batch()
-    with torch.no_grad():
-        return model(b.dense, b.sparse).logits
-
 
 @pytest.mark.timeout(300)
 def test_sharded_logits_equal_unsharded(tmp_path: Path, free_port: int) -> None:
@@ -127,7 +95,7 @@ def test_sharded_logits_equal_unsharded(tmp_path: Path, free_port: int) -> None:
         for rank in range(2):
             got = torch.load(tmp_path / f"{kind}_{rank}.pt", weights_only=True)
             assert got["ids"].tolist() == list(range(32 * rank, 32 * rank + 32))
-            expect = _plain_logits(plain, data, got["ids"])
+            expect = plain_logits(plain, data, got["ids"])
             # FBGEMM's pooling kernel and torch's EmbeddingBag sum in different orders
             # (and row-wise adds partial pools in a reduce-scatter): float rounding only.
             torch.testing.assert_close(got["logits"], expect, rtol=1e-6, atol=1e-7,
@@ -149,10 +117,10 @@ def test_checkpoint_from_two_ranks_loads_in_one(tmp_path: Path, free_port: int) 
     mp.spawn(_train_worker, args=(free_port, ckpt, str(tmp_path)), nprocs=2, join=True)
     data = tiny_dataset()
     plain = TeacherModel(data.spec, CFG, device="cpu")
-    before = _plain_logits(plain, data, torch.arange(32))
+    before = plain_logits(plain, data, torch.arange(32))
     load_teacher_state(plain, ckpt)
     for rank in range(2):
         got = torch.load(tmp_path / f"trained_{rank}.pt", weights_only=True)
-        torch.testing.assert_close(_plain_logits(plain, data, got["ids"]), got["logits"],
+        torch.testing.assert_close(plain_logits(plain, data, got["ids"]), got["logits"],
                                    rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(before, _plain_logits(plain, data, torch.arange(32)))
+    assert not torch.allclose(before, plain_logits(plain, data, torch.arange(32)))

@@ -16,8 +16,8 @@ import pytest
 
 from recdistill.cluster.config import RunOptions
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
-from test_cluster import _setup
-from test_sharding import tiny_dataset
+from testkit import online_setup
+from testkit import tiny_dataset
 
 ROWS = 7680  # 60 batches of 64 per teacher rank and pass: 240 per group in the run
 EVERY_S = (15.0, 25.0)  # seconds between kills: ~20 s
@@ -33,7 +33,7 @@ def test_seeded_kills_of_ranks_and_replicas_leave_counts_exact(ray_cluster,
     teacher's validation evaluation starts, a replica as the students' first does.
     The last batch of the run waits (at most 90 s) until the schedule has killed
     twice, so a fast run still sees its kills."""
-    cfg, _, dims = _setup(tmp_path, max_inflight=4)
+    cfg, _, dims = online_setup(tmp_path, max_inflight=4)
     data = tiny_dataset(n=ROWS, seed=2)
     cfg = dataclasses.replace(cfg, groups=tuple(
         dataclasses.replace(g, snapshot_every=10) for g in cfg.groups))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recdistill.cluster.pipeline import pass_line
-from test_train_teacher_job import SMALL, TWO_GROUPS, _dataset, _env
+from testkit import SMALL, TWO_GROUPS, toml_dataset, job_env
 
 RECDISTILL = Path(sys.executable).parent / "recdistill"
 
@@ -33,7 +33,7 @@ def test_pass_line_by_hand() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_log_without_a_terminal(tmp_path: Path) -> None:
-    data = _dataset(tmp_path)
+    data = toml_dataset(tmp_path)
     config = tmp_path / "distill.toml"
     # the default committee (its members' lines are checked), two groups
     config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 64\ncheckpoint = '
@@ -43,7 +43,7 @@ def test_log_without_a_terminal(tmp_path: Path) -> None:
         p = subprocess.run([str(RECDISTILL), "distill", "--config", str(config), "--data",
                             str(data), "--passes", "2", "--report",
                             str(tmp_path / "run" / "report.json")],
-                           stdout=out, stderr=subprocess.STDOUT, env=_env(), timeout=380,
+                           stdout=out, stderr=subprocess.STDOUT, env=job_env(), timeout=380,
                            cwd=tmp_path)
     text = log.read_text()
     assert p.returncode == 0, text[-3000:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,55 +15,21 @@ from recdistill.student.metrics import task_metrics
 from recdistill.teacher.checkpoint import load_teacher_state, read_meta
 from recdistill.teacher.model import TeacherModel
 from recdistill.teacher.train import predict
-from test_tabular import make_frames, write_dataset
+from testkit import SMALL, job_env, toml_dataset
 
-SMALL = """
-[teacher]
-embedding_dim = 8
-dense_layers = [16, 8]
-cross_layers = 1
-cross_rank = 4
-over_layers = [16, 8]
-batch_size = 32
-epochs = 4
-dense_lr = 0.01
-"""
 
 # baseline and pred_kd as the defaults have them: a smaller job for the end-to-end tests
 # that are about something else than the comparison of the four groups.
-TWO_GROUPS = '''
-[[groups]]
-name = "baseline"
-sharding = "none"
-losses = [{ name = "hard_label", weight = 1.0 }]
-[[groups]]
-name = "pred_kd"
-sharding = "none"
-losses = [{ name = "hard_label", weight = 0.2 },
-          { name = "prediction_kd", weight = 0.8, params = { temperature = 1.0 } }]
-'''
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _dataset(tmp_path: Path) -> Path:
-    frames = make_frames(n=400, seed=1)
-    for f in frames.values():  # a learnable label: income follows hours
-        f["income"] = (f["hours"] > 40).astype(int)
-    return write_dataset(tmp_path, "parquet", frames)
-
 
 @pytest.mark.timeout(240)
 def test_single_process_and_torchrun_on_a_toml_dataset(tmp_path: Path) -> None:
-    data = _dataset(tmp_path)
+    data = toml_dataset(tmp_path)
     config = tmp_path / "teacher.toml"
     config.write_text(SMALL)
     one = subprocess.run(
         [sys.executable, "-m", "jobs.train_teacher", "--data", str(data), "--config",
          str(config), "--checkpoint", str(tmp_path / "ck1"), "--report",
-         str(tmp_path / "r1.json")], capture_output=True, text=True, env=_env(), timeout=200)
+         str(tmp_path / "r1.json")], capture_output=True, text=True, env=job_env(), timeout=200)
     assert one.returncode == 0, one.stderr[-3000:]
     r1 = json.loads((tmp_path / "r1.json").read_text())
     assert set(r1["test"]["income"]) >= {"auc", "logloss", "ne"}
@@ -76,7 +41,7 @@ def test_single_process_and_torchrun_on_a_toml_dataset(tmp_path: Path) -> None:
          "-m", "jobs.train_teacher", "--data", str(data), "--config", str(config),
          "--sharding", "column_wise", "--checkpoint", str(tmp_path / "ck2"),
          "--report", str(tmp_path / "r2.json")],
-        capture_output=True, text=True, env=_env(), timeout=200)
+        capture_output=True, text=True, env=job_env(), timeout=200)
     assert two.returncode == 0, two.stderr[-3000:]
     r2 = json.loads((tmp_path / "r2.json").read_text())
     assert r2["world_size"] == 2 and r2["test"]["income"]["auc"] > 0.8
@@ -107,14 +72,14 @@ def _reload_metrics(checkpoint: Path, data: Path) -> dict[str, float]:
 def test_ray_train_workers_with_deepspeed_zero2(tmp_path: Path) -> None:
     """``--workers 2 --zero-stage 2``: a Ray Train worker group on a local Ray cluster
     the job starts; the checkpoint it writes reproduces its report in this process."""
-    data = _dataset(tmp_path)
+    data = toml_dataset(tmp_path)
     config = tmp_path / "teacher.toml"
     config.write_text(SMALL)
     r = subprocess.run(
         [sys.executable, "-m", "jobs.train_teacher", "--data", str(data), "--config",
          str(config), "--workers", "2", "--zero-stage", "2", "--checkpoint",
          str(tmp_path / "run"), "--report", str(tmp_path / "r.json")],
-        capture_output=True, text=True, env=_env(), timeout=280)
+        capture_output=True, text=True, env=job_env(), timeout=280)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["world_size"] == 2 and report["test"]["income"]["auc"] > 0.8

@@ -3,14 +3,12 @@ FBGEMM optimizer, their DCP state (2 replicas -> 1), the student artifact, its
 ``jobs.predict`` scores and its ``torch.export`` serving model, and ``[sweep]``.
 
 Exactly-once training of a 2-replica row-wise group, and its restart from a snapshot
-when a replica is killed, are in tests/test_cluster.py (its ``kd`` group)."""
+when a replica is killed, are in tests/cluster/test_cluster.py (its ``kd`` group)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from recdistill.cluster.config import GroupConfig
 from recdistill.data.errors import ConfigError
 from recdistill.student.config import LossTerm, StudentConfig
 from recdistill.teacher.checkpoint import CheckpointError
-from test_sharding import tiny_dataset
+from testkit import tiny_dataset
 
 
 @pytest.mark.timeout(300)
@@ -211,15 +209,3 @@ def test_too_many_actors_for_the_machine_fails_before_ray_starts(monkeypatch) ->
     assert not started
 
 
-def _artifact_matches_report(saved: dict, students: Path, data: str, tmp: Path) -> None:
-    """jobs.predict on each artifact gives the report's test metrics."""
-    from recdistill.jobs.predict import main
-    for name, s in saved["students"].items():
-        assert s["artifact"] == str(students / name)
-        out = tmp / f"{name}.json"
-        assert main(["--student", s["artifact"], "--data", data, "--split", "test",
-                     "--report", str(out), "--out", str(tmp / f"{name}.parquet")]) == 0
-        got = json.loads(out.read_text())["metrics"]
-        for task, m in s["test"].items():
-            for key in ("auc", "logloss", "ne"):
-                assert got[task][key] == pytest.approx(m[key], abs=1e-5), (name, task, key)

@@ -14,7 +14,7 @@ from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
 from recdistill.teacher.quantize import quantize_rows, quantize_tables
 from recdistill.teacher.sharding import init_distributed, shard_teacher
-from test_sharding import CFG, tiny_dataset
+from testkit import CFG, tiny_dataset
 
 # Seeded golden values: max |logit - fp32 logit| over the 64 test rows of the tiny
 # dataset, teacher seeded with torch.manual_seed(3) (the fixture below). FBGEMM's

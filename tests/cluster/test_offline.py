@@ -10,7 +10,7 @@ import pytest
 from recdistill.cluster.config import RunOptions
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from recdistill.cluster.soft_labels import SPLITS, Manifest, read_split
-from test_cluster import N, _setup
+from testkit import N, online_setup
 
 
 class _Stop(Exception):
@@ -20,7 +20,7 @@ class _Stop(Exception):
 @pytest.mark.timeout(400)
 def test_precompute_resumes_to_the_same_output(ray_cluster, tmp_path: Path) -> None:
     from recdistill.jobs.precompute import run
-    cfg, data, _ = _setup(tmp_path)
+    cfg, data, _ = online_setup(tmp_path)
     whole = run(cfg, str(tmp_path / "whole"), part_rows=200, progress=False, dataset=data)
     assert whole["complete"] and len(whole["parts"]) == 3 * 4  # 640 rows: 200+200+200+40
 
@@ -57,7 +57,7 @@ def test_precompute_resumes_to_the_same_output(ray_cluster, tmp_path: Path) -> N
 @pytest.mark.timeout(500)
 def test_offline_students_train_like_online(ray_cluster, tmp_path: Path) -> None:
     from recdistill.jobs.precompute import run
-    cfg, data, dims = _setup(tmp_path)
+    cfg, data, dims = online_setup(tmp_path)
     run(cfg, str(tmp_path / "labels"), part_rows=256, progress=False, dataset=data)
     reports = {}
     for mode, source in (("online", ""), ("offline", str(tmp_path / "labels"))):
@@ -93,9 +93,9 @@ def test_teacher_version_swapped_mid_stream(ray_cluster, tmp_path: Path) -> None
     from recdistill.student.config import LossTerm, StudentConfig
     from recdistill.teacher.checkpoint import save_teacher, version_dir
     from recdistill.teacher.model import TeacherModel
-    from test_cluster import _assert_exactly_once
-    from test_sharding import CFG
-    cfg, data, dims = _setup(tmp_path)
+    from testkit import assert_exactly_once
+    from testkit import CFG
+    cfg, data, dims = online_setup(tmp_path)
     root = tmp_path / "root"
     save_teacher(TeacherModel(data.spec, CFG, device="cpu"), version_dir(root, 5),
                  spec=data.spec, cfg=CFG, info={"step": 5})
@@ -118,7 +118,7 @@ def test_teacher_version_swapped_mid_stream(ray_cluster, tmp_path: Path) -> None
         report = job.run().to_json()
     finally:
         job.shutdown()
-    _assert_exactly_once(job, data, passes=2)  # nothing lost, nothing twice
+    assert_exactly_once(job, data, passes=2)  # nothing lost, nothing twice
     s = report["stream"]
     assert set(s["produced_by_version"]) == {"5", "9"}
     assert sum(s["produced_by_version"].values()) == s["produced"] == 20
@@ -146,8 +146,8 @@ def test_precompute_killed_by_sigkill_resumes_identically(tmp_path: Path) -> Non
     import sys
     import time
 
-    from test_train_teacher_job import SMALL, _dataset, _env
-    data = _dataset(tmp_path)
+    from testkit import SMALL, toml_dataset, job_env
+    data = toml_dataset(tmp_path)
     config = tmp_path / "distill.toml"
     # one teacher: a committee's resume is the same (its precompute: test_committee)
     config.write_text("teachers = []\n" + SMALL + f'\n[teacher_group]\nbatch_size = 16\n'
@@ -157,11 +157,11 @@ def test_precompute_killed_by_sigkill_resumes_identically(tmp_path: Path) -> Non
         return [sys.executable, "-m", "jobs.precompute", "--config", str(config), "--data",
                 str(data), "--out", str(tmp_path / out), "--part-rows", "20"]
 
-    whole = subprocess.run(cmd("whole"), capture_output=True, text=True, env=_env(),
+    whole = subprocess.run(cmd("whole"), capture_output=True, text=True, env=job_env(),
                            timeout=300)  # trains the teacher first (a Ray task)
     assert whole.returncode == 0, whole.stderr[-3000:]
     proc = subprocess.Popen(cmd("killed"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+                            stderr=subprocess.DEVNULL, env=job_env(), start_new_session=True)
     manifest = tmp_path / "killed" / "manifest.json"
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and proc.poll() is None:
@@ -173,7 +173,7 @@ def test_precompute_killed_by_sigkill_resumes_identically(tmp_path: Path) -> Non
     killed_at = len(Manifest.load(tmp_path / "killed").parts)
     total = len(Manifest.load(tmp_path / "whole").parts)
     assert 3 <= killed_at < total and not Manifest.load(tmp_path / "killed").complete
-    again = subprocess.run(cmd("killed"), capture_output=True, text=True, env=_env(),
+    again = subprocess.run(cmd("killed"), capture_output=True, text=True, env=job_env(),
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert Manifest.load(tmp_path / "killed").parts.keys() == \

@@ -22,8 +22,8 @@ from recdistill.data.errors import ConfigError
 from recdistill.teacher.model import TeacherModel, feature_dims
 from recdistill.teacher.outputs import TeacherOutputs
 from recdistill.teacher.registry import TEACHERS, register_student, register_teacher
-from test_sharding import CFG, tiny_dataset
-from test_train_teacher_job import SMALL, _dataset, _env
+from testkit import CFG, tiny_dataset
+from testkit import SMALL, toml_dataset, job_env
 
 RECDISTILL = Path(sys.executable).parent / "recdistill"
 
@@ -164,7 +164,7 @@ class TwoLayer(nn.Module):
 @pytest.mark.timeout(400)
 def test_plugin_teacher_distilled_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "my_teacher.py").write_text(PLUGIN)
-    data = _dataset(tmp_path)
+    data = toml_dataset(tmp_path)
     config = tmp_path / "distill.toml"
     # one teacher (no committee), SMALL's [teacher] with the plugin's arch
     config.write_text("teachers = []\n" + SMALL
@@ -187,7 +187,7 @@ def test_plugin_teacher_distilled_end_to_end(tmp_path: Path) -> None:
     p = subprocess.run([str(RECDISTILL), "distill", "--plugin", "my_teacher", "--config",
                         str(config), "--data", str(data), "--passes", "2", "--report",
                         str(tmp_path / "report.json"), "--no-progress"],
-                       cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=380)
+                       cwd=tmp_path, capture_output=True, text=True, env=job_env(), timeout=380)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     # the plugin's teacher, trained first (a Ray task, which imported the plugin too)
@@ -206,7 +206,7 @@ def test_plugin_teacher_distilled_end_to_end(tmp_path: Path) -> None:
     p = subprocess.run([str(RECDISTILL), "predict", "--plugin", "my_teacher", "--student",
                         str(tmp_path / "students" / "feat_kd"), "--data", str(data),
                         "--report", str(tmp_path / "scored.json")],
-                       cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+                       cwd=tmp_path, capture_output=True, text=True, env=job_env(), timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     scored = json.loads((tmp_path / "scored.json").read_text())
     assert scored["metrics"]["income"]["auc"] == pytest.approx(
@@ -215,7 +215,7 @@ def test_plugin_teacher_distilled_end_to_end(tmp_path: Path) -> None:
     p = subprocess.run([str(RECDISTILL), "distill", "--config", str(config), "--data",
                         str(data), "--passes", "1", "--report", str(tmp_path / "r2.json"),
                         "--teacher-checkpoint", str(tmp_path / "other")],
-                       cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=120)
+                       cwd=tmp_path, capture_output=True, text=True, env=job_env(), timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith(
         "error: teacher.arch: unknown 'tiny_mlp'; registered: ['builtin', ")

@@ -13,7 +13,7 @@ from recdistill.jobs.distill import load_config, match_teacher, run
 from recdistill.teacher.checkpoint import CheckpointError, save_teacher
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
-from tests.test_tabular import write_dataset
+from testkit import write_dataset
 
 
 def _teacher(path: Path, data) -> None:
