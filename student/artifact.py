@@ -21,11 +21,11 @@ from typing import Any, Callable
 import torch
 import torch.distributed.checkpoint as dcp
 
+from recdistill.common.checkpoint import CheckpointError, SafeFileSystemReader
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.spec import Batch, FeatureSpec
 from recdistill.student.config import LossTerm, StudentConfig
 from recdistill.student.model import StudentModel
-from recdistill.teacher.checkpoint import CheckpointError, SafeFileSystemReader
 
 META_FILE = "student.json"
 WEIGHTS = "weights"

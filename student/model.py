@@ -20,11 +20,11 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recdistill.common.registry import (STUDENTS, dry_forward, is_rows, register_student,
+                                        shape_of)
 from recdistill.data.errors import ConfigError
 from recdistill.data.spec import FeatureSpec
 from recdistill.student.config import StudentConfig
-from recdistill.teacher.registry import (STUDENTS, dry_forward, is_rows, register_student,
-                                         shape_of)
 
 _TRAINING_ONLY = ("adapters.", "aux_heads.", "task_log_vars", "teacher_adapter.")
 

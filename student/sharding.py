@@ -42,21 +42,21 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from recdistill.common.checkpoint import CheckpointError, SafeFileSystemReader
+from recdistill.common.sharding import FUSED_OPTIMIZERS, TableSharder
 from recdistill.student.config import StudentConfig
 from recdistill.student.model import StudentModel
-from recdistill.teacher.checkpoint import CheckpointError, SafeFileSystemReader
-from recdistill.teacher.sharding import _OPTIMIZERS, TeacherSharder
 
 STATE_META = "student_state.json"
 
 
 def fused_params(cfg: StudentConfig) -> dict[str, Any]:
     """FBGEMM fused-optimizer settings of the student's tables."""
-    return {"optimizer": _OPTIMIZERS[cfg.embedding_optimizer],
+    return {"optimizer": FUSED_OPTIMIZERS[cfg.embedding_optimizer],
             "learning_rate": cfg.embedding_lr or cfg.lr, "eps": 1e-8}
 
 
-def plan(model: StudentModel, cfg: StudentConfig, sharder: TeacherSharder,
+def plan(model: StudentModel, cfg: StudentConfig, sharder: TableSharder,
          pg: dist.ProcessGroup, device: torch.device) -> ShardingPlan:
     """Every table as ``cfg.sharding`` says; table-wise tables go greedily, largest
     first, to the least loaded replica; ``auto``: TorchRec's planner."""
@@ -86,7 +86,7 @@ def shard_student(model: StudentModel, cfg: StudentConfig, pg: dist.ProcessGroup
     """``model`` (tables on ``meta``) sharded over ``pg``; every replica calls this
     with an identically built model. The shards are initialised (TorchRec's uniform
     init of each table) from ``seed`` and the replica's rank."""
-    sharder = TeacherSharder(fused_params=fused_params(cfg))
+    sharder = TableSharder(fused_params=fused_params(cfg))
     with torch.random.fork_rng():
         torch.manual_seed(seed * 1000 + dist.get_rank(pg))
         return DistributedModelParallel(

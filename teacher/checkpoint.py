@@ -16,23 +16,20 @@ directory, or a root and a version number) into the directory to load.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import pickle
 import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
+# CheckpointError is imported from here by cluster/, jobs/ and tests: one class either way.
+from recdistill.common.checkpoint import CheckpointError, SafeFileSystemReader, first_cause
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.spec import FeatureSpec
 from recdistill.teacher.config import TeacherConfig
@@ -43,71 +40,6 @@ INDEX_FILE = "versions.json"
 # under ``optim.``.
 FORMAT_VERSION = 2
 _VERSION_DIR = re.compile(r"^v(\d{8,})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or not one of ours; the message names it."""
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata`` admitting only what such a file holds.
-
-    DCP reads its metadata with a bare ``pickle.load``, which runs whatever a tampered
-    file asks for. Model weights already load with ``weights_only=True`` inside DCP;
-    this closes the other door: classes (not functions) of DCP's metadata modules, and
-    the few torch and pathlib names a metadata file refers to.
-    """
-
-    _CLASS_MODULES = ("torch.distributed.checkpoint.metadata",
-                      "torch.distributed.checkpoint.filesystem")
-    _NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"),
-              ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
-              ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
-              ("collections", "OrderedDict")}
-    _DTYPES = {name for name in dir(torch) if isinstance(getattr(torch, name), torch.dtype)}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._NAMES or (module == "torch" and name in self._DTYPES):
-            return super().find_class(module, name)
-        if module in self._CLASS_MODULES:
-            obj = super().find_class(module, name)
-            if isinstance(obj, type):
-                return obj
-        raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, "
-                                     "which a DCP metadata file never holds")
-
-
-class SafeFileSystemReader(FileSystemReader):
-    """DCP's file reader with a restricted unpickler for the metadata file."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        path = Path(self._get_metadata_path(kwargs.get("rank")))
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CheckpointError(f"{path.parent}: not a complete checkpoint "
-                                  "(no .metadata)") from None
-        try:
-            metadata = _MetadataUnpickler(io.BytesIO(data)).load()
-        except Exception as e:  # noqa: BLE001 - any failure here means a bad file
-            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({e})") from e
-        if not isinstance(metadata, Metadata):
-            raise CheckpointError(f"{path}: not DCP metadata")
-        # The rest mirrors FileSystemReader.read_metadata.
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-def _first_cause(e: BaseException) -> str:
-    """The most telling line of a (possibly DCP-wrapped, multi-rank) load failure."""
-    text = str(e)
-    for line in text.splitlines():
-        if "read failed:" in line:
-            return line.split("read failed:", 1)[1].split(";")[0].strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else type(e).__name__
 
 
 def _rank() -> int:
@@ -300,7 +232,7 @@ def load_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP wraps reader
         # errors in CheckpointException, a BaseException; keep its first line only.
         raise CheckpointError(f"{path}: cannot load checkpoint "
-                              f"({_first_cause(e)})") from e
+                              f"({first_cause(e)})") from e
 
 
 def load_teacher_state(model: nn.Module, path: str | os.PathLike[str]) -> None:

@@ -15,8 +15,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from fbgemm_gpu.split_embedding_configs import EmbOptimType
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.sharding_plan import (
@@ -25,19 +23,16 @@ from torchrec.distributed.sharding_plan import (
     row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from recdistill.common.sharding import FUSED_OPTIMIZERS, TableSharder
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
 
-_OPTIMIZERS = {
-    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
-    "adagrad": EmbOptimType.EXACT_ADAGRAD,
-    "adam": EmbOptimType.ADAM,
-    "sgd": EmbOptimType.EXACT_SGD,
-}
+# The shared sharder (common/sharding.py) under the name teacher-side callers know.
+TeacherSharder = TableSharder
 
 
 def default_device() -> torch.device:
@@ -74,24 +69,9 @@ def init_distributed(device: torch.device) -> dist.ProcessGroup:
     return group
 
 
-class TeacherSharder(EmbeddingBagCollectionSharder):
-    """The stock EBC sharder, plus row-wise sharding on CPU.
-
-    TorchRec offers row-wise only for CUDA, but its CPU path (FBGEMM CPU kernels, gloo
-    all-to-all and reduce-scatter) runs it and matches the unsharded model (see
-    tests/unit/test_sharding.py), so the CPU can test the same plans a GPU cluster runs.
-    """
-
-    def sharding_types(self, compute_device_type: str) -> list[str]:
-        types = super().sharding_types(compute_device_type)
-        if ShardingType.ROW_WISE.value not in types:
-            types.append(ShardingType.ROW_WISE.value)
-        return types
-
-
 def fused_params(cfg: TeacherConfig) -> dict[str, Any]:
     """FBGEMM fused-optimizer settings for the embedding tables."""
-    params: dict[str, Any] = {"optimizer": _OPTIMIZERS[cfg.embedding_optimizer],
+    params: dict[str, Any] = {"optimizer": FUSED_OPTIMIZERS[cfg.embedding_optimizer],
                               "learning_rate": cfg.embedding_lr}
     if cfg.embedding_weight_decay:
         params["weight_decay"] = cfg.embedding_weight_decay
@@ -108,7 +88,7 @@ def table_sharding_types(model: TeacherModel, cfg: TeacherConfig) -> dict[str, s
     return {n: cfg.table_sharding.get(n, cfg.sharding) for n in names}
 
 
-def sharding_plan(model: TeacherModel, cfg: TeacherConfig, sharder: TeacherSharder,
+def sharding_plan(model: TeacherModel, cfg: TeacherConfig, sharder: TableSharder,
                   pg: dist.ProcessGroup, device: torch.device) -> ShardingPlan:
     """An explicit plan from the config, or TorchRec's planner for ``auto``."""
     world = dist.get_world_size(pg)
@@ -152,7 +132,7 @@ def shard_teacher(model: TeacherModel, cfg: TeacherConfig,
     """
     device = device or default_device()
     pg = pg or init_distributed(device)
-    sharder = TeacherSharder(fused_params=fused_params(cfg))
+    sharder = TableSharder(fused_params=fused_params(cfg))
     plan = sharding_plan(model, cfg, sharder, pg, device)
     return DistributedModelParallel(module=model, env=ShardingEnv.from_process_group(pg),
                                     device=device, plan=plan, sharders=[sharder],
