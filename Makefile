@@ -1,4 +1,5 @@
-# The two README commands: `make demo` and `make test`. Both set up .venv first.
+# The README's commands: `make demo`, `make test` and `make test-fast`. Each sets up
+# .venv first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -28,7 +29,8 @@ demo: setup
 	$(BIN)/recdistill distill --report runs/demo/report.json \
 		--teacher-checkpoint runs/demo/teacher
 
-# The README's results tables: every dataset, 3 student seeds each (~20 min here).
+# The results tables of docs/results.md: every dataset, 3 student seeds each (~20 min
+# here). Prints the tables; paste them into docs/results.md.
 results: setup
 	PYTHON=$(BIN)/python bash jobs/results.sh
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The README's results: every dataset with the default job, 3 student seeds each
-# (`--seeds 3`: extra groups of one teacher pass), the default committee trained first
-# into runs/results/<dataset>/teacher. Prints each table (jobs.report_table).
+# The results tables of docs/results.md: every dataset with the default job, 3 student
+# seeds each (`--seeds 3`: extra groups of one teacher pass), the default committee
+# trained first into runs/results/<dataset>/teacher. Prints each table
+# (jobs.report_table), to be pasted into docs/results.md.
 #   bash jobs/results.sh [movielens synthetic dense_tabular id_heavy multi_hot]
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}

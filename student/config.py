@@ -38,7 +38,7 @@ class StudentConfig:
         hidden: widths of its MLP; the last one is its ``last_hidden`` feature.
         arch: its tower over the embeddings and dense features (``mlp``: TorchRec's MLP
             over ``hidden``; ``dcn``: a low-rank cross network, then that MLP; or a name
-            a plugin registered, ``teacher/registry.py``).
+            a plugin registered, ``common/registry.py``).
         arch_params: settings of the tower (``dcn``: ``cross_layers``, default 2, and
             ``cross_rank``, default 16).
         features: sparse features it reads; empty = every non-privileged feature.
@@ -61,6 +61,14 @@ class StudentConfig:
             ``a_k * t_k + b_k`` of the teacher logits, trained on the true labels, whose
             output (detached) replaces the teacher logits as the KD target, absorbing
             the shift between a stale teacher and fresh data. Dropped at export.
+        sharding: how its embedding tables are held over the group's replicas:
+            ``row_wise`` (a slice of every table's rows per replica), ``table_wise``
+            (whole tables spread over the replicas), ``auto`` (TorchRec's planner
+            decides) or ``none`` (plain tables under dense Adam, DDP all-reducing every
+            table's full gradient).
+        embedding_optimizer: the fused FBGEMM optimizer of its sharded tables
+            (``rowwise_adagrad``, ``adagrad``, ``sgd``; FBGEMM's ``adam`` is GPU-only).
+        embedding_lr: that optimizer's learning rate (the dense part keeps Adam at ``lr``).
     """
 
     name: str = "student"

@@ -1,0 +1,157 @@
+"""The student side of the job's config and the committee: student groups
+(``[[groups]]``), committee members (``[[teachers]]``), the ``[sweep]`` grid and the
+default groups and committee. Re-exported by ``cluster.config``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from recdistill.data.errors import ConfigError
+from recdistill.student.config import LossTerm, StudentConfig
+from recdistill.teacher.config import TeacherConfig
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """One teacher of a committee (``[[teachers]]``).
+
+    Attributes:
+        name: the member's name (its actors are ``teacher-<name>-<rank>``).
+        checkpoint: its checkpoint root or version directory; empty: the teacher
+            group's checkpoint for the first member, that path with ``-<name>``
+            appended for the others.
+        teacher: the model it is trained with when its checkpoint is missing (the
+            ``[teacher]`` table with the member's own keys over it).
+    """
+
+    name: str
+    checkpoint: str = ""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"teachers: member name {self.name!r} must be letters, "
+                              "digits, '-' or '_'")
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One student group: a student model trained data-parallel by ``replicas`` actors.
+
+    Attributes:
+        student: the student model and its objective (its name is the group's name).
+        replicas: M actors training it with DDP; each takes 1/M of every batch's rows.
+        cpus: CPUs reserved per replica actor.
+        snapshot_every: every this many acknowledged batches (and at the start and each
+            pass end) the driver keeps a snapshot of the group's state in the object
+            store; if every replica dies, the group restarts from it and the batches
+            trained since are delivered again. 0: no snapshots (a group with no
+            survivor ends the job).
+    """
+
+    student: StudentConfig
+    replicas: int = 1
+    cpus: float = 1.0
+    snapshot_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ConfigError(f"groups.{self.student.name}.replicas must be >= 1, got "
+                              f"{self.replicas}")
+        if self.cpus < 0:
+            raise ConfigError(f"groups.{self.student.name}.cpus must be >= 0")
+        if self.snapshot_every < 0:
+            raise ConfigError(f"groups.{self.student.name}.snapshot_every must be >= 0, "
+                              f"got {self.snapshot_every}")
+
+    @property
+    def name(self) -> str:
+        return self.student.name
+
+    @property
+    def teacher_features(self) -> tuple[str, ...]:
+        """The teacher features this group's adapters read."""
+        return tuple(sorted(set(self.student.adapters.values())))
+
+
+def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
+    """baseline (no KD), pred_kd, feat_kd, multitask_kd: the comparison of the results
+    (docs/results.md).
+
+    Every group has the baseline's learning rate, its best of 2.5e-3, 5e-3 and 1e-2 on
+    MovieLens validation; each KD setting is the best on validation of the ones tried
+    (docs/results.md, "How the defaults were chosen")."""
+    # Plain tables under dense Adam: on MovieLens' small tables it trained the baseline
+    # best (sharded row-wise Adagrad lost test AUC on `like`: docs/results.md, "Sharded
+    # students"); a group that does not say uses the sharded path.
+    common = dict(embedding_dim=8, hidden=(64, 32), lr=5e-3, seed=seed, sharding="none")
+    return (
+        GroupConfig(StudentConfig(name="baseline", losses=(LossTerm("hard_label"),),
+                                  **common)),
+        GroupConfig(StudentConfig(name="pred_kd", losses=(
+            LossTerm("hard_label", 0.2),
+            LossTerm("prediction_kd", 0.8, {"temperature": 1.0})), **common)),
+        GroupConfig(StudentConfig(name="feat_kd", losses=(
+            LossTerm("hard_label", 1.0), LossTerm("feature_kd", 0.3, {"metric": "mse"})),
+            adapters={"last_hidden": "last_hidden"}, **common)),
+        # Per-task KD with learned task weights; `label_tasks = ["like"]` in a config
+        # would make it learn the other tasks from the teacher alone.
+        GroupConfig(StudentConfig(name="multitask_kd", losses=(
+            LossTerm("multitask_kd", 1.0, {"temperature": 1.0, "alpha": 0.8,
+                                           "uncertainty": True}),), **common)),
+    )
+
+
+def default_teachers(base: TeacherConfig) -> tuple[MemberConfig, ...]:
+    """The job's default committee of three architectures: the DCN-v2 teacher
+    ``base``; the same model that also reads the privileged features (on a dataset
+    without any, another seed of it); and a DLRM-style model (dot interactions). Chosen
+    on MovieLens-100k validation AUC among committees of 2-5 of DCN seeds, DCN with
+    privileged features, DLRM and DeepFM members (docs/results.md, "The teacher
+    committee")."""
+    return (MemberConfig("dcn", teacher=base),
+            MemberConfig("dcn_priv", teacher=replace(base, use_privileged=True,
+                                                     seed=base.seed + 3)),
+            MemberConfig("dlrm", teacher=replace(base, interaction="dot",
+                                                 seed=base.seed + 5)))
+
+
+SWEEP_KINDS = ("prediction_kd", "multitask_kd")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The grid of a ``[sweep]`` table (expanded by ``cluster.sweep.sweep_groups``).
+
+    Attributes:
+        embedding_dim: student embedding widths.
+        hidden: student MLP shapes (each a list of widths).
+        loss: KD kinds: ``prediction_kd`` (``1 - kd_weight`` hard labels plus
+            ``kd_weight`` prediction KD) or ``multitask_kd`` (``alpha = kd_weight``,
+            learned task weights).
+        kd_weight: KD weights.
+        temperature: KD temperatures.
+        lr: every student's learning rate (the no-KD ones' too).
+        seed: every student's seed.
+        sharding: every student's ``sharding`` (``StudentConfig``).
+    """
+
+    embedding_dim: tuple[int, ...] = (4, 8, 16)
+    hidden: tuple[tuple[int, ...], ...] = ((64, 32),)
+    loss: tuple[str, ...] = ("prediction_kd",)
+    kd_weight: tuple[float, ...] = (0.8,)
+    temperature: tuple[float, ...] = (1.0,)
+    lr: float = 5e-3
+    seed: int = 0
+    sharding: str = "row_wise"
+
+    def __post_init__(self) -> None:
+        for key in ("embedding_dim", "hidden", "loss", "kd_weight", "temperature"):
+            if not getattr(self, key):
+                raise ConfigError(f"sweep.{key}: give at least one value")
+        bad = [k for k in self.loss if k not in SWEEP_KINDS]
+        if bad:
+            raise ConfigError(f"sweep.loss: unknown {bad}; a sweep knows {list(SWEEP_KINDS)}")
+        if any(not 0 < w <= 1 for w in self.kd_weight):
+            raise ConfigError(f"sweep.kd_weight: values must be in (0, 1], got "
+                              f"{list(self.kd_weight)}")
+
