@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from recdistill.cluster.config import DistillConfig
-from recdistill.cluster.contracts import LabelRound
-from recdistill.cluster.groups import LabelGroup
+from recdistill.cluster.calls import CALL_TIMEOUT_S
+from recdistill.cluster.contracts import LabelResult
+from recdistill.cluster.label_group import LabelGroup
 from recdistill.teacher.checkpoint import read_meta, resolve
 from recdistill.teacher.model import teacher_features
 
@@ -162,31 +163,30 @@ class Committee:
         labels did) or None (still running)."""
         return [o for m in self.members for o in m.outcomes(ready)]
 
-    def collect(self) -> LabelRound:
-        """The oldest call's batches (every member's calls are done): one ref per batch
-        for a single teacher, else a tuple of refs (the lead's, then each member's)."""
-        rounds = [m.collect() for m in self.members]
-        if len(rounds) == 1:
-            return rounds[0]
-        lead = rounds[0]
+    def collect(self) -> LabelResult:
+        """The oldest call's batches (every member's calls are done), each with one ref
+        per member: the lead's, then each other member's."""
+        results = [m.collect() for m in self.members]
+        if len(results) == 1:
+            return results[0]
+        lead = results[0]
         batches = []
-        for i, (ids, ref) in enumerate(lead.batches):
-            refs = [ref]
-            for name, r in zip(self.names[1:], rounds[1:]):
-                other_ids, other_ref = r.batches[i]
+        for i, (ids, refs) in enumerate(lead.batches):
+            joined = list(refs)
+            for name, r in zip(self.names[1:], results[1:]):
+                other_ids, other_refs = r.batches[i]
                 if not np.array_equal(other_ids, ids):  # the fan-in join, by example id
                     raise RuntimeError(f"committee member {name} labelled other examples "
-                                       f"than the lead in batch {i} of a round")
-                refs.append(other_ref)
-            batches.append((ids, tuple(refs)))
-        return LabelRound(batches, lead.ended)
+                                       f"than the lead in batch {i} of a labelling call")
+                joined += other_refs
+            batches.append((ids, tuple(joined)))
+        return LabelResult(batches, lead.ended)
 
     def evaluate_members(self, table_ref: Any, batch_size: int
                          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """(labels, member -> logits) of every row of a table, the members side by side."""
         import ray
 
-        from recdistill.cluster.groups import CALL_TIMEOUT_S
         refs = [[t.evaluate.remote(table_ref, batch_size) for t in m.actors]
                 for m in self.members]
         got = [ray.get(r, timeout=CALL_TIMEOUT_S)[0] for r in refs]

@@ -1,4 +1,6 @@
-"""Typed results that cross the actor boundary: a replica's steps, a labelling round."""
+"""Typed objects that cross the actor boundary: a replica's steps, a labelling call in
+flight and its fetched result, and a student group's saved states. The driver tells them
+apart by type, never by probing dict keys."""
 
 from __future__ import annotations
 
@@ -41,20 +43,74 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
-class LabelRound:
-    """One labelling round of the K ranks, fetched: ``(ids, batch ref)`` in production
-    order (batch i of every rank, then batch i + 1) and whether the pass ended in it."""
+class RankCall:
+    """One rank's labelling call in flight.
 
-    batches: list[tuple[np.ndarray, Any]]
+    Attributes:
+        ids: the ref of its list of example-id arrays (one per batch; None once the pass
+            ran out): done when the call is.
+        batches: one ref per labelled batch (a ``LabelledBatch``), in order.
+    """
+
+    ids: Any
+    batches: tuple[Any, ...]
+
+
+LabelCall = tuple[RankCall, ...]  # one labelling call: the same call on every rank
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """One labelling call of the K ranks, fetched: ``(ids, refs)`` in production order
+    (batch i of every rank, then batch i + 1), ``refs`` one per committee member (the
+    lead's first; one for a single teacher), and whether the pass ended in it."""
+
+    batches: list[tuple[np.ndarray, tuple[Any, ...]]]
     ended: bool
 
     @classmethod
-    def from_ids(cls, ids_lists: list[list[np.ndarray | None]], calls: list[list[Any]]
-                 ) -> "LabelRound":
-        """From each rank's ``label_many`` ids list and its call's refs (the ids-list
-        ref, then one ref per batch)."""
+    def from_ids(cls, ids_lists: list[list[np.ndarray | None]], call: LabelCall
+                 ) -> "LabelResult":
+        """From each rank's ``label_many`` ids list and its call's refs."""
         if len({tuple(ids is None for ids in rank_ids) for rank_ids in ids_lists}) > 1:
             raise RuntimeError("label-group ranks ran out of data unevenly")
-        batches = [(rank_ids[i], call[1 + i]) for i in range(len(ids_lists[0]))
-                   for rank_ids, call in zip(ids_lists, calls) if rank_ids[i] is not None]
+        batches = [(rank_ids[i], (rank.batches[i],)) for i in range(len(ids_lists[0]))
+                   for rank_ids, rank in zip(ids_lists, call) if rank_ids[i] is not None]
         return cls(batches, ids_lists[0][-1] is None)
+
+
+@dataclass(frozen=True)
+class StateBlob:
+    """A replica's state as ``torch.save`` bytes (uint8 [n]): a plain group's whole
+    state, or one sharded replica's own part (its shards). Ray moves an array as one
+    buffer; a dict of tensors would be pickled tensor by tensor in the driver."""
+
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShardedParts:
+    """A sharded group's snapshot: replica j's ``StateBlob`` is ``parts[j]`` (object refs
+    while the driver keeps it, blobs once read; the group re-forms with the same M)."""
+
+    parts: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class DcpState:
+    """A sharded group's state as a torch.distributed.checkpoint directory (every
+    replica wrote its shards); a group of any size loads it."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class StateDict:
+    """A plain group's state: ``{"model", "optimizer", "best"}`` tensors."""
+
+    state: dict[str, Any]
+
+
+# What a group starts from: a snapshot or survivor's blob, a sharded snapshot's parts,
+# or a driver checkpoint's state.
+GroupSave = StateBlob | ShardedParts | DcpState | StateDict

@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 import ray.data
 
 from recdistill.cluster.config import SPLITS
-from recdistill.data.spec import BatchArrays, ExampleTable, pass_seed
+from recdistill.data.spec import BatchArrays, Dataset, ExampleTable, pass_seed
 from recdistill.data.synthetic import SyntheticStream
 
 ID, DENSE, LABELS = "_id", "_dense", "_labels"
@@ -192,3 +193,40 @@ def arrow_to_batch(batch: pa.Table, keys: tuple[str, ...]) -> BatchArrays:
     bags = [_bag(batch.column(k)) for k in keys]
     return BatchArrays.key_major(*_rows(batch), keys, [ln for ln, _ in bags],
                                  [v for _, v in bags])
+
+
+class RayRuntime:
+    """The driver's Ray calls that belong to no actor group: waiting on refs, each
+    pass's input shares (Ray Data, made from the training rows once), and the
+    evaluation tables (put in the object store once each).
+
+    Args:
+        data: the dataset (the driver holds it).
+        seed: the seed of every pass's order.
+        split: ``teacher_group.split``.
+    """
+
+    def __init__(self, data: Dataset, seed: int, split: str) -> None:
+        self.data, self.seed, self.split = data, seed, split
+        self._train: ray.data.Dataset | None = None
+        self._tables: dict[str, Any] = {}
+
+    def wait(self, refs: list[Any], timeout: float) -> set[Any]:
+        """The refs done once one is (or ``timeout`` passed)."""
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        return set(ready) | set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+
+    def wait_all(self, refs: list[Any], timeout: float) -> None:
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
+
+    def shards(self, pass_index: int, ranks: int) -> list[Any]:
+        if self._train is None:
+            self._train = train_dataset(self.data.train)
+        return pass_shards(self._train, self.data.train, self.seed, pass_index, ranks,
+                           self.split)
+
+    def table(self, split: str) -> Any:
+        if split not in self._tables:
+            self._tables[split] = ray.put(getattr(self.data, split))
+        return self._tables[split]

@@ -1,46 +1,45 @@
 """Evaluation of the student groups and the teacher on a table in the object store,
-each call made through the recovery (a replica or rank that dies in it is replaced and
+each call made through the failure executor (a replica or rank that dies in it is replaced and
 the evaluation asked again)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-import ray
 import torch
 from ray.exceptions import RayError
 
-from recdistill.cluster.groups import CALL_TIMEOUT_S
-from recdistill.cluster.recovery import Recovery
+from recdistill.cluster.recovery import Executor
+from recdistill.cluster.report import SEED_MARK, base_name
 from recdistill.student.metrics import task_metrics
 
 Metrics = dict[str, dict[str, float]]  # task -> metric -> value
 
 
-def evaluate_groups(recovery: Recovery, table_ref: Any, batch_size: int,
+def evaluate_groups(executor: Executor, table_ref: Any, batch_size: int,
                     tasks: tuple[str, ...], best: bool = False) -> dict[str, Metrics]:
     """Every group's serving metrics (its best state's if ``best``), the groups
     evaluating side by side."""
-    refs = {n: g.evaluate_async(table_ref, batch_size, best)
-            for n, g in recovery.groups.items()}
+    refs = {n: g.actors.evaluate_async(table_ref, batch_size, best)
+            for n, g in executor.groups.items()}
     out = {}
     for name, ref in refs.items():
         try:
             # read-only arrays from the object store
-            logits, labels = ray.get(ref, timeout=CALL_TIMEOUT_S)
+            logits, labels = executor.groups[name].actors.evaluation(ref)
         except RayError:  # the replica died: re-form the group and ask again
-            logits, labels = recovery.on_group(
+            logits, labels = executor.on_group(
                 name, lambda g: g.evaluate(table_ref, batch_size, best))
         out[name] = task_metrics(torch.tensor(logits), torch.tensor(labels), tasks)
     return out
 
 
-def evaluate_teacher(recovery: Recovery, table_ref: Any, batch_size: int,
+def evaluate_teacher(executor: Executor, table_ref: Any, batch_size: int,
                      tasks: tuple[str, ...]) -> tuple[Metrics, dict[str, Metrics]]:
     """The teacher's metrics (every rank takes part): of the logits the students learn
     from (a committee's mean), and per committee member ({} for a single teacher)."""
-    labels, members = recovery.on_labels(
+    labels, members = executor.on_labels(
         lambda source: source.evaluate_members(table_ref, batch_size))
     logits = np.mean(np.stack([np.asarray(v, np.float32) for v in members.values()]),
                      axis=0)
@@ -63,3 +62,27 @@ def guard_off(teacher: Metrics, baseline_curve: list[dict[str, Any]], kd_off: tu
         if task not in off and best >= m["auc"]:
             off.append(task)
     return tuple(t for t in teacher if t in off)
+
+
+def kd_guard(executor: Executor, teacher_valid: Metrics, pass_number: int,
+             write: Callable[[str], None]) -> None:
+    """The KD guard (``DistillConfig.kd_guard``) after a pass: tasks where a KD group's
+    baseline (``baseline``, or ``baseline@k`` for seed k) reached the teacher's
+    validation AUC lose their KD; ``write`` says so."""
+    groups = executor.groups
+    if "baseline" not in groups:
+        return
+    for name, g in groups.items():
+        base, k = base_name(name)
+        if base == "baseline" or all(t.name == "hard_label" for t in g.cfg.student.losses):
+            continue
+        paired = f"baseline{SEED_MARK}{k}" if k else "baseline"
+        curve = groups.get(paired, groups["baseline"]).history.curve
+        off = guard_off(teacher_valid, curve, g.kd_off)
+        if off != g.kd_off:
+            new = [t for t in off if t not in g.kd_off]
+            executor.on_group(name, lambda a: a.set_kd_guard(off))
+            g.kd_off = off
+            g.guard_log.update({t: pass_number for t in new})
+            write(f"kd guard: {name}: KD off on {new} after pass {pass_number} ({paired} "
+                  "reached the teacher's validation AUC)")

@@ -21,7 +21,8 @@ import torch
 
 from recdistill.cluster.codec import LabelledBatch, committee_outputs
 from recdistill.cluster.config import GroupConfig
-from recdistill.cluster.contracts import StepResult, TrainResult
+from recdistill.cluster.contracts import (DcpState, StateBlob, StateDict, StepResult,
+                                          TrainResult)
 from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.process import enable_faulthandler, free_port, init_group, node_address
 from recdistill.data.spec import ExampleTable, FeatureSpec
@@ -67,7 +68,7 @@ class StudentReplica:
         return host, free_port(host)
 
     def setup(self, addr: str, port: int,
-              state: dict[str, Any] | np.ndarray | None = None) -> int:
+              state: StateBlob | DcpState | StateDict | None = None) -> int:
         """Join the group's process group (M > 1, or any sharded group), shard the
         tables, load ``state`` if given; returns this process's pid."""
         if self.sharded:
@@ -194,12 +195,12 @@ class StudentReplica:
     def keep_best(self) -> None:
         self.best = self._weights()
 
-    def save_state(self, path: str) -> dict[str, str]:
+    def save_state(self, path: str) -> DcpState:
         """A sharded group's state (weights, optimizer, best weights) to directory
         ``path`` with DCP; every replica calls this together. Returns the state to
-        start a group from: ``{"dcp": path}``."""
+        start a group from."""
         save_sharded(path, self.net, self.optimizer, self.best, self.pg)
-        return {"dcp": str(path)}
+        return DcpState(str(path))
 
     def save_serving(self, path: str) -> None:
         """The serving weights of the best state (the current one if none was kept) to
@@ -213,9 +214,9 @@ class StudentReplica:
         else:
             dcp.save(state, checkpoint_id=path, no_dist=True)
 
-    def state(self) -> dict[str, Any]:
-        return {"model": {k: v.clone() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "best": self.best}
+    def state(self) -> StateDict:
+        return StateDict({"model": {k: v.clone() for k, v in self.model.state_dict().items()},
+                          "optimizer": self.optimizer.state_dict(), "best": self.best})
 
     def state_blob(self) -> np.ndarray:
         """``state()`` as ``torch.save`` bytes (uint8); a sharded replica's own part of
@@ -230,19 +231,20 @@ class StudentReplica:
                 "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}),
                 "best": local_state(self.best) if self.best is not None else None}, buf)
         else:
-            torch.save(self.state(), buf)
+            torch.save(self.state().state, buf)
         return np.frombuffer(buf.getbuffer(), np.uint8)
 
     def _prepare(self) -> None:
         prepare_optimizer(self.optimizer)
 
-    def load_state(self, state: dict[str, Any] | np.ndarray) -> None:
-        """Load ``state()``'s dict, its ``state_blob()`` bytes, or (sharded)
-        ``save_state``'s ``{"dcp": path}``, whatever number of replicas wrote it."""
+    def load_state(self, state: StateBlob | DcpState | StateDict) -> None:
+        """Load a saved state: ``state()``'s, ``state_blob()``'s bytes (a sharded
+        replica: its own part) or, sharded, ``save_state``'s directory (whatever number
+        of replicas wrote it)."""
         if self.sharded:
-            if isinstance(state, np.ndarray):  # this replica's part (``state_blob``)
+            if isinstance(state, StateBlob):  # this replica's part (``state_blob``)
                 self._prepare()
-                saved = torch.load(io.BytesIO(state.tobytes()), weights_only=True)
+                saved = torch.load(io.BytesIO(state.data.tobytes()), weights_only=True)
                 now = fill_local({"model": self.net.state_dict(),
                                   "optimizer": self.optimizer.state_dict()}, saved["local"])
                 self.net.load_state_dict(now["model"])
@@ -250,17 +252,20 @@ class StudentReplica:
                 self.best = None if saved["best"] is None else \
                     fill_local(clone_state(self.net.state_dict()), saved["best"])
                 return
-            if not (isinstance(state, dict) and "dcp" in state):
+            if not isinstance(state, DcpState):
                 raise ValueError(f"group {self.cfg.name}: a sharded student loads a "
-                                 "torch.distributed.checkpoint state ({'dcp': path}) or "
-                                 "its own part of a snapshot")
-            self.best = load_sharded(state["dcp"], self.net, self.optimizer, self.pg)
+                                 "torch.distributed.checkpoint state or its own part of a "
+                                 f"snapshot, not a {type(state).__name__}")
+            self.best = load_sharded(state.path, self.net, self.optimizer, self.pg)
             return
-        if isinstance(state, np.ndarray):
-            state = torch.load(io.BytesIO(state.tobytes()), weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.best = state.get("best")
+        if isinstance(state, DcpState):
+            raise ValueError(f"group {self.cfg.name}: a plain student cannot load the "
+                             f"sharded state {state.path}")
+        saved = state.state if isinstance(state, StateDict) else \
+            torch.load(io.BytesIO(state.data.tobytes()), weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.best = saved.get("best")
 
     def parameters_count(self) -> dict[str, int]:
         return dict(self._counts)

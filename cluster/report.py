@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from recdistill.cluster.groups import StudentGroup
-from recdistill.cluster.ledger import GroupLedger
-from recdistill.cluster.run_state import GroupHistory
+from recdistill.cluster.state import GroupState
 
 
 @dataclass
@@ -23,10 +21,11 @@ class DriverTiming:
     driver_loop_cpu_s: float = 0.0  # of which the loop's own thread
 
 
-def student_summary(g: StudentGroup, ledger: GroupLedger, history: GroupHistory,
-                    params: dict[str, int], test: dict[str, dict[str, float]],
-                    tasks: tuple[str, ...]) -> dict[str, Any]:
+def student_summary(g: GroupState, params: dict[str, int],
+                    test: dict[str, dict[str, float]], tasks: tuple[str, ...]
+                    ) -> dict[str, Any]:
     """One group's part of the report, derived from its ledger and history."""
+    ledger, history = g.ledger, g.history
     s, steps = g.cfg.student, ledger.stats.steps
     return {
         "kd": [t.name for t in s.losses if t.name != "hard_label"],
@@ -39,7 +38,7 @@ def student_summary(g: StudentGroup, ledger: GroupLedger, history: GroupHistory,
         "examples_per_pass": [c["examples"] for c in history.curve],
         "parameters": params["serving"],
         "parameters_with_training_heads": params["total"],
-        "replicas": g.cfg.replicas, "sharding": s.sharding, "restarts": g.generation,
+        "replicas": g.cfg.replicas, "sharding": s.sharding, "restarts": g.actors.generation,
         "restored_from_snapshot": g.restores,
         "teacher_versions": sorted(ledger.by_version),
         "examples_by_version": {str(v): n for v, n in ledger.examples_by_version.items()},

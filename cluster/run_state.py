@@ -1,8 +1,8 @@
-"""The driver's checkpoint of a run, and each group's training history kept in it.
+"""The driver's checkpoint of a run.
 
 One file, ``<state_dir>/driver_state.pt``, written atomically (a crash mid-write leaves
-the previous one) at pass ends and every ``checkpoint_every`` labelling rounds. It
-holds every group's state (replica 0's), the example ids each group trained in the
+the previous one) at pass ends and every ``checkpoint_every`` labelling calls. It
+holds every group's state (a plain group's replica 0's, or a sharded group's DCP directory), the example ids each group trained in the
 current pass, its history and its ledger's counts per teacher version, and the teacher
 version the run labels with. It loads with ``weights_only=True``: tensors and plain
 types only, the history as JSON text.
@@ -12,46 +12,29 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from recdistill.cluster.groups import StudentGroup
-from recdistill.cluster.ledger import GroupLedger, VersionCount
+from recdistill.cluster.contracts import DcpState, StateDict
+from recdistill.cluster.ledger import VersionCount
+from recdistill.cluster.config import RunOptions
+from recdistill.cluster.recovery import Executor
+from recdistill.cluster.state import Every, GroupHistory, GroupState
 from recdistill.teacher.checkpoint import CheckpointError
 
 STATE_FILE = "driver_state.pt"
-FORMAT = 2
-
-
-@dataclass
-class GroupHistory:
-    """What the driver learnt about a group over the passes: its validation curve and
-    its best pass (by the first task's validation AUC)."""
-
-    curve: list[dict[str, Any]] = field(default_factory=list)
-    best_auc: float = -1.0
-    best_pass: int = -1
-
-    def record(self, pass_number: int, valid: dict[str, dict[str, float]],
-               train_loss: dict[str, float], examples: int, first_task: str) -> bool:
-        """Add pass ``pass_number`` (1-based); whether it is the best so far."""
-        self.curve.append({"pass": pass_number, "valid": valid, "train_loss": train_loss,
-                           "examples": examples})
-        if valid[first_task]["auc"] > self.best_auc:
-            self.best_auc, self.best_pass = valid[first_task]["auc"], pass_number
-            return True
-        return False
+FORMAT = 3  # 3: a group's state is saved with its kind (a plain state dict or a DCP path)
 
 
 @dataclass
 class GroupCheckpoint:
     """One group in the driver checkpoint."""
 
-    state: dict[str, Any]
+    state: StateDict | DcpState
     trained: np.ndarray  # int64 ids trained in the checkpoint's pass
     history: GroupHistory
     restarts: int
@@ -59,15 +42,16 @@ class GroupCheckpoint:
     by_version: dict[int, VersionCount]
 
     @classmethod
-    def capture(cls, g: StudentGroup, state: dict[str, Any], ledger: GroupLedger,
-                history: GroupHistory, pass_index: int) -> "GroupCheckpoint":
-        """``g`` now, with ``state`` just read from its replica 0."""
-        # The state comes after the rounds queued to the group: it holds the ledger's
-        # ids plus those rounds'.
+    def capture(cls, g: GroupState, state: StateDict | DcpState, pass_index: int
+                ) -> "GroupCheckpoint":
+        """``g`` now, with ``state`` just read from its replicas."""
+        # The state comes after the training calls queued to the group: it holds the
+        # ledger's ids plus those calls'.
         trained = np.unique(np.concatenate(
-            [ledger.trained_ids(pass_index).to_array()]
-            + [item.ids for item in g.in_flight()])).astype(np.int64)
-        return cls(state, trained, history, g.generation, g.restores, ledger.by_version)
+            [g.ledger.trained_ids(pass_index).to_array()]
+            + [item.ids for item in g.actors.in_flight()])).astype(np.int64)
+        return cls(state, trained, g.history, g.actors.generation, g.restores,
+                   g.ledger.by_version)
 
 
 @dataclass
@@ -80,15 +64,15 @@ class RunCheckpoint:
     soft_labels: str
     groups: dict[str, GroupCheckpoint]
 
-    def restore(self, groups: dict[str, StudentGroup], ledgers: dict[str, GroupLedger],
-                history: dict[str, GroupHistory]) -> int:
+    def restore(self, groups: dict[str, GroupState]) -> int:
         """Put the checkpoint's counters, books and histories back (before the groups
         start: their actors are named by generation); returns the first pass to run."""
         for name, saved in self.groups.items():
-            groups[name].generation, groups[name].restores = saved.restarts, saved.restores
-            history[name] = saved.history
-            ledgers[name].restore(saved.by_version,
-                                  None if self.pass_done else self.pass_index, saved.trained)
+            g = groups[name]
+            g.actors.generation, g.restores = saved.restarts, saved.restores
+            g.history = saved.history
+            g.ledger.restore(saved.by_version, None if self.pass_done else self.pass_index,
+                             saved.trained)
         return self.pass_index + (1 if self.pass_done else 0)
 
     def summary(self) -> dict[str, Any]:
@@ -102,7 +86,9 @@ class RunCheckpoint:
                "teacher_checkpoint": self.teacher_checkpoint,
                "soft_labels": self.soft_labels,
                "groups": {name: {
-                   "state": g.state, "trained": torch.from_numpy(g.trained),
+                   "state_kind": "dcp" if isinstance(g.state, DcpState) else "dict",
+                   "state": g.state.path if isinstance(g.state, DcpState) else g.state.state,
+                   "trained": torch.from_numpy(g.trained),
                    # plain JSON text: the file loads with weights_only=True
                    "history": json.dumps({
                        "curve": g.history.curve, "best_auc": g.history.best_auc,
@@ -138,9 +124,31 @@ class RunCheckpoint:
         for name, d in doc["groups"].items():
             kept = json.loads(d["history"])
             out[name] = GroupCheckpoint(
-                state=d["state"], trained=d["trained"].numpy(),
+                state=DcpState(d["state"]) if d["state_kind"] == "dcp"
+                else StateDict(d["state"]), trained=d["trained"].numpy(),
                 history=GroupHistory(kept["curve"], kept["best_auc"], kept["best_pass"]),
                 restarts=kept["restarts"], restores=kept["restores"],
                 by_version={int(v): VersionCount(*c) for v, c in kept["by_version"].items()})
         return cls(doc["pass"], doc["pass_done"], doc["teacher_checkpoint"],
                    doc["soft_labels"], out)
+
+
+class Checkpointer:
+    """Writes the driver checkpoint at each pass end and every ``checkpoint_every``
+    labelling calls collected (:attr:`calls` counts them); nothing without a
+    ``state_dir``."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.path = Path(options.state_dir) / STATE_FILE if options.state_dir else None
+        self.soft_labels = options.soft_labels
+        self.calls = Every(options.checkpoint_every if self.path else 0)
+
+    def write(self, executor: Executor, pass_index: int, pass_done: bool) -> None:
+        """Every group's state now (read through the executor), atomically."""
+        if self.path is None:
+            return
+        groups = {n: GroupCheckpoint.capture(g, executor.on_group(n, lambda a: a.state()),
+                                             pass_index)
+                  for n, g in executor.groups.items()}
+        source = "" if self.soft_labels else executor.labels.source.source
+        RunCheckpoint(pass_index, pass_done, source, self.soft_labels, groups).save(self.path)

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recdistill.cluster.actors import PassInput
+from recdistill.cluster.pass_input import PassInput
 from recdistill.cluster.codec import LabelledBatch, decode
 from recdistill.cluster.process import enable_faulthandler
 from recdistill.data.errors import DataError

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from recdistill.cluster.idset import IdSet
-from recdistill.cluster.ledger import GroupLedger, Settlement, StreamItem
+from recdistill.cluster.ledger import GroupLedger
+from recdistill.cluster.settlement import Settlement, StreamItem
 
 
 class SoftLabelStream:
@@ -39,9 +40,9 @@ class SoftLabelStream:
         """Whether ``n`` more batches fit every group's window."""
         return all(b.depth + n <= self.max_inflight for b in self.ledgers.values())
 
-    def publish(self, ref: Any, ids: np.ndarray, version: int, pass_index: int,
+    def publish(self, refs: tuple[Any, ...], ids: np.ndarray, version: int, pass_index: int,
                 rows: np.ndarray | None = None) -> StreamItem | None:
-        """Hand one student batch to every group (the same ref: one stored copy).
+        """Hand one student batch to every group (the same refs: one stored copy).
 
         ``rows``: the rows of the stored batch this student batch is (a slice of a
         larger labelled batch; ``ids`` are theirs); None: all of it. Rows whose ids this
@@ -56,7 +57,7 @@ class SoftLabelStream:
             rows = np.flatnonzero(new) if rows is None else rows[new]
             ids = ids[new]
         seen.add(ids)
-        item = StreamItem(self._seq, ref, ids, version, pass_index, rows)
+        item = StreamItem(self._seq, refs, ids, version, pass_index, rows)
         self._seq += 1
         self.produced_by_version[version] = self.produced_by_version.get(version, 0) + 1
         for ledger in self.ledgers.values():
@@ -68,7 +69,7 @@ class SoftLabelStream:
         return self.ledgers[group].next_item()
 
     def apply(self, group: str, settlement: Settlement) -> None:
-        """Book a settled round of ``group``; batches lost with a node have their ids
+        """Book a settled training call of ``group``; batches lost with a node have their ids
         published again by the pass's replay."""
         for item in self.ledgers[group].apply(settlement):
             self.published[item.pass_index].remove(item.ids)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from recdistill.cluster.contracts import StepResult, TrainResult
-from recdistill.cluster.ledger import GroupLedger, ReplicaOutcome, VersionCount, settle
+from recdistill.cluster.ledger import GroupLedger, VersionCount
+from recdistill.cluster.settlement import ReplicaOutcome, settle
 from recdistill.cluster.stream import SoftLabelStream
 
 
@@ -16,7 +17,7 @@ def _step(ids, loss: float = 0.5) -> StepResult:
 
 def _stream(n: int, size: int = 4, groups=("g",)) -> tuple[SoftLabelStream, list]:
     st = SoftLabelStream(list(groups), max_inflight=16)
-    items = [st.publish(f"r{i}", np.arange(size * i, size * i + size), version=3,
+    items = [st.publish((f"r{i}",), np.arange(size * i, size * i + size), version=3,
                         pass_index=0) for i in range(n)]
     return st, items
 
@@ -24,7 +25,7 @@ def _stream(n: int, size: int = 4, groups=("g",)) -> tuple[SoftLabelStream, list
 def test_failed_call_books_the_prefix_of_steps_done_and_redelivers_the_rest() -> None:
     st, _ = _stream(3)
     led = st.ledgers["g"]
-    a, b, c = led.take_round(8)
+    a, b, c = led.take_call(8)
     # replica 0 did a and b (2 ids each: its half), then its all-reduce failed on c;
     # replica 1 died in the call
     done = TrainResult([_step([0, 1], 0.25), _step([4, 5], 0.75)], error="RuntimeError: gloo")
@@ -40,7 +41,7 @@ def test_failed_call_books_the_prefix_of_steps_done_and_redelivers_the_rest() ->
 
 def test_every_replica_done_checks_the_ids_add_up() -> None:
     st, _ = _stream(1)
-    (a,) = st.ledgers["g"].take_round(8)
+    (a,) = st.ledgers["g"].take_call(8)
     halves = [ReplicaOutcome(TrainResult([_step([0, 1])])),
               ReplicaOutcome(TrainResult([_step([2, 3])]))]
     assert settle("g", [a], halves).trained[0][0] is a
@@ -53,47 +54,47 @@ def test_every_replica_done_checks_the_ids_add_up() -> None:
 def test_a_lost_batch_among_several_is_retried_one_per_call() -> None:
     st, _ = _stream(5)
     led = st.ledgers["g"]
-    first = led.take_round(3)
+    first = led.take_call(3)
     lost = [ReplicaOutcome(lost_input=True)] * 2
     s = settle("g", first, lost)
     assert (s.retry_singly, len(s.redeliver), s.replica_failed) == (3, 3, False)
     st.apply("g", s)
-    singles = [led.take_round(3) for _ in range(3)]
+    singles = [led.take_call(3) for _ in range(3)]
     assert [[i.seq for i in r] for r in singles] == [[0], [1], [2]]
-    assert [i.seq for i in led.take_round(3)] == [3, 4]  # back to full rounds
+    assert [i.seq for i in led.take_call(3)] == [3, 4]  # back to full rounds
     # the single round holding the lost batch: its ids go back to be labelled again
     s = settle("g", singles[1], lost)
     assert [i.seq for i in s.relabel] == [1]
     st.apply("g", s)
     assert led.relabelled == 1 and led.acked == 0
-    again = st.publish("r1-again", np.arange(4, 8), version=3, pass_index=0)
+    again = st.publish(("r1-again",), np.arange(4, 8), version=3, pass_index=0)
     assert again is not None and again.rows is None  # published in full, not a replay
 
 
 def test_snapshot_restore_takes_what_was_trained_since_off_the_books() -> None:
     st, items = _stream(5)
     led = st.ledgers["g"]
-    for item in led.take_round(2):  # 0, 1
+    for item in led.take_call(2):  # 0, 1
         led.ack(item, _step(item.ids))
-    in_flight = led.take_round(1)  # 2: queued to the replicas before the snapshot
+    in_flight = led.take_call(1)  # 2: queued to the replicas before the snapshot
     led.snapshot_taken(in_flight)
     led.ack(in_flight[0], _step(in_flight[0].ids))  # in the snapshot already
-    for item in led.take_round(2):  # 3, 4: trained after it
+    for item in led.take_call(2):  # 3, 4: trained after it
         led.ack(item, _step(item.ids))
     assert [i.seq for i in led.since_snapshot] == [3, 4]
     led.rollback_to_snapshot()
     assert (led.acked, led.acked_rows, led.redelivered) == (3, 12, 2)
     assert led.trained_ids(0).to_array().tolist() == list(range(12))
-    assert [i.seq for i in led.take_round(8)] == [3, 4]  # first, in order
+    assert [i.seq for i in led.take_call(8)] == [3, 4]  # first, in order
     assert led.stats.steps == 5  # the optimizer's work: undone steps still happened
 
 
 def test_report_counters_are_derived_from_the_ledger() -> None:
     st, items = _stream(4, groups=("g", "h"))
     led = st.ledgers["g"]
-    for item in led.take_round(3):
+    for item in led.take_call(3):
         led.ack(item, _step(item.ids))
-    st.publish("r0-replayed", np.arange(0, 4), version=3, pass_index=0)  # dropped
+    st.publish(("r0-replayed",), np.arange(0, 4), version=3, pass_index=0)  # dropped
     c = st.counters()
     assert c["produced"] == 4 and c["produced_by_version"] == {"3": 4}
     assert c["acked"] == {"g": 3, "h": 0} and c["acked_rows"] == {"g": 12, "h": 0}
@@ -111,7 +112,7 @@ def test_report_counters_are_derived_from_the_ledger() -> None:
 def test_training_an_example_twice_in_a_pass_fails() -> None:
     st, items = _stream(1)
     led = st.ledgers["g"]
-    (a,) = led.take_round(1)
+    (a,) = led.take_call(1)
     led.ack(a)
     led.in_flight[a.seq] = a  # a bug that delivered it again
     with pytest.raises(RuntimeError, match="trained twice in pass 1"):

@@ -34,21 +34,21 @@ def test_idset_matches_a_python_set_on_random_batches() -> None:
 
 def test_queued_batch_whose_ids_were_trained_is_dropped_as_duplicate() -> None:
     st = SoftLabelStream(["g"], max_inflight=4)
-    a = st.publish("ref-a", np.array([0, 1, 2]), version=1, pass_index=0)
-    st.publish("ref-b", np.array([3, 4]), version=1, pass_index=0)
-    st.publish("ref-c", np.array([5]), version=1, pass_index=0)
+    a = st.publish(("ref-a",), np.array([0, 1, 2]), version=1, pass_index=0)
+    st.publish(("ref-b",), np.array([3, 4]), version=1, pass_index=0)
+    st.publish(("ref-c",), np.array([5]), version=1, pass_index=0)
     item = st.next_for("g")
     assert item is a
     st.ledgers["g"].ack(item)
     st.ledgers["g"].trained[0].add(np.array([3, 4]))  # as if a survivor had trained b
-    assert st.next_for("g").ref == "ref-c"
+    assert st.next_for("g").refs == ("ref-c",)
     assert st.ledgers["g"].duplicates_dropped == 1
     assert len(st.trained_ids("g", 0)) == 5 and len(st.trained_ids("g", 1)) == 0
 
 
 def test_unack_takes_batches_off_the_books_and_queues_them_first_in_order() -> None:
     st = SoftLabelStream(["g"], max_inflight=8)
-    items = [st.publish(f"r{i}", np.arange(4 * i, 4 * i + 4), version=3, pass_index=0)
+    items = [st.publish((f"r{i}",), np.arange(4 * i, 4 * i + 4), version=3, pass_index=0)
              for i in range(3)]
     for _ in range(3):
         st.ledgers["g"].ack(st.next_for("g"))
@@ -57,16 +57,16 @@ def test_unack_takes_batches_off_the_books_and_queues_them_first_in_order() -> N
     assert (b.acked, b.examples_by_pass[0], b.acked_by_version[3], b.redelivered) == \
         (1, 4, 1, 2)
     assert st.trained_ids("g", 0).to_array().tolist() == [0, 1, 2, 3]
-    assert [st.next_for("g").ref for _ in range(2)] == ["r1", "r2"]
+    assert [st.next_for("g").refs for _ in range(2)] == [("r1",), ("r2",)]
 
 
 def test_published_rows_are_not_published_twice() -> None:
     st = SoftLabelStream(["g"], max_inflight=8)
-    st.publish("a", np.array([0, 1, 2, 3]), version=1, pass_index=0)
-    assert st.publish("a2", np.array([2, 0]), version=1, pass_index=0) is None
-    part = st.publish("b", np.array([3, 4, 5]), version=1, pass_index=0)
+    st.publish(("a",), np.array([0, 1, 2, 3]), version=1, pass_index=0)
+    assert st.publish(("a2",), np.array([2, 0]), version=1, pass_index=0) is None
+    part = st.publish(("b",), np.array([3, 4, 5]), version=1, pass_index=0)
     assert part.rows.tolist() == [1, 2] and part.ids.tolist() == [4, 5]
-    assert st.publish("c", np.array([0, 1]), version=1, pass_index=1).rows is None
+    assert st.publish(("c",), np.array([0, 1]), version=1, pass_index=1).rows is None
     assert st.replayed_rows == 3 and st.produced == 3
 
 

@@ -1,0 +1,242 @@
+"""The driver loop, whole passes in-process against fake groups (tests/unit/fakes.py):
+exactly-once books, the backpressure window, checkpoint and snapshot cadence, teacher
+refresh, the KD guard, and every failure decision down to giving up.
+
+The numbers: 640 rows, 2 label ranks of 320 rows each; 64-row batches, so 5 per rank
+and 10 per pass. A labelling call asks each rank for 2 batches (``stream.batches_per_call``
+= 2), so a pass takes 3 calls (2 + 2 + 1, the last one ending the pass)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakes import FakeLabels, FakeRuntime, FakeStudents
+from recdistill.cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
+                                       TeacherGroupConfig)
+from recdistill.cluster.contracts import StateDict
+from recdistill.cluster.controller import Controller
+from recdistill.cluster.evaluation import evaluate_teacher
+from recdistill.cluster.recovery import ATTEMPTS, RunAborted
+from recdistill.cluster.run_state import RunCheckpoint
+from recdistill.cluster.state import Hooks
+from recdistill.student.config import LossTerm, StudentConfig
+
+ROWS, TASKS = 640, ("click", "like")
+CALLS_PER_PASS, BATCHES_PER_PASS = 3, 10
+
+
+def _cfg(passes: int = 2, max_inflight: int = 8, snapshot_every: int = 4,
+         **teacher_group: Any) -> DistillConfig:
+    groups = (GroupConfig(StudentConfig(name="baseline", losses=(LossTerm("hard_label"),)),
+                          replicas=2, snapshot_every=0),
+              GroupConfig(StudentConfig(name="kd", losses=(
+                  LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5))),
+                  replicas=2, snapshot_every=snapshot_every))
+    return DistillConfig(passes=passes, groups=groups, stream=StreamConfig(
+        max_inflight=max_inflight, batches_per_call=2), teacher_group=TeacherGroupConfig(
+        ranks=2, batch_size=64, label_batch_size=64, checkpoint="unused", **teacher_group))
+
+
+def _controller(cfg: DistillConfig, options: RunOptions = RunOptions(progress=False),
+                hooks: Hooks = Hooks(), **fake: Any) -> tuple[Controller, FakeLabels,
+                                                           dict[str, FakeStudents]]:
+    labels = FakeLabels(cfg.teacher_group.ranks, cfg.label_rows)
+    students = {g.name: FakeStudents(g) for g in cfg.groups}
+    c = Controller(cfg, TASKS, options, labels, students, fake.get("runtime") or
+                   FakeRuntime(ROWS), hooks, newest_teacher=fake.get("newest"))
+    return c, labels, students
+
+
+def _run(c: Controller) -> Controller:
+    first = c.start()
+    c.teacher_valid, _ = evaluate_teacher(c.executor, "valid", 1024, TASKS)
+    c.run_passes(first)
+    return c
+
+
+def _assert_exactly_once(c: Controller, passes: int) -> None:
+    for name, g in c.groups.items():
+        for p in range(passes):
+            assert g.ledger.trained_ids(p) == set(range(ROWS)), (name, p)
+            assert g.ledger.examples_by_pass[p] == ROWS, (name, p)  # no id twice
+
+
+def test_every_group_trains_every_id_once_per_pass() -> None:
+    c, labels, students = _controller(_cfg(passes=2))
+    _run(c)
+    _assert_exactly_once(c, 2)
+    counters = c.stream.counters()
+    assert counters["produced"] == 2 * BATCHES_PER_PASS
+    assert counters["acked"] == {"baseline": 20, "kd": 20}
+    assert counters["redelivered"] == counters["duplicates_dropped"] == 0
+    assert labels.requests == 2 * CALLS_PER_PASS
+    assert labels.handed == [(0, 0), (1, 0)]  # each pass handed once, the next prefetched
+    assert [len(g.history.curve) for g in c.groups.values()] == [2, 2]
+
+
+def test_the_window_bounds_every_groups_queued_and_unacknowledged_batches() -> None:
+    """Replicas that hold their calls until the loop has nothing else to wait on: the
+    label source fills each group's window of 4 batches and waits."""
+    runtime = FakeRuntime(ROWS)
+    c, _, students = _controller(_cfg(passes=1, max_inflight=4), runtime=runtime)
+    for s in students.values():
+        s.hold = runtime.held
+    _run(c)
+    _assert_exactly_once(c, 1)
+    assert c.stream.counters()["max_depth"] == {"baseline": 4, "kd": 4}
+
+
+def test_checkpoints_at_pass_ends_and_every_n_labelling_calls(tmp_path: Path) -> None:
+    options = RunOptions(progress=False, state_dir=str(tmp_path), checkpoint_every=2)
+    c, _, _ = _controller(_cfg(passes=2), options)
+    written: list[tuple[int, bool]] = []
+    write = c.checkpoints.write
+    c.checkpoints.write = lambda ex, p, pass_done: (  # type: ignore[method-assign]
+        written.append((p, pass_done)), write(ex, p, pass_done))[1]
+    _run(c)
+    # labelling calls 2, 4 and 6 of 3 per pass, and both pass ends
+    assert written == [(0, False), (0, True), (1, False), (1, False), (1, True)]
+    saved = RunCheckpoint.load(tmp_path / "driver_state.pt", ["baseline", "kd"], "")
+    assert (saved.pass_index, saved.pass_done) == (1, True)
+    assert saved.groups["kd"].state == StateDict({"trained": 20})
+    assert len(saved.groups["kd"].trained) == ROWS
+
+
+def test_snapshots_at_the_start_every_n_acknowledged_batches_and_pass_ends() -> None:
+    c, _, students = _controller(_cfg(passes=2, snapshot_every=4))
+    _run(c)
+    # kd: one at the start; in each pass of 10 batches, after the 4th and 8th
+    # acknowledged (the calls carry 2 each); one at each pass end. baseline: none.
+    assert students["kd"].snapshots_taken == 1 + 2 * (2 + 1)
+    assert students["baseline"].snapshots_taken == 0
+
+
+def test_refresh_loads_a_newer_teacher_version_between_labelling_calls() -> None:
+    c, labels, _ = _controller(_cfg(passes=2, refresh_every=2),
+                               newest=lambda: "teacher/v2")
+    _run(c)
+    # call 2 looks and finds v2 (after call 1's 4 batches); call 4 finds it loaded
+    assert c.labels.refreshes == [{"round": 2, "produced": 4, "version": 2}]
+    assert c.stream.counters()["produced_by_version"] == {"1": 4, "2": 16}
+    assert labels.source == "teacher/v2"
+    _assert_exactly_once(c, 2)
+
+
+def test_kd_guard_turns_kd_off_once_the_baseline_reaches_the_teacher() -> None:
+    """The teacher's AUC comes from quality (2.0, 1.0); the baseline's reaches 1.0 on
+    `like` in pass 2 (the same logits: the same AUC), never 2.0 on `click`."""
+    kills: list[str] = []
+
+    def kill_kd_in_pass_3(phase: str) -> None:
+        if phase == "pass 3":
+            students["kd"].fail_calls, _ = 1, kills.append(phase)
+
+    c, _, students = _controller(_cfg(passes=3), hooks=Hooks(on_phase=kill_kd_in_pass_3))
+    students["baseline"].quality = [(0.5, 0.5), (0.5, 1.0), (0.5, 0.2)]
+    _run(c)
+    kd = c.groups["kd"]
+    assert (kd.kd_off, kd.guard_log) == (("like",), {"like": 2})
+    # set once by the guard, and again on the group re-formed in pass 3
+    assert students["kd"].guard_calls == [("like",), ("like",)] and kills == ["pass 3"]
+    assert students["kd"].generation == 1
+    assert c.groups["baseline"].kd_off == () and students["baseline"].guard_calls == []
+
+
+def test_a_failed_training_call_reforms_the_group_from_a_survivor() -> None:
+    c, _, students = _controller(_cfg(passes=1))
+    students["baseline"].fail_calls = 1
+    _run(c)
+    _assert_exactly_once(c, 1)
+    b = c.groups["baseline"]
+    assert (students["baseline"].generation, b.restores, b.failed_in_a_row) == (1, 0, 0)
+    # the survivor's state: the 2 batches of the call that finished beside the failed one
+    assert students["baseline"].starts == [None, StateDict({"trained": 2})]
+    assert c.stream.counters()["redelivered_by_group"] == {"baseline": 2, "kd": 0}
+
+
+def test_a_group_without_survivors_restores_its_snapshot() -> None:
+    """kd keeps a snapshot every 3 batches: one after batch 4 (the calls carry 2). Its
+    replicas die while batch 5 is booked: the call of batches 7-8 fails, no replica
+    survives (sharded), the snapshot's state is loaded and batches 5-8 go again."""
+    died: list[int] = []
+
+    def die_at_5(group: str, acked: int) -> None:
+        if group == "kd" and acked == 5 and not died:
+            died.append(acked)
+            students["kd"].die()
+
+    c, _, students = _controller(_cfg(passes=1, snapshot_every=3),
+                                 hooks=Hooks(after_ack=die_at_5))
+    students["kd"].sharded = True
+    _run(c)
+    _assert_exactly_once(c, 1)
+    kd = c.groups["kd"]
+    assert (students["kd"].generation, kd.restores) == (1, 1)
+    assert students["kd"].starts == [None, StateDict({"trained": 4})]
+    assert c.stream.counters()["redelivered_by_group"] == {"baseline": 0, "kd": 4}
+
+
+def test_a_failed_labelling_call_reforms_the_label_source_and_replays_the_pass() -> None:
+    def fail_label_call(group: str, acked: int) -> None:
+        if group == "baseline" and acked == 3:
+            labels.fail_call = 1
+
+    c, labels, _ = _controller(_cfg(passes=2), hooks=Hooks(after_ack=fail_label_call))
+    _run(c)
+    _assert_exactly_once(c, 2)
+    assert labels.generation == 1
+    assert labels.handed[:3] == [(0, 0), (1, 0), (0, 1)]  # the new ranks get pass 1 again
+    counters = c.stream.counters()
+    # the replay's rows already published (8 batches of 64) are dropped, not trained
+    assert counters["replayed_rows"] == 8 * 64
+    assert counters["produced"] == 2 * BATCHES_PER_PASS
+
+
+def test_a_group_whose_every_call_fails_gives_up() -> None:
+    c, _, students = _controller(_cfg(passes=1))
+    students["baseline"].fail_calls = 10 ** 6
+    with pytest.raises(RunAborted, match=f"group baseline: {ATTEMPTS + 1} training calls "
+                                         "in a row failed"):
+        _run(c)
+    assert students["baseline"].generation == ATTEMPTS  # re-formed 5 times, then no more
+
+
+def test_no_survivor_and_no_snapshot_gives_up() -> None:
+    c, _, students = _controller(_cfg(passes=1, snapshot_every=0))
+    students["kd"].sharded, students["kd"].fail_calls = True, 1
+    with pytest.raises(RunAborted, match="group kd: every replica died and it keeps no "
+                                         r"snapshots \(snapshot_every = 0\)"):
+        _run(c)
+
+
+def test_a_replica_lost_in_evaluation_is_replaced_and_asked_again() -> None:
+    def lose_kd(phase: str) -> None:
+        if phase == "evaluate valid":
+            students["kd"].alive = False
+
+    c, _, students = _controller(_cfg(passes=1), hooks=Hooks(on_phase=lose_kd))
+    _run(c)
+    assert students["kd"].generation == 1
+    assert c.groups["kd"].history.curve[0]["valid"]["like"]["auc"] == pytest.approx(
+        c.groups["baseline"].history.curve[0]["valid"]["like"]["auc"])
+
+
+def test_groups_of_another_config_keep_their_own_schedule() -> None:
+    """snapshot_every lives in each group's schedule, not in the loop."""
+    cfg = _cfg(passes=1, snapshot_every=2)
+    cfg = dataclasses.replace(cfg, groups=(dataclasses.replace(cfg.groups[0], snapshot_every=5),
+                                           cfg.groups[1]))
+    c, _, students = _controller(cfg)
+    _run(c)
+    assert [g.snapshots.every for g in c.groups.values()] == [5, 2]
+    # A snapshot holds the calls queued before it, so those batches do not count
+    # towards the next. baseline: the start, after batch 6 (the first call boundary at
+    # or past 5; it holds 7-8), the pass end.
+    assert students["baseline"].snapshots_taken == 3
+    # kd: the start; after batch 2 (holding 3-4), after 6 (holding 7-8) and after 10;
+    # the pass end.
+    assert students["kd"].snapshots_taken == 5
