@@ -65,7 +65,7 @@ class TeacherGroupConfig:
             :attr:`DistillConfig.label_rows`). ``batch_size`` labels in student-sized
             batches.
         prefetch: each pass's input starts once the pass before it has yielded its
-            first round, while that pass is being labelled (its shuffle task with
+            first labelling call, while that pass is being labelled (its shuffle task with
             ``split = rows``; with ``stream``, its stream, read and decoded ahead by a
             thread in every rank), so no rank waits for a pass to start; false: a pass's
             input starts when the pass does, and a batch is read when it is labelled.
@@ -97,7 +97,7 @@ class TeacherGroupConfig:
         version: which version of a root to load: ``best`` (by validation AUC),
             ``latest``, or a version number (the training step that wrote it).
         refresh_every: check the checkpoint root for a newer ``version`` every this many
-            teacher rounds (labelling calls: up to ``stream.batches_per_call`` batches
+            labelling calls (up to ``stream.batches_per_call`` batches
             per rank each) and load it between batches without stopping the stream
             (0: never; a root of versions only).
         train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
