@@ -107,10 +107,9 @@ class RowShare:
     reads its batches as views of the stored columns (no Arrow decode per batch).
 
     Why not ``streaming_split``: Ray Data splits a stream lazily only through it, and
-    its coordinator is a new actor every pass: ~1.5 s of CPU per pass on a 2-core
-    machine (a worker process starting), as much as the teacher's labelling of a
-    MovieLens pass, for rows a rank can slice itself; its executor then runs beside the
-    ranks. ``streaming_split(k, equal=True)`` of the one-block shuffled table gives rank
+    its coordinator is a new actor every pass (a worker process starting: as much CPU
+    as the teacher's labelling of a MovieLens pass, BENCHMARKS.md, ``input``), for rows
+    a rank can slice itself; its executor then runs beside the ranks. ``streaming_split(k, equal=True)`` of the one-block shuffled table gives rank
     r the rows ``[r*m, (r+1)*m)``, m = n // k: a RowShare reads exactly those, in the
     same batches.
     """

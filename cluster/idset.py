@@ -21,8 +21,9 @@ class IdSet:
 
     @staticmethod
     def _sorted_unique(ids: np.ndarray) -> np.ndarray:
-        # np.unique hashes (numpy 2): 65 us for a 512-id batch here, a sort 10 us; the
-        # books do this for every batch published and acknowledged.
+        # np.unique hashes (numpy 2), several times slower than a sort for a batch's ids
+        # (BENCHMARKS.md, "The books"); the books do this for every batch published and
+        # acknowledged.
         ids = np.sort(np.asarray(ids, np.int64))
         if len(ids) > 1:
             ids = ids[np.concatenate(([True], ids[1:] != ids[:-1]))]

@@ -31,16 +31,16 @@ class _PassReader:
     """One pass's share of the input, as :class:`BatchArrays`.
 
     A :class:`RowShare` (``split = "rows"``): the pass was shuffled and decoded once by a
-    task, a batch is a slice of it (~0.3 ms per 4096 rows), taken in the labeller's
+    task, a batch is a slice of it, taken in the labeller's
     thread when asked for; the driver hands a pass over while the one before it is
     labelled, so its shuffle is done by then. A Ray Data stream (``split = "stream"``):
     decoded here, Arrow -> numpy per batch; ``threaded``, a thread reads from the
     start (the stream starts, and its first batches are ready, by the time the
     labeller gets there), holding at most ``PREFETCH_BATCHES`` batches; otherwise a
     batch is read when asked for (the behaviour before prefetching existed, kept as
-    ``teacher_group.prefetch = false``). A reader thread for a RowShare measured 1.2 ms
-    per batch beside the forward (its slicing waits for the GIL) against 0.3 ms inline,
-    input overhead 0.12 against 0.09 (medians of 5 repeats, MovieLens, 2 cores)."""
+    ``teacher_group.prefetch = false``). A RowShare is sliced inline, not by a reader
+    thread: beside the forward the thread's slicing waits for the GIL and costs more
+    than it hides (BENCHMARKS.md, ``labelling``)."""
 
     _END = object()
 
@@ -143,7 +143,7 @@ class PassInput:
         ``ids_list`` and its batch are None; a call that comes after the pass ended
         (the driver keeps ``teacher_group.calls_in_flight`` calls queued) labels
         nothing and never reads into the next pass. One call for n batches: each actor
-        call costs the driver ~0.8 ms of CPU."""
+        call costs the driver CPU (BENCHMARKS.md, ``pipeline``)."""
         ids_list: list[Any] = []
         batches: list[Any] = []
         ended = index <= self._ended
