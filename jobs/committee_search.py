@@ -36,7 +36,8 @@ CANDIDATES = {"dcn": {}, "dcn_seed1": {"seed": 1},
 
 
 def search(data_name: str, split: str, rows: int, root: str) -> dict[str, Any]:
-    from recdistill.jobs.train_teacher import TrainTeacherArgs, run
+    from recdistill.jobs.train_teacher import run
+    from recdistill.teacher.loop import TrainTeacherArgs
     from recdistill.student.metrics import task_metrics
     from recdistill.teacher.checkpoint import load_teacher_state, read_meta, versions
     from recdistill.teacher.model import TeacherModel

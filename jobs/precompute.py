@@ -29,14 +29,15 @@ from recdistill.cluster.config import DistillConfig
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset
+from recdistill.cluster.session import connect_ray, exit_process
 from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments,
-                                    add_plugin_argument, connect_ray, exit_process, in_memory,
-                                    load_dataset, load_plugins, quiet_library_warnings)
+                                    add_plugin_argument, in_memory, load_dataset, load_plugins,
+                                    quiet_library_warnings)
 from recdistill.teacher.checkpoint import CheckpointError, read_meta
 
 
 def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespace]:
-    from recdistill.jobs.distill import load_config
+    from recdistill.jobs.distill_config import load_config
     p = argparse.ArgumentParser(prog="recdistill precompute", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="soft-label directory (created or resumed)")
@@ -85,7 +86,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     from recdistill.cluster.committee import Committee
     from recdistill.cluster.soft_labels import (SPLITS, Manifest, labels_table, part_slices,
                                                 write_part)
-    from recdistill.jobs.distill import ensure_teacher, match_teacher
+    from recdistill.cluster.teachers import ensure_teacher, match_teacher
+    from recdistill.jobs.train_teacher import run as train_teacher
     t0 = time.perf_counter()
     root = Path(out)
     data = in_memory(dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed,
@@ -98,7 +100,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
         connect_ray(address, len(cfg.members) * cfg.teacher_group.ranks + 2, verbose=verbose)
     labels: Committee | None = None
     try:
-        ensure_teacher(cfg)
+        ensure_teacher(cfg, train_teacher)
         labels = Committee.teacher(cfg)
         sources = [m.source for m in labels.members]
         _, _, info = read_meta(sources[0])

@@ -21,93 +21,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
-import json
-import logging
 import os
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
-from recdistill.data.configs import from_mapping, to_mapping
+from recdistill.cluster.session import exit_process
+from recdistill.cluster.teacher_train import run_on_ray
+from recdistill.data.configs import from_mapping
 from recdistill.data.errors import ConfigError, DataError
-from recdistill.data.fingerprint import fingerprint
-from recdistill.data.spec import Dataset, pass_seed
+from recdistill.data.spec import Dataset
 from recdistill.jobs.common import (add_data_arguments, add_plugin_argument, check_sections,
-                                    connect_ray, exit_process, in_memory, load_dataset,
-                                    load_plugins, metrics_table, quiet_library_warnings,
-                                    read_toml, set_threads, write_json_atomic)
-from recdistill.student.metrics import task_metrics
-from recdistill.teacher.checkpoint import (CheckpointError, read_meta, resolve, version_dir,
-                                           write_index)
+                                    in_memory, load_dataset, load_plugins, metrics_table,
+                                    quiet_library_warnings, read_toml, set_threads,
+                                    write_json_atomic)
+from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.config import DENSE_ENGINES, PRECISIONS, SHARDING_TYPES, TeacherConfig
-from recdistill.teacher.engine import TeacherTrainer
-from recdistill.teacher.model import TeacherModel
-from recdistill.teacher.sharding import default_device, init_distributed
-from recdistill.teacher.train import predict
-
-# Progress lines per epoch where no terminal shows a bar (Ray workers, CI logs).
-_LOG_POINTS = 5
-
-
-@dataclass(frozen=True)
-class TrainTeacherArgs:
-    """Where the data comes from, where results go, and how the job runs.
-
-    Attributes:
-        data: ``movielens``, ``synthetic`` or a dataset TOML file.
-        split: MovieLens split (user_time, random, global_time).
-        rows: synthetic rows.
-        max_cardinality: cap on the synthetic features' ids (1e7: Criteo's own sizes).
-        checkpoint: root directory of the run's checkpoint versions.
-        report: JSON report path (none if empty).
-        eval_batch_size: rows per rank per evaluation batch.
-        workers: 0 trains in this process (or the ranks torchrun started); N >= 1 runs N
-            ranks as a Ray Train worker group.
-        address: Ray cluster to join with ``workers`` (GCS address or ``auto``); empty
-            starts a local one (``RAY_ADDRESS`` is honoured).
-        gpu: one GPU per Ray worker (nccl); CPU and gloo otherwise.
-        resume: continue from the latest version under ``checkpoint``.
-        verbose: keep Ray's own start-up lines (token auth, "Started a local Ray
-            instance") in the output of a ``workers`` run.
-        checkpoint_every: also write a version every this many steps (0: epoch ends only).
-        keep_versions: versions kept besides the best (older ones are deleted; 0 keeps all).
-        data_seed: seed of the dataset (the synthetic generator, MovieLens' random
-            split): the distill job's seed, so its teachers see its data. The teacher's
-            own ``TeacherConfig.seed`` seeds its model and data order only, so the
-            members of a committee differ in their seeds, not in their data.
-    """
-
-    data: str = "movielens"
-    split: str = "user_time"
-    rows: int = 100_000
-    max_cardinality: int = 100_000
-    checkpoint: str = "runs/teacher"
-    report: str = ""
-    eval_batch_size: int = 4096
-    workers: int = 0
-    address: str = ""
-    gpu: bool = False
-    resume: bool = False
-    verbose: bool = False
-    checkpoint_every: int = 0
-    keep_versions: int = 3
-    data_seed: int = 0
-
-    def __post_init__(self) -> None:
-        for key, low in (("rows", 1), ("max_cardinality", 1), ("eval_batch_size", 1),
-                         ("workers", 0),
-                         ("checkpoint_every", 0), ("keep_versions", 0)):
-            if getattr(self, key) < low:
-                raise ConfigError(f"job.{key} must be >= {low}, got {getattr(self, key)}")
-        if self.address and not self.workers:
-            raise ConfigError("job.address (--address) needs job.workers >= 1 (--workers)")
+from recdistill.teacher.loop import TrainTeacherArgs, train
 
 
 def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherConfig]]:
@@ -200,7 +131,7 @@ def _members(a: argparse.Namespace, job: TrainTeacherArgs, over: dict[str, Any]
     """``--member``: each named member's run, its config the member's with the command
     line's model flags over it, its checkpoint the member's (``--checkpoint`` moves the
     committee's root as ``jobs.distill --teacher-checkpoint`` does)."""
-    from recdistill.jobs.distill import load_config
+    from recdistill.jobs.distill_config import load_config
     dcfg = load_config(a.distill_config, data=a.data, split=a.split, rows=a.rows,
                        max_cardinality=a.max_cardinality, checkpoint=a.checkpoint)
     # the distill config's dataset (the command line's flags over it)
@@ -218,174 +149,27 @@ def _members(a: argparse.Namespace, job: TrainTeacherArgs, over: dict[str, Any]
              dataclasses.replace(m.teacher, **over)) for m in members]
 
 
-@dataclass
-class _Progress:
-    """Where training stands; saved in every version so ``--resume`` continues there."""
-
-    epoch: int = 0            # epochs completed
-    batch_in_epoch: int = 0   # batches of epoch ``epoch`` already trained
-    loss_sum: float = 0.0     # their summed training loss
-    step: int = 0
-    best_auc: float = -1.0
-    best_version: int = -1
-    best_epoch: int = -1
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    best_test: dict[str, Any] = dataclasses.field(default_factory=dict)
-    world: int = 1
-
-
-def _restore(job: TrainTeacherArgs, world: int, log: Callable[[str], None]
-             ) -> tuple[Path | None, _Progress]:
-    """The version to resume from and its progress; (None, fresh) without --resume."""
-    if not job.resume:
-        return None, _Progress(world=world)
-    path = resolve(job.checkpoint, "latest")
-    _, _, info = read_meta(path)
-    if "progress" not in info:
-        raise CheckpointError(f"{path}: holds no training progress to resume from "
-                              "(written by an older version of this job)")
-    prog = _Progress(**info["progress"])
-    if prog.batch_in_epoch and prog.world != world:
-        log(f"resume: {path} was written mid-epoch by {prog.world} rank(s); with {world} "
-            f"the batches differ, so epoch {prog.epoch + 1} restarts from its beginning")
-        prog.batch_in_epoch = 0
-    log(f"resuming from {path} (step {prog.step}, epoch {prog.epoch + 1}, batch "
-        f"{prog.batch_in_epoch})")
-    prog.world = world
-    return path, prog
-
-
 def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         summary: bool = True,
         echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train, checkpoint, keep the best version, evaluate it on test (every rank).
-
-    ``on_progress`` is called on every rank with ``{"epoch", "step", "loss",
-    "examples_per_s"}`` at each progress point and with ``"valid"`` at each epoch end
-    (the Ray worker loop turns these into dashboard metrics and Ray Train reports).
-    ``summary``: rank 0 prints the test table (the Ray driver prints it instead).
-    ``echo``: where rank 0's progress lines go (default: printed; the distill job sends
-    them to its driver, which prints them in its own output).
-    """
-    t0 = time.perf_counter()
+    """The job in this process (or on this torchrun rank or Ray worker): the teacher
+    trained on ``dataset`` (default: the job's, loaded) by
+    :func:`recdistill.teacher.loop.train`; rank 0 writes the report and, with
+    ``summary``, prints its test table (the Ray driver prints it instead). Returns the
+    report; ``on_progress`` and ``echo`` as :func:`~recdistill.teacher.loop.train` has
+    them."""
+    from recdistill.student.metrics import task_metrics
+    quiet_library_warnings()  # a Ray task or worker starts without the job's filters
     set_threads()
-    device = default_device()
-    pg = init_distributed(device)
-    rank, world = dist.get_rank(pg), dist.get_world_size(pg)
-    cfg.check_world(world)
 
-    def log(msg: str) -> None:
-        if rank == 0:
-            (echo or tqdm.write)(msg)
+    def load() -> Dataset:
+        return in_memory(dataset or load_dataset(
+            job.data, split=job.split, seed=job.data_seed, rows=job.rows,
+            max_cardinality=job.max_cardinality), "jobs.train_teacher")
 
-    resume_from, prog = _restore(job, world, log)
-    data = in_memory(dataset or load_dataset(job.data, split=job.split, seed=job.data_seed,
-                                             rows=job.rows,
-                                             max_cardinality=job.max_cardinality),
-                     "jobs.train_teacher")
-    # DMP materialises the meta tables with torch's global generator: seed it, so a run
-    # is reproducible (every rank the same seed; each initialises different shards).
-    torch.manual_seed(cfg.seed)
-    model = TeacherModel(data.spec, cfg)
-    keys = model.feature_names
-    n_params = sum(p.numel() for p in model.parameters())  # meta tensors know their sizes
-    trainer = TeacherTrainer(model, cfg, pg, device, init_from=resume_from,
-                             resume_engine=True)
-    first_task = data.spec.tasks[0]
-    engine = cfg.dense_engine + (f" ZeRO-{cfg.zero_stage} {cfg.precision}"
-                                 if cfg.dense_engine == "deepspeed" else "")
-    log(f"training a {n_params:,}-parameter teacher: {len(keys)} sparse features, "
-        f"{world} rank(s), tables {cfg.sharding}, dense {engine}, data {data.name} "
-        f"({len(data.train):,} train rows)")
-    steps_per_epoch = data.train.num_batches(cfg.batch_size, world)
-
-    def save(progress: _Progress) -> None:
-        path = version_dir(job.checkpoint, progress.step)
-        trainer.save(path, spec=data.spec,
-                     info={"epoch": progress.epoch, "step": progress.step,
-                           "fingerprint": fingerprint(data.spec, data.name),
-                           "valid": progress.history[-1]["valid"] if progress.history
-                           else {}, "progress": dataclasses.asdict(progress)})
-        if rank == 0:
-            # Before the first validation there is no best yet: the newest stands in.
-            best = progress.best_version if progress.best_version > 0 else progress.step
-            write_index(job.checkpoint, best=best, latest=progress.step,
-                        keep=job.keep_versions)
-
-    for epoch in range(prog.epoch, cfg.epochs):
-        if prog.best_epoch > 0 and epoch - prog.best_epoch >= cfg.patience:
-            break  # a resumed run that had already stopped early
-        trainer.model.train()
-        skip, loss_before = prog.batch_in_epoch, prog.loss_sum
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=True if rank != 0 else None,  # None: only on a terminal
-                   leave=False, file=sys.stderr, mininterval=0.5)
-        points = {steps_per_epoch * (i + 1) // _LOG_POINTS for i in range(_LOG_POINTS - 1)}
-        losses: list[float] = []
-        t_epoch = time.perf_counter()
-        arrays = data.train.iter_batches(cfg.batch_size, shuffle=True,
-                                         seed=pass_seed(cfg.seed, epoch), keys=keys,
-                                         rank=rank, world=world)
-        for i, batch_arrays in enumerate(itertools.islice(arrays, skip, None), start=skip):
-            losses.append(trainer.train_step(batch_arrays.to_batch().to(device)))
-            prog.step += 1
-            bar.update(1)
-            if len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.4f}")
-            if i + 1 in points:
-                rate = len(losses) * cfg.batch_size * world / (time.perf_counter() - t_epoch)
-                loss20 = sum(losses[-20:]) / len(losses[-20:])
-                if bar.disable:
-                    log(f"epoch {epoch + 1}: {i + 1}/{steps_per_epoch} steps, loss "
-                        f"{loss20:.4f}, {rate:,.0f} examples/s")
-                if on_progress:
-                    on_progress({"epoch": epoch + 1, "step": prog.step, "loss": loss20,
-                                 "examples_per_s": rate})
-            if (job.checkpoint_every and prog.step % job.checkpoint_every == 0
-                    and i + 1 < steps_per_epoch):
-                prog.batch_in_epoch, prog.loss_sum = i + 1, loss_before + sum(losses)
-                save(prog)
-        bar.close()
-        train_loss = (loss_before + sum(losses)) / max(skip + len(losses), 1)
-        prog.epoch, prog.batch_in_epoch, prog.loss_sum = epoch + 1, 0, 0.0
-        val = predict(trainer.model, data.valid, keys, job.eval_batch_size, device, pg)
-        vm = task_metrics(torch.from_numpy(val.logits), torch.from_numpy(val.labels),
-                          data.spec.tasks)
-        auc = vm[first_task]["auc"]
-        prog.history.append({"epoch": epoch + 1, "step": prog.step,
-                             "train_loss": train_loss, "valid": vm})
-        better = auc > prog.best_auc
-        if better:
-            # Test metrics of each new best now, while its weights are live: reloading
-            # the best version into a ZeRO-3 engine afterwards would mean a new engine.
-            test = predict(trainer.model, data.test, keys, job.eval_batch_size, device, pg)
-            prog.best_test = task_metrics(torch.from_numpy(test.logits),
-                                          torch.from_numpy(test.labels), data.spec.tasks)
-            prog.best_auc, prog.best_version, prog.best_epoch = auc, prog.step, epoch + 1
-        save(prog)
-        log(f"epoch {epoch + 1}: train loss {prog.history[-1]['train_loss']:.4f}, valid "
-            f"{first_task} AUC {auc:.4f}{'  (best)' if better else ''}, version "
-            f"{prog.step} saved")
-        if on_progress:
-            on_progress({"epoch": epoch + 1, "step": prog.step,
-                         "loss": prog.history[-1]["train_loss"], "valid": vm})
-        if not better and epoch + 1 - prog.best_epoch >= cfg.patience:
-            log(f"no better valid AUC for {cfg.patience} epochs: stopping")
-            break
-
-    best_path = version_dir(job.checkpoint, prog.best_version)
-    best = next(h for h in prog.history if h["step"] == prog.best_version)
-    report = {
-        "dataset": data.name, "data_skipped": data.skipped,
-        "test": prog.best_test, "valid": best["valid"],
-        "best_epoch": prog.best_epoch, "best_version": prog.best_version,
-        "epochs_run": len(prog.history), "history": prog.history, "world_size": world,
-        "parameters": n_params, "checkpoint": str(best_path),
-        "checkpoint_root": job.checkpoint, "wall_s": time.perf_counter() - t0,
-        "config": {"teacher": to_mapping(cfg), "job": to_mapping(job)},
-    }
-    if rank == 0:
+    report = train(job, cfg, load, task_metrics, on_progress, echo)
+    if dist.get_rank() == 0:
         if job.report:
             write_json_atomic(job.report, report)
         if summary:
@@ -395,6 +179,8 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
 
 def print_summary(report: dict[str, Any],
                   echo: Callable[[str], None] | None = None) -> None:
+    """The report's test table and where its best version and report are, each line
+    to ``echo`` (default: printed)."""
     def out(line: str) -> None:
         if echo:
             echo(line)
@@ -406,71 +192,6 @@ def print_summary(report: dict[str, Any],
         f"{report['world_size']} rank(s), wall {report['wall_s']:.1f}s")
     if report["config"]["job"]["report"]:
         out(f"report written to {report['config']['job']['report']}")
-
-
-# -- Ray Train -----------------------------------------------------------------------------
-def _worker_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: Ray Train has set up torch.distributed and the rank env
-    (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) that DeepSpeed reads."""
-    import ray.train
-
-    from recdistill.cluster.metrics import ActorMetrics
-    quiet_library_warnings()
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    if not config["job"].verbose:  # FBGEMM logs every table's arguments at INFO (root)
-        logging.getLogger().setLevel(logging.WARNING)
-    ctx = ray.train.get_context()
-    metrics = ActorMetrics("teacher_train", {"rank": str(ctx.get_world_rank())})
-
-    def on_progress(p: dict[str, Any]) -> None:
-        metrics.gauge("recdistill_teacher_train_loss", p["loss"])
-        metrics.gauge("recdistill_teacher_train_step", p["step"])
-        if "examples_per_s" in p:
-            metrics.gauge("recdistill_teacher_train_examples_per_s", p["examples_per_s"])
-        if "valid" in p:  # epoch end: a Ray Train report (shown on the Train dashboard)
-            first = next(iter(p["valid"].values()))
-            ray.train.report({"epoch": p["epoch"], "step": p["step"],
-                              "train_loss": p["loss"], "valid_auc": first["auc"]})
-
-    run(config["job"], config["cfg"], on_progress=on_progress, summary=False)
-
-
-def run_on_ray(job: TrainTeacherArgs, cfg: TeacherConfig) -> dict[str, Any]:
-    """Run :func:`run` on ``job.workers`` Ray Train workers; returns rank 0's report.
-
-    Why Ray Train's TorchTrainer: it places the N workers (placement group), sets up
-    the process group and the env torch.distributed and DeepSpeed expect, and shows the
-    run on the dashboard's Train page; the loop inside is the same :func:`run` that
-    torchrun ranks execute.
-    """
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    # Workers may not share the driver's working directory (``ray job submit``, other
-    # nodes): paths travel absolute, and must be on storage every node sees.
-    job = dataclasses.replace(
-        job, checkpoint=os.path.abspath(job.checkpoint),
-        report=os.path.abspath(job.report or os.path.join(job.checkpoint, "report.json")))
-    # the workers' output (rank 0's epoch lines) is the run's log: forwarded
-    connect_ray(job.address, job.workers + 2, log_to_driver=True, verbose=job.verbose)
-    try:
-        trainer = TorchTrainer(
-            _worker_loop, train_loop_config={"job": job, "cfg": cfg},
-            scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.gpu,
-                                         resources_per_worker={"CPU": 1}),
-            torch_config=TorchConfig(backend="nccl" if job.gpu else "gloo", timeout_s=300),
-            # Ray Train's own run records go beside the checkpoint root.
-            run_config=RunConfig(name="train_teacher", storage_path=str(
-                Path(job.checkpoint).parent / "ray_train")))
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-    finally:
-        ray.shutdown()
-    report: dict[str, Any] = json.loads(Path(job.report).read_text())
-    print_summary(report)
-    return report
 
 
 def data_spec_check(job: TrainTeacherArgs, cfg: TeacherConfig) -> None:
@@ -485,6 +206,8 @@ def data_spec_check(job: TrainTeacherArgs, cfg: TeacherConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``recdistill train-teacher``; the exit status (2: a config, data or checkpoint
+    error, said in one line)."""
     quiet_library_warnings()
     try:
         runs = parse_args(argv)
@@ -495,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"training {job.checkpoint}", flush=True)
             if job.workers:
                 cfg.check_world(job.workers)
-                run_on_ray(job, cfg)
+                print_summary(run_on_ray(job, cfg, run))
             else:
                 run(job, cfg)
             if dist.is_initialized():  # the next member starts a group of its own

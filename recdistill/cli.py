@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
     module = importlib.import_module(f"recdistill.jobs.{COMMANDS[a.command][0]}")
     rc = int(module.main(argv[1:]) or 0)
-    common = sys.modules.get("recdistill.jobs.common")  # loaded by each job that joins Ray
-    if common is not None:
-        common.end_if_join_left_running(rc)
+    session = sys.modules.get("recdistill.cluster.session")  # loaded by each job that joins Ray
+    if session is not None:
+        session.end_if_join_left_running(rc)
     return rc
 
 

@@ -42,7 +42,7 @@ def ray_cluster():
     """One real single-node Ray cluster for every Ray test (ray.init costs ~5 s)."""
     import ray
 
-    from recdistill.jobs.common import start_local_ray
+    from recdistill.cluster.session import start_local_ray
     start_local_ray(16, dashboard=False)  # as the jobs start theirs: loopback only
     yield ray
     ray.shutdown()

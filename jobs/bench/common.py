@@ -40,13 +40,14 @@ def ensure_bench_teacher(cfg: Any) -> None:
     """Train ``cfg``'s missing teacher on a cluster of its own, outside the measured runs."""
     import ray
 
-    from recdistill.jobs.common import start_local_ray
-    from recdistill.jobs.distill import ensure_teacher, teacher_exists
+    from recdistill.cluster.session import start_local_ray
+    from recdistill.cluster.teachers import ensure_teacher, teacher_exists
+    from recdistill.jobs.train_teacher import run as train_teacher
     if teacher_exists(cfg):
         return
     start_local_ray(4, dashboard=False)
     try:
-        ensure_teacher(cfg)
+        ensure_teacher(cfg, train_teacher)
     finally:
         ray.shutdown()
 
@@ -59,7 +60,7 @@ def distill_runs(configs: list[tuple[str, Any]], teacher: str) -> list[tuple[str
     import ray
 
     from recdistill.cluster.config import RunOptions
-    from recdistill.jobs.common import start_local_ray
+    from recdistill.cluster.session import start_local_ray
     from recdistill.jobs.distill import run
     out = []
     start_local_ray(16, dashboard=False)
@@ -94,7 +95,7 @@ def teacher_alone(cfg: Any, data: Any, rank_cls: type | None = None, keep: bool 
     per rank, the refs of its first-pass batches), and what ``then(label_group,
     result)`` adds (called before the group is shut down: more calls on its ranks)."""
     from recdistill.cluster.data import pass_shards, train_dataset
-    from recdistill.cluster.groups import LabelGroup
+    from recdistill.cluster.label_group import LabelGroup
     labels = LabelGroup.teacher(cfg)
     if rank_cls is not None:
         labels.rank_cls = rank_cls

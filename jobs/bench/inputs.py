@@ -26,7 +26,7 @@ def _machine_cpu_s() -> float:
 def _read(share: Any, batch_size: int, keys: tuple[str, ...]) -> tuple[int, float]:
     """(rows, seconds to the first batch) of one rank's share, read into the batches a
     teacher rank labels (decoded as the rank decodes them) and dropped."""
-    from recdistill.cluster.actors import _PassReader
+    from recdistill.cluster.pass_input import _PassReader
     t0 = time.perf_counter()
     first, rows = 0.0, 0
     reader = _PassReader(share, 0, batch_size, keys, threaded=False)
@@ -45,7 +45,8 @@ def bench_input(passes: int, repeats: int, ranks: int = 1) -> dict[str, Any]:
 
     from recdistill.cluster.config import DistillConfig
     from recdistill.cluster.data import pass_shards, train_dataset
-    from recdistill.jobs.common import load_dataset, start_local_ray
+    from recdistill.cluster.session import start_local_ray
+    from recdistill.jobs.common import load_dataset
     cfg = DistillConfig()
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
     start_local_ray(16, dashboard=False)

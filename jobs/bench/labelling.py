@@ -61,7 +61,7 @@ def _alone(cfg: Any, data: Any, cls: type, keep: int) -> dict[str, Any]:
     ``keep`` held batches of rank 0."""
     import ray
 
-    from recdistill.cluster.groups import CALL_TIMEOUT_S
+    from recdistill.cluster.calls import CALL_TIMEOUT_S
 
     def forward_alone(labels: Any, res: dict[str, Any]) -> dict[str, Any]:
         held = ray.get([a.hold.remote(refs) for a, refs in zip(labels.actors, res["kept"])],
@@ -90,8 +90,11 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
     import ray
 
     from recdistill.cluster.config import RunOptions, TeacherGroupConfig, with_seeds
-    from recdistill.jobs.common import load_dataset, start_local_ray
-    from recdistill.jobs.distill import ensure_teacher, run
+    from recdistill.cluster.session import start_local_ray
+    from recdistill.cluster.teachers import ensure_teacher
+    from recdistill.jobs.common import load_dataset
+    from recdistill.jobs.distill import run
+    from recdistill.jobs.train_teacher import run as train_teacher
     base = pred_kd_cfg(passes=passes, teacher_group=TeacherGroupConfig(checkpoint=teacher))
     data = load_dataset(base.data, split=base.split, seed=base.seed, rows=base.rows)
     unbatched = dataclasses.replace(base, teacher_group=dataclasses.replace(
@@ -104,7 +107,7 @@ def bench_labelling(teacher: str, passes: int, repeats: int, seeds: int,
                            "label_rows": base.label_rows,
                            "batch_size": base.teacher_group.batch_size}
     try:
-        ensure_teacher(base)
+        ensure_teacher(base, train_teacher)
         _alone(base, data, held, keep=0)  # untimed: the cluster's first Ray Data run
         rates: dict[str, dict[str, list[float]]] = {}
         per_dtype: dict[str, dict[str, Any]] = {}

@@ -54,8 +54,11 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
     import ray
 
     from recdistill.cluster.config import RunOptions, TeacherGroupConfig
-    from recdistill.jobs.common import load_dataset, start_local_ray
-    from recdistill.jobs.distill import ensure_teacher, run, teacher_dims
+    from recdistill.cluster.session import start_local_ray
+    from recdistill.cluster.teachers import ensure_teacher, teacher_dims
+    from recdistill.jobs.common import load_dataset
+    from recdistill.jobs.distill import run
+    from recdistill.jobs.train_teacher import run as train_teacher
     cfg = pred_kd_cfg(passes=passes, teacher_group=TeacherGroupConfig(checkpoint=teacher))
     group = cfg.groups[0]
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows)
@@ -76,7 +79,7 @@ def bench_pipeline(teacher: str, passes: int, repeats: int) -> dict[str, Any]:
     cfg_ur = dataclasses.replace(cfg_u, teacher_group=dataclasses.replace(
         cfg_u.teacher_group, split="rows"))
     try:
-        ensure_teacher(cfg)
+        ensure_teacher(cfg, train_teacher)
         dims = teacher_dims(cfg, data.spec)
         cls = ray.remote(_held_student_cls())
         # Untimed: the cluster's first run starts Ray Data's own actors and worker

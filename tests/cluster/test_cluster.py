@@ -177,7 +177,8 @@ def test_single_replica_group_restores_from_its_snapshot(ray_cluster, tmp_path) 
 
 
 def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None:
-    from recdistill.jobs.distill import load_config, run
+    from recdistill.jobs.distill import run
+    from recdistill.jobs.distill_config import load_config
     bad = tmp_path / "bad.toml"
     bad.write_text('passes = 1\n[[groups]]\nname = "s"\n[[groups.losses]]\n'
                    'name = "prediction_kd"\nparams = { temprature = 2.0 }\n')
@@ -197,8 +198,8 @@ def test_bad_config_fails_before_any_actor_starts(ray_cluster, tmp_path) -> None
 
 
 def test_shipped_distill_config_is_the_default() -> None:
-    from recdistill.jobs.distill import load_config
-    shipped = Path(__file__).parents[1] / "jobs" / "configs" / "distill_movielens.toml"
+    from recdistill.jobs.distill_config import load_config
+    shipped = Path(__file__).parents[2] / "jobs" / "configs" / "distill_movielens.toml"
     cfg = load_config(str(shipped))
     assert cfg == load_config(None)
     assert cfg == DistillConfig(teachers=default_teachers(TeacherConfig()))
@@ -241,7 +242,8 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     holds the contract's keys, the PNG is written."""
     import json
 
-    from recdistill.jobs.distill import load_config, run
+    from recdistill.jobs.distill import run
+    from recdistill.jobs.distill_config import load_config
     from testkit import SMALL, toml_dataset
     data = toml_dataset(tmp_path)
     config = tmp_path / "distill.toml"
@@ -400,7 +402,7 @@ def test_a_labelling_call_after_its_pass_ended_reads_nothing_of_the_next(ray_clu
     """With two calls queued per rank, the second call of a pass may come after the pass
     ended: it labels nothing and leaves the next pass (already queued) to its own calls,
     which read it from its first row. A call for a pass never handed over fails."""
-    from recdistill.cluster.actors import PassInput
+    from recdistill.cluster.pass_input import PassInput
     from recdistill.cluster.data import RowShare
     from recdistill.data.spec import ExampleTable
 
@@ -454,7 +456,8 @@ import os, signal, sys
 from recdistill.jobs.common import quiet_library_warnings
 from recdistill.cluster.config import RunOptions
 from recdistill.cluster.pipeline import Hooks
-from recdistill.jobs.distill import load_config, run
+from recdistill.jobs.distill import run
+from recdistill.jobs.distill_config import load_config
 quiet_library_warnings()
 config, data, state, report = sys.argv[1:5]
 cfg = load_config(config, data=data, passes=2)

@@ -177,7 +177,7 @@ def test_guard_turns_off_tasks_the_baseline_reached() -> None:
 
 def test_teachers_table_parses_with_errors_naming_the_member(tmp_path) -> None:
     from recdistill.data.errors import ConfigError
-    from recdistill.jobs.distill import load_config
+    from recdistill.jobs.distill_config import load_config
     path = tmp_path / "c.toml"
     path.write_text('[teacher]\nembedding_dim = 16\n[[teachers]]\nname = "a"\n'
                     '[[teachers]]\nname = "b"\ninteraction = "dot"\ncheckpoint = "x/b"\n')

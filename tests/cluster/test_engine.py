@@ -212,7 +212,8 @@ class _Killed(Exception):
 def _job_worker(rank: int, world: int, port: int, root: str, epochs: int, kill_at: int,
                 resume: bool, engine: str) -> None:
     _init(rank, world, port)
-    from recdistill.jobs.train_teacher import TrainTeacherArgs, run
+    from recdistill.jobs.train_teacher import run
+    from recdistill.teacher.loop import TrainTeacherArgs
     from recdistill.teacher.engine import TeacherTrainer
     data = tiny_dataset(128)
     cfg = dataclasses.replace(FIT, epochs=epochs, patience=10, dense_engine=engine)

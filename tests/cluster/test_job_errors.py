@@ -23,7 +23,7 @@ from recdistill.teacher.checkpoint import CheckpointError, check_absent_or_check
 from recdistill.teacher.model import TeacherModel
 from testkit import CFG, tiny_dataset
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _distill(*args: str, timeout: float = 120) -> tuple[int, list[str], float]:
@@ -162,7 +162,7 @@ def test_a_cluster_that_wants_a_token_says_how_to_send_it(tmp_path, monkeypatch)
 
 
 def test_the_gcs_check_passes_on_a_live_cluster(ray_cluster) -> None:
-    from recdistill.jobs.common import _check_gcs
+    from recdistill.cluster.session import _check_gcs
     host, port = ray_cluster.get_runtime_context().gcs_address.rsplit(":", 1)
     _check_gcs("live", (host, int(port)), 10.0)  # raises ClusterError if it did not answer
 

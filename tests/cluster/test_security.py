@@ -8,7 +8,7 @@ import sys
 _SCRIPT = r'''
 import json, os, time
 import psutil, ray, torch.distributed as dist
-from recdistill.jobs.common import start_local_ray
+from recdistill.cluster.session import start_local_ray
 from recdistill.cluster.process import free_port, init_group, node_address
 import torch
 

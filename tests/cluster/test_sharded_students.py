@@ -154,7 +154,7 @@ def test_tampered_artifact_fails_with_its_path(tmp_path) -> None:
 
 def test_sweep_expands_into_sizes_and_kd_settings(tmp_path) -> None:
     from recdistill.cluster.sweep import pareto
-    from recdistill.jobs.distill import load_config
+    from recdistill.jobs.distill_config import load_config
     path = tmp_path / "sweep.toml"
     path.write_text("[sweep]\nembedding_dim = [4, 8]\nhidden = [[16], [32, 8]]\n"
                     'loss = ["prediction_kd", "multitask_kd"]\nkd_weight = [0.5]\n'
@@ -195,17 +195,17 @@ def test_sweep_expands_into_sizes_and_kd_settings(tmp_path) -> None:
 
 
 def test_too_many_actors_for_the_machine_fails_before_ray_starts(monkeypatch) -> None:
-    import recdistill.jobs.distill as distill
+    import recdistill.cluster.session as session
     from recdistill.cluster.sweep import sweep_groups
     from recdistill.cluster.config import DistillConfig, SweepConfig
     cores = os.cpu_count() or 1
-    n = distill.ACTORS_PER_CPU * cores  # with the 3 default teacher members: too many
+    n = session.ACTORS_PER_CPU * cores  # with the 3 default teacher members: too many
     sweep = SweepConfig(embedding_dim=tuple(4 * (i + 1) for i in range(n // 2 + 1)))
     cfg = DistillConfig(groups=sweep_groups(sweep))
     started = []
-    monkeypatch.setattr(distill, "start_local_ray", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(session, "start_local_ray", lambda *a, **k: started.append(a))
     with pytest.raises(ConfigError, match=r"actor processes .* at most"):
-        distill.start_ray("", cfg)
+        session.start_ray("", cfg)
     assert not started
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from recdistill.cluster.pipeline import pass_line
+from recdistill.cluster.progress import pass_line
 from testkit import SMALL, TWO_GROUPS, toml_dataset, job_env
 
 RECDISTILL = Path(sys.executable).parent / "recdistill"

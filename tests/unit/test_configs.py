@@ -5,8 +5,9 @@ import pytest
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.errors import ConfigError
 from recdistill.jobs.common import read_toml
-from recdistill.jobs.train_teacher import TrainTeacherArgs, parse_args
+from recdistill.jobs.train_teacher import parse_args
 from recdistill.teacher.config import TeacherConfig
+from recdistill.teacher.loop import TrainTeacherArgs
 
 
 def test_types_are_checked_and_named() -> None:
@@ -22,7 +23,7 @@ def test_types_are_checked_and_named() -> None:
 
 
 def test_shipped_config_is_the_default(tmp_path: Path) -> None:
-    shipped = Path(__file__).parents[1] / "jobs" / "configs" / "teacher_movielens.toml"
+    shipped = Path(__file__).parents[2] / "jobs" / "configs" / "teacher_movielens.toml"
     ((job, cfg),) = parse_args(["--config", str(shipped)])
     assert cfg == TeacherConfig()
     assert job == TrainTeacherArgs(checkpoint="runs/teacher",

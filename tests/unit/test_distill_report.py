@@ -68,7 +68,7 @@ def test_seed_summary_pairs_each_seed_with_its_baseline() -> None:
 
 
 def test_seeds_expand_groups_into_seeded_copies() -> None:
-    from recdistill.jobs.distill import load_config
+    from recdistill.jobs.distill_config import load_config
     cfg = load_config(None, seed=4, seeds=3)
     names = [g.name for g in cfg.groups]
     assert names[:4] == ["baseline", "pred_kd", "feat_kd", "multitask_kd"]

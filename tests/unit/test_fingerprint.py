@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import ray
 
+from recdistill.cluster.teachers import match_teacher
 from recdistill.data.errors import DataError
 from recdistill.data.fingerprint import differences, fingerprint, keyed_path
 from recdistill.data.tabular import load_tabular
-from recdistill.jobs.distill import load_config, match_teacher, run
+from recdistill.jobs.distill import run
+from recdistill.jobs.distill_config import load_config
 from recdistill.teacher.checkpoint import CheckpointError, save_teacher
 from recdistill.teacher.config import TeacherConfig
 from recdistill.teacher.model import TeacherModel
