@@ -19,7 +19,6 @@ from recdistill.data.movielens import SPLITS, load_movielens
 from recdistill.data.spec import Dataset
 from recdistill.data.synthetic import SyntheticConfig, synthetic_dataset, synthetic_stream_dataset
 from recdistill.data.tabular import load_tabular
-from recdistill.teacher.registry import load_plugins  # noqa: F401 (--plugin)
 
 DATASETS = ("movielens", "synthetic", "synthetic-stream")
 

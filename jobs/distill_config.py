@@ -15,8 +15,9 @@ from recdistill.cluster.config import (DistillConfig, GroupConfig, MemberConfig,
 from recdistill.cluster.session import JOIN_TIMEOUT_S
 from recdistill.data.configs import from_mapping
 from recdistill.data.errors import ConfigError
+from recdistill.common.registry import load_plugins
 from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments,
-                                    add_plugin_argument, check_sections, load_plugins,
+                                    add_plugin_argument, check_sections,
                                     read_toml)
 from recdistill.teacher.config import TeacherConfig
 

@@ -63,7 +63,8 @@ def score(model: Any, table: Any, batch_size: int) -> tuple[Any, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from recdistill.data.fingerprint import differences, fingerprint
-    from recdistill.jobs.common import load_plugins, quiet_library_warnings, set_threads
+    from recdistill.common.registry import load_plugins
+    from recdistill.jobs.common import quiet_library_warnings, set_threads
     from recdistill.student.artifact import (export_inputs, export_serving, load_artifact,
                                              load_export)
     from recdistill.student.metrics import task_metrics
