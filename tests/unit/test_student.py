@@ -138,7 +138,7 @@ def test_train_many_equals_train_on_in_order_and_reports_a_failed_step() -> None
         np.testing.assert_array_equal(g.ids, w.ids)
         assert g.loss == w.loss
     np.testing.assert_array_equal(got.steps[1].ids, batches[1].inputs.ids[10:20])
-    for a, b in zip(one.state()["model"].values(), many.state()["model"].values()):
+    for a, b in zip(one.state().state["model"].values(), many.state().state["model"].values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
     # the second batch's rows are out of range: one step done, then the error
