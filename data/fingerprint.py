@@ -25,7 +25,7 @@ def fingerprint(spec: FeatureSpec, dataset: str) -> dict[str, Any]:
 
 def _same_source(made_for: str, given: str) -> bool:
     # A streamed synthetic run's teacher is trained on in-memory rows of the same
-    # generator (jobs.distill.ensure_teacher): another size, the same seed and data.
+    # generator (cluster.teachers.ensure_teacher): another size, the same seed and data.
     if given.startswith("synthetic-stream-"):
         return made_for.startswith("synthetic-") and \
             made_for.rsplit("-", 1)[-1] == given.rsplit("-", 1)[-1]
