@@ -46,12 +46,18 @@ class GroupConfig:
             store; if every replica dies, the group restarts from it and the batches
             trained since are delivered again. 0: no snapshots (a group with no
             survivor ends the job).
+        patience: a group whose validation AUC (first task) has not improved for this
+            many passes stops: it keeps its best student and leaves the stream, the
+            other groups go on (and the run ends once every group stopped); the report
+            says after which pass (``students[g].stopped_after_pass``). 0: it trains
+            every pass.
     """
 
     student: StudentConfig
     replicas: int = 1
     cpus: float = 1.0
     snapshot_every: int = 50
+    patience: int = 0
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -62,6 +68,9 @@ class GroupConfig:
         if self.snapshot_every < 0:
             raise ConfigError(f"groups.{self.student.name}.snapshot_every must be >= 0, "
                               f"got {self.snapshot_every}")
+        if self.patience < 0:
+            raise ConfigError(f"groups.{self.student.name}.patience must be >= 0, got "
+                              f"{self.patience}")
 
     @property
     def name(self) -> str:

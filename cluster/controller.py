@@ -15,19 +15,17 @@ Each turn of the pass loop (:meth:`Controller.turn`) runs its phases in order:
    ledgers; what the policy decides about them, the executor carries out;
 
 then the gauges are sampled. A pass ends when it is labelled and every group has
-trained it; then every group is evaluated, keeps its best state, the KD guard decides,
-and the driver checkpoints. Everything the loop knows lives in the states of
+trained it; then the groups are evaluated, keep their best states, the KD guard decides,
+groups out of patience stop, and the driver checkpoints. What the loop knows lives in
 cluster/state.py; every call that can lose an actor goes through the executor
 (cluster/recovery.py). The actor groups, the label source and the Ray calls around them
-(:class:`Runtime`) are passed in, so tests run the whole loop in-process on fakes.
+(:class:`Runtime`) are passed in: tests run the whole loop in-process on fakes.
 """
 
 from __future__ import annotations
 
 import time
 from typing import Any, Callable
-
-import numpy as np
 
 from recdistill.cluster.config import DistillConfig, RunOptions
 from recdistill.cluster.evaluation import Metrics, evaluate_groups, kd_guard
@@ -56,8 +54,8 @@ class Controller:
         runtime: waits, pass shares, evaluation tables.
         hooks: see :class:`Hooks`.
         progress: what is shown (default: nothing).
-        newest_teacher: the checkpoint version a refresh loads (default: resolved from
-            ``teacher_group.checkpoint`` and ``version``).
+        newest_teacher: the checkpoint version a refresh loads (default: the one
+            loaded, so a refresh loads nothing).
     """
 
     def __init__(self, cfg: DistillConfig, tasks: tuple[str, ...], options: RunOptions,
@@ -67,7 +65,7 @@ class Controller:
         self.cfg, self.tasks, self.options, self.hooks = cfg, tasks, options, hooks
         self.runtime = runtime
         self.progress = progress or Progress()
-        self.newest_teacher = newest_teacher or self._resolve_teacher
+        self.newest_teacher = newest_teacher or (lambda: self.labels.source.source)
         self.stream = SoftLabelStream(list(groups), cfg.stream.max_inflight)
         self.groups = {n: GroupState(a, self.stream.ledgers[n],
                                      SnapshotSchedule(a.cfg.snapshot_every))
@@ -84,6 +82,9 @@ class Controller:
     def start(self, resume: RunCheckpoint | None = None) -> int:
         """Start every actor (from ``resume``'s states); returns the first pass to run."""
         first = resume.restore(self.groups) if resume is not None else 0
+        for name, g in self.groups.items():
+            if g.stopped_after:  # stopped before the interruption: stays out
+                self.stream.retire(name)
 
         def hand_first_pass() -> None:  # its input starts while the groups start
             if self.cfg.teacher_group.prefetch:
@@ -96,13 +97,21 @@ class Controller:
             int(self.labels.source.info["version"])
         # A group whose replicas all die restores from its last snapshot: keep one from
         # the start, so a loss before the first `snapshot_every` batches is survived too.
-        for g in self.groups.values():
+        for g in self.training.values():
             if g.snapshots.every:
                 self._snapshot(g)
         return first
 
+    @property
+    def training(self) -> dict[str, GroupState]:
+        """The groups that have not stopped (``GroupConfig.patience``)."""
+        return {n: g for n, g in self.groups.items() if not g.stopped_after}
+
     def run_passes(self, first: int) -> None:
+        """Passes ``first`` to the last, or until every group stopped."""
         for p in range(first, self.cfg.passes):
+            if not self.training:
+                break
             t_pass = time.perf_counter()
             self.run_pass(p)
             self.end_pass(p, t_pass)
@@ -118,7 +127,7 @@ class Controller:
             pass
         self.timing.busy_s += time.perf_counter() - busy0
         self.labels.current.active = False
-        for g in self.groups.values():  # a restore never reaches back a pass
+        for g in self.training.values():  # a restore never reaches back a pass
             if g.snapshots.every:
                 self._snapshot(g)
         self.timing.train_wall_s += time.perf_counter() - t
@@ -126,18 +135,26 @@ class Controller:
         self.timing.driver_loop_cpu_s += time.thread_time() - thread
 
     def end_pass(self, p: int, t_pass: float) -> None:
-        """Evaluate every group, keep the best states, apply the KD guard, checkpoint."""
-        valid = self.evaluate("valid", "evaluate valid")
-        for name, g in self.groups.items():
+        """Evaluate the groups still training, keep their best states, apply the KD
+        guard, stop the groups out of patience, checkpoint."""
+        training = self.training
+        valid = self.evaluate("valid", "evaluate valid", names=list(training))
+        for name, g in training.items():
             if g.history.record(p + 1, valid[name], g.ledger.stats.end_pass(),
                                 len(g.ledger.trained_ids(p)), self.tasks[0]):
                 self.executor.on_group(name, lambda a: a.keep_best())
         if self.cfg.kd_guard:
             kd_guard(self.executor, self.teacher_valid, p + 1, self.progress.write)
+        for name, g in training.items():
+            if g.out_of_patience(p + 1):
+                g.stopped_after = p + 1
+                self.stream.retire(name)
+                self.progress.write(f"patience: {name} stops after pass {p + 1} (its best "
+                                    f"pass was {g.history.best_pass})")
         self.checkpoints.write(self.executor, p, pass_done=True)
         self.progress.pass_end(p + 1, self.cfg.passes, time.perf_counter() - t_pass,
                                self.stream.ledgers, valid, self.teacher_valid,
-                               {n: len(g.ledger.trained_ids(p)) for n, g in self.groups.items()})
+                               {n: len(g.ledger.trained_ids(p)) for n, g in training.items()})
 
     # ------------------------------------------------------------------ one turn
     def turn(self) -> bool:
@@ -203,17 +220,9 @@ class Controller:
             # The next pass's input starts once this pass's has yielded (its first call
             # is back), never beside it: two passes' shuffles would share the CPUs.
             self.executor.on_labels(lambda _: self._hand(ps.index + 1))
-        bs = self.cfg.teacher_group.batch_size
         for ids, refs in result.batches:
-            # A labelled batch (label_batch_size rows) is published as student batches
-            # of its row ranges, each the same stored object; one that is a single
-            # student batch goes whole. publish drops rows that a re-formed label
-            # source replayed.
-            for start in range(0, len(ids), bs):
-                stop = min(start + bs, len(ids))
-                whole = start == 0 and stop == len(ids)
-                self.stream.publish(refs, ids[start:stop], self.labels.version, ps.index,
-                                    rows=None if whole else np.arange(start, stop))
+            self.stream.publish_slices(refs, ids, self.cfg.teacher_group.batch_size,
+                                       self.labels.version, ps.index)
         if self.checkpoints.calls.tick() and result.batches:
             self.checkpoints.write(self.executor, ps.index, pass_done=False)
 
@@ -266,11 +275,6 @@ class Controller:
                                       "produced": self.stream.produced,
                                       "version": self.labels.version})
 
-    def _resolve_teacher(self) -> str:
-        from recdistill.teacher.checkpoint import resolve
-        tg = self.cfg.teacher_group
-        return str(resolve(tg.checkpoint, tg.version))
-
     def _snapshot(self, g: GroupState) -> None:
         """Keep the group's state now (it comes after the calls queued before it)."""
         self.executor.on_group(g.name, lambda a: a.take_snapshot())
@@ -287,8 +291,10 @@ class Controller:
             self.hooks.on_phase(name)
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, split: str, phase: str, best: bool = False) -> dict[str, Metrics]:
-        """Every group's metrics on ``split`` (its best state's if ``best``)."""
+    def evaluate(self, split: str, phase: str, best: bool = False,
+                 names: list[str] | None = None) -> dict[str, Metrics]:
+        """The metrics on ``split`` of groups ``names`` (default: every group; their best
+        states' if ``best``)."""
         self.phase(phase)
         return evaluate_groups(self.executor, self.runtime.table(split),
-                               self.cfg.eval_batch_size, self.tasks, best)
+                               self.cfg.eval_batch_size, self.tasks, best, names)

@@ -18,11 +18,12 @@ Metrics = dict[str, dict[str, float]]  # task -> metric -> value
 
 
 def evaluate_groups(executor: Executor, table_ref: Any, batch_size: int,
-                    tasks: tuple[str, ...], best: bool = False) -> dict[str, Metrics]:
-    """Every group's serving metrics (its best state's if ``best``), the groups
-    evaluating side by side."""
-    refs = {n: g.actors.evaluate_async(table_ref, batch_size, best)
-            for n, g in executor.groups.items()}
+                    tasks: tuple[str, ...], best: bool = False,
+                    names: list[str] | None = None) -> dict[str, Metrics]:
+    """The serving metrics of groups ``names`` (default: every group; their best
+    states' if ``best``), the groups evaluating side by side."""
+    refs = {n: executor.groups[n].actors.evaluate_async(table_ref, batch_size, best)
+            for n in (list(executor.groups) if names is None else names)}
     out = {}
     for name, ref in refs.items():
         try:
@@ -74,7 +75,8 @@ def kd_guard(executor: Executor, teacher_valid: Metrics, pass_number: int,
         return
     for name, g in groups.items():
         base, k = base_name(name)
-        if base == "baseline" or all(t.name == "hard_label" for t in g.cfg.student.losses):
+        if base == "baseline" or g.stopped_after or \
+                all(t.name == "hard_label" for t in g.cfg.student.losses):
             continue
         paired = f"baseline{SEED_MARK}{k}" if k else "baseline"
         curve = groups.get(paired, groups["baseline"]).history.curve

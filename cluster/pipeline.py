@@ -32,6 +32,7 @@ from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint
 from recdistill.cluster.state import Hooks
 from recdistill.cluster.student_group import StudentGroup
 from recdistill.data.spec import Dataset
+from recdistill.teacher.checkpoint import resolve
 
 
 class OnlineDistillation:
@@ -71,10 +72,12 @@ class OnlineDistillation:
             else self._own_root
         groups = {g.name: StudentGroup(g, data.spec, teacher_dims, state_root=root)
                   for g in cfg.groups}
+        tg = cfg.teacher_group
         self.controller = Controller(
             cfg, data.spec.tasks, options, labels, groups,
-            RayRuntime(data, cfg.seed, cfg.teacher_group.split), hooks,
-            Progress(options.progress, options.tensorboard))
+            RayRuntime(data, cfg.seed, tg.split), hooks,
+            Progress(options.progress, options.tensorboard),
+            newest_teacher=lambda: str(resolve(tg.checkpoint, tg.version)))
 
     # what tests look at: the actors and the books
     @property

@@ -40,6 +40,8 @@ def student_summary(g: GroupState, params: dict[str, int],
         "parameters_with_training_heads": params["total"],
         "replicas": g.cfg.replicas, "sharding": s.sharding, "restarts": g.actors.generation,
         "restored_from_snapshot": g.restores,
+        # the pass after which the group stopped (GroupConfig.patience); None: it ran all
+        "stopped_after_pass": g.stopped_after or None,
         "teacher_versions": sorted(ledger.by_version),
         "examples_by_version": {str(v): n for v, n in ledger.examples_by_version.items()},
         "mean_kd_scale": ledger.stats.kd_scale_sum / steps if steps else 1.0,

@@ -40,6 +40,7 @@ class GroupCheckpoint:
     restarts: int
     restores: int
     by_version: dict[int, VersionCount]
+    stopped_after: int = 0
 
     @classmethod
     def capture(cls, g: GroupState, state: StateDict | DcpState, pass_index: int
@@ -51,7 +52,7 @@ class GroupCheckpoint:
             [g.ledger.trained_ids(pass_index).to_array()]
             + [item.ids for item in g.actors.in_flight()])).astype(np.int64)
         return cls(state, trained, g.history, g.actors.generation, g.restores,
-                   g.ledger.by_version)
+                   g.ledger.by_version, g.stopped_after)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class RunCheckpoint:
         for name, saved in self.groups.items():
             g = groups[name]
             g.actors.generation, g.restores = saved.restarts, saved.restores
+            g.stopped_after = saved.stopped_after
             g.history = saved.history
             g.ledger.restore(saved.by_version, None if self.pass_done else self.pass_index,
                              saved.trained)
@@ -93,7 +95,7 @@ class RunCheckpoint:
                    "history": json.dumps({
                        "curve": g.history.curve, "best_auc": g.history.best_auc,
                        "best_pass": g.history.best_pass, "restarts": g.restarts,
-                       "restores": g.restores,
+                       "restores": g.restores, "stopped_after": g.stopped_after,
                        "by_version": {str(v): [c.batches, c.examples]
                                       for v, c in g.by_version.items()}})}
                    for name, g in self.groups.items()}}
@@ -128,7 +130,8 @@ class RunCheckpoint:
                 else StateDict(d["state"]), trained=d["trained"].numpy(),
                 history=GroupHistory(kept["curve"], kept["best_auc"], kept["best_pass"]),
                 restarts=kept["restarts"], restores=kept["restores"],
-                by_version={int(v): VersionCount(*c) for v, c in kept["by_version"].items()})
+                by_version={int(v): VersionCount(*c) for v, c in kept["by_version"].items()},
+                stopped_after=kept["stopped_after"])
         return cls(doc["pass"], doc["pass_done"], doc["teacher_checkpoint"],
                    doc["soft_labels"], out)
 

@@ -175,6 +175,8 @@ class GroupState:
         guard_log: task -> the pass after which the guard turned it off.
         failed_in_a_row: training calls that failed since the last that did not.
         restores: re-formations that started from the snapshot (no replica survived).
+        stopped_after: the pass after which it stopped (``GroupConfig.patience``); 0:
+            it trains.
     """
 
     actors: StudentActors
@@ -185,6 +187,7 @@ class GroupState:
     guard_log: dict[str, int] = field(default_factory=dict)
     failed_in_a_row: int = 0
     restores: int = 0
+    stopped_after: int = 0
 
     @property
     def name(self) -> str:
@@ -193,6 +196,12 @@ class GroupState:
     @property
     def cfg(self) -> GroupConfig:
         return self.actors.cfg
+
+    def out_of_patience(self, pass_number: int) -> bool:
+        """Whether, after pass ``pass_number``, its best pass is ``patience`` or more
+        passes back."""
+        patience = self.cfg.patience
+        return bool(patience) and pass_number - self.history.best_pass >= patience
 
     def start(self, state: GroupSave | None = None) -> None:
         """Start the actors (from ``state``) with the guard's decisions applied."""

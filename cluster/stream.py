@@ -27,6 +27,7 @@ class SoftLabelStream:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self.max_inflight = max_inflight
         self.ledgers = {g: GroupLedger() for g in groups}
+        self.retired: set[str] = set()  # groups that stopped: no more batches, no window
         self.produced_by_version: dict[int, int] = {}  # version -> batches published
         self.published: dict[int, IdSet] = {}  # pass -> ids handed to the groups
         self.replayed_rows = 0  # rows a re-formed label group labelled again, dropped
@@ -36,9 +37,21 @@ class SoftLabelStream:
     def produced(self) -> int:
         return sum(self.produced_by_version.values())
 
+    @property
+    def active(self) -> dict[str, GroupLedger]:
+        """The ledgers of the groups still training."""
+        return {g: b for g, b in self.ledgers.items() if g not in self.retired}
+
     def has_room(self, n: int = 1) -> bool:
-        """Whether ``n`` more batches fit every group's window."""
-        return all(b.depth + n <= self.max_inflight for b in self.ledgers.values())
+        """Whether ``n`` more batches fit every training group's window."""
+        return all(b.depth + n <= self.max_inflight for b in self.active.values())
+
+    def retire(self, group: str) -> None:
+        """``group`` stopped (between passes: nothing queued or in flight): it gets no
+        more batches and no longer holds the others back."""
+        if self.ledgers[group].depth:
+            raise RuntimeError(f"group {group}: retired with batches queued or in flight")
+        self.retired.add(group)
 
     def publish(self, refs: tuple[Any, ...], ids: np.ndarray, version: int, pass_index: int,
                 rows: np.ndarray | None = None) -> StreamItem | None:
@@ -60,9 +73,20 @@ class SoftLabelStream:
         item = StreamItem(self._seq, refs, ids, version, pass_index, rows)
         self._seq += 1
         self.produced_by_version[version] = self.produced_by_version.get(version, 0) + 1
-        for ledger in self.ledgers.values():
+        for ledger in self.active.values():
             ledger.enqueue(item)
         return item
+
+    def publish_slices(self, refs: tuple[Any, ...], ids: np.ndarray, batch_size: int,
+                       version: int, pass_index: int) -> None:
+        """A labelled batch (label_batch_size rows) as student batches of its row
+        ranges of ``batch_size``, each the same stored object; one that is a single
+        student batch goes whole."""
+        for start in range(0, len(ids), batch_size):
+            stop = min(start + batch_size, len(ids))
+            whole = start == 0 and stop == len(ids)
+            self.publish(refs, ids[start:stop], version, pass_index,
+                         rows=None if whole else np.arange(start, stop))
 
     def next_for(self, group: str) -> StreamItem | None:
         """The next batch to deliver to ``group``, skipping duplicates; None if none."""
@@ -83,7 +107,7 @@ class SoftLabelStream:
                 self.published[item.pass_index].remove(item.ids)
 
     def drained(self) -> bool:
-        return all(b.depth == 0 for b in self.ledgers.values())
+        return all(b.depth == 0 for b in self.active.values())
 
     def trained_ids(self, group: str, pass_index: int) -> IdSet:
         return self.ledgers[group].trained_ids(pass_index)

@@ -70,6 +70,8 @@ class TensorBoardLog:
         self.sample(ledgers, force=True)
         most = 0
         for name, w in self.writers.items():
+            if name not in valid:  # a group that stopped (patience)
+                continue
             rows = ledgers[name].acked_rows
             most = max(most, rows)
             for task, m in valid[name].items():

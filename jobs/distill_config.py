@@ -13,15 +13,16 @@ from typing import Any
 from recdistill.cluster.config import (DistillConfig, GroupConfig, MemberConfig, RunOptions,
                                        default_groups, default_teachers, with_seeds)
 from recdistill.cluster.session import JOIN_TIMEOUT_S
+from recdistill.common.registry import load_plugins
 from recdistill.data.configs import from_mapping
 from recdistill.data.errors import ConfigError
-from recdistill.common.registry import load_plugins
 from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments,
-                                    add_plugin_argument, check_sections,
-                                    read_toml)
+                                    add_plugin_argument, check_sections, read_toml)
 from recdistill.teacher.config import TeacherConfig
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(DistillConfig))  # the file's keys
+# a [[groups]] table's keys of the group itself; the rest are its student's
+GROUP_KEYS = tuple(f.name for f in dataclasses.fields(GroupConfig) if f.name != "student")
 
 
 def _group(i: int, table: Any) -> GroupConfig:
@@ -31,7 +32,7 @@ def _group(i: int, table: Any) -> GroupConfig:
         raise ConfigError(f"groups[{i}]: expected a table")
     name = table.get("name")
     where = f"groups.{name}" if isinstance(name, str) and name else f"groups[{i}]"
-    outer = {k: table[k] for k in ("replicas", "cpus", "snapshot_every") if k in table}
+    outer = {k: table[k] for k in GROUP_KEYS if k in table}
     student = {k: v for k, v in table.items() if k not in outer}
     try:
         return from_mapping(GroupConfig, {"student": student, **outer}, where)
@@ -65,14 +66,14 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
                 rows: int | None = None, max_cardinality: int | None = None,
                 passes: int | None = None, seed: int | None = None,
                 ranks: int | None = None, replicas: int | None = None,
-                checkpoint: str | None = None, version: str | None = None,
+                patience: int | None = None, checkpoint: str | None = None, version: str | None = None,
                 seeds: int | None = None, kd_guard: bool | None = None,
                 label_batch_size: int | None = None, table_dtype: str | None = None,
                 prefetch: bool | None = None) -> DistillConfig:
     """A DistillConfig from an optional TOML file plus command-line overrides (None:
     not given): ``ranks``, ``checkpoint``, ``version``, ``label_batch_size``,
     ``table_dtype`` and ``prefetch`` of the teacher group,
-    ``replicas`` of every group, the rest top-level fields.
+    ``replicas`` and ``patience`` of every group, the rest top-level fields.
 
     Fails before any actor starts, naming the file and the key as the file spells it
     (``groups.pred_kd.losses[0].params.temperature``).
@@ -89,9 +90,11 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
         if tg:
             cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
                 cfg.teacher_group, **tg))
-        if replicas is not None:
+        group = {k: v for k, v in (("replicas", replicas), ("patience", patience))
+                 if v is not None}
+        if group:
             cfg = dataclasses.replace(cfg, groups=tuple(
-                dataclasses.replace(g, replicas=replicas) for g in cfg.groups))
+                dataclasses.replace(g, **group) for g in cfg.groups))
         top = {k: v for k, v in (("data", data), ("split", split), ("rows", rows),
                                  ("max_cardinality", max_cardinality), ("passes", passes),
                                  ("seed", seed), ("seeds", seeds), ("kd_guard", kd_guard))
@@ -156,6 +159,9 @@ def parse_args(argv: list[str] | None, description: str = ""
                    help="start each pass's input stream only when the pass starts "
                         "(teacher_group.prefetch = false)")
     p.add_argument("--replicas", type=int, help="M replicas in every student group")
+    p.add_argument("--patience", type=int,
+                   help="every group stops once its validation AUC has not improved for "
+                        "N passes (groups.patience; 0: never)")
     p.add_argument("--teacher-checkpoint", dest="checkpoint",
                    help="teacher checkpoint: a train_teacher root of versions or one "
                         "version's directory (trained first if missing)")
@@ -182,7 +188,7 @@ def parse_args(argv: list[str] | None, description: str = ""
                         "the report; '' for no checkpoints)")
     p.add_argument("--checkpoint-every", type=int,
                    default=RunOptions.checkpoint_every,
-                   help="driver checkpoint every N labelling rounds, and at each pass end "
+                   help="driver checkpoint every N labelling calls, and at each pass end "
                         "(default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the driver checkpoint in --state-dir (after the "
@@ -201,7 +207,7 @@ def parse_args(argv: list[str] | None, description: str = ""
     load_plugins(a.plugin)
     cfg = load_config(a.config, data=a.data, split=a.split, rows=a.rows,
                       max_cardinality=a.max_cardinality, passes=a.passes,
-                      seed=a.seed, ranks=a.ranks, replicas=a.replicas,
+                      seed=a.seed, ranks=a.ranks, replicas=a.replicas, patience=a.patience,
                       checkpoint=a.checkpoint, version=a.version, seeds=a.seeds,
                       kd_guard=a.kd_guard, label_batch_size=a.label_batch_size,
                       table_dtype=a.table_dtype, prefetch=a.prefetch)

@@ -26,11 +26,11 @@ import torch
 from tqdm import tqdm
 
 from recdistill.cluster.config import DistillConfig
+from recdistill.cluster.session import connect_ray, exit_process
+from recdistill.common.registry import load_plugins
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset
-from recdistill.cluster.session import connect_ray, exit_process
-from recdistill.common.registry import load_plugins
 from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments,
                                     add_plugin_argument, in_memory, load_dataset,
                                     quiet_library_warnings)

@@ -29,10 +29,10 @@ import torch.distributed as dist
 
 from recdistill.cluster.session import exit_process
 from recdistill.cluster.teacher_train import run_on_ray
+from recdistill.common.registry import load_plugins
 from recdistill.data.configs import from_mapping
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.spec import Dataset
-from recdistill.common.registry import load_plugins
 from recdistill.jobs.common import (add_data_arguments, add_plugin_argument, check_sections,
                                     in_memory, load_dataset, metrics_table,
                                     quiet_library_warnings, read_toml, set_threads,

@@ -58,3 +58,16 @@ def test_labelling_settings_are_checked_and_derived() -> None:
                         stream=StreamConfig(max_inflight=32, batches_per_call=8))
     assert (cfg.label_rows, cfg.label_batches_per_call, cfg.student_batches_per_call) \
         == (512, 8, 8)
+
+
+def test_patience_from_the_file_and_the_command_line(tmp_path: Path) -> None:
+    from recdistill.jobs.distill_config import load_config
+    path = tmp_path / "distill.toml"
+    path.write_text('[[groups]]\nname = "a"\npatience = 3\n'
+                    '[[groups]]\nname = "b"\nlosses = [{ name = "hard_label" }]\n')
+    assert [g.patience for g in load_config(str(path)).groups] == [3, 0]
+    assert [g.patience for g in load_config(str(path), patience=1).groups] == [1, 1]
+    path.write_text('[[groups]]\nname = "a"\npatience = -1\n')
+    with pytest.raises(ConfigError, match=r"distill\.toml: groups\.a\.patience must be "
+                                          r">= 0, got -1"):
+        load_config(str(path))

@@ -240,3 +240,40 @@ def test_groups_of_another_config_keep_their_own_schedule() -> None:
     # kd: the start; after batch 2 (holding 3-4), after 6 (holding 7-8) and after 10;
     # the pass end.
     assert students["kd"].snapshots_taken == 5
+
+
+def _with_patience(cfg: DistillConfig, **patience: int) -> DistillConfig:
+    return dataclasses.replace(cfg, groups=tuple(
+        dataclasses.replace(g, patience=patience.get(g.name, 0)) for g in cfg.groups))
+
+
+def test_a_group_out_of_patience_stops_and_the_others_go_on(tmp_path: Path) -> None:
+    """kd's validation AUC (the first task's) is best in pass 1; with patience 2 it
+    stops after pass 3, keeps its best pass, and trains nothing of passes 4-5."""
+    cfg = _with_patience(_cfg(passes=5), kd=2)
+    c, labels, students = _controller(cfg, RunOptions(progress=False,
+                                                      state_dir=str(tmp_path)))
+    students["kd"].quality = [(0.9, 0.5), (0.5, 0.5)]
+    _run(c)
+    kd, baseline = c.groups["kd"], c.groups["baseline"]
+    assert (kd.stopped_after, kd.history.best_pass, len(kd.history.curve)) == (3, 1, 3)
+    assert students["kd"].evaluations == 3  # validation of passes 1-3 only
+    assert [kd.ledger.examples_by_pass.get(p, 0) for p in range(5)] == [ROWS] * 3 + [0, 0]
+    for p in range(5):
+        assert baseline.ledger.trained_ids(p) == set(range(ROWS))
+    assert c.stream.counters()["acked"] == {"baseline": 50, "kd": 30}
+    assert baseline.stopped_after == 0 and labels.requests == 5 * CALLS_PER_PASS
+    # a resumed run keeps it stopped
+    saved = RunCheckpoint.load(tmp_path / "driver_state.pt", ["baseline", "kd"], "")
+    assert (saved.groups["kd"].stopped_after, saved.groups["baseline"].stopped_after) == (3, 0)
+
+
+def test_the_run_ends_once_every_group_stopped() -> None:
+    """Both groups' validation never improves on pass 1: with patience 1 both stop
+    after pass 2, and passes 3-6 are not labelled (pass 3 was handed ahead, unread)."""
+    c, labels, _ = _controller(_with_patience(_cfg(passes=6), kd=1, baseline=1))
+    _run(c)
+    assert [g.stopped_after for g in c.groups.values()] == [2, 2]
+    assert labels.requests == 2 * CALLS_PER_PASS
+    assert labels.handed == [(0, 0), (1, 0), (2, 0)]
+    _assert_exactly_once(c, 2)
