@@ -30,6 +30,7 @@ from recdistill.cluster.progress import Progress
 from recdistill.cluster.report import DistillReport, student_summary
 from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint
 from recdistill.cluster.state import Hooks
+from recdistill.cluster.stream import SoftLabelStream
 from recdistill.cluster.student_group import StudentGroup
 from recdistill.data.spec import Dataset
 from recdistill.teacher.checkpoint import resolve
@@ -89,7 +90,7 @@ class OnlineDistillation:
         return {n: g.actors for n, g in self.controller.groups.items()}  # type: ignore[misc]
 
     @property
-    def stream(self) -> Any:
+    def stream(self) -> SoftLabelStream:
         return self.controller.stream
 
     def run(self) -> DistillReport:
