@@ -21,7 +21,7 @@ from recdistill.data.spec import ExampleTable
 from recdistill.teacher.checkpoint import resolve
 
 
-class LabelSource(Protocol):
+class LabelActor(Protocol):
     """What the driver calls on each rank of a label group: ``TeacherRank`` (the live
     teacher) or ``SoftLabelReader`` (precomputed labels)."""
 
