@@ -83,8 +83,8 @@ class TeacherGroupConfig:
             costs several times the CPU of ``rows``' shuffle task and competes with the
             teacher for the cores (measured in BENCHMARKS.md, ``input``). Both give
             every rank the same rows in the same batches. A streamed dataset
-            (``synthetic-stream``) always uses ``stream``: its passes are too large to
-            hold.
+            (``synthetic-stream``, a dataset TOML read as a stream) always uses
+            ``stream``: its passes are too large to hold.
         table_dtype: the embedding tables the teacher labels from: ``fp32`` (as
             trained), or quantized after loading to ``fp16``, ``int8`` or ``int4``
             (FBGEMM's inference kernels, per row scale and bias for the integer types;

@@ -342,6 +342,9 @@ class Dataset:
     # Rows left out while loading (``skip_bad_rows``): split -> {"rows": n, "reasons":
     # {reason: n}, "first": [where, ...]}. Empty when nothing was skipped.
     skipped: dict[str, Any] = field(default_factory=dict)
+    # How a raw row became an example (a ``data.transform.RowTransform``) for datasets
+    # read from files, None for generated ones; student artifacts keep it.
+    transform: Any = None
 
     def split(self, name: str) -> ExampleTable:
         if name not in ("train", "valid", "test"):

@@ -222,6 +222,10 @@ class SyntheticStream:
     def __len__(self) -> int:
         return self.cfg.rows
 
+    @property
+    def n_chunks(self) -> int:
+        return self.cfg.n_chunks
+
     def num_batches(self, batch_size: int, world: int = 1) -> int:
         """Batches per rank of a pass (as ``ExampleTable.num_batches``)."""
         return -(-(len(self) // world) // batch_size)

@@ -1,20 +1,30 @@
 """Any Parquet or CSV dataset described by a small TOML file.
 
 ```toml
-train = "train.parquet"                 # paths relative to this file; .parquet or .csv
-valid = "valid.parquet"
+train = "train.parquet"                 # a file, a directory, a glob or a URI (s3://...)
+valid = "valid.parquet"                 # relative paths are relative to this file
 test = "test.parquet"
 dense = ["age", "hours"]                # numeric columns
 sparse = ["workclass", "education"]     # categorical columns, raw values (str or int)
 multi_hot = { genres = "|" }            # categorical columns holding several values
 tasks = ["income"]                      # label columns, 0/1
 skip_bad_rows = false                   # true: leave malformed rows out, counted
+
+[ids]                                   # raw values -> ids (data/ids.py), optional
+kind = "hash"                           # or "vocab"; default: vocab for a single file,
+buckets = 1048576                       #   hash for a directory, glob or URI
+[ids.workclass]                         # per column: overrides the keys above
+kind = "vocab"
+min_count = 2                           # values seen fewer times in train -> id 0
+max_size = 0                            # keep the most frequent (0: all)
 ```
 
-Vocabularies come from train (ids 1..V, unseen or missing values -> id 0); dense
-columns are standardised with train's mean and standard deviation. Every error names the
-file, and where it applies the row (CSV: the line number, header = line 1; Parquet: the
-1-based data row) and the column. The TOML file is parsed as data; nothing in it runs.
+Splits are read file by file in blocks (``data/files.py``). ``vocab`` ids come from one
+counting pass over train (ids 1..V sorted by value; unseen or missing -> id 0); ``hash``
+ids need no pass. Dense columns are standardised with train's mean and standard
+deviation. Every error names the file, and where it applies the row (CSV: the line
+number, header = line 1; Parquet: the 1-based data row) and the column. The TOML file is
+parsed as data; nothing in it runs.
 
 With ``skip_bad_rows = true`` malformed rows (a CSV line with the wrong number of
 fields, a non-numeric dense value, a label other than 0/1, an empty multi-hot value) are
@@ -24,20 +34,27 @@ first few places; the jobs print the counts and put them in their reports.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from recdistill.data.errors import DataError
+from recdistill.data.configs import from_mapping
+from recdistill.data.errors import ConfigError, DataError
+from recdistill.data.file_stream import FileStream, plan
+from recdistill.data.files import (BLOCK_ROWS, Source, blocks, check_schemas, parquet_rows,
+                                   resolve)
+from recdistill.data.ids import Counter, IdRule, cardinality
 from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
+from recdistill.data.transform import RowTransform, multi_texts, numeric
 
 _KEYS = {"train": str, "valid": str, "test": str, "dense": list, "sparse": list,
-         "multi_hot": dict, "tasks": list, "skip_bad_rows": bool}
+         "multi_hot": dict, "tasks": list, "skip_bad_rows": bool, "ids": dict,
+         "read": str}
+READS = ("auto", "memory", "stream")
+AUTO_STREAM_ROWS = 2_000_000  # "auto" streams a Parquet train split of more rows
 _FIRST = 5  # places of skipped rows kept per split
 _REQUIRED = ("train", "valid", "test", "tasks")
 
@@ -80,58 +97,6 @@ def _describe(toml_path: Path) -> dict[str, Any]:
     return desc
 
 
-_CSV_LINE = re.compile(r"line (\d+)")
-_CSV_FIELDS = re.compile(r"Expected (\d+) fields in line \d+, saw (\d+)")  # pandas' wording
-
-
-def _read_frame(path: Path, columns: list[str], named_by: str,
-                skipped: list[list[str]] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """The needed columns as object/str frame and each data row's number in the file.
-
-    ``skipped``: CSV lines with the wrong number of fields are left out and appended
-    there (pandas' python engine hands them over without their line numbers), instead
-    of failing."""
-    if not path.is_file():
-        raise DataError(f"file not found (named by {named_by!r})", path=str(path))
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        kw: dict[str, Any] = {}
-        if skipped is not None:
-            kw = {"engine": "python",
-                  "on_bad_lines": lambda fields: skipped.append(fields)}  # None: drop
-        try:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **kw)
-        except pd.errors.ParserError as e:
-            m = _CSV_LINE.search(str(e))
-            fields = _CSV_FIELDS.search(str(e))
-            what = (f"{fields.group(2)} fields where the header has {fields.group(1)}"
-                    if fields else "cannot be split into the header's fields")
-            raise DataError(f"malformed row: {what} (a stray comma or quote? "
-                            "skip_bad_rows = true leaves such rows out)", path=str(path),
-                            row=int(m.group(1)) if m else None) from None
-        except pd.errors.EmptyDataError:
-            raise DataError("file is empty", path=str(path)) from None
-        first_row = 2  # line 1 is the header
-        if skipped:  # line numbers of the kept rows are no longer contiguous: unknown
-            rows = np.full(len(frame), -1)
-        else:
-            rows = np.arange(first_row, first_row + len(frame))
-    elif suffix in (".parquet", ".pq"):
-        try:
-            frame = pq.read_table(path).to_pandas()
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types here
-            raise DataError(f"cannot read Parquet: {e}", path=str(path)) from None
-        rows = np.arange(1, 1 + len(frame))
-    else:
-        raise DataError(f"unsupported file type {suffix!r}; use .csv or .parquet",
-                        path=str(path))
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"unknown column (not in the file; it has {list(frame.columns)})",
-                        path=str(path), column=missing[0])
-    return frame[columns].reset_index(drop=True), rows
-
-
 def _show(value: Any) -> str:
     """A cell value as a person would write it (2, not np.int64(2))."""
     return repr(value.item() if isinstance(value, np.generic) else value)
@@ -141,7 +106,7 @@ def _row(rows: np.ndarray, i: int) -> int | None:
     return int(rows[i]) if rows[i] >= 0 else None
 
 
-def _check(bad: np.ndarray, message: str, frame: pd.DataFrame, col: str, path: Path,
+def _check(bad: np.ndarray, message: str, frame: pd.DataFrame, col: str, path: str,
            rows: np.ndarray) -> None:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -149,38 +114,143 @@ def _check(bad: np.ndarray, message: str, frame: pd.DataFrame, col: str, path: P
                         row=_row(rows, i), column=col)
 
 
-def _numeric_values(frame: pd.DataFrame, col: str) -> np.ndarray:
-    return pd.to_numeric(frame[col], errors="coerce").to_numpy(dtype=np.float64)
-
-
 def _bad_rows(frame: pd.DataFrame, dense: list[str], tasks: list[str],
               multi: dict[str, str]) -> dict[tuple[str, str], np.ndarray]:
     """(reason, column) -> bool mask of the rows that fail that check."""
     out = {}
     for c in dense:
-        out[("expected a number, got {}", c)] = ~np.isfinite(_numeric_values(frame, c))
+        out[("expected a number, got {}", c)] = ~np.isfinite(numeric(frame, c))
     for c in tasks:
-        v = _numeric_values(frame, c)
+        v = numeric(frame, c)
         out[("label must be 0 or 1, got {}", c)] = ~((v == 0) | (v == 1))
     for c, sep in multi.items():
-        out[("empty multi-hot value", c)] = np.array(
-            [not _parts(v, sep) for v in frame[c].tolist()], bool)
+        out[("empty multi-hot value", c)] = multi_texts(frame[c], sep)[0] == 0
     return out
 
 
-def _parts(v: Any, sep: str | None) -> list[str]:
-    """A cell's categorical values: none if missing, else the value or its parts."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return []
-    return [str(v)] if sep is None else [p for p in str(v).split(sep) if p != ""]
+def check_block(frame: pd.DataFrame, rows: np.ndarray, shown: str,
+                t: RowTransform) -> None:
+    """Fail on the block's first bad row, naming file ``shown``, its row and column."""
+    for (message, col), mask in _bad_rows(frame, list(t.dense), list(t.tasks),
+                                          t.multi_hot).items():
+        _check(mask, message, frame, col, shown, rows)
 
 
-def _tokens(frame: pd.DataFrame, col: str, sep: str | None) -> list[list[str]]:
-    return [_parts(v, sep) for v in frame[col].tolist()]
+def _id_rules(desc: dict[str, Any], cats: list[str], default: str,
+              toml_path: Path) -> dict[str, IdRule]:
+    """Each categorical column's id rule from the ``[ids]`` table: its keys are the
+    defaults, a sub-table per column overrides them."""
+    table = desc.get("ids", {})
+    base = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    rules = {}
+    for c, v in table.items():
+        if isinstance(v, dict) and c not in cats:
+            raise DataError(f"ids.{c}: not a sparse or multi_hot column; those are "
+                            f"{cats}", path=str(toml_path))
+    for c in cats:
+        where = f"ids.{c}" if isinstance(table.get(c), dict) else "ids"
+        try:
+            rules[c] = from_mapping(IdRule, {"kind": default, **base, **table.get(c, {})},
+                                    where)
+        except (ConfigError, ValueError) as e:
+            msg = str(e) if str(e).startswith(where) else f"{where}: {e}"
+            raise DataError(msg, path=str(toml_path)) from None
+    return rules
 
 
-def load_tabular(toml_path: str | Path) -> Dataset:
-    """Load the dataset a TOML description names; see the module docstring."""
+def _split_blocks(source: Source, columns: list[str], dense: list[str], tasks: list[str],
+                  multi: dict[str, str], skip: bool, block_rows: int,
+                  skipped: dict[str, Any] | None) -> Iterator[pd.DataFrame]:
+    """The split's checked blocks: a bad row fails naming its place or, with ``skip``,
+    is left out and counted into ``skipped`` (when given)."""
+    wrong_width: list[list[str]] | None = [] if skip else None
+    reasons: dict[str, int] = {}
+    first: list[str] = []
+    dropped, shown, n = 0, source.show(source.paths[0]), 0
+    for shown, frame, rows in blocks(source, columns, block_rows=block_rows,
+                                     skipped=wrong_width):
+        bad = _bad_rows(frame, dense, tasks, multi)
+        if skip:
+            drop = np.zeros(len(frame), bool)
+            for (message, col), mask in bad.items():
+                if mask.any():
+                    key = f"{col}: {message.format('').strip().rstrip(',')}"
+                    reasons[key] = reasons.get(key, 0) + int(mask.sum())
+                    first += [f"{shown} row {_row(rows, i)}, column {col!r}"
+                              if len(source.paths) > 1 else
+                              f"row {_row(rows, i)}, column {col!r}"
+                              for i in np.flatnonzero(mask & ~drop)[:_FIRST]]
+                drop |= mask
+            dropped += int(drop.sum())
+            frame = frame[~drop].reset_index(drop=True)
+        else:
+            for (message, col), mask in bad.items():
+                _check(mask, message, frame, col, shown, rows)
+        n += len(frame)
+        if len(frame):
+            yield frame
+    if skip and skipped is not None and (dropped or wrong_width):
+        if wrong_width:
+            reasons = {"wrong number of fields": len(wrong_width), **reasons}
+            first.insert(0, f"{len(wrong_width)} line(s) with the wrong number of fields")
+        skipped[source.named_by] = {"rows": dropped + len(wrong_width or []),
+                                    "reasons": reasons, "first": first[:_FIRST],
+                                    "file": shown if len(source.paths) == 1
+                                    else source.given}
+    if n == 0:
+        raise DataError("file has no rows" + (" left after skipping bad rows" if skip
+                                              else ""), path=shown)
+
+
+def _stats(blocks: Iterator[pd.DataFrame], t: RowTransform) -> int:
+    """One pass over train: the vocabularies of ``t``'s vocab features and the dense
+    columns' mean and standard deviation (from sums), into ``t``; train's rows."""
+    counting = [c for c in t.categorical if t.rules[c].kind == "vocab"]
+    counters = {c: Counter() for c in counting}
+    total = np.zeros(len(t.dense))
+    squares = np.zeros(len(t.dense))
+    n = 0
+    t.mean, t.std = np.zeros(len(t.dense)), np.ones(len(t.dense))  # no dense: nothing
+    for frame in blocks:
+        for c in counting:
+            counters[c].add(t.texts(frame, c)[1])
+        dense = t.raw_dense(frame)
+        total += dense.sum(axis=0)
+        squares += (dense * dense).sum(axis=0)
+        n += len(frame)
+    t.vocabs = {c: counters[c].vocabulary(t.rules[c]) for c in counting}
+    if n:
+        t.mean = total / n
+        t.std = np.sqrt(np.maximum(squares / n - t.mean ** 2, 0.0)) + 1e-6
+    return n
+
+
+def _gather(blocks: Iterator[pd.DataFrame], t: RowTransform, limit: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """A split's (raw dense, labels, column -> (offsets, ids)), its first ``limit``
+    rows (all if None)."""
+    parts, n = [], 0
+    for frame in blocks:
+        if limit is not None and n + len(frame) > limit:
+            frame = frame.iloc[:limit - n].reset_index(drop=True)
+        parts.append(t.raw(frame))
+        n += len(frame)
+        if limit is not None and n >= limit:
+            break
+    return (np.concatenate([d for d, _, _ in parts]),
+            np.concatenate([y for _, y, _ in parts]),
+            {c: (np.concatenate([[0], np.cumsum(np.concatenate(
+                [s[c][0] for _, _, s in parts]))]).astype(np.int64),
+                 np.concatenate([s[c][1] for _, _, s in parts]).astype(np.int64))
+             for c in t.categorical})
+
+
+def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
+                 read: str | None = None, train_rows: int | None = None) -> Dataset:
+    """Load the dataset a TOML description names; see the module docstring.
+
+    ``read`` overrides the TOML's ``read``; ``train_rows``: hold only train's first rows
+    in memory (a streamed dataset's teacher), with the transform of the whole split."""
     toml_path = Path(toml_path)
     desc = _describe(toml_path)
     dense_cols: list[str] = list(desc.get("dense", []))
@@ -189,79 +259,71 @@ def load_tabular(toml_path: str | Path) -> Dataset:
     tasks: list[str] = list(desc["tasks"])
     cat_cols = sparse_cols + list(multi)
     columns = dense_cols + cat_cols + tasks
-
     skip = bool(desc.get("skip_bad_rows", False))
-    parsed, skipped = {}, {}
-    for split in ("train", "valid", "test"):
-        path = (toml_path.parent / desc[split]).resolve()
-        wrong_width: list[list[str]] | None = [] if skip else None
-        frame, rows = _read_frame(path, columns, split, wrong_width)
-        bad = _bad_rows(frame, dense_cols, tasks, multi)
-        if skip:
-            drop = np.zeros(len(frame), bool)
-            reasons: dict[str, int] = {}
-            first: list[str] = []
-            if wrong_width:
-                reasons["wrong number of fields"] = len(wrong_width)
-                first.append(f"{len(wrong_width)} line(s) with the wrong number of fields")
-            for (message, col), mask in bad.items():
-                if mask.any():
-                    reasons[f"{col}: {message.format('').strip().rstrip(',')}"] = \
-                        int(mask.sum())
-                    first += [f"row {_row(rows, i)}, column {col!r}"
-                              for i in np.flatnonzero(mask & ~drop)[:_FIRST]]
-                drop |= mask
-            if drop.any() or wrong_width:
-                skipped[split] = {"rows": int(drop.sum()) + len(wrong_width or []),
-                                  "reasons": reasons, "first": first[:_FIRST],
-                                  "file": str(path)}
-            frame, rows = frame[~drop].reset_index(drop=True), rows[~drop]
-        else:
-            for (message, col), mask in bad.items():
-                _check(mask, message, frame, col, path, rows)
-        if len(frame) == 0:
-            raise DataError("file has no rows" + (" left after skipping bad rows" if skip
-                                                  else ""), path=str(path))
-        parsed[split] = {
-            "dense": np.stack([_numeric_values(frame, c) for c in dense_cols], axis=1)
-            if dense_cols else np.zeros((len(frame), 0)),
-            "labels": np.stack([_numeric_values(frame, c) for c in tasks],
-                               axis=1).astype(np.float32),
-            "cats": {c: _tokens(frame, c, multi.get(c)) for c in cat_cols},
-            "n": len(frame),
-        }
+    read = read or desc.get("read", "auto")
+    if read not in READS:
+        raise DataError(f"key 'read' must be one of {list(READS)}, got {read!r}",
+                        path=str(toml_path))
 
-    vocabs = {c: {v: i + 1 for i, v in enumerate(sorted({t for row in
-                                                          parsed["train"]["cats"][c]
-                                                          for t in row}))}
-              for c in cat_cols}
-    mu = parsed["train"]["dense"].mean(axis=0)
-    sd = parsed["train"]["dense"].std(axis=0) + 1e-6
-    next_id = 0
-    tables = {}
-    for split in ("train", "valid", "test"):
-        p = parsed[split]
-        sparse = {}
-        for c in cat_cols:
-            vocab = vocabs[c]
-            lengths = np.array([len(row) for row in p["cats"][c]], np.int64)
-            values = np.array([vocab.get(t, 0) for row in p["cats"][c] for t in row],
-                              np.int64)
-            if c not in multi:  # a missing single value becomes the OOV id
-                values = np.array([vocab.get(row[0], 0) if row else 0
-                                   for row in p["cats"][c]], np.int64)
-                lengths = np.ones(p["n"], np.int64)
-            sparse[c] = (np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), values)
+    sources = {split: resolve(desc[split], toml_path.parent, split)
+               for split in ("train", "valid", "test")}
+    train = sources["train"]
+    # Hashing by default where train is more than one local file (a directory, a glob,
+    # a URI): data that may not fit one process; vocabularies for a single file.
+    one_file = not train.uri and train.paths == (str((toml_path.parent /
+                                                      desc["train"]).resolve()),)
+    rules = _id_rules(desc, cat_cols, "vocab" if one_file else "hash", toml_path)
+    t = RowTransform(tuple(dense_cols), tuple(sparse_cols), multi, tuple(tasks), rules)
+    rows = None if read == "memory" else parquet_rows(train)
+    stream = read == "stream" or (rows is not None and rows > AUTO_STREAM_ROWS)
+    if stream and skip:
+        raise DataError("skip_bad_rows = true needs the rows in memory (a streamed pass "
+                        "counts on each file's rows); set read = \"memory\" or clean the "
+                        "files", path=str(toml_path))
+
+    def blocks_of(split: str, skipped: dict[str, Any] | None) -> Iterator[pd.DataFrame]:
+        return _split_blocks(sources[split], columns, dense_cols, tasks, multi, skip,
+                             block_rows, skipped)
+
+    skipped: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    if stream or train_rows is not None:  # train's stats first, from one pass
+        # over only the columns they need (every file's schema is checked first); a
+        # bad row elsewhere fails where it is read, naming its place
+        check_schemas(train, columns)
+        need = dense_cols + [c for c in cat_cols if rules[c].kind == "vocab"]
+        n_train = _stats(_split_blocks(train, need, dense_cols, [], {
+            c: s for c, s in multi.items() if c in need}, False, block_rows, None), t) \
+            if need else _stats(iter(()), t) + sum(c.rows for c in plan(train))
+        train_part: Any = FileStream(train, t, plan(train)) if stream else \
+            _gather(blocks_of("train", skipped), t, train_rows)
+    else:  # all in memory: the exact numpy mean and std of the loaded rows
+        if any(r.kind == "vocab" for r in rules.values()):
+            _stats(blocks_of("train", None), t)
+        raw["train"] = _gather(blocks_of("train", skipped), t)
+        t.mean = raw["train"][0].mean(axis=0)
+        t.std = raw["train"][0].std(axis=0) + 1e-6
+        n_train = len(raw["train"][1])
+    for split in ("valid", "test"):
+        raw[split] = _gather(blocks_of(split, skipped), t)
+
+    tables: dict[str, Any] = {}
+    next_id = n_train  # train's ids are 0..n_train-1, streamed or not
+    for split, (dense_raw, labels, sparse) in raw.items():
+        first = 0 if split == "train" else next_id
         tables[split] = ExampleTable(
-            dense=((p["dense"] - mu) / sd).astype(np.float32),
-            labels=p["labels"], ids=np.arange(next_id, next_id + p["n"], dtype=np.int64),
-            sparse=sparse)
-        next_id += p["n"]
+            dense=t.standardise(dense_raw), labels=labels,
+            ids=np.arange(first, first + len(labels), dtype=np.int64), sparse=sparse)
+        next_id += 0 if split == "train" else len(labels)
+    if "train" not in tables:
+        tables["train"] = train_part if stream else ExampleTable(
+            t.standardise(train_part[0]), train_part[1],
+            np.arange(len(train_part[1]), dtype=np.int64), train_part[2])
 
     spec = FeatureSpec(
         dense=tuple(dense_cols),
-        sparse=tuple(SparseFeature(c, len(vocabs[c]) + 1, multi_valued=c in multi)
-                     for c in cat_cols),
+        sparse=tuple(SparseFeature(c, cardinality(rules[c], t.vocabs.get(c)),
+                                   multi_valued=c in multi) for c in cat_cols),
         tasks=tuple(tasks))
     return Dataset(spec, tables["train"], tables["valid"], tables["test"],
-                   name=str(toml_path), skipped=skipped)
+                   name=str(toml_path), skipped=skipped, transform=t)

@@ -18,7 +18,8 @@ from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.movielens import SPLITS, load_movielens
 from recdistill.data.spec import Dataset
 from recdistill.data.synthetic import SyntheticConfig, synthetic_dataset, synthetic_stream_dataset
-from recdistill.data.tabular import load_tabular
+from recdistill.data.file_stream import FileStream
+from recdistill.data.tabular import AUTO_STREAM_ROWS, load_tabular
 
 DATASETS = ("movielens", "synthetic", "synthetic-stream")
 
@@ -96,11 +97,14 @@ def add_labelling_arguments(p: Any) -> None:
 
 
 def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
-                 rows: int = 100_000, max_cardinality: int = 100_000) -> Dataset:
+                 rows: int = 100_000, max_cardinality: int = 100_000,
+                 memory_rows: int | None = None) -> Dataset:
     """``movielens`` (recbole's copy), ``synthetic`` (``rows`` rows in memory, split
     80/10/10), ``synthetic-stream`` (``rows`` training rows generated as they are read,
     50,000 validation and test rows; online distillation only), or a dataset TOML.
-    ``max_cardinality`` caps the synthetic features' ids."""
+    ``max_cardinality`` caps the synthetic features' ids. ``memory_rows``: a dataset
+    TOML whose train split streams is held in memory instead, its first ``memory_rows``
+    train rows (the same ids and id transform as the stream)."""
     if data == "movielens":
         if split not in SPLITS:
             raise ConfigError(f"--split: unknown {split!r}; expected one of {SPLITS}")
@@ -110,6 +114,13 @@ def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
         return synthetic_dataset(cfg) if data == "synthetic" else synthetic_stream_dataset(cfg)
     if data.endswith(".toml"):
         d = load_tabular(data)
+        if memory_rows is not None and isinstance(d.train, FileStream):
+            print(f"{data}: train streams ({len(d.train):,} rows); holding its first "
+                  f"{min(memory_rows, len(d.train)):,} in memory", flush=True)
+            d = load_tabular(data, read="memory", train_rows=memory_rows)
+        elif isinstance(d.train, FileStream):
+            print(f"{data}: train streamed from {len(d.train.source.paths)} file(s), "
+                  f"{len(d.train):,} rows in {d.train.n_chunks} chunks", flush=True)
         for split, s in d.skipped.items():  # skip_bad_rows: say what was left out
             print(f"warning: {s['file']}: skipped {s['rows']} malformed row(s) of {split} "
                   f"({'; '.join(f'{k}: {n}' for k, n in s['reasons'].items())}); first: "
@@ -126,6 +137,11 @@ def in_memory(data: Dataset, job: str) -> Dataset:
         raise ConfigError(f"--data synthetic-stream streams its training rows for "
                           f"jobs.distill only; {job} needs them in memory: use --data "
                           "synthetic (the same generator and feature spec)")
+    if isinstance(data.train, FileStream):
+        raise ConfigError(f"{data.name} streams its training rows (read = \"stream\", or "
+                          f"\"auto\" and over {AUTO_STREAM_ROWS:,} rows) for jobs.distill "
+                          f"only; {job} needs them in memory: set read = \"memory\" in "
+                          "the dataset TOML if they fit")
     return data
 
 

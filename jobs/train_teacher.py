@@ -41,6 +41,10 @@ from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.config import DENSE_ENGINES, PRECISIONS, SHARDING_TYPES, TeacherConfig
 from recdistill.teacher.loop import TrainTeacherArgs, train
 
+# A dataset whose train split streams trains its teacher on this many of its first rows,
+# held in memory (as synthetic-stream's teacher is trained on up to 1e6 in-memory rows).
+STREAMED_TEACHER_ROWS = 1_000_000
+
 
 def parse_args(argv: list[str] | None) -> list[tuple[TrainTeacherArgs, TeacherConfig]]:
     """The runs to make: one teacher, or (``--member``) committee members of a
@@ -167,7 +171,8 @@ def run(job: TrainTeacherArgs, cfg: TeacherConfig, dataset: Dataset | None = Non
     def load() -> Dataset:
         return in_memory(dataset or load_dataset(
             job.data, split=job.split, seed=job.data_seed, rows=job.rows,
-            max_cardinality=job.max_cardinality), "jobs.train_teacher")
+            max_cardinality=job.max_cardinality, memory_rows=STREAMED_TEACHER_ROWS),
+            "jobs.train_teacher")
 
     report = train(job, cfg, load, task_metrics, on_progress, echo)
     if dist.get_rank() == 0:

@@ -129,6 +129,25 @@ def job_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def directory_dataset(root: Path, rows: int, files: int = 8, ids: str = "") -> Path:
+    """A dataset TOML whose train split is ``files`` Parquet files of row groups of 64
+    rows (a streamed pass's chunks), read as a stream; valid and test one file each;
+    ``ids``: the TOML's ``[ids]`` tables. The label is learnable: income follows hours."""
+    frames = make_frames(n=rows, seed=1)
+    for f in frames.values():
+        f["income"] = (f["hours"] > 40).astype(int)
+    (root / "train").mkdir(parents=True)
+    for i, part in enumerate(np.array_split(np.arange(rows), files)):
+        frames["train"].iloc[part].to_parquet(root / "train" / f"part-{i:05d}.parquet",
+                                              index=False, row_group_size=64)
+    for split in ("valid", "test"):
+        frames[split].to_parquet(root / f"{split}.parquet", index=False)
+    toml = root / "dataset.toml"
+    toml.write_text(TOML.format(ext="parquet").replace('"train.parquet"', '"train"')
+                    + 'read = "stream"\n' + ids)
+    return toml
+
+
 def toml_dataset(tmp_path: Path) -> Path:
     frames = make_frames(n=400, seed=1)
     for f in frames.values():  # a learnable label: income follows hours

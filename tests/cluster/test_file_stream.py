@@ -1,0 +1,87 @@
+"""Dataset TOMLs whose train split streams from a directory of Parquet files: a pass
+reads every row once in a seeded order, and every group trains every id exactly once
+per pass from it, also when a teacher rank is killed mid-pass. (The job on such a
+dataset, its teacher trained first and its artifacts scoring raw files:
+test_cluster.py's ``test_distill_job_on_a_toml_dataset``.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from recdistill.cluster.config import RunOptions
+from testkit import directory_dataset
+
+ROWS = 1200  # 8 files of 150 rows, row groups of 64: 24 chunks
+IDS = '[ids]\nkind = "hash"\nbuckets = 64\n'
+
+
+def test_streamed_file_pass_yields_every_row_once_in_a_seeded_order(
+        ray_cluster, tmp_path: Path) -> None:
+    from recdistill.cluster.data import arrow_to_batch, pass_dataset, train_dataset
+    from recdistill.data.tabular import load_tabular
+    data = load_tabular(directory_dataset(tmp_path, ROWS, ids=IDS))
+    stream = data.train
+    ds = train_dataset(stream)
+    assert ds.count() == stream.n_chunks == 8 * 3  # chunk indices: nothing read yet
+
+    def order(seed: int) -> np.ndarray:
+        batches = pass_dataset(ds, stream, seed).iter_batches(batch_size=100,
+                                                              batch_format="pyarrow")
+        return np.concatenate([arrow_to_batch(b, ("workclass",)).ids for b in batches])
+
+    a, b, c = order(1), order(1), order(2)
+    np.testing.assert_array_equal(np.sort(a), np.arange(ROWS))  # every row, once
+    np.testing.assert_array_equal(a, b)  # the pass's seed fixes the order
+    assert not np.array_equal(a, c)
+
+
+def test_a_killed_teacher_rank_mid_streamed_pass_keeps_every_id_once(
+        ray_cluster, tmp_path: Path) -> None:
+    """kill -9 of one of 2 teacher ranks while they read a streamed pass of 8 files:
+    the label group re-forms, the pass is read again from the files, and the group
+    trains every row id exactly once in it."""
+    import os
+    import signal
+
+    from recdistill.cluster.config import (DistillConfig, GroupConfig, StreamConfig,
+                                           TeacherGroupConfig)
+    from recdistill.cluster.pipeline import Hooks, OnlineDistillation
+    from recdistill.data.tabular import load_tabular
+    from recdistill.student.config import LossTerm, StudentConfig
+    from recdistill.teacher.checkpoint import save_teacher
+    from recdistill.teacher.config import TeacherConfig
+    from recdistill.teacher.model import TeacherModel, feature_dims
+    data = load_tabular(directory_dataset(tmp_path / "data", ROWS, ids=IDS))
+    tcfg = TeacherConfig(embedding_dim=8, dense_layers=(16, 8), cross_layers=1)
+    save_teacher(TeacherModel(data.spec, tcfg, device="cpu"), tmp_path / "teacher",
+                 spec=data.spec, cfg=tcfg, info={"step": 1})
+    kd = StudentConfig(name="kd", embedding_dim=4, hidden=(8,), sharding="none", losses=(
+        LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5)))
+    cfg = DistillConfig(data=str(data.name), passes=1, teacher=tcfg,
+                        groups=(GroupConfig(kd, replicas=2),),
+                        teacher_group=TeacherGroupConfig(
+                            ranks=2, batch_size=64, checkpoint=str(tmp_path / "teacher")),
+                        stream=StreamConfig(max_inflight=3))
+    killed: dict[str, int] = {}
+
+    def kill_once(group: str, acked: int) -> None:
+        if acked == 4 and not killed:
+            killed["pid"] = ray_cluster.get(run.labels.actors[1].pid.remote())
+            os.kill(killed["pid"], signal.SIGKILL)
+
+    run = OnlineDistillation(cfg, data, feature_dims(data.spec, tcfg),
+                             RunOptions(progress=False), Hooks(after_ack=kill_once))
+    try:
+        body = run.run().to_json()
+    finally:
+        run.shutdown()
+    assert killed, "the failure was injected"
+    assert body["teacher"]["restarts"] == 1
+    per_pass = ROWS // 2 * 2
+    books = run.stream.ledgers["kd"]
+    np.testing.assert_array_equal(books.trained[0].to_array(), np.arange(ROWS))  # all rows
+    assert books.examples_by_pass[0] == per_pass  # and none twice
+    assert body["students"]["kd"]["examples_per_pass"] == [per_pass]
+    assert body["stream"]["replayed_rows"] > 0  # rows published before the kill, dropped

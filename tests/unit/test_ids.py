@@ -1,0 +1,195 @@
+"""Raw values -> ids: the hash rule's golden values, the vocabulary pass's counting rules,
+and datasets whose splits are directories, globs and URIs of many files."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recdistill.data.errors import DataError
+from recdistill.data.ids import Counter, IdRule, as_text, hash_ids
+from recdistill.data.tabular import load_tabular
+from testkit import TOML, make_frames, write_dataset
+
+
+def test_hash_ids_are_golden_and_do_not_depend_on_how_a_value_is_stored() -> None:
+    text = as_text(np.array(["a", "5", None, "", "user_123"], dtype=object))
+    # pinned: SipHash-2-4 (pandas' hash_array, its fixed key) of the text, mod buckets,
+    # plus 1; a missing value is id 0. A change here re-maps every trained table.
+    assert hash_ids(text, 1000).tolist() == [505, 904, 0, 775, 367]
+    assert hash_ids(text, 1 << 20).tolist() == [507857, 938576, 0, 408135, 665191]
+    # the integer 5, the string "5" and 5.0 of an integer column with nulls: one id
+    stored = [pd.Series([5, 12345678901]), pd.Series(["5", "12345678901"]),
+              pd.Series([5.0, 12345678901.0, None])]
+    assert [hash_ids(as_text(s), 1 << 20)[:2].tolist() for s in stored] == \
+        [[938576, 90851]] * 3
+
+
+def test_vocabulary_counts_across_blocks_with_min_count_and_max_size() -> None:
+    blocks = [np.array(["b", "a", "c", None], object), np.array(["a", "b", "a", "d", "e",
+                                                                 "e"], object)]
+    c = Counter()
+    for b in blocks:
+        c.add(b)
+    # counts: a 3, b 2, e 2, c 1, d 1 (None is not a value)
+    assert c.vocabulary(IdRule()).values == ["a", "b", "c", "d", "e"]
+    assert c.vocabulary(IdRule(min_count=2)).values == ["a", "b", "e"]
+    # the two most frequent: a, then b before e (a tie, broken by text)
+    v = c.vocabulary(IdRule(max_size=2))
+    assert v.values == ["a", "b"]
+    assert v.ids(np.array(["b", "e", None, "a"], object)).tolist() == [2, 0, 0, 1]
+
+
+def _many_files(root: Path, frames: dict[str, pd.DataFrame], files: int = 8,
+                ids: str = "") -> Path:
+    """Each split as ``files`` Parquet files in a directory named after it."""
+    for split, frame in frames.items():
+        (root / split).mkdir(parents=True)
+        for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
+            frame.iloc[part].to_parquet(root / split / f"part-{i:05d}.parquet", index=False)
+    toml = root / "dataset.toml"
+    toml.write_text(TOML.format(ext="parquet").replace(".parquet", "") + ids)
+    return toml
+
+
+@pytest.mark.parametrize("kind", ["vocab", "hash"])
+def test_a_directory_of_files_loads_as_the_one_file(tmp_path: Path, kind: str) -> None:
+    frames = make_frames(n=400, seed=3)
+    ids = f'[ids]\nkind = "{kind}"\nbuckets = 97\n'
+    write_dataset(tmp_path, "parquet", frames)
+    (tmp_path / "dataset.toml").write_text(TOML.format(ext="parquet") + ids)
+    one = load_tabular(tmp_path / "dataset.toml", block_rows=13)
+    many = load_tabular(_many_files(tmp_path / "many", frames, ids=ids), block_rows=13)
+    glob = tmp_path / "glob.toml"
+    glob.write_text((tmp_path / "many" / "dataset.toml").read_text().replace(
+        '"train"', '"many/train/part-*.parquet"').replace('"valid"', '"many/valid"')
+        .replace('"test"', f'"file://{tmp_path}/many/test"'))
+    for d in (many, load_tabular(glob)):
+        assert d.spec == one.spec
+        for split in ("train", "valid", "test"):
+            a, b = one.split(split), d.split(split)
+            np.testing.assert_array_equal(a.dense, b.dense)
+            np.testing.assert_array_equal(a.labels, b.labels)
+            for k in a.sparse:
+                np.testing.assert_array_equal(a.sparse[k][1], b.sparse[k][1])
+                np.testing.assert_array_equal(a.sparse[k][0], b.sparse[k][0])
+    if kind == "hash":
+        assert [f.cardinality for f in one.spec.sparse] == [98, 98, 98]
+
+
+def test_ids_default_to_vocab_for_one_file_and_hash_for_a_directory(tmp_path: Path) -> None:
+    frames = make_frames(n=80)
+    one = load_tabular(write_dataset(tmp_path, "parquet", frames))
+    assert [f.cardinality for f in one.spec.sparse] == [4, 4, 4]
+    many = load_tabular(_many_files(tmp_path / "many", frames, files=2))
+    assert [f.cardinality for f in many.spec.sparse] == [(1 << 20) + 1] * 3
+    per = load_tabular(_many_files(tmp_path / "per", frames, files=2, ids=(
+        '[ids]\nbuckets = 50\n[ids.education]\nkind = "vocab"\n')))
+    assert [f.cardinality for f in per.spec.sparse] == [51, 4, 51]
+
+
+def test_a_wrong_column_type_in_the_middle_of_train_names_file_and_column(
+        tmp_path: Path) -> None:
+    frames = make_frames(n=400)
+    toml = _many_files(tmp_path, frames)
+    bad = tmp_path / "train" / "part-00004.parquet"
+    frame = pd.read_parquet(bad)
+    frame["hours"] = frame["hours"].astype(str)
+    frame.to_parquet(bad, index=False)
+    with pytest.raises(DataError, match=r"train/part-00004\.parquet, column 'hours': "
+                       r"column type (large_)?string where the split's first file "
+                       r".*/train/part-00000\.parquet has double"):
+        load_tabular(toml)
+
+
+def test_bad_id_rules_name_their_key(tmp_path: Path) -> None:
+    path = write_dataset(tmp_path)
+    base = path.read_text()
+    for ids, message in (('[ids]\nkind = "md5"\n', r"ids: kind must be one of"),
+                         ('[ids.genre]\nkind = "hash"\n', r"ids\.genre: not a sparse or "
+                                                          r"multi_hot column"),
+                         ('[ids.genres]\nbuckets = 0\n', r"ids\.genres: buckets must be"),
+                         ('[ids]\nbucket = 10\n', r"ids\.bucket: unknown key")):
+        path.write_text(base + ids)
+        with pytest.raises(DataError, match=r"dataset\.toml: " + message):
+            load_tabular(path)
+
+
+def test_a_bad_row_in_a_directory_of_csv_names_the_file_and_its_line(
+        tmp_path: Path) -> None:
+    frames = make_frames(n=120)
+    for split, frame in frames.items():
+        (tmp_path / split).mkdir()
+        for i, part in enumerate(np.array_split(np.arange(len(frame)), 3)):
+            frame.iloc[part].to_csv(tmp_path / split / f"p{i}.csv", index=False)
+    lines = (tmp_path / "train" / "p1.csv").read_text().splitlines()
+    lines[5] = lines[5].replace(lines[5].split(",")[1], "forty", 1)  # hours, line 6
+    (tmp_path / "train" / "p1.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dataset.toml").write_text(TOML.format(ext="csv").replace(".csv", ""))
+    with pytest.raises(DataError, match=r"train/p1\.csv, row 6, column 'hours': expected "
+                       r"a number, got 'forty'"):
+        load_tabular(tmp_path / "dataset.toml", block_rows=4)
+
+
+def test_the_saved_transform_turns_raw_test_rows_into_the_loaded_examples(
+        tmp_path: Path) -> None:
+    """What a student artifact keeps (``transform.json`` and its vocabulary files) maps
+    the raw test file to exactly the examples the job trained and evaluated on."""
+    from recdistill.data.files import blocks, resolve
+    from recdistill.data.transform import RowTransform
+    frames = make_frames(n=200, seed=4)
+    frames["test"].loc[3, "workclass"] = "never-seen"
+    toml = write_dataset(tmp_path, "parquet", frames)
+    toml.write_text(toml.read_text() + '[ids.genres]\nkind = "hash"\nbuckets = 64\n')
+    d = load_tabular(toml)
+    (tmp_path / "artifact").mkdir()
+    d.transform.save(tmp_path / "artifact")
+    t = RowTransform.load(tmp_path / "artifact")
+    assert t.rules == d.transform.rules and t.vocabs["workclass"].values == [
+        "private", "self", "state"]
+    (_, frame, _), = blocks(resolve("test.parquet", tmp_path, "test"), t.columns)
+    got = t.table(frame, first_id=int(d.test.ids[0]))
+    np.testing.assert_array_equal(got.dense, d.test.dense)
+    np.testing.assert_array_equal(got.ids, d.test.ids)
+    for k, (offsets, values) in d.test.sparse.items():
+        np.testing.assert_array_equal(got.sparse[k][0], offsets)
+        np.testing.assert_array_equal(got.sparse[k][1], values)
+    assert got.sparse["workclass"][1][3] == 0  # unseen in train
+
+
+def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) -> None:
+    """``read = "stream"``: train is planned into row groups from the footers and each
+    chunk is read where asked; the chunks hold exactly the in-memory rows (same ids,
+    same encoding, train's stats from sums within float error), a seeded chunk is a
+    seeded permutation of it, and valid/test are the in-memory ones."""
+    from recdistill.data.file_stream import FileStream
+    frames = make_frames(n=400, seed=5)
+    toml = _many_files(tmp_path, frames, files=3)
+    for split in ("train",):  # row groups of 50 rows: 3 files of 134/133/133 -> 9 chunks
+        for f in sorted((tmp_path / split).iterdir()):
+            pd.read_parquet(f).to_parquet(f, index=False, row_group_size=50)
+    whole = load_tabular(toml, read="memory")
+    streamed = load_tabular(toml, read="stream")
+    assert isinstance(streamed.train, FileStream) and len(streamed.train) == 400
+    assert streamed.train.n_chunks == 9 and streamed.spec == whole.spec
+    got = [streamed.train.chunk(c) for c in range(9)]
+    ids = np.concatenate([g.ids for g in got])
+    np.testing.assert_array_equal(ids, np.arange(400))
+    np.testing.assert_allclose(np.concatenate([g.dense for g in got]), whole.train.dense,
+                               atol=1e-5)
+    for k, (_, values) in whole.train.sparse.items():
+        np.testing.assert_array_equal(np.concatenate([g.sparse[k][1] for g in got]), values)
+    shuffled = streamed.train.chunk(4, seed=7)
+    assert sorted(shuffled.ids.tolist()) == got[4].ids.tolist()
+    assert shuffled.ids.tolist() != got[4].ids.tolist()
+    assert streamed.train.chunk(4, seed=7).ids.tolist() == shuffled.ids.tolist()
+    np.testing.assert_array_equal(streamed.test.ids, whole.test.ids)
+    np.testing.assert_allclose(streamed.test.dense, whole.test.dense, atol=1e-5)
+    # a streamed dataset's teacher: its first 150 train rows in memory, the same ids
+    # and transform as the stream
+    first = load_tabular(toml, read="memory", train_rows=150)
+    np.testing.assert_array_equal(first.train.ids, np.arange(150))
+    np.testing.assert_allclose(first.train.dense, whole.train.dense[:150], atol=1e-5)
+    np.testing.assert_array_equal(first.valid.ids, whole.valid.ids)
+    assert first.spec == whole.spec
