@@ -168,7 +168,8 @@ class OnlineDistillation:
                 cfg=g.cfg.student, spec=self.data.spec, fingerprint=fp,
                 metrics=metrics, data={"split": self.cfg.split, "seed": self.cfg.seed,
                                        "rows": self.cfg.rows,
-                                       "max_cardinality": self.cfg.max_cardinality})
+                                       "max_cardinality": self.cfg.max_cardinality},
+                transform=self.data.transform)
             paths[name] = str(path)
         return paths
 

@@ -1,7 +1,12 @@
-"""Score a split with a distilled student that ``jobs.distill`` wrote.
+"""Score a split, or raw files, with a distilled student that ``jobs.distill`` wrote.
 
     python -m jobs.predict --student runs/demo/students/pred_kd --data movielens \\
         --split test --out preds.parquet --report metrics.json [--export student.pt2]
+    python -m jobs.predict --student runs/big/students/pred_kd --data s3://logs/day=7/
+
+``--data`` a Parquet or CSV file, directory, glob or URI (not a dataset name or TOML):
+the student's artifact maps its raw columns to inputs the way its training data was
+(``transform.json``: hashed or vocabulary ids, dense standardisation), block by block.
 
 Loads the artifact (weights-only; a missing or tampered one fails naming its path),
 checks that the data is what the student was trained on (schema fingerprint), scores
@@ -34,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a student artifact directory (<run>/students/<group>)")
     p.add_argument("--data", default="movielens",
                    help="movielens (default), synthetic or a dataset .toml: the data the "
-                        "student was trained on (its schema is checked)")
+                        "student was trained on (its schema is checked); or raw Parquet/CSV "
+                        "files (a file, directory, glob or URI) with the training columns")
     p.add_argument("--split", dest="which", choices=SPLITS, default="test",
                    help="the split to score (default test)")
     p.add_argument("--movielens-split", dest="split_rule", default=None,
@@ -61,13 +67,58 @@ def score(model: Any, table: Any, batch_size: int) -> tuple[Any, Any]:
     return predict_student(model, table, batch_size)
 
 
+def score_files(model: Any, student: str, data: str, batch_size: int
+                ) -> tuple[Any, Any, Any, int]:
+    """(logits, labels, row numbers, rows) of raw files ``data``, block by block through
+    the artifact's transform; raises DataError naming what is wrong."""
+    import numpy as np
+
+    from recdistill.data.errors import DataError
+    from recdistill.data.files import blocks, resolve
+    from recdistill.data.tabular import check_block
+    from recdistill.data.transform import FILE, RowTransform
+    if not (Path(student) / FILE).is_file():
+        raise DataError(f"this student has no {FILE}: raw files can be scored only by a "
+                        "student trained on a dataset TOML; give --data that TOML",
+                        path=student)
+    t = RowTransform.load(student)
+    logits, labels, n = [], [], 0
+    for shown, frame, rows in blocks(resolve(data, Path.cwd(), "--data"), t.columns):
+        check_block(frame, rows, shown, t)
+        out, y = score(model, t.table(frame, n), batch_size)
+        logits.append(out)
+        labels.append(y)
+        n += len(frame)
+    return np.concatenate(logits), np.concatenate(labels), np.arange(n), n
+
+
+def _report(a: argparse.Namespace, spec: Any, data: str, split: str, rows: int, ids: Any,
+            logits: Any, labels: Any) -> int:
+    """Print the metrics; write ``--report`` and ``--out`` when asked."""
+    from recdistill.student.metrics import task_metrics
+    metrics = task_metrics(torch.tensor(logits), torch.tensor(labels), spec.tasks)
+    print(f"{Path(a.student).name} on {data} {split} ({rows:,} rows):")
+    for task, m in metrics.items():
+        print(f"  {task:<10} AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  "
+              f"NE {m['ne']:.4f}")
+    if a.report:
+        write_json_atomic(a.report, {"student": a.student, "data": data, "split": split,
+                                     "rows": rows, "metrics": metrics})
+    if a.out:
+        import pandas as pd
+        frame = pd.DataFrame({"id": ids, **{f"logit_{t}": logits[:, i]
+                                             for i, t in enumerate(spec.tasks)}})
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(a.out, index=False)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from recdistill.data.fingerprint import differences, fingerprint
     from recdistill.common.registry import load_plugins
     from recdistill.jobs.common import quiet_library_warnings, set_threads
     from recdistill.student.artifact import (export_inputs, export_serving, load_artifact,
                                              load_export)
-    from recdistill.student.metrics import task_metrics
     from recdistill.teacher.checkpoint import CheckpointError
     quiet_library_warnings()
     set_threads()
@@ -80,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     made_for = meta.get("fingerprint") or {}
     args = meta.get("data", {})
+    from recdistill.jobs.common import DATASETS
+    if a.data not in DATASETS and not a.data.endswith(".toml"):
+        from recdistill.data.errors import DataError
+        try:
+            logits, labels, ids, rows = score_files(model, a.student, a.data, a.batch_size)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if a.export:
+            print("error: --export takes a dataset (movielens, synthetic or a TOML), "
+                  "not raw files", file=sys.stderr)
+            return 2
+        return _report(a, spec, a.data, "files", rows, ids, logits, labels)
     try:
         data = load_dataset(a.data, split=a.split_rule or args.get("split", "user_time"),
                             seed=args.get("seed", 0) if a.seed is None else a.seed,
@@ -96,21 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = data.split(a.which)
     logits, labels = score(model, table, a.batch_size)
-    metrics = task_metrics(torch.tensor(logits), torch.tensor(labels), spec.tasks)
-    print(f"{Path(a.student).name} on {data.name} {a.which} ({len(table):,} rows):")
-    for task, m in metrics.items():
-        print(f"  {task:<10} AUC {m['auc']:.4f}  logloss {m['logloss']:.4f}  "
-              f"NE {m['ne']:.4f}")
-    if a.report:
-        write_json_atomic(a.report, {"student": a.student, "data": data.name,
-                                     "split": a.which, "rows": len(table),
-                                     "metrics": metrics})
-    if a.out:
-        import pandas as pd
-        frame = pd.DataFrame({"id": table.ids, **{f"logit_{t}": logits[:, i]
-                                                   for i, t in enumerate(spec.tasks)}})
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(a.out, index=False)
+    _report(a, spec, data.name, a.which, len(table), table.ids, logits, labels)
     if a.export:
         batch = next(iter(table.iter_batches(min(256, len(table)),
                                              keys=model.feature_names))).to_batch()

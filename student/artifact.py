@@ -2,6 +2,8 @@
 
 ``<dir>/student.json`` holds the student's config, the schema and dataset fingerprint
 it was trained on (the features it reads and their vocabulary sizes) and its metrics;
+``<dir>/transform.json`` (with a Parquet file per vocabulary) how raw rows of its
+dataset became inputs, when the dataset was read from files (``data/transform.py``);
 ``<dir>/weights/`` its serving weights (no adapters, auxiliary heads or optimizer) as a
 torch.distributed.checkpoint directory, which loads into a plain model however many
 replicas held the tables. Written atomically (``<dir>.partial``, renamed when
@@ -42,7 +44,8 @@ def serving_config(cfg: StudentConfig) -> StudentConfig:
 
 def write_artifact(path: str | os.PathLike[str], write_weights: Callable[[str], None], *,
                    cfg: StudentConfig, spec: FeatureSpec, fingerprint: dict[str, Any],
-                   metrics: dict[str, Any], data: dict[str, Any] | None = None) -> Path:
+                   metrics: dict[str, Any], data: dict[str, Any] | None = None,
+                   transform: Any = None) -> Path:
     """Write a student artifact to ``path`` (replaced atomically if it exists).
 
     ``data``: how the dataset was loaded (``split``, ``seed``, ``rows``,
@@ -56,6 +59,8 @@ def write_artifact(path: str | os.PathLike[str], write_weights: Callable[[str], 
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     write_weights(str(partial / WEIGHTS))
+    if transform is not None:  # a data.transform.RowTransform
+        transform.save(partial)
     model = StudentModel(spec, serving_config(cfg), table_device="meta")
     meta = {"format": FORMAT, "student": to_mapping(cfg), "spec": spec.to_dict(),
             "fingerprint": fingerprint, "features": {

@@ -239,13 +239,17 @@ def _tensorboard_matches_report(logdir: Path, saved: dict) -> None:
 
 def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     """`jobs.distill --data dataset.toml`: teacher trained first (a Ray task), report
-    holds the contract's keys, the PNG is written."""
+    holds the contract's keys, the PNG is written. Train is 8 Parquet files read as a
+    stream (the teacher, trained first, held it in memory with the stream's id
+    transform); one feature's ids are hashed, the others come from vocabularies; the
+    artifacts score the raw test file as the report says."""
     import json
 
     from recdistill.jobs.distill import run
     from recdistill.jobs.distill_config import load_config
-    from testkit import SMALL, toml_dataset
-    data = toml_dataset(tmp_path)
+    from testkit import SMALL, directory_dataset
+    data = directory_dataset(tmp_path, 400, ids='[ids]\nkind = "vocab"\n'
+                             '[ids.education]\nkind = "hash"\nbuckets = 16\n')
     config = tmp_path / "distill.toml"
     config.write_text(SMALL + f'\n[teacher_group]\nbatch_size = 64\ncheckpoint = '
                       f'"{tmp_path / "teacher"}"\n')
@@ -259,6 +263,8 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     # test metrics (to 1e-5)
     from testkit import artifact_matches_report
     artifact_matches_report(saved, tmp_path / "students", str(data), tmp_path)
+    artifact_matches_report(saved, tmp_path / "students", str(tmp_path / "test.parquet"),
+                            tmp_path)
     assert saved["students"].keys() == {"baseline", "pred_kd", "feat_kd", "multitask_kd"}
     for name, s in saved["students"].items():
         assert set(s["test"]["income"]) >= {"auc", "logloss", "ne"}
@@ -277,7 +283,7 @@ def test_distill_job_on_a_toml_dataset(ray_cluster, tmp_path) -> None:
     spec = load_tabular(data).spec
     sizes = {m.name: sum(p.numel() for p in TeacherModel(spec, m.teacher).parameters())
              for m in cfg.members}
-    assert sizes["dcn"] == sizes["dcn_priv"] == 1241 and sizes["dlrm"] != 1241
+    assert sizes["dcn"] == sizes["dcn_priv"] == 1345 and sizes["dlrm"] != 1345
     assert {n: m["parameters"] for n, m in saved["teacher"]["members"].items()} == sizes
     assert saved["teacher"]["parameters"] == sum(sizes.values())
     assert saved["students"]["baseline"]["parameters"] > 0
@@ -472,11 +478,15 @@ run(cfg, RunOptions(report=report, progress=False, state_dir=state, checkpoint_e
 
 
 @pytest.mark.timeout(600)
-def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> None:
+def test_driver_killed_mid_pass_resumes_with_every_example_once(ray_cluster, tmp_path,
+                                                             capsys) -> None:
     """SIGKILL of the job's driver (by pid) in pass 2, then `jobs.distill --resume`:
     every group restarts from the driver's last checkpoint (its state and the ids it
     had trained in the interrupted pass), the pass is read again, and each group trains
-    exactly the rows it had not: per group, rows trained before + after == 400."""
+    exactly the rows it had not: per group, rows trained before + after == 400. (The
+    resume is the same command run in this process, on the tests' cluster: a process
+    of its own would only add a Ray start; tests/e2e/test_interrupts.py runs the resume
+    command a stopped job prints as a process.)"""
     import json
     import subprocess
     import sys
@@ -509,18 +519,17 @@ def test_driver_killed_mid_pass_resumes_with_every_example_once(tmp_path) -> Non
     before = {g: len(d["trained"]) for g, d in doc["groups"].items()}
     assert all(0 < n < 400 for n in before.values()), before
 
-    second = subprocess.run([sys.executable, "-m", "jobs.distill", "--config", str(config),
-                             "--data", str(data), "--passes", "2", "--report", str(report),
-                             "--state-dir", str(state), "--resume", "--no-progress"],
-                            capture_output=True, text=True, env=job_env(), timeout=400)
-    assert second.returncode == 0, second.stderr[-3000:]
+    from recdistill.jobs.distill import main
+    capsys.readouterr()
+    assert main(["--config", str(config), "--data", str(data), "--passes", "2", "--report",
+                 str(report), "--state-dir", str(state), "--resume", "--no-progress"]) == 0
     saved = json.loads(report.read_text())
     assert saved["resumed"] == {"pass": 2, "pass_done": False, "trained_in_pass": before}
     for name, s in saved["students"].items():
         assert s["examples_per_pass"] == [400, 400], name
         # after the resume each group trained only the rest of pass 2
         assert saved["stream"]["acked_rows"][name] == 400 - before[name], name
-    assert "resumed in pass 2" in second.stdout
+    assert "resumed in pass 2" in capsys.readouterr().out
 
 
 _NODES = r'''
