@@ -56,6 +56,12 @@ Suites:
           pipeline (one pass, ``pred_kd``), each on a fresh local cluster, the RSS of
           every process and the object store sampled (``cluster.resources``); then a
           1.08e9-parameter teacher sharded over 2 ranks serving ``--big-rows`` rows.
+  ingest  a Criteo-like file dataset (26 raw string id columns hashed into 1e5 buckets,
+          13 dense, 2 tasks; Parquet, one file per 250k rows) at each ``--ingest-sizes``
+          train rows through the job (one pass, one teacher rank, one row-wise sharded
+          ``pred_kd`` group of 2 replicas), train streamed, and the smallest also read
+          into memory; peak RSS per role and of the object store (``ingest.rss_ratio_*``,
+          ``ingest.throughput_ratio_*``, ``ingest.streamed_vs_in_memory``).
 
     python -m jobs.bench --suite pipeline [--repeats 3] [--passes 2]
     python -m jobs.bench --suite labelling [--repeats 3] [--passes 2] [--seeds 3]
@@ -65,6 +71,7 @@ Suites:
     python -m jobs.bench --suite committee [--repeats 3]
     python -m jobs.bench --suite student [--repeats 15] [--online-rows 30000]
     python -m jobs.bench --suite scale [--sizes 100000,1000000,10000000]
+    python -m jobs.bench --suite ingest [--ingest-sizes 1000000,10000000]
 """
 
 from __future__ import annotations
@@ -76,15 +83,15 @@ from types import ModuleType
 
 import torch
 
-from recdistill.jobs.bench import (committee, fanout, inputs, labelling, lookup, pipeline, scale,
-                                   student, transport)
+from recdistill.jobs.bench import (committee, fanout, ingest, inputs, labelling, lookup,
+                                   pipeline, scale, student, transport)
 from recdistill.jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
 SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
                                  "transport": transport, "scale": scale,
                                  "committee": committee, "student": student,
-                                 "labelling": labelling, "input": inputs}
+                                 "labelling": labelling, "input": inputs, "ingest": ingest}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="input: ranks reading each pass")
     p.add_argument("--online-rows", type=int, default=30_000,
                    help="student: training rows of each online run")
+    p.add_argument("--ingest-sizes", default="1000000,10000000",
+                   help="ingest: training rows of each streamed run, comma-separated")
+    p.add_argument("--ingest-dir", default="runs/bench/ingest",
+                   help="ingest: where the Criteo-like files are written (once)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="scale: seconds between memory samples")
     a = p.parse_args(argv)
@@ -135,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     teacher = a.teacher_checkpoint or {
         "scale": "runs/bench/teacher_synthetic",
-        "student": "runs/bench/teacher_synthetic_1e6"}.get(a.suite, "runs/bench/teacher")
+        "student": "runs/bench/teacher_synthetic_1e6",
+        "ingest": "runs/bench/teacher_criteo"}.get(a.suite, "runs/bench/teacher")
     suite = SUITES[a.suite]
     result = suite.run(a, teacher)
     suite.summary(result)

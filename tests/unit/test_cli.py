@@ -33,9 +33,14 @@ EXTERNAL_FLAGS = {"--head", "--node-ip-address", "--dashboard-host", "--num-cpus
                   "--homepath"}
 
 
+# The data generators the pages run as ``python -m data.NAME``.
+DATA_MODULES = ("data.shapes", "data.criteo")
+
+
 @functools.cache
 def _module_help(module: str) -> str:
-    job = importlib.import_module(f"recdistill.jobs.{module}")
+    job = importlib.import_module(f"recdistill.{module}" if module.startswith("data.")
+                                  else f"recdistill.jobs.{module}")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
         job.main(["--help"])
@@ -118,7 +123,7 @@ def test_docs_flags_exist(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])  # recdistill's own: --version
     known = set(EXTERNAL_FLAGS) | set(FLAG.findall(capsys.readouterr().out))
-    for module in {*MODULE_COMMAND, "docs"}:
+    for module in {*MODULE_COMMAND, "docs", *DATA_MODULES}:
         known.update(FLAG.findall(_module_help(module)))
     unknown = {doc: sorted(set(FLAG.findall(_text(doc))) - known) for doc in DOCS}
     unknown = {k: v for k, v in unknown.items() if v}
