@@ -50,10 +50,13 @@ def _point(root: Path, rows: int, read: str) -> Path:
 
 
 def _cfg(toml: Path, teacher: str) -> Any:
-    """One teacher rank, one ``pred_kd`` group of 2 replicas with row-wise sharded
-    tables, one pass."""
+    """One teacher rank (embedding width 16, one epoch on the first 1e6 train rows when
+    trained first), one ``pred_kd`` group of 2 replicas with row-wise sharded tables,
+    one pass."""
     from recdistill.cluster.config import TeacherGroupConfig
+    from recdistill.teacher.config import TeacherConfig
     cfg = pred_kd_cfg(data=str(toml), passes=1,
+                      teacher=TeacherConfig(embedding_dim=16, epochs=1),
                       teacher_group=TeacherGroupConfig(checkpoint=teacher))
     g = cfg.groups[0]
     return dataclasses.replace(cfg, groups=(dataclasses.replace(
@@ -72,29 +75,32 @@ def run(a: argparse.Namespace, teacher: str) -> dict[str, Any]:
         r["read"] = read
         runs[f"{read}_{rows}"] = r
         r["peak_rss"] = _peaks(r["memory"])
+        r["peak_private"] = _peaks(r["memory"], "peak_private")
         print(f"    {r['online_examples_per_s']:,.0f} ex/s, peak RSS "
               + ", ".join(f"{k} {v / 2**20:,.0f} MiB" for k, v in r["peak_rss"].items()),
               flush=True)
     small, big = runs[f"stream_{sizes[0]}"], runs[f"stream_{sizes[-1]}"]
-    roles = {k: big["peak_rss"][k] / max(small["peak_rss"][k], 1)
-             for k in small["peak_rss"] if k in big["peak_rss"]}
+    roles, private = ({k: big[key][k] / max(small[key][k], 1) for k in small[key]
+                       if k in big[key]} for key in ("peak_rss", "peak_private"))
     return {"sizes": sizes, "runs": runs, "buckets": BUCKETS, "eval_rows": EVAL_ROWS,
             f"rss_ratio_{_tag(sizes[-1])}_vs_{_tag(sizes[0])}": roles,
+            f"private_rss_ratio_{_tag(sizes[-1])}_vs_{_tag(sizes[0])}": private,
             f"throughput_ratio_{_tag(sizes[-1])}_vs_{_tag(sizes[0])}":
                 big["online_examples_per_s"] / small["online_examples_per_s"],
             "streamed_vs_in_memory": small["online_examples_per_s"]
                 / runs[f"memory_{sizes[0]}"]["online_examples_per_s"]}
 
 
-def _peaks(memory: dict[str, Any]) -> dict[str, int]:
-    """Peak RSS per role of ``ROLES`` (Ray Data's operator and split-coordinator
-    processes together as ``ray_data``) and the object store's peak, in bytes."""
+def _peaks(memory: dict[str, Any], key: str = "peak_rss") -> dict[str, int]:
+    """Peak ``key`` (``peak_rss``, or ``peak_private``: RSS less shared pages) per role
+    of ``ROLES`` (Ray Data's operator and split-coordinator processes together as
+    ``ray_data``), and the object store's peak, in bytes."""
     out: dict[str, int] = {}
     for name, r in memory["roles"].items():
-        key = "ray_data" if "(" in name or name.startswith(("Split", "ReadRange")) \
+        role = "ray_data" if "(" in name or name.startswith(("Split", "ReadRange")) \
             else name
-        if key in ROLES:
-            out[key] = max(out.get(key, 0), r["peak_rss"])
+        if role in ROLES:
+            out[role] = max(out.get(role, 0), r[key])
     if memory.get("peak_object_store") is not None:
         out["object_store"] = memory["peak_object_store"]
     return out
@@ -108,7 +114,7 @@ def _tag(n: int) -> str:
 
 def summary(r: dict[str, Any]) -> None:
     for key, value in r.items():
-        if key.startswith("rss_ratio"):
+        if key.startswith(("rss_ratio", "private_rss_ratio")):
             print(f"{key}: " + ", ".join(f"{k} {v:.3f}x" for k, v in value.items()))
         elif key.startswith("throughput_ratio") or key == "streamed_vs_in_memory":
             print(f"{key}: {value:.3f}")
