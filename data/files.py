@@ -1,12 +1,13 @@
 """The files of a dataset split, and their rows block by block.
 
-A split is named by one file, a directory (its ``.parquet`` / ``.pq`` / ``.csv`` files),
+A split is named by one file, a directory (its ``.parquet`` / ``.pq`` / ``.csv`` files,
+subdirectories included, names starting with ``.`` or ``_`` left out),
 a glob (``train/part-*.parquet``) or a URI of any of these (``file://``, ``s3://``,
 ``gs://``, ... through pyarrow's filesystems, which take credentials from the
 environment as pyarrow documents). Files are read in the order of their sorted paths, in
-blocks of at most ``block_rows`` rows, only the columns asked for (Parquet: column
-projection; CSV: pandas' ``usecols`` and ``chunksize``), so no split is held whole to
-read it.
+blocks of at most ``block_rows`` rows (Parquet: only the columns asked for; CSV:
+pandas' ``chunksize``, the columns kept afterwards), so no split is held whole to read
+it.
 
 Each file's schema is checked before its first block is read: a missing column, or a
 Parquet column whose type differs from the split's first file, names the file and the
@@ -84,9 +85,11 @@ def resolve(given: str, base: Path, named_by: str) -> Source:
         if info.type == pafs.FileType.File:
             paths = [path]
         elif info.type == pafs.FileType.Directory:
-            found = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+            # recursive: partitioned layouts (day=7/part-0.parquet) are directories too
+            found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
             paths = [f.path for f in found if f.type == pafs.FileType.File
-                     and Path(f.path).suffix.lower() in SUFFIXES]
+                     and Path(f.path).suffix.lower() in SUFFIXES
+                     and not Path(f.path).name.startswith((".", "_"))]
         else:
             raise DataError(f"file not found (named by {named_by!r})",
                             path=(uri + path) if uri else path)

@@ -193,3 +193,21 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     np.testing.assert_allclose(first.train.dense, whole.train.dense[:150], atol=1e-5)
     np.testing.assert_array_equal(first.valid.ids, whole.valid.ids)
     assert first.spec == whole.spec
+
+
+def test_a_directory_source_takes_partitions_and_leaves_out_marker_files(
+        tmp_path: Path) -> None:
+    from recdistill.data.files import resolve
+    frame = make_frames(n=8)["train"]
+    for day in (2, 1):
+        (tmp_path / "logs" / f"day={day}").mkdir(parents=True)
+        frame.to_parquet(tmp_path / "logs" / f"day={day}" / "part-0.parquet")
+    (tmp_path / "logs" / "_SUCCESS").write_text("")
+    frame.to_parquet(tmp_path / "logs" / ".part-9.parquet")  # a writer's temporary file
+    source = resolve("logs", tmp_path, "train")
+    assert [Path(p).relative_to(tmp_path / "logs").as_posix() for p in source.paths] == [
+        "day=1/part-0.parquet", "day=2/part-0.parquet"]
+    with pytest.raises(DataError, match=r"empty: no \.parquet or \.csv files \(named by "
+                                        r"'valid'\)"):
+        (tmp_path / "empty").mkdir()
+        resolve("empty", tmp_path, "valid")
