@@ -288,13 +288,13 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
     skipped: dict[str, Any] = {}
     raw: dict[str, Any] = {}
     if stream or train_rows is not None:  # train's stats first, from one pass
-        # over only the columns they need (every file's schema is checked first); a
-        # bad row elsewhere fails where it is read, naming its place
+        # over the columns they need and the labels, each row of those checked (every
+        # file's schema first), so a bad value fails here, before anything is written;
+        # a hashed multi-hot value that is empty fails where a pass reads it
         check_schemas(train, columns)
-        need = dense_cols + [c for c in cat_cols if rules[c].kind == "vocab"]
-        n_train = _stats(_split_blocks(train, need, dense_cols, [], {
-            c: s for c, s in multi.items() if c in need}, False, block_rows, None), t) \
-            if need else _stats(iter(()), t) + sum(c.rows for c in plan(train))
+        need = dense_cols + [c for c in cat_cols if rules[c].kind == "vocab"] + tasks
+        n_train = _stats(_split_blocks(train, need, dense_cols, tasks, {
+            c: s for c, s in multi.items() if c in need}, False, block_rows, None), t)
         train_part: Any = FileStream(train, t, plan(train)) if stream else \
             _gather(blocks_of("train", skipped), t, train_rows)
     else:  # all in memory: the exact numpy mean and std of the loaded rows

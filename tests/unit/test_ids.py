@@ -211,3 +211,18 @@ def test_a_directory_source_takes_partitions_and_leaves_out_marker_files(
                                         r"'valid'\)"):
         (tmp_path / "empty").mkdir()
         resolve("empty", tmp_path, "valid")
+
+
+def test_a_bad_label_in_a_streamed_split_fails_at_load_naming_its_place(
+        tmp_path: Path) -> None:
+    """A streamed train split is read once before any pass (its stats): a label other
+    than 0/1 in the sixth file fails there, naming file, row and column, before the job
+    starts anything."""
+    toml = _many_files(tmp_path, make_frames(n=400), ids='read = "stream"\n')
+    bad = tmp_path / "train" / "part-00005.parquet"
+    frame = pd.read_parquet(bad)
+    frame.loc[frame.index[6], "income"] = 2
+    frame.to_parquet(bad, index=False)
+    with pytest.raises(DataError, match=r"train/part-00005\.parquet, row 7, column "
+                                        r"'income': label must be 0 or 1, got 2"):
+        load_tabular(toml)
