@@ -483,18 +483,20 @@ def test_driver_killed_mid_pass_resumes_with_every_example_once(ray_cluster, tmp
     """SIGKILL of the job's driver (by pid) in pass 2, then `jobs.distill --resume`:
     every group restarts from the driver's last checkpoint (its state and the ids it
     had trained in the interrupted pass), the pass is read again, and each group trains
-    exactly the rows it had not: per group, rows trained before + after == 400. (The
-    resume is the same command run in this process, on the tests' cluster: a process
-    of its own would only add a Ray start; tests/e2e/test_interrupts.py runs the resume
-    command a stopped job prints as a process.)"""
+    exactly the rows it had not: per group, rows trained before + after == 400. Train
+    is streamed from 8 Parquet files, so the pass read again is read from the files
+    (an in-memory dataset's resume: tests/e2e/test_interrupts.py). (The resume is the
+    same command run in this process, on the tests' cluster: a process of its own would
+    only add a Ray start; tests/e2e/test_interrupts.py runs the resume command a stopped
+    job prints as a process.)"""
     import json
     import subprocess
     import sys
 
     import torch
 
-    from testkit import SMALL, TWO_GROUPS, toml_dataset, job_env
-    data = toml_dataset(tmp_path)
+    from testkit import SMALL, TWO_GROUPS, directory_dataset, job_env
+    data = directory_dataset(tmp_path / "data", 400, ids='[ids]\nkind = "vocab"\n')
     config = tmp_path / "distill.toml"
     # One batch per call: a checkpoint every 2 batches, so one falls before the kill.
     # One teacher and two groups: the resume is the same for any number (the default
