@@ -345,6 +345,8 @@ class Dataset:
     # How a raw row became an example (a ``data.transform.RowTransform``) for datasets
     # read from files, None for generated ones; student artifacts keep it.
     transform: Any = None
+    # How train was read, for the jobs to print ("" where there is nothing to say).
+    reading: str = ""
 
     def split(self, name: str) -> ExampleTable:
         if name not in ("train", "valid", "test"):

@@ -325,5 +325,16 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         sparse=tuple(SparseFeature(c, cardinality(rules[c], t.vocabs.get(c)),
                                    multi_valued=c in multi) for c in cat_cols),
         tasks=tuple(tasks))
+    why = f"read = {read!r}" + (f": more than {AUTO_STREAM_ROWS:,} Parquet rows"
+                                 if read == "auto" and stream else "")
+    kinds: dict[str, list[str]] = {}
+    for c, r in rules.items():
+        kinds.setdefault(f"{r.kind} into {r.buckets:,} buckets" if r.kind == "hash"
+                         else r.kind, []).append(c)
+    reading = "" if one_file and not stream else (
+        f"train: {len(train.paths)} file(s), {n_train:,} rows, "
+        f"{'streamed' if stream else 'in memory'} ({why}); ids: " + "; ".join(
+            f"{k} ({', '.join(cs) if len(cs) <= 3 else f'{len(cs)} columns'})"
+            for k, cs in kinds.items()))
     return Dataset(spec, tables["train"], tables["valid"], tables["test"],
-                   name=str(toml_path), skipped=skipped, transform=t)
+                   name=str(toml_path), skipped=skipped, transform=t, reading=reading)

@@ -118,9 +118,8 @@ def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
             print(f"{data}: train streams ({len(d.train):,} rows); holding its first "
                   f"{min(memory_rows, len(d.train)):,} in memory", flush=True)
             d = load_tabular(data, read="memory", train_rows=memory_rows)
-        elif isinstance(d.train, FileStream):
-            print(f"{data}: train streamed from {len(d.train.source.paths)} file(s), "
-                  f"{len(d.train):,} rows in {d.train.n_chunks} chunks", flush=True)
+        elif d.reading:  # more than one file, or streamed: say how it was read
+            print(f"{data}: {d.reading}", flush=True)
         for split, s in d.skipped.items():  # skip_bad_rows: say what was left out
             print(f"warning: {s['file']}: skipped {s['rows']} malformed row(s) of {split} "
                   f"({'; '.join(f'{k}: {n}' for k, n in s['reasons'].items())}); first: "

@@ -173,6 +173,9 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     streamed = load_tabular(toml, read="stream")
     assert isinstance(streamed.train, FileStream) and len(streamed.train) == 400
     assert streamed.train.n_chunks == 9 and streamed.spec == whole.spec
+    ids = "ids: hash into 1,048,576 buckets (workclass, education, genres)"
+    assert streamed.reading == f"train: 3 file(s), 400 rows, streamed (read = 'stream'); {ids}"
+    assert whole.reading == f"train: 3 file(s), 400 rows, in memory (read = 'memory'); {ids}"
     got = [streamed.train.chunk(c) for c in range(9)]
     ids = np.concatenate([g.ids for g in got])
     np.testing.assert_array_equal(ids, np.arange(400))
