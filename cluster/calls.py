@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import ray
@@ -21,3 +22,30 @@ def kill_actors(actors: list[Any]) -> None:
             ray.kill(a, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
+
+
+def input_error(e: BaseException, depth: int = 12) -> Exception | None:
+    """The bad-input error (``DataError``: a file's row, column or schema) an actor's
+    call failed on, or None. A rank's call that failed on its input fails the same way
+    on every re-formation: the job must end with that error, not re-form the group.
+
+    Ray wraps a task's exception in ``RayTaskError.cause``; but a Ray Data UDF's (the
+    chunk reader's) reaches the rank as a ``UserCodeException`` without its cause, the
+    original only in the traceback text, so that text is read too."""
+    from recdistill.data.errors import DataError
+    seen: list[BaseException] = [e]
+    for _ in range(depth):
+        nxt: list[BaseException] = []
+        for x in seen:
+            if isinstance(x, DataError) and not isinstance(x, ray.exceptions.RayError):
+                return x
+            nxt += [c for c in (getattr(x, "cause", None), x.__cause__, x.__context__)
+                    if isinstance(c, BaseException)]
+        if not nxt:
+            break
+        seen = nxt
+    found = _DATA_ERROR.findall(str(e))
+    return DataError(found[-1].strip()) if found else None
+
+
+_DATA_ERROR = re.compile(r"recdistill\.data\.errors\.DataError: ([^\n]+)")

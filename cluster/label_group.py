@@ -13,12 +13,14 @@ from ray.exceptions import RayError
 
 from recdistill.cluster.actors import TeacherRank
 from recdistill.cluster.calls import (CALL_TIMEOUT_S, PLACEMENT_TIMEOUT_S, generation_suffix,
-                                      kill_actors)
+                                      input_error, kill_actors)
 from recdistill.cluster.config import DistillConfig
 from recdistill.cluster.contracts import LabelCall, LabelResult, RankCall
 from recdistill.cluster.soft_labels import SoftLabelReader
 from recdistill.data.spec import ExampleTable
 from recdistill.teacher.checkpoint import resolve
+
+DRAIN_TIMEOUT_S = 10.0
 
 
 class LabelActor(Protocol):
@@ -182,9 +184,26 @@ class LabelGroup:
             try:
                 ray.get(ref)
                 out.append(True)
-            except RayError:
+            except RayError as e:
+                bad = input_error(e)
+                if bad is not None:  # the input itself: no re-formation reads past it
+                    self._drain()
+                    raise bad from None
                 out.append(False)
         return out
+
+    def _drain(self) -> None:
+        """Fetch every call in flight, failed or not (the rest of a broken input fails
+        at once; a few seconds at most), so Ray prints no "unhandled error" for the
+        calls the job ends without reading."""
+        refs = [r for call in self.pending for rank in call for r in (rank.ids,
+                                                                       *rank.batches)]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=DRAIN_TIMEOUT_S)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except RayError:
+                pass
 
     def collect(self) -> LabelResult:
         """The oldest call's batches (every rank's call is done)."""

@@ -12,7 +12,8 @@ as one that dies mid-pass: its group is re-formed and the call made again.
   snapshot, and the batches it acknowledged since are delivered again.
 - A label-group rank dies: the label source is re-formed from the same checkpoint
   versions and the pass is read again from its start; rows already published are
-  dropped by id.
+  dropped by id. A rank's call that failed on bad input (``calls.input_error``) is no
+  failure: the run ends with that error (``LabelGroup.outcomes`` raises it).
 - A batch lost with its node is not a decision: the settlement says which batches go
   again (one per call while the lost one is looked for) and the ledger books that.
 """

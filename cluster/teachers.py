@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from recdistill.cluster.config import DistillConfig, TeacherGroupConfig
-from recdistill.data.errors import ConfigError
+from recdistill.data.errors import ConfigError, DataError
 from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.loop import TeacherRun, TrainTeacherArgs
 
@@ -188,7 +188,13 @@ def ensure_teacher(cfg: DistillConfig, train: TeacherRun) -> None:
         while pending:
             done, pending = ray.wait(pending, timeout=0.5)
             _drain(lines)
-            ray.get(done)  # a failed training raises here
+            try:
+                ray.get(done)  # a failed training raises here
+            except ray.exceptions.RayTaskError as e:
+                # bad data or config: the job's one-line error, not the task's traceback
+                if isinstance(e.cause, (DataError, ConfigError, CheckpointError)):
+                    raise e.cause from None
+                raise
         _drain(lines)
     finally:
         ray.kill(lines.actor)

@@ -37,6 +37,28 @@ def test_streamed_file_pass_yields_every_row_once_in_a_seeded_order(
     assert not np.array_equal(a, c)
 
 
+def _online(tmp_path: Path, data, passes: int = 1):
+    """A random teacher saved for ``data`` and a config of 2 teacher ranks and one KD
+    group of 2 replicas over it: (config, feature dims)."""
+    from recdistill.cluster.config import (DistillConfig, GroupConfig, StreamConfig,
+                                           TeacherGroupConfig)
+    from recdistill.student.config import LossTerm, StudentConfig
+    from recdistill.teacher.checkpoint import save_teacher
+    from recdistill.teacher.config import TeacherConfig
+    from recdistill.teacher.model import TeacherModel, feature_dims
+    tcfg = TeacherConfig(embedding_dim=8, dense_layers=(16, 8), cross_layers=1)
+    save_teacher(TeacherModel(data.spec, tcfg, device="cpu"), tmp_path / "teacher",
+                 spec=data.spec, cfg=tcfg, info={"step": 1})
+    kd = StudentConfig(name="kd", embedding_dim=4, hidden=(8,), sharding="none", losses=(
+        LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5)))
+    cfg = DistillConfig(data=str(data.name), passes=passes, teacher=tcfg,
+                        groups=(GroupConfig(kd, replicas=2),),
+                        teacher_group=TeacherGroupConfig(
+                            ranks=2, batch_size=64, checkpoint=str(tmp_path / "teacher")),
+                        stream=StreamConfig(max_inflight=3))
+    return cfg, feature_dims(data.spec, tcfg)
+
+
 def test_a_killed_teacher_rank_mid_streamed_pass_keeps_every_id_once(
         ray_cluster, tmp_path: Path) -> None:
     """kill -9 of one of 2 teacher ranks while they read a streamed pass of 8 files:
@@ -45,25 +67,10 @@ def test_a_killed_teacher_rank_mid_streamed_pass_keeps_every_id_once(
     import os
     import signal
 
-    from recdistill.cluster.config import (DistillConfig, GroupConfig, StreamConfig,
-                                           TeacherGroupConfig)
     from recdistill.cluster.pipeline import Hooks, OnlineDistillation
     from recdistill.data.tabular import load_tabular
-    from recdistill.student.config import LossTerm, StudentConfig
-    from recdistill.teacher.checkpoint import save_teacher
-    from recdistill.teacher.config import TeacherConfig
-    from recdistill.teacher.model import TeacherModel, feature_dims
     data = load_tabular(directory_dataset(tmp_path / "data", ROWS, ids=IDS))
-    tcfg = TeacherConfig(embedding_dim=8, dense_layers=(16, 8), cross_layers=1)
-    save_teacher(TeacherModel(data.spec, tcfg, device="cpu"), tmp_path / "teacher",
-                 spec=data.spec, cfg=tcfg, info={"step": 1})
-    kd = StudentConfig(name="kd", embedding_dim=4, hidden=(8,), sharding="none", losses=(
-        LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5)))
-    cfg = DistillConfig(data=str(data.name), passes=1, teacher=tcfg,
-                        groups=(GroupConfig(kd, replicas=2),),
-                        teacher_group=TeacherGroupConfig(
-                            ranks=2, batch_size=64, checkpoint=str(tmp_path / "teacher")),
-                        stream=StreamConfig(max_inflight=3))
+    cfg, dims = _online(tmp_path, data)
     killed: dict[str, int] = {}
 
     def kill_once(group: str, acked: int) -> None:
@@ -71,8 +78,8 @@ def test_a_killed_teacher_rank_mid_streamed_pass_keeps_every_id_once(
             killed["pid"] = ray_cluster.get(run.labels.actors[1].pid.remote())
             os.kill(killed["pid"], signal.SIGKILL)
 
-    run = OnlineDistillation(cfg, data, feature_dims(data.spec, tcfg),
-                             RunOptions(progress=False), Hooks(after_ack=kill_once))
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False),
+                             Hooks(after_ack=kill_once))
     try:
         body = run.run().to_json()
     finally:
@@ -85,3 +92,32 @@ def test_a_killed_teacher_rank_mid_streamed_pass_keeps_every_id_once(
     assert books.examples_by_pass[0] == per_pass  # and none twice
     assert body["students"]["kd"]["examples_per_pass"] == [per_pass]
     assert body["stream"]["replayed_rows"] > 0  # rows published before the kill, dropped
+
+
+def test_a_bad_row_met_mid_pass_ends_the_run_naming_it(ray_cluster, tmp_path: Path
+                                                        ) -> None:
+    """An empty multi-hot value of a hashed column is found only when a pass reads its
+    chunk (the load checks dense columns and labels): the run ends with that DataError,
+    naming file, row and column, instead of re-forming the ranks that read it again and
+    again."""
+    import pandas as pd
+    import pytest
+
+    from recdistill.cluster.pipeline import OnlineDistillation
+    from recdistill.data.errors import DataError
+    from recdistill.data.tabular import load_tabular
+    toml = directory_dataset(tmp_path / "data", ROWS, ids=IDS)
+    bad = tmp_path / "data" / "train" / "part-00003.parquet"
+    frame = pd.read_parquet(bad)
+    frame.loc[frame.index[5], "genres"] = "|"
+    frame.to_parquet(bad, index=False, row_group_size=64)
+    data = load_tabular(toml)
+    cfg, dims = _online(tmp_path, data)
+    run = OnlineDistillation(cfg, data, dims, RunOptions(progress=False))
+    try:
+        with pytest.raises(DataError, match=r"^/.*/train/part-00003\.parquet, row 6, "
+                                            r"column 'genres': empty multi-hot value$"):
+            run.run()
+        assert run.labels.generation == 0  # never re-formed
+    finally:
+        run.shutdown()

@@ -90,3 +90,26 @@ def test_retry_repairs_between_tries_and_gives_up_after_the_last() -> None:
     assert len(repairs) == ATTEMPTS - 1
     with pytest.raises(ValueError):  # not an actor failure: no retry
         _retry(lambda: int("x"), lambda: repairs.append(1))
+
+
+def test_an_input_error_is_found_in_a_cause_chain_or_in_a_traceback_text() -> None:
+    """A rank's call that failed on bad input ends the run (the same input would fail
+    every re-formation): the DataError is found as a cause, or, where Ray Data passed
+    only its text on (a UDF's UserCodeException), in the text; other errors are not."""
+    from recdistill.cluster.calls import input_error
+    from recdistill.data.errors import DataError
+    bad = DataError("empty multi-hot value", path="/d/part-3.parquet", row=6,
+                    column="genres")
+    try:
+        try:
+            raise bad
+        except DataError as e:
+            raise RuntimeError("the rank's iterator failed") from e
+    except RuntimeError as wrapped:
+        assert input_error(wrapped) is bad
+    text = RuntimeError("ray::MapBatches(_Chunks)()\n  File ...\nrecdistill.data.errors."
+                        "DataError: /d/part-3.parquet, row 6, column 'genres': empty "
+                        "multi-hot value\n\nThe above exception was the direct cause ...")
+    found = input_error(text)
+    assert isinstance(found, DataError) and str(found) == str(bad)
+    assert input_error(RuntimeError("ray::TeacherRank died")) is None
