@@ -8,9 +8,8 @@ Each turn of the pass loop (:meth:`Controller.turn`) runs its phases in order:
 2. **submit training**: each group's next batches go to its replicas, up to
    ``CALLS_AHEAD`` training calls queued beyond the one running;
 3. **wait** for whatever finishes first (at most 5 s);
-4. **collect labels**: a finished labelling call's batches are published to the
-   :class:`SoftLabelStream` (refs, one stored copy each); a failed one goes to the
-   failure policy;
+4. **collect labels**: a finished labelling call's batches go to the
+   :class:`SoftLabelStream` (refs, one stored copy each); a failed one to the policy;
 5. **collect training**: finished training calls are settled and booked in the groups'
    ledgers; what the policy decides about them, the executor carries out;
 
@@ -205,16 +204,17 @@ class Controller:
         return ready
 
     def _collect_labels(self, ready: set[Any]) -> None:
-        ps, src = self._pass, self.labels.source
+        ps, src, src_failed = self._pass, self.labels.source, self.labels.failed_in_a_row
         if not src.in_flight:
             return
-        decision = self.executor.policy.label_calls(src.outcomes(ready))
+        decision = self.executor.policy.label_calls(src.outcomes(ready), src_failed)
         if decision.action is not Action.CONTINUE:
             self.executor.execute(decision)
             return
         if not src.oldest_done(ready):
             return
         result = src.collect()
+        self.labels.failed_in_a_row = 0
         ps.labels_done = result.ended
         if self.cfg.teacher_group.prefetch:
             # The next pass's input starts once this pass's has yielded (its first call

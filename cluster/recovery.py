@@ -60,7 +60,8 @@ class Decision:
         action: the decision.
         group: the student group it concerns ("" for the label source).
         failed_in_a_row: the group's count of failed training calls from now on (None:
-            unchanged; only a training call's outcome changes it).
+            unchanged; only a training call's outcome changes it); for the label source
+            (``group`` ""), its failed labelling calls in a row.
         state: REFORM_FROM_SURVIVOR: the survivor's state.
         reason: GIVE_UP: why.
     """
@@ -102,11 +103,20 @@ class FailurePolicy:
             f"group {name}: every replica died and it keeps no snapshots "
             "(snapshot_every = 0); nothing to restore from"))
 
-    @staticmethod
-    def label_calls(outcomes: list[bool | None]) -> Decision:
-        """Per rank and call in flight: True (done), False (failed), None (running)."""
-        return Decision(Action.REFORM_LABELS) if False in outcomes else \
-            Decision(Action.CONTINUE)
+    def label_calls(self, outcomes: list[bool | None], failed_in_a_row: int = 0
+                    ) -> Decision:
+        """Per rank and call in flight: True (done), False (failed), None (running).
+        ``failed_in_a_row``: the label source's re-formations since it last labelled a
+        call; a source that fails every time would be re-formed forever: give up after
+        ``attempts``."""
+        if False not in outcomes:
+            return Decision(Action.CONTINUE)
+        failed = failed_in_a_row + 1
+        if failed > self.attempts:
+            return Decision(Action.GIVE_UP, reason=(
+                f"the label source failed {failed} times in a row, each time re-formed "
+                "without labelling a call; the ranks' error is printed above"))
+        return Decision(Action.REFORM_LABELS, failed_in_a_row=failed)
 
 
 class Executor:
@@ -137,8 +147,11 @@ class Executor:
         """Carry out ``d``; the only place where a group's failure count, restores and
         actors change after a failure."""
         g = self.groups.get(d.group)
-        if g is not None and d.failed_in_a_row is not None:
-            g.failed_in_a_row = d.failed_in_a_row
+        if d.failed_in_a_row is not None:
+            if g is not None:
+                g.failed_in_a_row = d.failed_in_a_row
+            elif d.action is Action.REFORM_LABELS:
+                self.labels.failed_in_a_row = d.failed_in_a_row
         if d.action is Action.CONTINUE:
             return
         if d.action is Action.GIVE_UP:

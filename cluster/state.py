@@ -240,6 +240,7 @@ class LabelState:
             are queued on those ranks.
         refreshes: every version loaded mid-run (the report's ``refreshes``).
         current: the pass in progress.
+        failed_in_a_row: re-formations since a labelling call was last collected.
     """
 
     source: LabelSource
@@ -249,3 +250,4 @@ class LabelState:
     handed: tuple[int, int] = (-1, -1)
     refreshes: list[dict[str, int]] = field(default_factory=list)
     current: PassState | None = None
+    failed_in_a_row: int = 0

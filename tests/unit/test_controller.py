@@ -205,6 +205,15 @@ def test_a_group_whose_every_call_fails_gives_up() -> None:
     assert students["baseline"].generation == ATTEMPTS  # re-formed 5 times, then no more
 
 
+def test_a_label_source_whose_every_call_fails_gives_up() -> None:
+    c, labels, _ = _controller(_cfg(passes=1))
+    labels.fail_call = 10 ** 6
+    with pytest.raises(RunAborted, match=f"the label source failed {ATTEMPTS + 1} times "
+                                         "in a row, each time re-formed"):
+        _run(c)
+    assert labels.generation == ATTEMPTS  # re-formed 5 times, then no more
+
+
 def test_no_survivor_and_no_snapshot_gives_up() -> None:
     c, _, students = _controller(_cfg(passes=1, snapshot_every=0))
     students["kd"].sharded, students["kd"].fail_calls = True, 1

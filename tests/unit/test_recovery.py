@@ -55,8 +55,12 @@ def test_a_lost_group_restarts_from_a_survivor_else_its_snapshot() -> None:
 
 
 def test_one_failed_rank_reforms_the_label_source() -> None:
-    assert FailurePolicy.label_calls([True, None]).action is Action.CONTINUE
-    assert FailurePolicy.label_calls([True, False, None]).action is Action.REFORM_LABELS
+    policy = FailurePolicy(attempts=2)
+    assert policy.label_calls([True, None]).action is Action.CONTINUE
+    d = policy.label_calls([True, False, None])
+    assert (d.action, d.failed_in_a_row) == (Action.REFORM_LABELS, 1)
+    assert policy.label_calls([False], failed_in_a_row=1).failed_in_a_row == 2
+    assert policy.label_calls([False], failed_in_a_row=2).action is Action.GIVE_UP
 
 
 def test_the_executor_gives_up_with_the_policys_reason() -> None:
