@@ -246,11 +246,13 @@ def _gather(blocks: Iterator[pd.DataFrame], t: RowTransform, limit: int | None =
 
 
 def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
-                 read: str | None = None, train_rows: int | None = None) -> Dataset:
+                 read: str | None = None, train_rows: int | None = None,
+                 instead_of_stream: int | None = None) -> Dataset:
     """Load the dataset a TOML description names; see the module docstring.
 
     ``read`` overrides the TOML's ``read``; ``train_rows``: hold only train's first rows
-    in memory (a streamed dataset's teacher), with the transform of the whole split."""
+    in memory, with the transform of the whole split; ``instead_of_stream``: where train
+    would stream, do that with this many rows instead (a streamed dataset's teacher)."""
     toml_path = Path(toml_path)
     desc = _describe(toml_path)
     dense_cols: list[str] = list(desc.get("dense", []))
@@ -276,6 +278,9 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
     t = RowTransform(tuple(dense_cols), tuple(sparse_cols), multi, tuple(tasks), rules)
     rows = None if read == "memory" else parquet_rows(train)
     stream = read == "stream" or (rows is not None and rows > AUTO_STREAM_ROWS)
+    if stream and instead_of_stream is not None:
+        stream, train_rows = False, instead_of_stream
+        read = f"its first {instead_of_stream:,} rows instead of a stream"
     if stream and skip:
         raise DataError("skip_bad_rows = true needs the rows in memory (a streamed pass "
                         "counts on each file's rows); set read = \"memory\" or clean the "
@@ -325,13 +330,14 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         sparse=tuple(SparseFeature(c, cardinality(rules[c], t.vocabs.get(c)),
                                    multi_valued=c in multi) for c in cat_cols),
         tasks=tuple(tasks))
-    why = f"read = {read!r}" + (f": more than {AUTO_STREAM_ROWS:,} Parquet rows"
-                                 if read == "auto" and stream else "")
+    why = (read if instead_of_stream is not None and train_rows == instead_of_stream
+           else f"read = {read!r}") + (f": more than {AUTO_STREAM_ROWS:,} Parquet rows"
+                                       if read == "auto" and stream else "")
     kinds: dict[str, list[str]] = {}
     for c, r in rules.items():
         kinds.setdefault(f"{r.kind} into {r.buckets:,} buckets" if r.kind == "hash"
                          else r.kind, []).append(c)
-    reading = "" if one_file and not stream else (
+    reading = "" if one_file and not stream and train_rows is None else (
         f"train: {len(train.paths)} file(s), {n_train:,} rows, "
         f"{'streamed' if stream else 'in memory'} ({why}); ids: " + "; ".join(
             f"{k} ({', '.join(cs) if len(cs) <= 3 else f'{len(cs)} columns'})"

@@ -113,12 +113,8 @@ def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
         cfg = SyntheticConfig(rows=rows, seed=seed, max_cardinality=max_cardinality)
         return synthetic_dataset(cfg) if data == "synthetic" else synthetic_stream_dataset(cfg)
     if data.endswith(".toml"):
-        d = load_tabular(data)
-        if memory_rows is not None and isinstance(d.train, FileStream):
-            print(f"{data}: train streams ({len(d.train):,} rows); holding its first "
-                  f"{min(memory_rows, len(d.train)):,} in memory", flush=True)
-            d = load_tabular(data, read="memory", train_rows=memory_rows)
-        elif d.reading:  # more than one file, or streamed: say how it was read
+        d = load_tabular(data, instead_of_stream=memory_rows)
+        if d.reading:  # more than one file, streamed or cut: say how it was read
             print(f"{data}: {d.reading}", flush=True)
         for split, s in d.skipped.items():  # skip_bad_rows: say what was left out
             print(f"warning: {s['file']}: skipped {s['rows']} malformed row(s) of {split} "

@@ -173,9 +173,11 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     streamed = load_tabular(toml, read="stream")
     assert isinstance(streamed.train, FileStream) and len(streamed.train) == 400
     assert streamed.train.n_chunks == 9 and streamed.spec == whole.spec
-    ids = "ids: hash into 1,048,576 buckets (workclass, education, genres)"
-    assert streamed.reading == f"train: 3 file(s), 400 rows, streamed (read = 'stream'); {ids}"
-    assert whole.reading == f"train: 3 file(s), 400 rows, in memory (read = 'memory'); {ids}"
+    rules = "ids: hash into 1,048,576 buckets (workclass, education, genres)"
+    assert streamed.reading == ("train: 3 file(s), 400 rows, streamed (read = 'stream'); "
+                                + rules)
+    assert whole.reading == ("train: 3 file(s), 400 rows, in memory (read = 'memory'); "
+                             + rules)
     got = [streamed.train.chunk(c) for c in range(9)]
     ids = np.concatenate([g.ids for g in got])
     np.testing.assert_array_equal(ids, np.arange(400))
@@ -196,6 +198,13 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     np.testing.assert_allclose(first.train.dense, whole.train.dense[:150], atol=1e-5)
     np.testing.assert_array_equal(first.valid.ids, whole.valid.ids)
     assert first.spec == whole.spec
+    # what the teacher's job asks for: those rows only where train would stream, with
+    # one pass over train for its stats (not a streamed load first)
+    cut = load_tabular(toml, read="stream", instead_of_stream=150)
+    np.testing.assert_array_equal(cut.train.dense, first.train.dense)
+    assert cut.reading == ("train: 3 file(s), 400 rows, in memory (its first 150 rows "
+                           f"instead of a stream); {rules}")
+    assert len(load_tabular(toml, instead_of_stream=150).train) == 400  # no stream: all
 
 
 def test_a_directory_source_takes_partitions_and_leaves_out_marker_files(
