@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recdistill.data.errors import DataError
-from recdistill.data.files import BLOCK_ROWS, Source, csv_blocks, file_kind
+from recdistill.data.files import BLOCK_ROWS, Source, csv_blocks, file_kind, open_parquet
 from recdistill.data.spec import ExampleTable
 from recdistill.data.transform import RowTransform
 
@@ -34,24 +35,23 @@ class Chunk:
     first_id: int
 
 
-def plan(source: Source) -> list[Chunk]:
-    """The split's chunks, in file order. Parquet: from each file's footer; CSV: one
-    chunk per file, its rows counted (one read of the file)."""
+def plan(source: Source, columns: list[str]) -> list[Chunk]:
+    """The split's chunks, in file order, each file's schema checked for ``columns``.
+    Parquet: from each file's footer (read once); CSV: one chunk per file, its rows
+    counted (one read of the file)."""
     chunks: list[Chunk] = []
+    first: dict[str, pa.DataType] = {}
     next_id = 0
     for path in source.paths:
-        shown = source.show(path)
         if file_kind(path) == "parquet":
-            try:
-                meta = pq.ParquetFile(source.fs.open_input_file(path)).metadata
-            except Exception as e:  # noqa: BLE001 - pyarrow raises several types here
-                raise DataError(f"cannot read Parquet: {e}", path=shown) from None
+            meta = open_parquet(source, path, columns, first).metadata
             row = 0
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 chunks.append(Chunk(path, g, row, n, next_id))
                 row, next_id = row + n, next_id + n
         else:
+            next(csv_blocks(source, path, columns, 1, None), None)  # its header
             with source.fs.open_input_stream(path) as stream:
                 n = sum(len(b) for b in pd.read_csv(stream, usecols=[0], dtype=str,
                                                     chunksize=BLOCK_ROWS))

@@ -101,20 +101,6 @@ def resolve(given: str, base: Path, named_by: str) -> Source:
     return Source(named_by, given, fs, tuple(sorted(paths)), uri)
 
 
-def parquet_rows(source: Source) -> int | None:
-    """The split's rows from its Parquet footers; None if it has a CSV file (whose rows
-    are known only by reading it)."""
-    if any(file_kind(p) == "csv" for p in source.paths):
-        return None
-    total = 0
-    for path in source.paths:
-        try:
-            total += pq.ParquetFile(source.fs.open_input_file(path)).metadata.num_rows
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types here
-            raise DataError(f"cannot read Parquet: {e}", path=source.show(path)) from None
-    return total
-
-
 def _arrow_kind(t: pa.DataType) -> str:
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
             or pa.types.is_decimal(t) or pa.types.is_null(t):
@@ -127,10 +113,11 @@ def _arrow_kind(t: pa.DataType) -> str:
     return str(t)
 
 
-def _open_parquet(source: Source, path: str, columns: list[str],
-                  first: dict[str, pa.DataType]) -> pq.ParquetFile:
-    """The Parquet file, its schema checked: every column there, of the same kind of
-    type as in the split's first file (``first``: column -> type, filled here)."""
+def open_parquet(source: Source, path: str, columns: list[str],
+                 first: dict[str, pa.DataType]) -> pq.ParquetFile:
+    """The Parquet file (its footer read), its schema checked: every column there, of
+    the same kind of type as in the split's first file (``first``: column -> type,
+    filled here)."""
     shown = source.show(path)
     try:
         f = pq.ParquetFile(source.fs.open_input_file(path))
@@ -156,7 +143,7 @@ def check_schemas(source: Source, columns: list[str]) -> None:
     first: dict[str, pa.DataType] = {}
     for path in source.paths:
         if file_kind(path) == "parquet":
-            _open_parquet(source, path, columns, first)
+            open_parquet(source, path, columns, first)
         else:
             next(csv_blocks(source, path, columns, 1, None), None)
 
@@ -165,7 +152,7 @@ def _parquet_blocks(source: Source, path: str, columns: list[str], block_rows: i
                     first: dict[str, pa.DataType]
                     ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
     shown = source.show(path)
-    f = _open_parquet(source, path, columns, first)
+    f = open_parquet(source, path, columns, first)
     start = 1
     try:
         for rb in f.iter_batches(batch_size=block_rows, columns=columns):

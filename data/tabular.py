@@ -44,7 +44,7 @@ import pandas as pd
 from recdistill.data.configs import from_mapping
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.file_stream import FileStream, plan
-from recdistill.data.files import (BLOCK_ROWS, Source, blocks, check_schemas, parquet_rows,
+from recdistill.data.files import (BLOCK_ROWS, Source, blocks, check_schemas, file_kind,
                                    resolve)
 from recdistill.data.ids import Counter, IdRule, cardinality
 from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
@@ -276,8 +276,12 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
                                                       desc["train"]).resolve()),)
     rules = _id_rules(desc, cat_cols, "vocab" if one_file else "hash", toml_path)
     t = RowTransform(tuple(dense_cols), tuple(sparse_cols), multi, tuple(tasks), rules)
-    rows = None if read == "memory" else parquet_rows(train)
-    stream = read == "stream" or (rows is not None and rows > AUTO_STREAM_ROWS)
+    # The chunks from the footers (each file's schema checked there): what a stream
+    # reads, and for "auto" how many rows train has (a CSV's are unknown unread).
+    chunks = plan(train, columns) if read == "stream" or (read == "auto" and all(
+        file_kind(p) == "parquet" for p in train.paths)) else None
+    stream = read == "stream" or (chunks is not None and
+                                  sum(c.rows for c in chunks) > AUTO_STREAM_ROWS)
     if stream and instead_of_stream is not None:
         stream, train_rows = False, instead_of_stream
         read = f"its first {instead_of_stream:,} rows instead of a stream"
@@ -294,13 +298,15 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
     raw: dict[str, Any] = {}
     if stream or train_rows is not None:  # train's stats first, from one pass
         # over the columns they need and the labels, each row of those checked (every
-        # file's schema first), so a bad value fails here, before anything is written;
+        # file's schema first, if planning did not), so a bad value fails here, before
+        # anything is written;
         # a hashed multi-hot value that is empty fails where a pass reads it
-        check_schemas(train, columns)
+        if chunks is None:
+            check_schemas(train, columns)
         need = dense_cols + [c for c in cat_cols if rules[c].kind == "vocab"] + tasks
         n_train = _stats(_split_blocks(train, need, dense_cols, tasks, {
             c: s for c, s in multi.items() if c in need}, False, block_rows, None), t)
-        train_part: Any = FileStream(train, t, plan(train)) if stream else \
+        train_part: Any = FileStream(train, t, chunks) if stream else \
             _gather(blocks_of("train", skipped), t, train_rows)
     else:  # all in memory: the exact numpy mean and std of the loaded rows
         if any(r.kind == "vocab" for r in rules.values()):
