@@ -23,7 +23,7 @@ from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.pass_input import PassInput
 from recdistill.cluster.process import (enable_faulthandler, free_port, init_group,
                                         node_address, peak_rss_bytes, rss_bytes)
-from recdistill.data.spec import BatchArrays, ExampleTable
+from recdistill.data.spec import BatchArrays, EvalSplit, ExampleTable
 from recdistill.teacher.checkpoint import load_teacher_state, read_meta
 from recdistill.teacher.model import TeacherModel, feature_dims
 from recdistill.teacher.outputs import TeacherOutputs
@@ -168,7 +168,9 @@ class TeacherRank(PassInput):
                 np.concatenate([p.logits for p in parts]),
                 {k: np.concatenate([p.features[k] for p in parts]) for k in self.features})
 
-    def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher (logits, labels) of every row of ``table``; every rank must call it.""" 
-        p = predict(self.model, table, self.model_keys, batch_size, self.device)
+    def evaluate(self, split: EvalSplit, block: int, batch_size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher (logits, labels) of every row of block ``block`` of ``split``, by
+        example id; every rank must call it."""
+        p = predict(self.model, split.block(block), self.model_keys, batch_size, self.device)
         return p.logits, p.labels

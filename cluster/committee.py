@@ -182,12 +182,13 @@ class Committee:
             batches.append((ids, tuple(joined)))
         return LabelResult(batches, lead.ended)
 
-    def evaluate_members(self, table_ref: Any, batch_size: int
+    def evaluate_members(self, split_ref: Any, block: int, batch_size: int
                          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(labels, member -> logits) of every row of a table, the members side by side."""
+        """(labels, member -> logits) of every row of one block of a split, the members
+        side by side."""
         import ray
 
-        refs = [[t.evaluate.remote(table_ref, batch_size) for t in m.actors]
+        refs = [[t.evaluate.remote(split_ref, block, batch_size) for t in m.actors]
                 for m in self.members]
         got = [ray.get(r, timeout=CALL_TIMEOUT_S)[0] for r in refs]
         return got[0][1], {name: g[0] for name, g in zip(self.names, got)}

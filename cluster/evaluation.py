@@ -1,54 +1,64 @@
-"""Evaluation of the student groups and the teacher on a table in the object store,
-each call made through the failure executor (a replica or rank that dies in it is replaced and
-the evaluation asked again)."""
+"""Evaluation of the student groups and the teacher on a split in the object store (an
+in-memory table, or the description of files read block by block where they are
+read), each call made through the failure executor (a replica or rank that dies in it is
+replaced and the evaluation asked again). Metrics come from mergeable states
+(``student/metrics.py``): a group's replica adds up its blocks' state and returns it;
+the teacher's blocks come to the driver one at a time (a committee's students learn
+from the members' mean logits, so the members' logits of a block meet here), so no
+process holds a whole split's scores."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from ray.exceptions import RayError
 
 from recdistill.cluster.recovery import Executor
 from recdistill.cluster.report import SEED_MARK, base_name
-from recdistill.student.metrics import task_metrics
+from recdistill.student.metrics import MetricState
 
 Metrics = dict[str, dict[str, float]]  # task -> metric -> value
 
 
-def evaluate_groups(executor: Executor, table_ref: Any, batch_size: int,
+def evaluate_groups(executor: Executor, split_ref: Any, batch_size: int,
                     tasks: tuple[str, ...], best: bool = False,
                     names: list[str] | None = None) -> dict[str, Metrics]:
     """The serving metrics of groups ``names`` (default: every group; their best
     states' if ``best``), the groups evaluating side by side."""
-    refs = {n: executor.groups[n].actors.evaluate_async(table_ref, batch_size, best)
+    refs = {n: executor.groups[n].actors.evaluate_async(split_ref, batch_size, best)
             for n in (list(executor.groups) if names is None else names)}
     out = {}
     for name, ref in refs.items():
         try:
-            # read-only arrays from the object store
-            logits, labels = executor.groups[name].actors.evaluation(ref)
+            state = executor.groups[name].actors.evaluation(ref)
         except RayError:  # the replica died: re-form the group and ask again
-            logits, labels = executor.on_group(
-                name, lambda g: g.evaluate(table_ref, batch_size, best))
-        out[name] = task_metrics(torch.tensor(logits), torch.tensor(labels), tasks)
+            state = executor.on_group(name, lambda g: g.evaluate(split_ref, batch_size, best))
+        out[name] = state.compute()
     return out
 
 
-def evaluate_teacher(executor: Executor, table_ref: Any, batch_size: int,
+def evaluate_teacher(executor: Executor, split_ref: Any, n_blocks: int, batch_size: int,
                      tasks: tuple[str, ...]) -> tuple[Metrics, dict[str, Metrics]]:
-    """The teacher's metrics (every rank takes part): of the logits the students learn
-    from (a committee's mean), and per committee member ({} for a single teacher)."""
-    labels, members = executor.on_labels(
-        lambda source: source.evaluate_members(table_ref, batch_size))
-    logits = np.mean(np.stack([np.asarray(v, np.float32) for v in members.values()]),
-                     axis=0)
-    combined = task_metrics(torch.tensor(logits), torch.tensor(labels), tasks)
+    """The teacher's metrics on a split of ``n_blocks`` blocks (every rank takes part):
+    of the logits the students learn from (a committee's mean), and per committee member
+    ({} for a single teacher). A rank lost mid-way re-forms the source, which scores
+    the split again from its first block."""
+
+    def score(source: Any) -> tuple[MetricState, dict[str, MetricState]]:
+        combined, members = MetricState.empty(tasks), {}
+        for b in range(n_blocks):
+            labels, logits = source.evaluate_members(split_ref, b, batch_size)
+            combined.update(np.mean(np.stack([np.asarray(v, np.float32)
+                                              for v in logits.values()]), axis=0), labels)
+            for name, v in logits.items():
+                members.setdefault(name, MetricState.empty(tasks)).update(v, labels)
+        return combined, members
+
+    combined, members = executor.on_labels(score)
     if len(members) == 1:
-        return combined, {}
-    return combined, {name: task_metrics(torch.tensor(v), torch.tensor(labels), tasks)
-                      for name, v in members.items()}
+        return combined.compute(), {}
+    return combined.compute(), {name: m.compute() for name, m in members.items()}
 
 
 def guard_off(teacher: Metrics, baseline_curve: list[dict[str, Any]], kd_off: tuple[str, ...]

@@ -17,7 +17,7 @@ from recdistill.cluster.calls import (CALL_TIMEOUT_S, PLACEMENT_TIMEOUT_S, gener
 from recdistill.cluster.config import DistillConfig
 from recdistill.cluster.contracts import LabelCall, LabelResult, RankCall
 from recdistill.cluster.soft_labels import SoftLabelReader
-from recdistill.data.spec import ExampleTable
+from recdistill.data.spec import EvalSplit
 from recdistill.teacher.checkpoint import resolve
 
 DRAIN_TIMEOUT_S = 10.0
@@ -31,7 +31,7 @@ class LabelActor(Protocol):
     def setup(self, addr: str, port: int) -> dict[str, Any]: ...
     def start_pass(self, shard: Any, index: int) -> None: ...
     def label_many(self, n: int, index: int) -> tuple[Any, ...]: ...
-    def evaluate(self, table: ExampleTable, batch_size: int
+    def evaluate(self, split: EvalSplit, block: int, batch_size: int
                  ) -> tuple[np.ndarray, np.ndarray]: ...
     def usage(self) -> dict[str, float]: ...
     def pid(self) -> int: ...
@@ -210,10 +210,11 @@ class LabelGroup:
         call = self.pending.popleft()
         return LabelResult.from_ids(ray.get([rank.ids for rank in call]), call)
 
-    def evaluate(self, table_ref: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher (logits, labels) of a table; every rank takes part."""
-        return ray.get([t.evaluate.remote(table_ref, batch_size) for t in self.actors],
-                       timeout=CALL_TIMEOUT_S)[0]
+    def evaluate(self, split_ref: Any, block: int, batch_size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher (logits, labels) of one block of a split; every rank takes part."""
+        return ray.get([t.evaluate.remote(split_ref, block, batch_size)
+                        for t in self.actors], timeout=CALL_TIMEOUT_S)[0]
 
     def reload(self, checkpoint: str) -> int:
         """Every rank loads another version of the same teacher; returns it."""

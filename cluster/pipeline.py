@@ -147,7 +147,8 @@ class OnlineDistillation:
     def _teacher_metrics(self, split: str) -> tuple[Any, dict[str, Any]]:
         c = self.controller
         c.phase(f"evaluate teacher {split}")
-        return evaluate_teacher(c.executor, c.runtime.table(split), self.cfg.eval_batch_size,
+        return evaluate_teacher(c.executor, c.runtime.table(split),
+                                self.data.split(split).n_blocks, self.cfg.eval_batch_size,
                                 self.data.spec.tasks)
 
     def write_artifacts(self, root: str, students: dict[str, Any]) -> dict[str, str]:

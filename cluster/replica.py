@@ -25,8 +25,9 @@ from recdistill.cluster.contracts import (DcpState, StateBlob, StateDict, StepRe
                                           TrainResult)
 from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.process import enable_faulthandler, free_port, init_group, node_address
-from recdistill.data.spec import ExampleTable, FeatureSpec
+from recdistill.data.spec import EvalSplit, FeatureSpec
 from recdistill.student.losses import build_objective
+from recdistill.student.metrics import MetricState
 from recdistill.student.model import StudentModel, count_parameters
 from recdistill.student.sharding import (clone_state, fill_local, load_sharded, local_state,
                                          make_sharded_optimizer, prepare_optimizer, save_sharded,
@@ -162,19 +163,23 @@ class StudentReplica:
         return TrainResult(steps)
 
     @torch.no_grad()
-    def evaluate(self, table: ExampleTable, batch_size: int, best: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Serving logits and labels of every row of ``table`` (the best state if
-        asked). Every replica of a sharded group calls this on the same table."""
+    def evaluate(self, split: EvalSplit, batch_size: int, best: bool = False
+                 ) -> MetricState:
+        """The metric state of the serving logits of every row of ``split`` (the best
+        state if asked), scored block by block (``split.block``: an in-memory table's
+        rows or a file's chunk): nothing here grows with the split. Every replica of a
+        sharded group calls this on the same split."""
         current = None
         if best and self.best is not None:
             current = self._weights()
             self._load_weights(self.best)
-        out = predict_student(self.model, table, batch_size,
-                              self.net if self.sharded else None)
+        state = MetricState.empty(self.tasks)
+        for b in range(split.n_blocks):
+            state.update(*predict_student(self.model, split.block(b), batch_size,
+                                          self.net if self.sharded else None))
         if current is not None:
             self._load_weights(current)
-        return out
+        return state
 
     def _load_weights(self, weights: dict[str, Any]) -> None:
         """Load ``_weights()``'s copy (a copy of the dict: TorchRec's load_state_dict

@@ -40,7 +40,7 @@ from recdistill.cluster.pass_input import PassInput
 from recdistill.cluster.codec import LabelledBatch, decode
 from recdistill.cluster.process import enable_faulthandler
 from recdistill.data.errors import DataError
-from recdistill.data.spec import ExampleTable, FeatureSpec
+from recdistill.data.spec import EvalSplit, ExampleTable, FeatureSpec
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -242,8 +242,11 @@ class SoftLabelReader(PassInput):
         self._account(labelled)
         return arrays.ids, labelled
 
-    def evaluate(self, table: ExampleTable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stored teacher logits (float32) and labels of every row of ``table``."""
+    def evaluate(self, split: EvalSplit, block: int, batch_size: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Stored teacher logits (float32) and labels of every row of block ``block`` of
+        ``split``."""
+        table = split.block(block)
         split = next((s for s in ("valid", "test", "train")
                       if self._covers(s, table.ids)), None)
         if split is None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError
 
@@ -22,6 +21,7 @@ from recdistill.cluster.contracts import (DcpState, GroupSave, ShardedParts, Sta
 from recdistill.cluster.settlement import ReplicaOutcome, StreamItem
 from recdistill.cluster.replica import StudentReplica
 from recdistill.data.spec import FeatureSpec
+from recdistill.student.metrics import MetricState
 
 
 @dataclass
@@ -171,19 +171,18 @@ class StudentGroup:
                                f"snapshot cannot be read: {e}") from None
         return ShardedParts(tuple(blobs)) if self.sharded else blobs[0]
 
-    def evaluate_async(self, table_ref: Any, batch_size: int, best: bool = False) -> Any:
-        """The ref of replica 0's (logits, labels) of a table. A sharded model's forward
+    def evaluate_async(self, split_ref: Any, batch_size: int, best: bool = False) -> Any:
+        """The ref of replica 0's metric state of a split. A sharded model's forward
         is collective: every replica runs it, on the same rows."""
-        return [r.evaluate.remote(table_ref, batch_size, best) for r in self._collective][0]
+        return [r.evaluate.remote(split_ref, batch_size, best) for r in self._collective][0]
 
     @staticmethod
-    def evaluation(ref: Any) -> tuple[np.ndarray, np.ndarray]:
+    def evaluation(ref: Any) -> MetricState:
         """What ``evaluate_async`` returned (raises ``RayError`` if the replica died)."""
         return ray.get(ref, timeout=CALL_TIMEOUT_S)
 
-    def evaluate(self, table_ref: Any, batch_size: int, best: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        return self.evaluation(self.evaluate_async(table_ref, batch_size, best))
+    def evaluate(self, split_ref: Any, batch_size: int, best: bool = False) -> MetricState:
+        return self.evaluation(self.evaluate_async(split_ref, batch_size, best))
 
     def keep_best(self) -> None:
         ray.get([r.keep_best.remote() for r in self.replicas], timeout=CALL_TIMEOUT_S)

@@ -35,13 +35,13 @@ class Chunk:
     first_id: int
 
 
-def plan(source: Source, columns: list[str]) -> list[Chunk]:
-    """The split's chunks, in file order, each file's schema checked for ``columns``.
-    Parquet: from each file's footer (read once); CSV: one chunk per file, its rows
-    counted (one read of the file)."""
+def plan(source: Source, columns: list[str], first_id: int = 0) -> list[Chunk]:
+    """The split's chunks, in file order, each file's schema checked for ``columns``,
+    example ids from ``first_id``. Parquet: from each file's footer (read once); CSV:
+    one chunk per file, its rows counted (one read of the file)."""
     chunks: list[Chunk] = []
     first: dict[str, pa.DataType] = {}
-    next_id = 0
+    next_id = first_id
     for path in source.paths:
         if file_kind(path) == "parquet":
             meta = open_parquet(source, path, columns, first).metadata
@@ -80,6 +80,14 @@ class FileStream:
     @property
     def n_chunks(self) -> int:
         return len(self.chunks)
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks evaluation scores one at a time (as ``ExampleTable.n_blocks``): chunks."""
+        return len(self.chunks)
+
+    def block(self, i: int) -> ExampleTable:
+        return self.chunk(i)
 
     def num_batches(self, batch_size: int, world: int = 1) -> int:
         """Batches per rank of a pass (as ``ExampleTable.num_batches``)."""

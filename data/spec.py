@@ -9,7 +9,7 @@ A dataset split is held as an :class:`ExampleTable`: columnar numpy arrays, one 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -248,6 +248,19 @@ def _gather_ragged(offsets: np.ndarray, values: np.ndarray,
     return lengths, values[row_base + np.arange(total)]
 
 
+EVAL_BLOCK_ROWS = 65_536  # rows scored at a time by evaluation, as a file's chunk
+
+
+class EvalSplit(Protocol):
+    """A split evaluation scores one block at a time: an :class:`ExampleTable` (blocks of
+    :data:`EVAL_BLOCK_ROWS` rows) or a ``data.file_stream.FileStream`` (a block per
+    chunk of its files)."""
+
+    @property
+    def n_blocks(self) -> int: ...
+    def block(self, i: int) -> "ExampleTable": ...
+
+
 @dataclass
 class ExampleTable:
     """One dataset split in columnar numpy form.
@@ -293,6 +306,20 @@ class ExampleTable:
             values.append(vals[offsets[start]:offsets[stop]])
         return BatchArrays.key_major(self.dense[start:stop], self.labels[start:stop],
                                      self.ids[start:stop], keys, lengths, values)
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks of :data:`EVAL_BLOCK_ROWS` rows that evaluation scores one at a time
+        (a split read from files has one per chunk instead)."""
+        return max(1, -(-len(self) // EVAL_BLOCK_ROWS))
+
+    def block(self, i: int) -> "ExampleTable":
+        """Block ``i`` (see :attr:`n_blocks`): the table itself where it is one block."""
+        if self.n_blocks == 1:
+            return self
+        start = i * EVAL_BLOCK_ROWS
+        return self.take(np.arange(start, min(start + EVAL_BLOCK_ROWS, len(self)))
+                         ).to_table()
 
     def num_batches(self, batch_size: int, world: int = 1) -> int:
         """Batches ``iter_batches(batch_size, world=world)`` yields per rank (no padding)."""

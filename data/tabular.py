@@ -315,11 +315,15 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         t.mean = raw["train"][0].mean(axis=0)
         t.std = raw["train"][0].std(axis=0) + 1e-6
         n_train = len(raw["train"][1])
-    for split in ("valid", "test"):
-        raw[split] = _gather(blocks_of(split, skipped), t)
-
     tables: dict[str, Any] = {}
     next_id = n_train  # train's ids are 0..n_train-1, streamed or not
+    for split in ("valid", "test"):
+        if stream:  # scored block by block where it is read, ids after train's
+            tables[split] = FileStream(sources[split], t,
+                                       plan(sources[split], columns, next_id))
+            next_id += len(tables[split])
+        else:
+            raw[split] = _gather(blocks_of(split, skipped), t)
     for split, (dense_raw, labels, sparse) in raw.items():
         first = 0 if split == "train" else next_id
         tables[split] = ExampleTable(

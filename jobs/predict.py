@@ -12,7 +12,7 @@ Loads the artifact (weights-only; a missing or tampered one fails naming its pat
 checks that the data is what the student was trained on (schema fingerprint), scores
 every row of the split, prints per-task AUC, log loss and normalised entropy, writes
 them as ``metrics[task].{auc,logloss,ne}`` and the per-row logits as Parquet
-(``id`` and one ``logit_<task>`` column per task). ``--export`` also writes the
+(``id``, and one ``logit_<task>`` and one ``label_<task>`` column per task). ``--export`` also writes the
 serving student with ``torch.export`` and checks it against the eager model on the
 split's first batch.
 """
@@ -62,9 +62,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def score(model: Any, table: Any, batch_size: int) -> tuple[Any, Any]:
+def score(model: Any, split: Any, batch_size: int) -> tuple[Any, Any, Any]:
+    """(logits, labels, example ids) of a split, block by block (a streamed split is
+    read from its files here)."""
+    import numpy as np
+
     from recdistill.student.train import predict_student
-    return predict_student(model, table, batch_size)
+    parts = []
+    for b in range(split.n_blocks):
+        block = split.block(b)
+        parts.append((*predict_student(model, block, batch_size), block.ids))
+    return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
 def score_files(model: Any, student: str, data: str, batch_size: int
@@ -85,7 +93,7 @@ def score_files(model: Any, student: str, data: str, batch_size: int
     logits, labels, n = [], [], 0
     for shown, frame, rows in blocks(resolve(data, Path.cwd(), "--data"), t.columns):
         check_block(frame, rows, shown, t)
-        out, y = score(model, t.table(frame, n), batch_size)
+        out, y, _ = score(model, t.table(frame, n), batch_size)
         logits.append(out)
         labels.append(y)
         n += len(frame)
@@ -107,7 +115,9 @@ def _report(a: argparse.Namespace, spec: Any, data: str, split: str, rows: int, 
     if a.out:
         import pandas as pd
         frame = pd.DataFrame({"id": ids, **{f"logit_{t}": logits[:, i]
-                                             for i, t in enumerate(spec.tasks)}})
+                                             for i, t in enumerate(spec.tasks)},
+                              **{f"label_{t}": labels[:, i]
+                                 for i, t in enumerate(spec.tasks)}})
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(a.out, index=False)
     return 0
@@ -159,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     table = data.split(a.which)
-    logits, labels = score(model, table, a.batch_size)
-    _report(a, spec, data.name, a.which, len(table), table.ids, logits, labels)
+    logits, labels, ids = score(model, table, a.batch_size)
+    _report(a, spec, data.name, a.which, len(table), ids, logits, labels)
     if a.export:
+        table = table.block(0)
         batch = next(iter(table.iter_batches(min(256, len(table)),
                                              keys=model.feature_names))).to_batch()
         export_serving(model, batch, a.export)

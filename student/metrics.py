@@ -1,64 +1,149 @@
-"""Per-task evaluation metrics, computed by ``torchrec.metrics``.
+"""Per-task evaluation metrics from a mergeable state, so a split is scored block by block.
 
-AUC, logloss, normalised entropy (NE = logloss / entropy of the base rate, He et al.
-2014) and calibration (sum of predicted probabilities / number of positives) come from
-TorchRec's RecMetrics, the ones its training loops log. TorchRec reports logloss in bits
-(log2); we report nats, the unit of ``torch.nn.functional.binary_cross_entropy``.
+:class:`MetricState` holds, per task, sums and a histogram of the scores; states of
+blocks (or of ranks) add up, and :meth:`MetricState.compute` gives the metrics of
+everything added. Nothing in it grows with rows.
+
+- logloss, normalised entropy (NE = logloss / entropy of the base rate, He et al. 2014)
+  and calibration (sum of predicted probabilities / number of positives) come from
+  TorchRec's own state functions (``get_ne_states``, ``compute_ne``,
+  ``get_calibration_states``), the sums its NE and calibration metrics keep. TorchRec
+  reports logloss in bits (log2); we report nats, the unit of
+  ``torch.nn.functional.binary_cross_entropy``.
+- AUC comes from a histogram of the logits in :data:`AUC_BINS` equal bins over
+  [-:data:`LOGIT_RANGE`, +:data:`LOGIT_RANGE`] (outside values fall in the end bins),
+  positives and negatives counted per bin. A pair of a positive and a negative in
+  different bins is ordered as the exact AUC orders it; a pair in the same bin counts
+  1/2, where the exact AUC counts 0, 1/2 or 1. So the histogram AUC is within
+  ``auc_bound`` = sum_b pos_b * neg_b / (2 * P * N) of the exact one, a bound computed
+  from the same state and reported with the AUC (typically 1e-6 to 1e-4). Written here
+  because TorchRec's ``AUCMetric`` keeps every prediction of its window: its memory
+  grows with the split.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torchrec.metrics.auc import AUCMetric
-from torchrec.metrics.calibration import CalibrationMetric
-from torchrec.metrics.metrics_config import RecTaskInfo
-from torchrec.metrics.ne import NEMetric
+from torchrec.metrics.calibration import compute_calibration, get_calibration_states
+from torchrec.metrics.ne import compute_logloss, compute_ne, get_ne_states
 
-def task_metrics(logits: torch.Tensor, labels: torch.Tensor,
-                 tasks: tuple[str, ...] | list[str]) -> dict[str, dict[str, float]]:
-    """Metrics of every task over a whole split.
+AUC_BINS = 1 << 17
+LOGIT_RANGE = 16.0
+_ETA = 1e-12  # TorchRec's NEMetric's clamp of probabilities
+
+Metrics = dict[str, dict[str, float]]  # task -> metric -> value
+
+
+@dataclass
+class MetricState:
+    """The mergeable state of T tasks' metrics (see the module docstring).
+
+    Attributes:
+        tasks: the task names, in column order.
+        pos, neg: int64 [T, AUC_BINS] positives / negatives per logit bin.
+        sums: float64 [T, 5] per task: cross-entropy (bits), examples, positives,
+            negatives, sum of predicted probabilities.
+    """
+
+    tasks: tuple[str, ...]
+    pos: np.ndarray
+    neg: np.ndarray
+    sums: np.ndarray
+
+    @classmethod
+    def empty(cls, tasks: tuple[str, ...] | list[str]) -> "MetricState":
+        t = len(tasks)
+        return cls(tuple(tasks), np.zeros((t, AUC_BINS), np.int64),
+                   np.zeros((t, AUC_BINS), np.int64), np.zeros((t, 5)))
+
+    @classmethod
+    def of(cls, logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+           tasks: tuple[str, ...] | list[str]) -> "MetricState":
+        state = cls.empty(tasks)
+        state.update(logits, labels)
+        return state
+
+    @property
+    def n(self) -> int:
+        return int(self.sums[0, 1]) if len(self.tasks) else 0
+
+    def update(self, logits: np.ndarray | torch.Tensor,
+               labels: np.ndarray | torch.Tensor) -> None:
+        """Add a block: ``logits`` [B, T] pre-sigmoid scores, ``labels`` [B, T] 0/1."""
+        x = torch.as_tensor(logits).detach().cpu().double()
+        y = torch.as_tensor(labels).detach().cpu().double()
+        t = len(self.tasks)
+        if x.shape != y.shape or x.dim() != 2 or x.shape[1] != t:
+            raise ValueError(f"logits {tuple(x.shape)} and labels {tuple(y.shape)} "
+                             f"must both be [N, {t}]")
+        if not len(x):
+            return
+        # [T, B], as TorchRec's state functions take them
+        p, y, w = torch.sigmoid(x).T.contiguous(), y.T.contiguous(), torch.ones_like(x.T)
+        ne = get_ne_states(y, p, w, _ETA)
+        cal = get_calibration_states(y, p, w)
+        self.sums += torch.stack([ne["cross_entropy_sum"], ne["weighted_num_samples"],
+                                  ne["pos_labels"], ne["neg_labels"],
+                                  next(iter(cal.values()))], dim=1).numpy()
+        scaled = (x.T.numpy() + LOGIT_RANGE) * (AUC_BINS / (2 * LOGIT_RANGE))
+        bins = np.clip(scaled, 0, AUC_BINS - 1).astype(np.int64)
+        positive = y.numpy() > 0.5
+        for i in range(t):
+            self.pos[i] += np.bincount(bins[i][positive[i]], minlength=AUC_BINS)
+            self.neg[i] += np.bincount(bins[i][~positive[i]], minlength=AUC_BINS)
+
+    def merge(self, other: "MetricState") -> "MetricState":
+        """This state plus ``other`` (in place; returns self)."""
+        if other.tasks != self.tasks:
+            raise ValueError(f"cannot merge metrics of tasks {other.tasks} into {self.tasks}")
+        self.pos += other.pos
+        self.neg += other.neg
+        self.sums += other.sums
+        return self
+
+    def compute(self) -> Metrics:
+        """task -> {"auc", "auc_bound", "logloss" (nats), "ne", "calibration",
+        "positive_rate", "n"}."""
+        if self.n == 0:
+            raise ValueError("no examples to evaluate")
+        s = torch.from_numpy(self.sums.copy())
+        ce, num, pos, neg, pred = s.unbind(1)
+        logloss = compute_logloss(ce, pos, neg.clone(), _ETA) * math.log(2.0)
+        ne = compute_ne(ce, num, pos, neg, _ETA)
+        calibration = compute_calibration(pred, pos)
+        out: Metrics = {}
+        for i, task in enumerate(self.tasks):
+            auc, bound = _histogram_auc(self.pos[i], self.neg[i])
+            out[task] = {"auc": auc, "auc_bound": bound, "logloss": float(logloss[i]),
+                         "ne": float(ne[i]), "calibration": float(calibration[i]),
+                         "positive_rate": float(pos[i] / num[i]), "n": int(num[i])}
+        return out
+
+
+def _histogram_auc(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(AUC, its bound against the exact AUC) from per-bin counts; (0.5, 0.5) where a
+    class is missing (TorchRec's AUC is 0.5 there too)."""
+    p, n = float(pos.sum()), float(neg.sum())
+    if p == 0 or n == 0:
+        return 0.5, 0.5
+    below = np.cumsum(neg) - neg  # negatives in lower bins
+    pos_f, neg_f = pos.astype(np.float64), neg.astype(np.float64)
+    same = float(pos_f @ neg_f)
+    auc = (float(pos_f @ below) + 0.5 * same) / (p * n)
+    return auc, 0.5 * same / (p * n)
+
+
+def task_metrics(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                 tasks: tuple[str, ...] | list[str]) -> Metrics:
+    """Metrics of every task over the rows given (one block): see :class:`MetricState`.
 
     Args:
         logits: [N, T] pre-sigmoid scores.
         labels: [N, T] 0/1 labels.
         tasks: the T task names, column order.
-
-    Returns:
-        task -> {"auc", "logloss" (nats), "ne", "calibration", "positive_rate", "n"}.
     """
-    if logits.shape != labels.shape or logits.dim() != 2 or logits.shape[1] != len(tasks):
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} "
-                         f"must both be [N, {len(tasks)}]")
-    n = int(logits.shape[0])
-    if n == 0:
-        raise ValueError("no examples to evaluate")
-    probs = torch.sigmoid(logits.detach().double().cpu())
-    y = labels.detach().double().cpu()
-    infos = [RecTaskInfo(name=t, label_name=t, prediction_name=t, weight_name=t)
-             for t in tasks]
-    preds = {t: probs[:, i] for i, t in enumerate(tasks)}
-    labs = {t: y[:, i] for i, t in enumerate(tasks)}
-    weights = {t: torch.ones(n, dtype=torch.float64) for t in tasks}
-    out: dict[str, dict[str, float]] = {t: {} for t in tasks}
-    for cls, kwargs in ((AUCMetric, {}), (NEMetric, {"include_logloss": True}),
-                        (CalibrationMetric, {})):
-        # One process holds the whole split (callers gather first), so world_size=1 and
-        # a window as large as the split: "window" values are then whole-split values.
-        metric = cls(world_size=1, my_rank=0, batch_size=n, tasks=infos, window_size=n,
-                     **kwargs)
-        metric.update(predictions=preds, labels=labs, weights=weights)
-        for key, value in metric.compute().items():
-            # keys look like "ne-like|window_logloss"
-            task = key.split("-", 1)[1].split("|", 1)[0]
-            name = key.split("|", 1)[1]
-            if not name.startswith("window_"):
-                continue
-            name = name[len("window_"):]
-            v = float(value.reshape(-1)[0])
-            out[task][name] = v * math.log(2.0) if name == "logloss" else v
-    for i, t in enumerate(tasks):
-        out[t]["positive_rate"] = float(y[:, i].mean())
-        out[t]["n"] = n
-    return out
+    return MetricState.of(logits, labels, tasks).compute()

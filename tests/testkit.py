@@ -191,7 +191,12 @@ def assert_exactly_once(run: Any, data: Dataset, passes: int) -> None:
 
 # ---- from test_sharded_students.py
 def artifact_matches_report(saved: dict, students: Path, data: str, tmp: Path) -> None:
-    """jobs.predict on each artifact gives the report's test metrics."""
+    """jobs.predict on each artifact gives the report's test metrics, and the report's
+    AUC (from a histogram, block by block) is within its ``auc_bound`` of the exact AUC
+    of the logits predict wrote (TorchRec's, from every score)."""
+    import pandas as pd
+    from torchrec.metrics.auc import compute_auc
+
     from recdistill.jobs.predict import main
     for name, s in saved["students"].items():
         assert s["artifact"] == str(students / name)
@@ -199,6 +204,13 @@ def artifact_matches_report(saved: dict, students: Path, data: str, tmp: Path) -
         assert main(["--student", s["artifact"], "--data", data, "--split", "test",
                      "--report", str(out), "--out", str(tmp / f"{name}.parquet")]) == 0
         got = json.loads(out.read_text())["metrics"]
+        scores = pd.read_parquet(tmp / f"{name}.parquet")
         for task, m in s["test"].items():
             for key in ("auc", "logloss", "ne"):
                 assert got[task][key] == pytest.approx(m[key], abs=1e-5), (name, task, key)
+            # AUC is a function of the order: logits, not probabilities that round to 1
+            p = torch.tensor(scores[f"logit_{task}"].to_numpy()).double().view(1, -1)
+            y = torch.tensor(scores[f"label_{task}"].to_numpy()).view(1, -1)
+            exact = float(compute_auc(1, [p], [y], [torch.ones_like(p)])[0])
+            assert abs(m["auc"] - exact) <= m["auc_bound"] + 1e-9, (name, task, exact)
+            assert 0 <= m["auc_bound"] < 1e-3

@@ -17,12 +17,21 @@ import torch
 from recdistill.cluster.config import GroupConfig
 from recdistill.data.errors import ConfigError
 from recdistill.student.config import LossTerm, StudentConfig
+from recdistill.student.metrics import Metrics, task_metrics
 from recdistill.teacher.checkpoint import CheckpointError
 from testkit import tiny_dataset
 
 
 @pytest.mark.timeout(300)
-def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cluster,
+def _same(a: Metrics, b: Metrics) -> None:
+    """Metrics of the same model's logits (to 1e-6: shards sum in another order)."""
+    for task, m in a.items():
+        for key in ("logloss", "calibration", "auc"):
+            assert m[key] == pytest.approx(b[task][key], abs=1e-6), (task, key)
+        assert m["n"] == b[task]["n"]
+
+
+def test_state_saved_by_two_replicas_loads_into_one_with_identical_metrics(ray_cluster,
                                                                           tmp_path) -> None:
     """DCP reshards: the row-wise state 2 replicas wrote (after training) gives one
     replica the same serving logits, and the same best weights; so do the serving
@@ -57,20 +66,21 @@ def test_state_saved_by_two_replicas_loads_into_one_with_identical_logits(ray_cl
     write_artifact(tmp_path / "student",
                    lambda d: ray.get([r.save_serving.remote(d) for r in two]),
                    cfg=group.student, spec=spec, fingerprint={}, metrics={})
-    served, _ = predict_student(load_artifact(tmp_path / "student")[0], data.test, 64)
-    np.testing.assert_allclose(served, want_best[0][0], atol=1e-6)
+    served, labels = predict_student(load_artifact(tmp_path / "student")[0], data.test, 64)
+    _same(task_metrics(served, labels, spec.tasks), want_best[0].compute())
     for r in two:
         ray.kill(r)
     one = actor.remote(dataclasses.replace(group, replicas=1), spec, {}, 0, 1)
     addr, port = ray.get(one.address.remote())
     ray.get(one.setup.remote(addr, port, state))
-    got, _ = ray.get(one.evaluate.remote(table, 64))
-    got_best, _ = ray.get(one.evaluate.remote(table, 64, True))
+    got = ray.get(one.evaluate.remote(table, 64)).compute()
+    got_best = ray.get(one.evaluate.remote(table, 64, True)).compute()
     ray.kill(one)
-    np.testing.assert_allclose(want[0][0], want[1][0])  # both replicas: the same model
-    np.testing.assert_allclose(got, want[0][0], atol=1e-6)
-    np.testing.assert_allclose(got_best, want_best[0][0], atol=1e-6)
-    assert np.abs(got - got_best).max() > 1e-4  # the two states differ
+    _same(want[0].compute(), want[1].compute())  # both replicas: the same model
+    _same(got, want[0].compute())
+    _same(got_best, want_best[0].compute())
+    # the two states differ
+    assert abs(got["click"]["logloss"] - got_best["click"]["logloss"]) > 1e-4
 
 
 def test_sharded_step_matches_the_dense_model_with_the_same_weights() -> None:

@@ -16,9 +16,11 @@ from recdistill.cluster.config import GroupConfig
 from recdistill.cluster.contracts import LabelResult, RankCall, StateDict, StepResult, TrainResult
 from recdistill.cluster.settlement import ReplicaOutcome, StreamItem
 from recdistill.cluster.student_group import TrainCall
+from recdistill.student.metrics import MetricState
 
 EVAL_ROWS = 200
 _rng = np.random.default_rng(7)
+TASKS = ("click", "like")  # the tasks of the fakes' evaluation logits
 EVAL_LABELS = (_rng.random((EVAL_ROWS, 2)) < 0.5).astype(np.float32)
 EVAL_NOISE = _rng.normal(size=(EVAL_ROWS, 2)).astype(np.float32)
 
@@ -140,7 +142,8 @@ class FakeLabels:
         call = self.pending.popleft()
         return LabelResult.from_ids([rank.ids.value for rank in call], call)
 
-    def evaluate_members(self, table_ref: Any, batch_size: int) -> tuple[np.ndarray, Any]:
+    def evaluate_members(self, split_ref: Any, block: int, batch_size: int
+                         ) -> tuple[np.ndarray, Any]:
         return EVAL_LABELS, {"teacher": scored(self.quality)}
 
     def reload(self, checkpoint: str) -> int:
@@ -225,7 +228,7 @@ class FakeStudents:
     def evaluate_async(self, table_ref: Any, batch_size: int, best: bool = False) -> Ref:
         q = self.quality[min(self.evaluations, len(self.quality) - 1)]
         self.evaluations += 1
-        return Ref((scored(q), EVAL_LABELS), error=not self.alive)
+        return Ref(MetricState.of(scored(q), EVAL_LABELS, TASKS), error=not self.alive)
 
     def evaluation(self, ref: Ref) -> Any:
         if ref.error:

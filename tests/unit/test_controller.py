@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fakes import FakeLabels, FakeRuntime, FakeStudents
+from fakes import TASKS, FakeLabels, FakeRuntime, FakeStudents
 from recdistill.cluster.config import (DistillConfig, GroupConfig, RunOptions, StreamConfig,
                                        TeacherGroupConfig)
 from recdistill.cluster.contracts import StateDict
@@ -25,7 +25,7 @@ from recdistill.cluster.run_state import RunCheckpoint
 from recdistill.cluster.state import Hooks
 from recdistill.student.config import LossTerm, StudentConfig
 
-ROWS, TASKS = 640, ("click", "like")
+ROWS = 640
 CALLS_PER_PASS, BATCHES_PER_PASS = 3, 10
 
 
@@ -53,7 +53,7 @@ def _controller(cfg: DistillConfig, options: RunOptions = RunOptions(progress=Fa
 
 def _run(c: Controller) -> Controller:
     first = c.start()
-    c.teacher_valid, _ = evaluate_teacher(c.executor, "valid", 1024, TASKS)
+    c.teacher_valid, _ = evaluate_teacher(c.executor, "valid", 1, 1024, TASKS)
     c.run_passes(first)
     return c
 

@@ -162,7 +162,8 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     """``read = "stream"``: train is planned into row groups from the footers and each
     chunk is read where asked; the chunks hold exactly the in-memory rows (same ids,
     same encoding, train's stats from sums within float error), a seeded chunk is a
-    seeded permutation of it, and valid/test are the in-memory ones."""
+    seeded permutation of it, and valid/test stream too, their blocks the in-memory
+    rows."""
     from recdistill.data.file_stream import FileStream
     frames = make_frames(n=400, seed=5)
     toml = _many_files(tmp_path, frames, files=3)
@@ -189,8 +190,16 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     assert sorted(shuffled.ids.tolist()) == got[4].ids.tolist()
     assert shuffled.ids.tolist() != got[4].ids.tolist()
     assert streamed.train.chunk(4, seed=7).ids.tolist() == shuffled.ids.tolist()
-    np.testing.assert_array_equal(streamed.test.ids, whole.test.ids)
-    np.testing.assert_allclose(streamed.test.dense, whole.test.dense, atol=1e-5)
+    for split in ("valid", "test"):
+        s, w = streamed.split(split), whole.split(split)
+        assert isinstance(s, FileStream) and len(s) == len(w) and s.n_blocks == 3  # files
+        blocks = [s.block(b) for b in range(3)]
+        np.testing.assert_array_equal(np.concatenate([b.ids for b in blocks]), w.ids)
+        np.testing.assert_allclose(np.concatenate([b.dense for b in blocks]), w.dense,
+                                   atol=1e-5)
+        for k, (_, values) in w.sparse.items():
+            np.testing.assert_array_equal(
+                np.concatenate([b.sparse[k][1] for b in blocks]), values)
     # a streamed dataset's teacher: its first 150 train rows in memory, the same ids
     # and transform as the stream
     first = load_tabular(toml, read="memory", train_rows=150)

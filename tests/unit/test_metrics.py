@@ -23,3 +23,42 @@ def test_metrics_match_hand_computation() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"must both be \[N, 2\]"):
         task_metrics(torch.zeros(3, 1), torch.zeros(3, 1), ["a", "b"])
+
+
+@pytest.mark.parametrize("shape", ["normal", "ties", "beyond_range", "one_bin"])
+def test_streamed_auc_is_within_its_bound_of_the_exact_auc(shape: str) -> None:
+    """Blocks merged give the whole split's state; the histogram AUC is within the
+    reported ``auc_bound`` of TorchRec's exact AUC, on scores spread out, rounded to
+    many ties, beyond the histogram's range, and all in one bin (bound 1/2)."""
+    import numpy as np
+    from torchrec.metrics.auc import compute_auc
+
+    from recdistill.student.metrics import LOGIT_RANGE, MetricState
+    rng = np.random.default_rng(3)
+    n = 50_000
+    x = rng.normal(size=(n, 2)) * 3
+    if shape == "ties":
+        x = np.round(x, 1)
+    elif shape == "beyond_range":
+        x = x * 2 * LOGIT_RANGE
+    elif shape == "one_bin":
+        x = np.full((n, 2), 0.3) + rng.normal(size=(n, 2)) * 1e-7
+    y = (rng.random((n, 2)) < 1 / (1 + np.exp(-x))).astype(np.float32)
+    whole = MetricState.of(x, y, ["a", "b"])
+    merged = MetricState.empty(["a", "b"])
+    for start in range(0, n, 7_777):
+        merged.merge(MetricState.of(x[start:start + 7_777], y[start:start + 7_777],
+                                    ["a", "b"]))
+    np.testing.assert_array_equal(merged.pos, whole.pos)
+    np.testing.assert_array_equal(merged.neg, whole.neg)
+    np.testing.assert_allclose(merged.sums, whole.sums, rtol=1e-12)
+    m = merged.compute()
+    for i, task in enumerate(["a", "b"]):
+        p = torch.tensor(x[:, i]).view(1, -1)  # the order of the scores: no rounding to 1
+        exact = float(compute_auc(1, [p], [torch.tensor(y[:, i]).view(1, -1)],
+                                  [torch.ones_like(p)])[0])
+        assert abs(m[task]["auc"] - exact) <= m[task]["auc_bound"] + 1e-12
+        bound = {"normal": 1e-4, "ties": 1e-2, "beyond_range": 1e-2, "one_bin": 0.5}[shape]
+        assert m[task]["auc_bound"] <= bound + 1e-12
+        if shape == "one_bin":
+            assert m[task]["auc"] == 0.5
