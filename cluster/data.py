@@ -26,6 +26,11 @@ from recdistill.data.synthetic import SyntheticStream
 Streamed = SyntheticStream | FileStream
 
 ID, DENSE, LABELS = "_id", "_dense", "_labels"
+# What a streamed pass may hold in the object store ahead of the ranks. Ray Data's
+# default is a share of the whole store: with readers faster than the teacher, a pass
+# of 1e7 rows filled 2.1 GiB of it where 1e6 rows peaked at 0.7 (BENCHMARKS.md,
+# ``ingest``); a few chunks ahead keep the ranks fed.
+STREAM_STORE_BYTES = 512 << 20
 
 
 def to_arrow(table: ExampleTable) -> pa.Table:
@@ -70,7 +75,12 @@ def train_dataset(train: ExampleTable | Streamed) -> ray.data.Dataset:
     # the same seed gives another order of batches each run, so another student: a KD
     # gain of 0.003 AUC was within that noise. (A dataset keeps the context it was made
     # in, so this holds for every pass of it.)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    options = ray.data.DataContext.get_current().execution_options
+    options.preserve_order = True
+    # (the context is the process's: a job in memory after a streamed one, in one
+    # process, gets Ray Data's default back)
+    options.resource_limits = ray.data.ExecutionResources.for_limits(
+        object_store_memory=STREAM_STORE_BYTES if isinstance(train, Streamed) else None)
     if isinstance(train, Streamed):
         n = train.n_chunks
         return ray.data.range(n, override_num_blocks=n)
