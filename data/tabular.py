@@ -48,6 +48,7 @@ from recdistill.data.files import (BLOCK_ROWS, Source, blocks, check_schemas, fi
                                    resolve)
 from recdistill.data.ids import Counter, IdRule, cardinality
 from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
+from recdistill.data.train_stats import cached_stats
 from recdistill.data.transform import RowTransform, multi_texts, numeric
 
 _KEYS = {"train": str, "valid": str, "test": str, "dense": list, "sparse": list,
@@ -296,6 +297,7 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
 
     skipped: dict[str, Any] = {}
     raw: dict[str, Any] = {}
+    stats_from = ""
     if stream or train_rows is not None:  # train's stats first, from one pass
         # over the columns they need and the labels, each row of those checked (every
         # file's schema first, if planning did not), so a bad value fails here, before
@@ -304,8 +306,9 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         if chunks is None:
             check_schemas(train, columns)
         need = dense_cols + [c for c in cat_cols if rules[c].kind == "vocab"] + tasks
-        n_train = _stats(_split_blocks(train, need, dense_cols, tasks, {
-            c: s for c, s in multi.items() if c in need}, False, block_rows, None), t)
+        n_train, stats_from = cached_stats(toml_path.parent, train, t, lambda: _stats(
+            _split_blocks(train, need, dense_cols, tasks, {
+                c: s for c, s in multi.items() if c in need}, False, block_rows, None), t))
         train_part: Any = FileStream(train, t, chunks) if stream else \
             _gather(blocks_of("train", skipped), t, train_rows)
     else:  # all in memory: the exact numpy mean and std of the loaded rows
@@ -351,6 +354,6 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         f"train: {len(train.paths)} file(s), {n_train:,} rows, "
         f"{'streamed' if stream else 'in memory'} ({why}); ids: " + "; ".join(
             f"{k} ({', '.join(cs) if len(cs) <= 3 else f'{len(cs)} columns'})"
-            for k, cs in kinds.items()))
+            for k, cs in kinds.items())) + (f"; {stats_from}" if stats_from else "")
     return Dataset(spec, tables["train"], tables["valid"], tables["test"],
                    name=str(toml_path), skipped=skipped, transform=t, reading=reading)

@@ -175,8 +175,9 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     assert isinstance(streamed.train, FileStream) and len(streamed.train) == 400
     assert streamed.train.n_chunks == 9 and streamed.spec == whole.spec
     rules = "ids: hash into 1,048,576 buckets (workclass, education, genres)"
-    assert streamed.reading == ("train: 3 file(s), 400 rows, streamed (read = 'stream'); "
-                                + rules)
+    assert streamed.reading.startswith(
+        "train: 3 file(s), 400 rows, streamed (read = 'stream'); " + rules +
+        "; train's statistics counted, kept in ")
     assert whole.reading == ("train: 3 file(s), 400 rows, in memory (read = 'memory'); "
                              + rules)
     got = [streamed.train.chunk(c) for c in range(9)]
@@ -211,8 +212,10 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     # one pass over train for its stats (not a streamed load first)
     cut = load_tabular(toml, read="stream", instead_of_stream=150)
     np.testing.assert_array_equal(cut.train.dense, first.train.dense)
+    # (train's statistics: those the streamed load counted, reused)
     assert cut.reading == ("train: 3 file(s), 400 rows, in memory (its first 150 rows "
-                           f"instead of a stream); {rules}")
+                           f"instead of a stream); {rules}; train's statistics from "
+                           f"{next((tmp_path / '.recdistill-stats').iterdir())}")
     assert len(load_tabular(toml, instead_of_stream=150).train) == 400  # no stream: all
 
 
@@ -247,3 +250,36 @@ def test_a_bad_label_in_a_streamed_split_fails_at_load_naming_its_place(
     with pytest.raises(DataError, match=r"train/part-00005\.parquet, row 7, column "
                                         r"'income': label must be 0 or 1, got 2"):
         load_tabular(toml)
+
+
+def test_a_streamed_splits_statistics_are_counted_once_per_version_of_its_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counting pass of a streamed train (vocabularies, dense mean and std, rows)
+    runs once: a second load reuses what it kept beside the TOML, bit for bit; a train
+    file rewritten is counted again."""
+    from recdistill.data import tabular
+    from recdistill.data.train_stats import CACHE_DIR
+    frames = make_frames(n=400, seed=9)
+    toml = _many_files(tmp_path, frames, files=3,
+                       ids='[ids]\nkind = "hash"\n[ids.workclass]\nkind = "vocab"\n')
+    passes: list[int] = []
+    count = tabular._stats
+    monkeypatch.setattr(tabular, "_stats", lambda *a: passes.append(1) or count(*a))
+    first = load_tabular(toml, read="stream")
+    again = load_tabular(toml, read="stream")
+    assert len(passes) == 1 and len(again.train) == 400
+    kept = next((tmp_path / CACHE_DIR).iterdir())
+    assert first.reading.endswith(f"train's statistics counted, kept in {kept}")
+    assert again.reading.endswith(f"train's statistics from {kept}")
+    a, b = first.transform, again.transform
+    assert a.vocabs["workclass"].values == b.vocabs["workclass"].values == \
+        ["private", "self", "state"]
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.std, b.std)
+    assert again.spec == first.spec
+    # one train file rewritten with fewer rows: another key, counted again
+    part = sorted((tmp_path / "train").iterdir())[0]
+    pd.read_parquet(part).iloc[:100].to_parquet(part, index=False)
+    third = load_tabular(toml, read="stream")
+    assert len(passes) == 2 and len(third.train) == 400 - 134 + 100
+    assert len(list((tmp_path / CACHE_DIR).iterdir())) == 2
