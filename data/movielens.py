@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from recdistill.data.errors import DataError
+from recdistill.data.ids import OOV_ID, IdRule, as_text, cardinality, hash_ids
 from recdistill.data.spec import Dataset, ExampleTable, FeatureSpec, SparseFeature
 
 HISTORY_LEN = 50
@@ -111,8 +112,19 @@ def _split_masks(user: np.ndarray, ts: np.ndarray, split: str, seed: int
     return which == 0, which == 1, which == 2
 
 
+def _hashed(values: list[str]) -> tuple[np.ndarray, int]:
+    """(id -> hashed id, the table's rows) for a feature whose ids 1..V stand for
+    ``values`` (id 0, unknown, stays 0): ``data.ids``' hash rule into the smallest power
+    of two of at least 4 V buckets, as a user would size a hash space for V values."""
+    buckets = 1 << max(3, (4 * len(values) - 1).bit_length())
+    rule = IdRule("hash", buckets=buckets)
+    return (np.concatenate([[OOV_ID], hash_ids(as_text(np.array(values, object)),
+                                                 buckets)]), cardinality(rule, None))
+
+
 def load_movielens(split: str = "user_time", seed: int = 0,
-                   path: str | os.PathLike[str] | None = None) -> Dataset:
+                   path: str | os.PathLike[str] | None = None, ids: str = "vocab"
+                   ) -> Dataset:
     """Load MovieLens-100k as a :class:`Dataset`.
 
     Args:
@@ -120,9 +132,14 @@ def load_movielens(split: str = "user_time", seed: int = 0,
             (seeded 80/10/10) or ``global_time`` (by timestamp; mostly cold users in test).
         seed: seed of the ``random`` split.
         path: folder holding ``ml-100k.{inter,user,item}``; defaults to recbole's copy.
+        ids: ``vocab`` (each feature's values numbered 1..V) or ``hash`` (each value's
+            text hashed as a dataset TOML's ``ids = "hash"`` does, into 4 V buckets or
+            more: the hashing path on a known dataset, collisions included).
     """
     if split not in SPLITS:
         raise DataError(f"unknown MovieLens split {split!r}; expected one of {SPLITS}")
+    if ids not in ("vocab", "hash"):
+        raise DataError(f"unknown MovieLens ids {ids!r}; expected vocab or hash")
     root = Path(path) if path is not None else movielens_dir()
 
     _, inter = _read_atomic(root / "ml-100k.inter")
@@ -199,38 +216,48 @@ def load_movielens(split: str = "user_time", seed: int = 0,
         pos = np.repeat(begin - offsets[:-1], length) + np.arange(offsets[-1])
         return offsets, src[pos]
 
+    # Each feature's vocabulary, in id order (ids 1..V); the hashed ids replace them.
+    values = {"user_id": [str(u) for u in range(1, n_users)],
+              "item_id": [str(i) for i in range(1, n_items)],
+              "age": [str(a) for a in range(1, len(_AGE_EDGES) + 2)],
+              "gender": list(gender_v), "occupation": list(occ_v), "zip_prefix": list(zip_v),
+              "release_year": list(year_v), "genres": list(genre_v)}
+    sizes = {"user_id": n_users, "item_id": n_items, "age": len(_AGE_EDGES) + 2,
+             **{k: len(v) + 1 for k, v in values.items() if k not in ("user_id", "item_id",
+                                                                       "age")}}
+    remap: dict[str, np.ndarray] = {}
+    if ids == "hash":
+        for k, v in values.items():
+            remap[k], sizes[k] = _hashed(v)
+    remap["user_history"] = remap.get("item_id", np.arange(n_items))
+
     def table(rows: np.ndarray) -> ExampleTable:
         u, i = user[rows], item[rows]
+        sparse = {
+            "user_id": single(u),
+            "item_id": single(i),
+            "age": single(u_age[u]),
+            "gender": single(u_gender[u]),
+            "occupation": single(u_occ[u]),
+            "zip_prefix": single(u_zip[u]),
+            "release_year": single(i_year[i]),
+            "genres": ragged(g_off[i], g_len[i], g_val),
+            "user_history": ragged(hist_begin[rows], hist_len[rows], items_by_user),
+        }
+        if ids == "hash":
+            sparse = {k: (off, remap[k][v]) for k, (off, v) in sparse.items()}
         return ExampleTable(
             dense=((dense[rows] - mu) / sd).astype(np.float32),
             labels=np.stack([like[rows], love[rows]], axis=1),
-            ids=rows.astype(np.int64),
-            sparse={
-                "user_id": single(u),
-                "item_id": single(i),
-                "age": single(u_age[u]),
-                "gender": single(u_gender[u]),
-                "occupation": single(u_occ[u]),
-                "zip_prefix": single(u_zip[u]),
-                "release_year": single(i_year[i]),
-                "genres": ragged(g_off[i], g_len[i], g_val),
-                "user_history": ragged(hist_begin[rows], hist_len[rows], items_by_user),
-            },
-        )
+            ids=rows.astype(np.int64), sparse=sparse)
 
     spec = FeatureSpec(
         dense=("user_prior_count", "user_prior_mean", "item_prior_count",
                "item_prior_mean", "movie_age"),
         sparse=(
-            SparseFeature("user_id", n_users),
-            SparseFeature("item_id", n_items),
-            SparseFeature("age", len(_AGE_EDGES) + 2),
-            SparseFeature("gender", len(gender_v) + 1),
-            SparseFeature("occupation", len(occ_v) + 1),
-            SparseFeature("zip_prefix", len(zip_v) + 1),
-            SparseFeature("release_year", len(year_v) + 1),
-            SparseFeature("genres", len(genre_v) + 1, multi_valued=True),
-            SparseFeature("user_history", n_items, multi_valued=True, table="item_id"),
+            *(SparseFeature(k, sizes[k], multi_valued=k == "genres") for k in values),
+            SparseFeature("user_history", sizes["item_id"], multi_valued=True,
+                          table="item_id"),
         ),
         tasks=("like", "love"),
         privileged=("user_history",),
@@ -239,4 +266,5 @@ def load_movielens(split: str = "user_time", seed: int = 0,
     # Dense features are standardised with train statistics only.
     mu, sd = dense[tr].mean(axis=0), dense[tr].std(axis=0) + 1e-6
     return Dataset(spec, table(np.flatnonzero(tr)), table(np.flatnonzero(va)),
-                   table(np.flatnonzero(te)), name=f"movielens-100k/{split}")
+                   table(np.flatnonzero(te)),
+                   name=f"movielens-100k/{split}" + ("/hashed" if ids == "hash" else ""))

@@ -21,7 +21,7 @@ from recdistill.data.synthetic import SyntheticConfig, synthetic_dataset, synthe
 from recdistill.data.file_stream import FileStream
 from recdistill.data.tabular import AUTO_STREAM_ROWS, load_tabular
 
-DATASETS = ("movielens", "synthetic", "synthetic-stream")
+DATASETS = ("movielens", "movielens-hashed", "synthetic", "synthetic-stream")
 
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -64,7 +64,8 @@ def check_sections(doc: dict[str, Any], known: tuple[str, ...], path: str) -> No
 def add_data_arguments(p: Any) -> None:
     """The dataset flags every job takes (``--data``, ``--split``, ``--rows``,
     ``--max-cardinality``) on an ``argparse`` parser; None where not given."""
-    p.add_argument("--data", help="movielens (default), synthetic, synthetic-stream "
+    p.add_argument("--data", help="movielens (default), movielens-hashed, synthetic, "
+                                  "synthetic-stream "
                                   "(jobs.distill only) or a dataset .toml")
     p.add_argument("--split", help=f"MovieLens split: {', '.join(SPLITS)} (default "
                                    "user_time)")
@@ -99,16 +100,18 @@ def add_labelling_arguments(p: Any) -> None:
 def load_dataset(data: str, *, split: str = "user_time", seed: int = 0,
                  rows: int = 100_000, max_cardinality: int = 100_000,
                  memory_rows: int | None = None) -> Dataset:
-    """``movielens`` (recbole's copy), ``synthetic`` (``rows`` rows in memory, split
+    """``movielens`` (recbole's copy; ``movielens-hashed``: its ids hashed as a TOML's
+    ``ids = "hash"``), ``synthetic`` (``rows`` rows in memory, split
     80/10/10), ``synthetic-stream`` (``rows`` training rows generated as they are read,
     50,000 validation and test rows; online distillation only), or a dataset TOML.
     ``max_cardinality`` caps the synthetic features' ids. ``memory_rows``: a dataset
     TOML whose train split streams is held in memory instead, its first ``memory_rows``
     train rows (the same ids and id transform as the stream)."""
-    if data == "movielens":
+    if data in ("movielens", "movielens-hashed"):
         if split not in SPLITS:
             raise ConfigError(f"--split: unknown {split!r}; expected one of {SPLITS}")
-        return load_movielens(split=split, seed=seed)
+        return load_movielens(split=split, seed=seed,
+                              ids="hash" if data == "movielens-hashed" else "vocab")
     if data in ("synthetic", "synthetic-stream"):
         cfg = SyntheticConfig(rows=rows, seed=seed, max_cardinality=max_cardinality)
         return synthetic_dataset(cfg) if data == "synthetic" else synthetic_stream_dataset(cfg)
