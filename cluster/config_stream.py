@@ -85,6 +85,11 @@ class TeacherGroupConfig:
             every rank the same rows in the same batches. A streamed dataset
             (``synthetic-stream``, a dataset TOML read as a stream) always uses
             ``stream``: its passes are too large to hold.
+        read_ahead_mib: what a streamed pass's readers may hold in the object store
+            ahead of the ranks (Ray Data's limit for the pass). Ray Data's own default
+            is a share of the whole store, which a long pass fills; 768 MiB kept the
+            ranks fed at 1e6 and 1e7 rows where 512 halved the pass's speed
+            (BENCHMARKS.md, ``ingest``).
         table_dtype: the embedding tables the teacher labels from: ``fp32`` (as
             trained), or quantized after loading to ``fp16``, ``int8`` or ``int4``
             (FBGEMM's inference kernels, per row scale and bias for the integer types;
@@ -115,6 +120,7 @@ class TeacherGroupConfig:
     prefetch: bool = True
     calls_in_flight: int = 2
     split: str = "rows"
+    read_ahead_mib: int = 768
     table_dtype: str = "fp32"
     checkpoint: str = "runs/distill/teacher"
     version: str = "best"
@@ -141,6 +147,9 @@ class TeacherGroupConfig:
         if self.split not in SPLITS:
             raise ConfigError(f"teacher_group.split must be one of {SPLITS}, got "
                               f"{self.split!r}")
+        if self.read_ahead_mib < 64:
+            raise ConfigError("teacher_group.read_ahead_mib must be >= 64 (a few chunks), "
+                              f"got {self.read_ahead_mib}")
         if self.table_dtype not in TABLE_DTYPES:
             raise ConfigError(f"teacher_group.table_dtype: unknown {self.table_dtype!r}; "
                               f"expected one of {TABLE_DTYPES}")

@@ -26,11 +26,6 @@ from recdistill.data.synthetic import SyntheticStream
 Streamed = SyntheticStream | FileStream
 
 ID, DENSE, LABELS = "_id", "_dense", "_labels"
-# What a streamed pass may hold in the object store ahead of the ranks. Ray Data's
-# default is a share of the whole store: with readers faster than the teacher, a pass
-# of 1e7 rows filled 2.1 GiB of it where 1e6 rows peaked at 0.7 (BENCHMARKS.md,
-# ``ingest``); a few chunks ahead keep the ranks fed.
-STREAM_STORE_BYTES = 512 << 20
 
 
 def to_arrow(table: ExampleTable) -> pa.Table:
@@ -66,10 +61,14 @@ class _Chunks:
                                  for c in batch["id"]])
 
 
-def train_dataset(train: ExampleTable | Streamed) -> ray.data.Dataset:
+def train_dataset(train: ExampleTable | Streamed, read_ahead_mib: int = 768
+                  ) -> ray.data.Dataset:
     """The training rows as a Ray Dataset, made once per job: an in-memory table goes
     to the object store; a streamed one (:class:`SyntheticStream`, :class:`FileStream`)
-    is a dataset of chunk indices whose rows are made by the pass's read tasks."""
+    is a dataset of chunk indices whose rows are made by the pass's read tasks, at most
+    ``read_ahead_mib`` of them in the object store ahead of the ranks. (Ray Data's
+    default is a share of the whole store: with readers faster than the teacher, a
+    pass of 1e7 rows filled 2.1 GiB of it where 1e6 rows peaked at 0.7.)"""
     # A pass's blocks are made by parallel tasks (the shuffle's reducers, the stream's
     # chunk generators); without preserve_order Ray Data yields them as they finish, and
     # the same seed gives another order of batches each run, so another student: a KD
@@ -80,7 +79,7 @@ def train_dataset(train: ExampleTable | Streamed) -> ray.data.Dataset:
     # (the context is the process's: a job in memory after a streamed one, in one
     # process, gets Ray Data's default back)
     options.resource_limits = ray.data.ExecutionResources.for_limits(
-        object_store_memory=STREAM_STORE_BYTES if isinstance(train, Streamed) else None)
+        object_store_memory=read_ahead_mib << 20 if isinstance(train, Streamed) else None)
     if isinstance(train, Streamed):
         n = train.n_chunks
         return ray.data.range(n, override_num_blocks=n)
@@ -224,8 +223,10 @@ class RayRuntime:
         split: ``teacher_group.split``.
     """
 
-    def __init__(self, data: Dataset, seed: int, split: str) -> None:
+    def __init__(self, data: Dataset, seed: int, split: str, read_ahead_mib: int = 768
+                 ) -> None:
         self.data, self.seed, self.split = data, seed, split
+        self.read_ahead_mib = read_ahead_mib
         self._train: ray.data.Dataset | None = None
         self._tables: dict[str, Any] = {}
 
@@ -240,7 +241,7 @@ class RayRuntime:
 
     def shards(self, pass_index: int, ranks: int) -> list[Any]:
         if self._train is None:
-            self._train = train_dataset(self.data.train)
+            self._train = train_dataset(self.data.train, self.read_ahead_mib)
         return pass_shards(self._train, self.data.train, self.seed, pass_index, ranks,
                            self.split)
 

@@ -76,7 +76,7 @@ class OnlineDistillation:
         tg = cfg.teacher_group
         self.controller = Controller(
             cfg, data.spec.tasks, options, labels, groups,
-            RayRuntime(data, cfg.seed, tg.split), hooks,
+            RayRuntime(data, cfg.seed, tg.split, tg.read_ahead_mib), hooks,
             Progress(options.progress, options.tensorboard),
             newest_teacher=lambda: str(resolve(tg.checkpoint, tg.version)))
 

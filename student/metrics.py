@@ -74,8 +74,7 @@ class MetricState:
     def update(self, logits: np.ndarray | torch.Tensor,
                labels: np.ndarray | torch.Tensor) -> None:
         """Add a block: ``logits`` [B, T] pre-sigmoid scores, ``labels`` [B, T] 0/1."""
-        x = torch.as_tensor(logits).detach().cpu().double()
-        y = torch.as_tensor(labels).detach().cpu().double()
+        x, y = _f64(logits), _f64(labels)
         t = len(self.tasks)
         if x.shape != y.shape or x.dim() != 2 or x.shape[1] != t:
             raise ValueError(f"logits {tuple(x.shape)} and labels {tuple(y.shape)} "
@@ -122,6 +121,13 @@ class MetricState:
                          "ne": float(ne[i]), "calibration": float(calibration[i]),
                          "positive_rate": float(pos[i] / num[i]), "n": int(num[i])}
         return out
+
+
+def _f64(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float64 copy (arrays from the object store are read-only)."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().double()
+    return torch.from_numpy(np.array(a, np.float64))
 
 
 def _histogram_auc(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
