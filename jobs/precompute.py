@@ -73,6 +73,29 @@ def _check_resumable(m: Any, want: dict[str, Any], out: Path) -> None:
                               f"run has {value!r}: use another --out, or delete it")
 
 
+def _part_rows(split: Any, part_rows: int) -> list[int]:
+    """Rows of each part of a split: ``part_rows`` each of an in-memory one; a streamed
+    one's chunks (read one at a time, never the whole split)."""
+    from recdistill.data.file_stream import FileStream
+    if isinstance(split, FileStream):
+        return [c.rows for c in split.chunks]
+    return [len(range(*sl.indices(len(split)))) for sl in _slices(len(split), part_rows)]
+
+
+def _slices(n: int, part_rows: int) -> list[slice]:
+    from recdistill.cluster.soft_labels import part_slices
+    return part_slices(n, part_rows)
+
+
+def _part(split: Any, i: int, part_rows: int) -> Any:
+    """Part ``i`` of a split as an ExampleTable."""
+    from recdistill.data.file_stream import FileStream
+    if isinstance(split, FileStream):
+        return split.block(i)
+    sl = _slices(len(split), part_rows)[i]
+    return split.take(np.arange(sl.start, sl.stop)).to_table()
+
+
 def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = "",
         progress: bool = True, after_part: Callable[[str, int], None] | None = None,
         dataset: Dataset | None = None, verbose: bool = False) -> dict[str, Any]:
@@ -85,8 +108,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
 
     from recdistill.cluster.codec import decode, encode
     from recdistill.cluster.committee import Committee
-    from recdistill.cluster.soft_labels import (SPLITS, Manifest, labels_table, part_slices,
-                                                write_part)
+    from recdistill.cluster.soft_labels import SPLITS, Manifest, labels_table, write_part
     from recdistill.cluster.teachers import ensure_teacher, match_teacher
     from recdistill.jobs.train_teacher import run as train_teacher
     t0 = time.perf_counter()
@@ -125,15 +147,14 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
             m = Manifest(**want, features=features, keys=list(tinfo["keys"]),
                          parameters=int(tinfo["parameters"]), parts={})
             m.save(root)
-        todo = [(s, i, sl) for s in SPLITS
-                for i, sl in enumerate(part_slices(len(data.split(s)), part_rows))]
+        todo = [(s, i, rows) for s in SPLITS for i, rows in enumerate(_part_rows(
+            data.split(s), part_rows))]
         left = [t for t in todo if not m.done(t[0], t[1])]
-        bar = tqdm(total=sum(sl.stop - sl.start for _, _, sl in todo), unit="row",
+        bar = tqdm(total=sum(rows for _, _, rows in todo), unit="row",
                    desc="precompute", disable=None if progress else True,
-                   initial=sum(sl.stop - sl.start for s, i, sl in todo if m.done(s, i)))
-        for split, i, sl in left:
-            part = data.split(split).take(np.arange(sl.start, sl.stop)).to_table()
-            ref = ray.put(part)
+                   initial=sum(rows for s, i, rows in todo if m.done(s, i)))
+        for split, i, _ in left:
+            ref = ray.put(_part(data.split(split), i, part_rows))
             # every rank of every member labels its share of the part, side by side
             calls = [[t.label_rows.remote(ref) for t in g.actors] for g in labels.members]
             per = []
@@ -151,9 +172,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
                 logits = encode(torch.stack(decoded).mean(dim=0), dtype)
                 members = {name: p[1] for name, p in zip(committee, per)}
             table = labels_table(ids, m.version, logits, feats, members)
-            files = write_part(root, split, i, table)
-            m.parts[f"{split}/{i:05d}"] = {"rows": len(first), "files": files}
-            m.save(root)
+            # the part on disk is the record (no manifest rewrite per part)
+            m.parts[f"{split}/{i:05d}"] = write_part(root, split, i, table)
             bar.update(len(first))
             if after_part is not None:
                 after_part(split, i)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from recdistill.cluster.config import RunOptions
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
-from recdistill.cluster.soft_labels import SPLITS, Manifest, read_split
+from recdistill.cluster.soft_labels import SPLITS, Manifest, SplitLabels, read_split
 from testkit import N, online_setup
 
 
@@ -25,6 +26,8 @@ def test_precompute_resumes_to_the_same_output(ray_cluster, tmp_path: Path) -> N
     assert whole["complete"] and len(whole["parts"]) == 3 * 4  # 640 rows: 200+200+200+40
 
     def stop_after_five(split: str, part: int) -> None:
+        # the manifest on disk is the one written at the start: parts are their own record
+        assert json.loads((tmp_path / "broken" / "manifest.json").read_text())["parts"] == {}
         if len(Manifest.load(tmp_path / "broken").parts) == 5:
             # die with the next part half-written: Ray Data's files, no rename, no manifest
             (tmp_path / "broken" / "valid" / "part-00002.partial").mkdir(parents=True)
@@ -52,6 +55,23 @@ def test_precompute_resumes_to_the_same_output(ray_cluster, tmp_path: Path) -> N
         assert a.logits.dtype == np.float16 and a.features["last_hidden"].shape == (N, 16)
         np.testing.assert_array_equal(a.features["last_hidden"], b.features["last_hidden"])
     assert set(np.unique(a.versions)) == {5}  # the checkpoint's step
+    # A reader holding at most 250 rows of parts (train: 4 parts, ids 0..199, ...) finds
+    # each id's part by its range: the same labels as the whole split, in any order.
+    m, train = Manifest.load(tmp_path / "whole"), read_split(tmp_path / "whole", "train")
+    by_part = SplitLabels(m, str(tmp_path / "whole"), "train", ("last_hidden",), 250)
+    ids = np.random.default_rng(0).permutation(train.ids)
+    got, pos = by_part.take(ids, "t"), train.rows(ids, "t")
+    np.testing.assert_array_equal(got.ids, ids)
+    np.testing.assert_array_equal(got.logits, train.logits[pos])
+    np.testing.assert_array_equal(got.features["last_hidden"], train.features["last_hidden"][pos])
+    assert sum(len(v.ids) for v in by_part._held.values()) == 240  # parts 3 and 4, not 640
+    # batches in id order (a streamed pass's chunks) read each part once
+    in_order = SplitLabels(m, str(tmp_path / "whole"), "train", (), 250)
+    for start in range(0, N, 100):
+        in_order.take(np.sort(train.ids)[start:start + 100], "t")
+    assert in_order.parts_read == 4
+    with pytest.raises(Exception, match=r"no soft label for example id\(s\) \[99999\]"):
+        in_order.take(np.array([99999]), "t")
 
 
 @pytest.mark.timeout(500)
