@@ -60,8 +60,10 @@ Suites:
           13 dense, 2 tasks; Parquet, one file per 250k rows) at each ``--ingest-sizes``
           train rows through the job (one pass, one teacher rank, one row-wise sharded
           ``pred_kd`` group of 2 replicas), train streamed, and the smallest also read
-          into memory; peak RSS per role and of the object store (``ingest.rss_ratio_*``,
-          ``ingest.throughput_ratio_*``, ``ingest.streamed_vs_in_memory``).
+          into memory; peak memory per role as Ray counts a worker's (RSS less shared
+          pages) and the object store's (``ingest.rss_ratio_*``; with shared pages,
+          ``ingest.rss_with_shared_ratio_*``), ``ingest.throughput_ratio_*``,
+          ``ingest.streamed_vs_in_memory``.
 
     python -m jobs.bench --suite pipeline [--repeats 3] [--passes 2]
     python -m jobs.bench --suite labelling [--repeats 3] [--passes 2] [--seeds 3]

@@ -115,7 +115,27 @@ def _tag(n: int) -> str:
     return f"1e{e}" if n == 10 ** e else str(n)
 
 
+def table(r: dict[str, Any]) -> str:
+    """The runs as the Markdown table README.md and BENCHMARKS.md show: examples/s, the
+    pass's wall time, and each role's peak memory as Ray counts a worker's (RSS less
+    shared pages), with the object store's peak."""
+    def mib(run: dict[str, Any], role: str) -> str:
+        v = run["peak_private"].get(role)
+        return "-" if v is None else f"{v / 2**20:,.0f} MiB"
+    lines = ["| train rows, read | examples/s | pass wall | test AUC (click) | driver | "
+             "teacher rank | student replica | Ray Data (largest) | object store peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, run in r["runs"].items():  # "<read>_<train rows>"
+        lines.append(
+            f"| {_tag(int(name.split('_')[1]))}, {run['read']} | {run['online_examples_per_s']:,.0f} | "
+            f"{run['train_wall_s']:.0f} s | {next(iter(run['test_auc'].values())):.4f} | "
+            + " | ".join(mib(run, k) for k in ("driver", "TeacherRank", "StudentReplica",
+                                              "ray_data", "object_store")) + " |")
+    return "\n".join(lines)
+
+
 def summary(r: dict[str, Any]) -> None:
+    print(table(r))
     for key, value in r.items():
         if key.startswith(("rss_ratio", "rss_with_shared_ratio")):
             print(f"{key}: " + ", ".join(f"{k} {v:.3f}x" for k, v in value.items()))
