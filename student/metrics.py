@@ -5,11 +5,13 @@ blocks (or of ranks) add up, and :meth:`MetricState.compute` gives the metrics o
 everything added. Nothing in it grows with rows.
 
 - logloss, normalised entropy (NE = logloss / entropy of the base rate, He et al. 2014)
-  and calibration (sum of predicted probabilities / number of positives) come from
-  TorchRec's own state functions (``get_ne_states``, ``compute_ne``,
-  ``get_calibration_states``), the sums its NE and calibration metrics keep. TorchRec
-  reports logloss in bits (log2); we report nats, the unit of
-  ``torch.nn.functional.binary_cross_entropy``.
+  and calibration (sum of predicted probabilities / number of positives) are the sums
+  TorchRec's NE and calibration metrics keep (its ``get_ne_states`` and
+  ``get_calibration_states``, written here in numpy: every student replica adds up its
+  blocks, and importing ``torchrec.metrics`` there cost each process ~1 s; tested
+  equal), computed by TorchRec's ``compute_ne``, ``compute_logloss`` and
+  ``compute_calibration`` where the states meet. TorchRec reports logloss in bits (log2);
+  we report nats, the unit of ``torch.nn.functional.binary_cross_entropy``.
 - AUC comes from a histogram of the logits in :data:`AUC_BINS` equal bins over
   [-:data:`LOGIT_RANGE`, +:data:`LOGIT_RANGE`] (outside values fall in the end bins),
   positives and negatives counted per bin. A pair of a positive and a negative in
@@ -28,8 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchrec.metrics.calibration import compute_calibration, get_calibration_states
-from torchrec.metrics.ne import compute_logloss, compute_ne, get_ne_states
 
 AUC_BINS = 1 << 17
 LOGIT_RANGE = 16.0
@@ -76,21 +76,20 @@ class MetricState:
         """Add a block: ``logits`` [B, T] pre-sigmoid scores, ``labels`` [B, T] 0/1."""
         x, y = _f64(logits), _f64(labels)
         t = len(self.tasks)
-        if x.shape != y.shape or x.dim() != 2 or x.shape[1] != t:
+        if x.shape != y.shape or x.ndim != 2 or x.shape[1] != t:
             raise ValueError(f"logits {tuple(x.shape)} and labels {tuple(y.shape)} "
                              f"must both be [N, {t}]")
         if not len(x):
             return
-        # [T, B], as TorchRec's state functions take them
-        p, y, w = torch.sigmoid(x).T.contiguous(), y.T.contiguous(), torch.ones_like(x.T)
-        ne = get_ne_states(y, p, w, _ETA)
-        cal = get_calibration_states(y, p, w)
-        self.sums += torch.stack([ne["cross_entropy_sum"], ne["weighted_num_samples"],
-                                  ne["pos_labels"], ne["neg_labels"],
-                                  next(iter(cal.values()))], dim=1).numpy()
-        scaled = (x.T.numpy() + LOGIT_RANGE) * (AUC_BINS / (2 * LOGIT_RANGE))
+        x, y = x.T, y.T  # [T, B]
+        p = 1.0 / (1.0 + np.exp(-x))
+        q = np.clip(p, _ETA, 1 - _ETA)  # TorchRec's cross entropy, in bits
+        ce = -y * np.log2(q) - (1.0 - y) * np.log2(1.0 - q)
+        self.sums += np.stack([ce.sum(1), np.full(t, x.shape[1], np.float64), y.sum(1),
+                               (1.0 - y).sum(1), p.sum(1)], axis=1)
+        scaled = (x + LOGIT_RANGE) * (AUC_BINS / (2 * LOGIT_RANGE))
         bins = np.clip(scaled, 0, AUC_BINS - 1).astype(np.int64)
-        positive = y.numpy() > 0.5
+        positive = y > 0.5
         for i in range(t):
             self.pos[i] += np.bincount(bins[i][positive[i]], minlength=AUC_BINS)
             self.neg[i] += np.bincount(bins[i][~positive[i]], minlength=AUC_BINS)
@@ -107,6 +106,8 @@ class MetricState:
     def compute(self) -> Metrics:
         """task -> {"auc", "auc_bound", "logloss" (nats), "ne", "calibration",
         "positive_rate", "n"}."""
+        from torchrec.metrics.calibration import compute_calibration
+        from torchrec.metrics.ne import compute_logloss, compute_ne
         if self.n == 0:
             raise ValueError("no examples to evaluate")
         s = torch.from_numpy(self.sums.copy())
@@ -123,11 +124,11 @@ class MetricState:
         return out
 
 
-def _f64(a: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A float64 copy (arrays from the object store are read-only)."""
+def _f64(a: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy."""
     if isinstance(a, torch.Tensor):
-        return a.detach().cpu().double()
-    return torch.from_numpy(np.array(a, np.float64))
+        return a.detach().cpu().double().numpy()
+    return np.array(a, np.float64)
 
 
 def _histogram_auc(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:

@@ -62,3 +62,24 @@ def test_streamed_auc_is_within_its_bound_of_the_exact_auc(shape: str) -> None:
         assert m[task]["auc_bound"] <= bound + 1e-12
         if shape == "one_bin":
             assert m[task]["auc"] == 0.5
+
+
+def test_the_state_holds_torchrecs_sums() -> None:
+    """The NE and calibration sums a block adds (numpy, in every replica) are TorchRec's
+    ``get_ne_states`` / ``get_calibration_states`` of the same scores."""
+    import numpy as np
+    from torchrec.metrics.calibration import get_calibration_states
+    from torchrec.metrics.ne import get_ne_states
+
+    from recdistill.student.metrics import MetricState
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(999, 2)) * 4
+    y = (rng.random((999, 2)) < 0.3).astype(np.float64)
+    s = MetricState.of(x, y, ["a", "b"]).sums
+    p, t = torch.sigmoid(torch.tensor(x.T)), torch.tensor(y.T)
+    cal = get_calibration_states(t, p, torch.ones_like(p))  # before NE clamps p in place
+    ne = get_ne_states(t, p, torch.ones_like(p), 1e-12)
+    want = torch.stack([ne["cross_entropy_sum"], ne["weighted_num_samples"],
+                        ne["pos_labels"], ne["neg_labels"],
+                        next(iter(cal.values()))], dim=1).numpy()
+    np.testing.assert_allclose(s, want, rtol=1e-12)
