@@ -112,11 +112,15 @@ def _split_masks(user: np.ndarray, ts: np.ndarray, split: str, seed: int
     return which == 0, which == 1, which == 2
 
 
+HASH_SPACE = 16  # movielens-hashed: buckets per distinct value, at least
+
+
 def _hashed(values: list[str]) -> tuple[np.ndarray, int]:
     """(id -> hashed id, the table's rows) for a feature whose ids 1..V stand for
     ``values`` (id 0, unknown, stays 0): ``data.ids``' hash rule into the smallest power
-    of two of at least 4 V buckets, as a user would size a hash space for V values."""
-    buckets = 1 << max(3, (4 * len(values) - 1).bit_length())
+    of two of at least ``HASH_SPACE`` V buckets, as a user would size a hash space for
+    V values."""
+    buckets = 1 << max(3, (HASH_SPACE * len(values) - 1).bit_length())
     rule = IdRule("hash", buckets=buckets)
     return (np.concatenate([[OOV_ID], hash_ids(as_text(np.array(values, object)),
                                                  buckets)]), cardinality(rule, None))
@@ -133,8 +137,8 @@ def load_movielens(split: str = "user_time", seed: int = 0,
         seed: seed of the ``random`` split.
         path: folder holding ``ml-100k.{inter,user,item}``; defaults to recbole's copy.
         ids: ``vocab`` (each feature's values numbered 1..V) or ``hash`` (each value's
-            text hashed as a dataset TOML's ``ids = "hash"`` does, into 4 V buckets or
-            more: the hashing path on a known dataset, collisions included).
+            text hashed as a dataset TOML's ``ids = "hash"`` does, into ``HASH_SPACE`` V
+            buckets or more: the hashing path on a known dataset, collisions included).
     """
     if split not in SPLITS:
         raise DataError(f"unknown MovieLens split {split!r}; expected one of {SPLITS}")
