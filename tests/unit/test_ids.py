@@ -283,3 +283,23 @@ def test_a_streamed_splits_statistics_are_counted_once_per_version_of_its_files(
     third = load_tabular(toml, read="stream")
     assert len(passes) == 2 and len(third.train) == 400 - 134 + 100
     assert len(list((tmp_path / CACHE_DIR).iterdir())) == 2
+
+
+def test_precompute_labels_a_streamed_split_chunk_by_chunk(tmp_path: Path) -> None:
+    """``jobs.precompute``'s parts: an in-memory split in ``part_rows`` slices, a
+    streamed split one chunk (row group) at a time, together every row once."""
+    from recdistill.jobs.precompute import _part, _part_rows
+    frames = make_frames(n=400, seed=11)
+    toml = _many_files(tmp_path, frames, files=3)
+    streamed, whole = load_tabular(toml, read="stream"), load_tabular(toml, read="memory")
+    assert _part_rows(streamed.train, 150) == [134, 133, 133]  # one row group per file
+    assert _part_rows(whole.train, 150) == [150, 150, 100]
+    for split, first in (("train", 0), ("valid", 400), ("test", 500)):
+        got = [_part(streamed.split(split), i, 150)
+               for i in range(len(_part_rows(streamed.split(split), 150)))]
+        ids = np.concatenate([g.ids for g in got])
+        np.testing.assert_array_equal(ids, whole.split(split).ids)
+        assert ids[0] == first
+        np.testing.assert_allclose(np.concatenate([g.dense for g in got]),
+                                   whole.split(split).dense, atol=1e-5)
+    np.testing.assert_array_equal(_part(whole.train, 2, 150).ids, np.arange(300, 400))
