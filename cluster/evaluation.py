@@ -51,13 +51,12 @@ def evaluate_teacher(executor: Executor, split_ref: Any, n_blocks: int, batch_si
             labels, logits = source.evaluate_members(split_ref, b, batch_size)
             combined.update(np.mean(np.stack([np.asarray(v, np.float32)
                                               for v in logits.values()]), axis=0), labels)
-            for name, v in logits.items():
-                members.setdefault(name, MetricState.empty(tasks)).update(v, labels)
+            if len(logits) > 1:  # a committee: each member's own metrics too
+                for name, v in logits.items():
+                    members.setdefault(name, MetricState.empty(tasks)).update(v, labels)
         return combined, members
 
     combined, members = executor.on_labels(score)
-    if len(members) == 1:
-        return combined.compute(), {}
     return combined.compute(), {name: m.compute() for name, m in members.items()}
 
 

@@ -210,12 +210,6 @@ class LabelGroup:
         call = self.pending.popleft()
         return LabelResult.from_ids(ray.get([rank.ids for rank in call]), call)
 
-    def evaluate(self, split_ref: Any, block: int, batch_size: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher (logits, labels) of one block of a split; every rank takes part."""
-        return ray.get([t.evaluate.remote(split_ref, block, batch_size)
-                        for t in self.actors], timeout=CALL_TIMEOUT_S)[0]
-
     def reload(self, checkpoint: str) -> int:
         """Every rank loads another version of the same teacher; returns it."""
         versions = ray.get([t.reload.remote(checkpoint) for t in self.actors],

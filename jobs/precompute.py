@@ -79,12 +79,8 @@ def _part_rows(split: Any, part_rows: int) -> list[int]:
     from recdistill.data.file_stream import FileStream
     if isinstance(split, FileStream):
         return [c.rows for c in split.chunks]
-    return [len(range(*sl.indices(len(split)))) for sl in _slices(len(split), part_rows)]
-
-
-def _slices(n: int, part_rows: int) -> list[slice]:
     from recdistill.cluster.soft_labels import part_slices
-    return part_slices(n, part_rows)
+    return [sl.stop - sl.start for sl in part_slices(len(split), part_rows)]
 
 
 def _part(split: Any, i: int, part_rows: int) -> Any:
@@ -92,7 +88,8 @@ def _part(split: Any, i: int, part_rows: int) -> Any:
     from recdistill.data.file_stream import FileStream
     if isinstance(split, FileStream):
         return split.block(i)
-    sl = _slices(len(split), part_rows)[i]
+    from recdistill.cluster.soft_labels import part_slices
+    sl = part_slices(len(split), part_rows)[i]
     return split.take(np.arange(sl.start, sl.stop)).to_table()
 
 
