@@ -171,15 +171,15 @@ class Committee:
             return results[0]
         lead = results[0]
         batches = []
-        for i, (ids, refs) in enumerate(lead.batches):
+        for n, (rank, i, ids, refs) in enumerate(lead.batches):
             joined = list(refs)
             for name, r in zip(self.names[1:], results[1:]):
-                other_ids, other_refs = r.batches[i]
+                other_ids, other_refs = r.batches[n][2:]
                 if not np.array_equal(other_ids, ids):  # the fan-in join, by example id
                     raise RuntimeError(f"committee member {name} labelled other examples "
-                                       f"than the lead in batch {i} of a labelling call")
+                                       f"than the lead in batch {n} of a labelling call")
                 joined += other_refs
-            batches.append((ids, tuple(joined)))
+            batches.append((rank, i, ids, tuple(joined)))
         return LabelResult(batches, lead.ended)
 
     def evaluate_members(self, split_ref: Any, block: int, batch_size: int

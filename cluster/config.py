@@ -29,7 +29,7 @@ class RunOptions:
         soft_labels: train from a directory of precomputed soft labels
             (``jobs.precompute``): its readers replace the live teacher ranks.
         state_dir: where the driver checkpoints the run (every group's state, the
-            example ids each group trained in the current pass, curves); "" for none.
+            batches each group trained in the current pass, curves); "" for none.
         checkpoint_every: a driver checkpoint every this many labelling calls, and at
             each pass end (0: at pass ends only).
         resume: continue from ``state_dir``'s checkpoint (after the driver died).

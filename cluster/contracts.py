@@ -61,12 +61,18 @@ LabelCall = tuple[RankCall, ...]  # one labelling call: the same call on every r
 
 @dataclass(frozen=True)
 class LabelResult:
-    """One labelling call of the K ranks, fetched: ``(ids, refs)`` in production order
-    (batch i of every rank, then batch i + 1), ``refs`` one per committee member (the
-    lead's first; one for a single teacher), and whether the pass ended in it."""
+    """One labelling call of the K ranks, fetched: ``(rank, i, ids, refs)`` in
+    production order (batch i of the call from every rank, then batch i + 1), ``refs``
+    one per committee member (the lead's first; one for a single teacher), and whether
+    the pass ended in it."""
 
-    batches: list[tuple[np.ndarray, tuple[Any, ...]]]
+    batches: list[tuple[int, int, np.ndarray, tuple[Any, ...]]]
     ended: bool
+
+    @property
+    def per_rank(self) -> int:
+        """Batches each rank labelled in the call (the ranks run in lockstep)."""
+        return max((i + 1 for _, i, _, _ in self.batches), default=0)
 
     @classmethod
     def from_ids(cls, ids_lists: list[list[np.ndarray | None]], call: LabelCall
@@ -74,8 +80,10 @@ class LabelResult:
         """From each rank's ``label_many`` ids list and its call's refs."""
         if len({tuple(ids is None for ids in rank_ids) for rank_ids in ids_lists}) > 1:
             raise RuntimeError("label-group ranks ran out of data unevenly")
-        batches = [(rank_ids[i], (rank.batches[i],)) for i in range(len(ids_lists[0]))
-                   for rank_ids, rank in zip(ids_lists, call) if rank_ids[i] is not None]
+        batches = [(k, i, rank_ids[i], (rank.batches[i],))
+                   for i in range(len(ids_lists[0]))
+                   for k, (rank_ids, rank) in enumerate(zip(ids_lists, call))
+                   if rank_ids[i] is not None]
         return cls(batches, ids_lists[0][-1] is None)
 
 

@@ -14,11 +14,10 @@ Each turn of the pass loop (:meth:`Controller.turn`) runs its phases in order:
    ledgers; what the policy decides about them, the executor carries out;
 
 then the gauges are sampled. A pass ends when it is labelled and every group has
-trained it; then the groups are evaluated, keep their best states, the KD guard decides,
-groups out of patience stop, and the driver checkpoints. What the loop knows lives in
-cluster/state.py; every call that can lose an actor goes through the executor
-(cluster/recovery.py). The actor groups, the label source and the Ray calls around them
-(:class:`Runtime`) are passed in: tests run the whole loop in-process on fakes.
+trained it; then groups are evaluated, keep their best states, the KD guard decides,
+groups out of patience stop, and the driver checkpoints. State: cluster/state.py; calls
+that can lose an actor: the executor (cluster/recovery.py). Actors and Ray calls
+(:class:`Runtime`) are passed in: tests run the loop in-process on fakes.
 """
 
 from __future__ import annotations
@@ -51,10 +50,9 @@ class Controller:
         labels: the label source's actors.
         groups: each student group's actors, by name.
         runtime: waits, pass shares, evaluation tables.
-        hooks: see :class:`Hooks`.
-        progress: what is shown (default: nothing).
+        hooks: see :class:`Hooks`; progress: what is shown (default: nothing).
         newest_teacher: the checkpoint version a refresh loads (default: the one
-            loaded, so a refresh loads nothing).
+            loaded: a refresh loads nothing).
     """
 
     def __init__(self, cfg: DistillConfig, tasks: tuple[str, ...], options: RunOptions,
@@ -65,7 +63,8 @@ class Controller:
         self.runtime = runtime
         self.progress = progress or Progress()
         self.newest_teacher = newest_teacher or (lambda: self.labels.source.source)
-        self.stream = SoftLabelStream(list(groups), cfg.stream.max_inflight)
+        self.stream = SoftLabelStream(list(groups), cfg.stream.max_inflight,
+                                      -(-cfg.label_rows // cfg.teacher_group.batch_size))
         self.groups = {n: GroupState(a, self.stream.ledgers[n],
                                      SnapshotSchedule(a.cfg.snapshot_every))
                        for n, a in groups.items()}
@@ -102,8 +101,7 @@ class Controller:
         return first
 
     @property
-    def training(self) -> dict[str, GroupState]:
-        """The groups that have not stopped (``GroupConfig.patience``)."""
+    def training(self) -> dict[str, GroupState]:  # not stopped (GroupConfig.patience)
         return {n: g for n, g in self.groups.items() if not g.stopped_after}
 
     def run_passes(self, first: int) -> None:
@@ -140,7 +138,7 @@ class Controller:
         valid = self.evaluate("valid", "evaluate valid", names=list(training))
         for name, g in training.items():
             if g.history.record(p + 1, valid[name], g.ledger.stats.end_pass(),
-                                len(g.ledger.trained_ids(p)), self.tasks[0]):
+                                g.ledger.books(p).examples, self.tasks[0]):
                 self.executor.on_group(name, lambda a: a.keep_best())
         if self.cfg.kd_guard:
             kd_guard(self.executor, self.teacher_valid, p + 1, self.progress.write)
@@ -153,7 +151,7 @@ class Controller:
         self.checkpoints.write(self.executor, p, pass_done=True)
         self.progress.pass_end(p + 1, self.cfg.passes, time.perf_counter() - t_pass,
                                self.stream.ledgers, valid, self.teacher_valid,
-                               {n: len(g.ledger.trained_ids(p)) for n, g in training.items()})
+                               {n: g.ledger.books(p).examples for n, g in training.items()})
 
     # ------------------------------------------------------------------ one turn
     def turn(self) -> bool:
@@ -190,8 +188,7 @@ class Controller:
                 g.actors.submit(items, self.labels.version)
 
     def _wait(self) -> set[Any] | None:
-        """The refs done (waiting up to ``WAIT_S`` for one); None when the pass is
-        complete."""
+        """The refs done (waiting up to ``WAIT_S`` for one); None: the pass is complete."""
         waiting = [ref for g in self.groups.values() for call in g.actors.calls
                    for ref in call.refs] + self.labels.source.pending_refs()
         if not waiting:
@@ -220,9 +217,11 @@ class Controller:
             # The next pass's input starts once this pass's has yielded (its first call
             # is back), never beside it: two passes' shuffles would share the CPUs.
             self.executor.on_labels(lambda _: self._hand(ps.index + 1))
-        for ids, refs in result.batches:
+        first = self.labels.next_seq[ps.index]
+        for rank, i, ids, refs in result.batches:
             self.stream.publish_slices(refs, ids, self.cfg.teacher_group.batch_size,
-                                       self.labels.version, ps.index)
+                                       self.labels.version, ps.index, rank, first + i)
+        self.labels.next_seq[ps.index] = first + result.per_rank
         if self.checkpoints.calls.tick() and result.batches:
             self.checkpoints.write(self.executor, ps.index, pass_done=False)
 
@@ -244,9 +243,8 @@ class Controller:
         return self.labels.current
 
     def _start_pass(self) -> None:
-        """Hand the label ranks the current pass, unless they have it; with
-        ``teacher_group.prefetch`` the next pass follows once this one's first
-        labelling call is back (:meth:`_collect_labels`)."""
+        """Hand the label ranks the current pass unless they have it (with ``prefetch``
+        the next follows once this one's first call is back: :meth:`_collect_labels`)."""
         self._hand(self._pass.index)
         self._pass.labels_done = False
 
@@ -261,12 +259,14 @@ class Controller:
         if self.labels.handed[1] != src.generation:
             self.labels.handed = (-1, src.generation)
         if self.labels.handed[0] < index < self.cfg.passes:
-            src.start_pass(self.runtime.shards(index, src.ranks), index)
-            self.labels.handed = (index, src.generation)
+            # a replay starts after the batches every group trained (resume skips by seq)
+            skip = self.stream.skip(index, src.ranks) if self.runtime.skips else 0
+            shards = self.runtime.shards(index, src.ranks, skip * self.cfg.label_rows)
+            src.start_pass(shards, index)
+            self.labels.handed, self.labels.next_seq[index] = (index, src.generation), skip
 
     def _refresh(self) -> None:
-        """Load a newer teacher version if the checkpoint root has one (between
-        batches: no labelling call is in flight here)."""
+        """Load a newer teacher version if there is one (no labelling call in flight)."""
         path = self.newest_teacher()
         if path == self.labels.source.source:
             return
@@ -285,8 +285,7 @@ class Controller:
         if self.hooks.after_ack is not None:
             self.hooks.after_ack(name, acked)
 
-    def phase(self, name: str) -> None:
-        """Phase ``name`` starts (``Hooks.on_phase``)."""
+    def phase(self, name: str) -> None:  # Hooks.on_phase
         if self.hooks.on_phase is not None:
             self.hooks.on_phase(name)
 

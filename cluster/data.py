@@ -50,25 +50,58 @@ def to_ray_dataset(table: ExampleTable) -> ray.data.Dataset:
     return ray.data.from_arrow(to_arrow(table))
 
 
-class _Chunks:
-    """Ray Data map: chunk indices -> the chunks' rows (in the pass's order)."""
+class _Pieces:
+    """Ray Data map: pieces ``(chunk, lo, hi)`` -> rows ``[lo, hi)`` of each chunk in the
+    pass's order of its rows."""
 
     def __init__(self, stream: Streamed, seed: int) -> None:
         self.stream, self.seed = stream, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return pa.concat_tables([to_arrow(self.stream.chunk(int(c), self.seed))
-                                 for c in batch["id"]])
+        return pa.concat_tables([to_arrow(self.stream.chunk(int(c), self.seed)).slice(
+            int(lo), int(hi - lo)) for c, lo, hi in zip(batch["c"], batch["lo"], batch["hi"])])
+
+
+def share_pieces(sizes: list[int], seed: int, start: int, stop: int
+                 ) -> list[tuple[int, int, int]]:
+    """Rows ``[start, stop)`` of a streamed pass as ``(chunk, lo, hi)`` pieces: the
+    pass reads the chunks in an order drawn from ``seed`` (``sizes``: each chunk's
+    rows)."""
+    pieces, pos = [], 0
+    for c in np.random.default_rng(seed).permutation(len(sizes)).tolist():
+        lo, hi = max(start - pos, 0), min(stop - pos, sizes[c])
+        if lo < hi:
+            pieces.append((c, lo, hi))
+        pos += sizes[c]
+        if pos >= stop:
+            break
+    return pieces
+
+
+def share_dataset(train: Streamed, seed: int, start: int, stop: int, readers: int = 2
+                  ) -> ray.data.Dataset:
+    """Rows ``[start, stop)`` of the streamed pass ``seed`` (:func:`share_pieces`), each
+    chunk's rows shuffled as it is made (a two-level shuffle holding one chunk per task,
+    not the whole dataset), by at most ``readers`` tasks at once. (Ray Data's default
+    runs as many as there are CPUs, each a worker process importing the data layer
+    first: on a small machine the first pass waited ~40 s for ten of them to start; a
+    reader makes ~1e5 rows/s, more than a teacher rank labels.)"""
+    pieces = share_pieces(train.chunk_sizes, seed, start, stop)
+    items = [{"c": c, "lo": lo, "hi": hi} for c, lo, hi in pieces]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        _Pieces(train, seed), batch_size=1, batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=readers))
 
 
 def train_dataset(train: ExampleTable | Streamed, read_ahead_mib: int = 768
-                  ) -> ray.data.Dataset:
+                  ) -> ray.data.Dataset | None:
     """The training rows as a Ray Dataset, made once per job: an in-memory table goes
     to the object store; a streamed one (:class:`SyntheticStream`, :class:`FileStream`)
-    is a dataset of chunk indices whose rows are made by the pass's read tasks, at most
-    ``read_ahead_mib`` of them in the object store ahead of the ranks. (Ray Data's
-    default is a share of the whole store: with readers faster than the teacher, a
-    pass of 1e7 rows filled 2.1 GiB of it where 1e6 rows peaked at 0.7.)"""
+    has none (None): each rank's share of a pass is a dataset of its own
+    (:func:`share_dataset`), its rows made by the pass's read tasks, at most
+    ``read_ahead_mib`` of them (over all ranks) in the object store ahead of the ranks.
+    (Ray Data's default is a share of the whole store: with readers faster than the
+    teacher, a pass of 1e7 rows filled 2.1 GiB of it where 1e6 rows peaked at 0.7.)"""
     # A pass's blocks are made by parallel tasks (the shuffle's reducers, the stream's
     # chunk generators); without preserve_order Ray Data yields them as they finish, and
     # the same seed gives another order of batches each run, so another student: a KD
@@ -80,25 +113,16 @@ def train_dataset(train: ExampleTable | Streamed, read_ahead_mib: int = 768
     # process, gets Ray Data's default back)
     options.resource_limits = ray.data.ExecutionResources.for_limits(
         object_store_memory=read_ahead_mib << 20 if isinstance(train, Streamed) else None)
-    if isinstance(train, Streamed):
-        n = train.n_chunks
-        return ray.data.range(n, override_num_blocks=n)
-    return to_ray_dataset(train)
+    return None if isinstance(train, Streamed) else to_ray_dataset(train)
 
 
-def pass_dataset(ds: ray.data.Dataset, train: ExampleTable | Streamed,
+def pass_dataset(ds: ray.data.Dataset | None, train: ExampleTable | Streamed,
                  seed: int, readers: int = 2) -> ray.data.Dataset:
-    """One pass's order of ``ds``: a full random shuffle of an in-memory table; for a
-    stream, the chunk order shuffled and each chunk's rows shuffled as it is made (a
-    two-level shuffle holding one chunk per task, not the whole dataset) by at most
-    ``readers`` tasks at once. (Ray Data's default runs as many as there are CPUs, each
-    a worker process importing the data layer first: on a small machine the first pass
-    waited ~40 s for ten of them to start; a reader makes ~1e5 rows/s, more than a
-    teacher rank labels.)"""
+    """One pass's order of the training rows: a full random shuffle of an in-memory
+    table (``ds``); a stream's whole pass (:func:`share_dataset`)."""
     if isinstance(train, Streamed):
-        return ds.randomize_block_order(seed=seed).map_batches(
-            _Chunks(train, seed), batch_size=1, batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=readers))
+        return share_dataset(train, seed, 0, len(train), readers)
+    assert ds is not None
     return ds.random_shuffle(seed=seed)
 
 
@@ -148,25 +172,35 @@ class RowShare:
         return (table.rows(a, b, keys) for table, a, b in self.ranges(batch_size))
 
 
-def pass_shards(ds: ray.data.Dataset, train: ExampleTable | Streamed, seed: int,
-                pass_index: int, k: int, split: str = "rows"
-                ) -> list[ray.data.DataIterator | RowShare]:
-    """Pass ``pass_index``'s order of ``ds`` split into ``k`` equal shares, one per
-    label-group rank (equal, so the ranks make the same number of forwards). Returns at
-    once: the pass's shuffle runs while the ranks get to it.
+def pass_shards(ds: ray.data.Dataset | None, train: ExampleTable | Streamed, seed: int,
+                pass_index: int, k: int, split: str = "rows", skip_rows: int = 0
+                ) -> list[ray.data.Dataset | ray.data.DataIterator | RowShare]:
+    """Pass ``pass_index``'s order of the training rows split into ``k`` equal shares,
+    one per label-group rank (equal, so the ranks make the same number of forwards):
+    rank r reads rows ``[r*m, (r+1)*m)`` of the pass's order, m = n // k. The seed fixes
+    every share, so a pass read again gives each rank the same batches (what the books
+    count, ``cluster/watermark.py``). Returns at once: the pass's shuffle runs while the
+    ranks get to it.
 
     ``split``: ``rows`` gives an in-memory table's ranks :class:`RowShare` s (the same
     rows and batches as ``stream``; one shuffle task per pass, no coordinator actor);
-    ``stream``, and always for streamed rows (a pass too large to hold, its rows made
-    by the pass's tasks), Ray Data's ``streaming_split``."""
+    ``stream``, Ray Data's ``streaming_split`` of it. Streamed rows (a pass too large to
+    hold) give each rank a dataset of its rows (:func:`share_dataset`). ``skip_rows``:
+    each share starts that many rows in (a replay after batches every group trained;
+    not with ``stream``, :attr:`RayRuntime.skips`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    pass_ds = pass_dataset(ds, train, pass_seed(seed, pass_index), readers=max(2, k))
-    if split == "stream" or isinstance(train, Streamed):
-        return pass_ds.streaming_split(k, equal=True)
-    table = _shuffled_task.remote(pass_ds)
-    m = len(train) // k
-    return [RowShare(table, r * m, (r + 1) * m) for r in range(k)]
+    seed, m = pass_seed(seed, pass_index), len(train) // k
+    if isinstance(train, Streamed):
+        return [share_dataset(train, seed, r * m + skip_rows, (r + 1) * m,
+                              readers=max(1, 2 // k)) for r in range(k)]
+    assert ds is not None
+    if split == "stream":
+        if skip_rows:
+            raise ValueError("split = 'stream' reads every pass from its start")
+        return pass_dataset(ds, train, seed, readers=max(2, k)).streaming_split(k, equal=True)
+    table = _shuffled_task.remote(pass_dataset(ds, train, seed))
+    return [RowShare(table, r * m + skip_rows, (r + 1) * m) for r in range(k)]
 
 
 def _fixed_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
@@ -227,7 +261,7 @@ class RayRuntime:
                  ) -> None:
         self.data, self.seed, self.split = data, seed, split
         self.read_ahead_mib = read_ahead_mib
-        self._train: ray.data.Dataset | None = None
+        self._train: ray.data.Dataset | None = None  # None: not made, or streamed
         self._tables: dict[str, Any] = {}
 
     def wait(self, refs: list[Any], timeout: float) -> set[Any]:
@@ -239,11 +273,16 @@ class RayRuntime:
         if refs:
             ray.wait(refs, num_returns=len(refs), timeout=timeout)
 
-    def shards(self, pass_index: int, ranks: int) -> list[Any]:
-        if self._train is None:
-            self._train = train_dataset(self.data.train, self.read_ahead_mib)
+    @property
+    def skips(self) -> bool:
+        """Whether a pass's shares can start past their first rows (``shards``)."""
+        return self.split == "rows" or isinstance(self.data.train, Streamed)
+
+    def shards(self, pass_index: int, ranks: int, skip_rows: int = 0) -> list[Any]:
+        if self._train is None:  # the ranks' read-ahead together: the configured one
+            self._train = train_dataset(self.data.train, self.read_ahead_mib // ranks)
         return pass_shards(self._train, self.data.train, self.seed, pass_index, ranks,
-                           self.split)
+                           self.split, skip_rows)
 
     def table(self, split: str) -> Any:
         if split not in self._tables:

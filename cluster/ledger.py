@@ -2,8 +2,9 @@
 
 One :class:`GroupLedger` per group holds the batches queued for it, delivered to its
 replicas, trained (acknowledged), re-delivered, dropped as duplicates and given back to
-be labelled again; the example ids it trained in each pass; what it trained per teacher
-version; and what it trained since its last snapshot. Every count the report shows is
+be labelled again; the batches it trained in each pass (per-rank watermarks,
+``cluster/watermark.py``: memory that does not grow with rows); what it trained per
+teacher version; and what it trained since its last snapshot. Every count the report shows is
 derived from these (there is no second count to drift from them).
 
 What a finished training call did comes from ``cluster/settlement.py``'s :func:`settle`;
@@ -15,11 +16,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from recdistill.cluster.contracts import StepResult
 from recdistill.cluster.idset import IdSet
 from recdistill.cluster.settlement import Settlement, StreamItem
+from recdistill.cluster.watermark import PassBooks
 
 
 @dataclass
@@ -68,7 +68,10 @@ class GroupLedger:
 
     queue: deque[StreamItem] = field(default_factory=deque)
     in_flight: dict[int, StreamItem] = field(default_factory=dict)
-    trained: dict[int, IdSet] = field(default_factory=dict)  # pass -> example ids
+    trained: dict[int, PassBooks] = field(default_factory=dict)  # pass -> its batches
+    # pass -> every example id trained (SoftLabelStream's audit: a check of the books by
+    # example that the tests turn on; None: off)
+    audit: dict[int, IdSet] | None = None
     # version -> what was trained from it (a resumed run: since the run's start)
     by_version: dict[int, VersionCount] = field(default_factory=dict)
     at_resume: VersionCount = field(default_factory=VersionCount)
@@ -109,10 +112,10 @@ class GroupLedger:
 
     @property
     def examples_by_pass(self) -> dict[int, int]:
-        return {p: len(ids) for p, ids in self.trained.items()}
+        return {p: books.examples for p, books in self.trained.items()}
 
-    def trained_ids(self, pass_index: int) -> IdSet:
-        return self.trained.get(pass_index, IdSet())
+    def books(self, pass_index: int) -> PassBooks:
+        return self.trained.get(pass_index) or PassBooks()
 
     # ---------------------------------------------------------------- delivery
     def enqueue(self, item: StreamItem) -> None:
@@ -123,16 +126,9 @@ class GroupLedger:
         """The next batch to deliver, skipping duplicates; None if none is queued."""
         while self.queue:
             item = self.queue.popleft()
-            seen = self.trained.get(item.pass_index)
-            if seen is not None:
-                have = seen.contains(item.ids)
-                if have.all():
-                    self.duplicates_dropped += 1
-                    continue
-                if have.any():  # a resumed pass: this group trained some rows already
-                    keep = ~have
-                    rows = np.flatnonzero(keep) if item.rows is None else item.rows[keep]
-                    item = replace(item, ids=item.ids[keep], rows=rows)
+            if item.key in self.books(item.pass_index):  # a replayed or resumed pass
+                self.duplicates_dropped += 1
+                continue
             self.in_flight[item.seq] = item
             self.delivered += 1
             return item
@@ -155,11 +151,17 @@ class GroupLedger:
         """The group took an optimizer step on ``item`` (``step``: replica 0's result).
         Training an example twice in a pass is a bug, and fails here."""
         self.in_flight.pop(item.seq)
-        seen = self.trained.setdefault(item.pass_index, IdSet())
-        if seen.contains(item.ids).any():
-            raise RuntimeError(f"batch {item.seq}: examples trained twice in pass "
-                               f"{item.pass_index + 1}")
-        seen.add(item.ids)
+        books = self.trained.setdefault(item.pass_index, PassBooks())
+        if item.key in books:
+            raise RuntimeError(f"batch {item.seq} (rank, seq {item.key}): trained twice "
+                               f"in pass {item.pass_index + 1}")
+        books.add(item.key, len(item.ids))
+        if self.audit is not None:
+            seen = self.audit.setdefault(item.pass_index, IdSet())
+            if seen.contains(item.ids).any():
+                raise RuntimeError(f"batch {item.seq}: examples trained twice in pass "
+                                   f"{item.pass_index + 1}")
+            seen.add(item.ids)
         count = self.by_version.setdefault(item.version, VersionCount())
         count.batches += 1
         count.examples += len(item.ids)
@@ -212,7 +214,9 @@ class GroupLedger:
             count = self.by_version[item.version]
             count.batches -= 1
             count.examples -= len(item.ids)
-            self.trained[item.pass_index].remove(item.ids)
+            self.trained[item.pass_index].remove(item.key, len(item.ids))
+            if self.audit is not None:
+                self.audit[item.pass_index].remove(item.ids)
             self.queue.appendleft(item)
             self.redelivered += 1
 
@@ -223,13 +227,12 @@ class GroupLedger:
 
     # ------------------------------------------------------------------ resume
     def restore(self, by_version: dict[int, VersionCount], pass_index: int | None = None,
-                ids: np.ndarray | None = None) -> None:
+                books: PassBooks | None = None) -> None:
         """The state of a driver checkpoint: ``by_version``, what the group trained in
-        the run so far; ``ids``, the rows it trained of ``pass_index``, the pass being
-        replayed (not delivered to it again)."""
+        the run so far; ``books``, the batches it trained of ``pass_index``, the pass
+        being replayed (not delivered to it again)."""
         self.by_version = {v: replace(c) for v, c in by_version.items()}
         self.at_resume = VersionCount(sum(c.batches for c in by_version.values()),
                                       sum(c.examples for c in by_version.values()))
-        if pass_index is not None and ids is not None:
-            self.trained[pass_index] = IdSet()
-            self.trained[pass_index].add(ids)
+        if pass_index is not None and books is not None:
+            self.trained[pass_index] = books.copy()

@@ -2,9 +2,10 @@
 
 One file, ``<state_dir>/driver_state.pt``, written atomically (a crash mid-write leaves
 the previous one) at pass ends and every ``checkpoint_every`` labelling calls. It
-holds every group's state (a plain group's replica 0's, or a sharded group's DCP directory), the example ids each group trained in the
-current pass, its history and its ledger's counts per teacher version, and the teacher
-version the run labels with. It loads with ``weights_only=True``: tensors and plain
+holds every group's state (a plain group's replica 0's, or a sharded group's DCP
+directory), the batches each group trained of the current pass (per-rank watermarks, a
+few ints: ``cluster/watermark.py``), its history and its ledger's counts per teacher
+version, and the teacher version the run labels with. It loads with ``weights_only=True``: tensors and plain
 types only, the history as JSON text.
 """
 
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from recdistill.cluster.contracts import DcpState, StateDict
@@ -24,10 +24,11 @@ from recdistill.cluster.ledger import VersionCount
 from recdistill.cluster.config import RunOptions
 from recdistill.cluster.recovery import Executor
 from recdistill.cluster.state import Every, GroupHistory, GroupState
+from recdistill.cluster.watermark import PassBooks
 from recdistill.teacher.checkpoint import CheckpointError
 
 STATE_FILE = "driver_state.pt"
-FORMAT = 3  # 3: a group's state is saved with its kind (a plain state dict or a DCP path)
+FORMAT = 4  # 4: a pass's books by batch (watermarks), not by example id
 
 
 @dataclass
@@ -35,7 +36,7 @@ class GroupCheckpoint:
     """One group in the driver checkpoint."""
 
     state: StateDict | DcpState
-    trained: np.ndarray  # int64 ids trained in the checkpoint's pass
+    trained: PassBooks  # the batches trained of the checkpoint's pass
     history: GroupHistory
     restarts: int
     restores: int
@@ -47,10 +48,10 @@ class GroupCheckpoint:
                 ) -> "GroupCheckpoint":
         """``g`` now, with ``state`` just read from its replicas."""
         # The state comes after the training calls queued to the group: it holds the
-        # ledger's ids plus those calls'.
-        trained = np.unique(np.concatenate(
-            [g.ledger.trained_ids(pass_index).to_array()]
-            + [item.ids for item in g.actors.in_flight()])).astype(np.int64)
+        # ledger's batches plus those calls'.
+        trained = g.ledger.books(pass_index).copy()
+        for item in g.actors.in_flight():
+            trained.add(item.key, len(item.ids))
         return cls(state, trained, g.history, g.actors.generation, g.restores,
                    g.ledger.by_version, g.stopped_after)
 
@@ -81,7 +82,7 @@ class RunCheckpoint:
         """The report's ``resumed``: the 1-based pass, and what each group had trained
         of it."""
         return {"pass": self.pass_index + 1, "pass_done": self.pass_done,
-                "trained_in_pass": {n: int(len(s.trained)) for n, s in self.groups.items()}}
+                "trained_in_pass": {n: s.trained.examples for n, s in self.groups.items()}}
 
     def save(self, path: Path) -> None:
         doc = {"format": FORMAT, "pass": self.pass_index, "pass_done": self.pass_done,
@@ -90,7 +91,7 @@ class RunCheckpoint:
                "groups": {name: {
                    "state_kind": "dcp" if isinstance(g.state, DcpState) else "dict",
                    "state": g.state.path if isinstance(g.state, DcpState) else g.state.state,
-                   "trained": torch.from_numpy(g.trained),
+                   "trained": json.dumps(g.trained.to_json()),
                    # plain JSON text: the file loads with weights_only=True
                    "history": json.dumps({
                        "curve": g.history.curve, "best_auc": g.history.best_auc,
@@ -127,7 +128,7 @@ class RunCheckpoint:
             kept = json.loads(d["history"])
             out[name] = GroupCheckpoint(
                 state=DcpState(d["state"]) if d["state_kind"] == "dcp"
-                else StateDict(d["state"]), trained=d["trained"].numpy(),
+                else StateDict(d["state"]), trained=PassBooks.from_json(json.loads(d["trained"])),
                 history=GroupHistory(kept["curve"], kept["best_auc"], kept["best_pass"]),
                 restarts=kept["restarts"], restores=kept["restores"],
                 by_version={int(v): VersionCount(*c) for v, c in kept["by_version"].items()},

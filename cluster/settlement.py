@@ -23,9 +23,10 @@ class StreamItem:
         ids: int64 [B] example ids in it (small; kept on the driver for the books).
         version: teacher checkpoint version that labelled it.
         pass_index: the pass it belongs to.
-        rows: the rows of the labelled batch to train on (None: all). A label group
-            re-formed mid-pass replays the pass; rows it had already published are left
-            out this way, so a replayed batch that only partly overlaps trains the rest.
+        key: ``(rank, seq in the rank's share of the pass)``: what the books count
+            (``cluster/watermark.py``); the same rows whenever the pass is read again.
+        rows: the rows of the labelled batch to train on (None: all): a student batch
+            that is one slice of a larger labelled batch.
     """
 
     seq: int
@@ -33,6 +34,7 @@ class StreamItem:
     ids: np.ndarray
     version: int
     pass_index: int
+    key: tuple[int, int] = (0, 0)
     rows: np.ndarray | None = None
 
 

@@ -135,7 +135,9 @@ class Runtime(Protocol):
 
     def wait(self, refs: list[Any], timeout: float) -> set[Any]: ...
     def wait_all(self, refs: list[Any], timeout: float) -> None: ...
-    def shards(self, pass_index: int, ranks: int) -> list[Any]: ...
+    @property
+    def skips(self) -> bool: ...  # whether shards can start past their first rows
+    def shards(self, pass_index: int, ranks: int, skip_rows: int = 0) -> list[Any]: ...
     def table(self, split: str) -> Any: ...
 
 
@@ -238,6 +240,8 @@ class LabelState:
         version: the teacher version labelling now (``first_version``: at the start).
         handed: (the last pass handed to the ranks, their generation): passes up to it
             are queued on those ranks.
+        next_seq: pass -> the seq (in each rank's share) of the next labelled batch
+            collected: 0, or where a replay of the pass starts (``SoftLabelStream.skip``).
         refreshes: every version loaded mid-run (the report's ``refreshes``).
         current: the pass in progress.
         failed_in_a_row: re-formations since a labelling call was last collected.
@@ -248,6 +252,7 @@ class LabelState:
     version: int = 0
     first_version: int = 0
     handed: tuple[int, int] = (-1, -1)
+    next_seq: dict[int, int] = field(default_factory=dict)
     refreshes: list[dict[str, int]] = field(default_factory=list)
     current: PassState | None = None
     failed_in_a_row: int = 0

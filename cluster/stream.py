@@ -4,33 +4,45 @@ The stream holds Ray object refs, never the data: the label source's output is s
 once in the object store and every group's replicas read that one copy. Each group has
 a :class:`GroupLedger` (its queue, what is in flight, what it trained); ``max_inflight``
 bounds a group's queued plus unacknowledged batches (backpressure on the label group).
-The stream itself knows what was published in each pass, so a re-formed label group
-replaying the pass publishes only rows not handed out yet. No Ray calls here.
+The stream itself knows which batches it published in each pass (by ``(rank, seq)``,
+``cluster/watermark.py``), so a re-formed label group replaying the pass publishes only
+batches not handed out yet. No Ray calls here.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
-from recdistill.cluster.idset import IdSet
 from recdistill.cluster.ledger import GroupLedger
 from recdistill.cluster.settlement import Settlement, StreamItem
+from recdistill.cluster.watermark import Key, PassBooks
 
 
 class SoftLabelStream:
-    """The books of the stream for G groups, bounded by ``max_inflight`` per group."""
+    """The books of the stream for G groups, bounded by ``max_inflight`` per group.
 
-    def __init__(self, groups: list[str], max_inflight: int) -> None:
+    ``slices``: the most student batches one labelled batch is cut into (a student
+    batch's seq is ``labelled seq * slices + slice``). ``audit``: the ledgers also book
+    every example id trained per pass (1 bit per row) and fail on one trained twice, a
+    check of the books by batch that the tests turn on (default: the environment's
+    ``RECDISTILL_AUDIT_IDS=1``, which subprocess jobs inherit)."""
+
+    def __init__(self, groups: list[str], max_inflight: int, slices: int = 1,
+                 audit: bool | None = None) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
-        self.max_inflight = max_inflight
-        self.ledgers = {g: GroupLedger() for g in groups}
+        if audit is None:
+            audit = os.environ.get("RECDISTILL_AUDIT_IDS") == "1"
+        self.max_inflight, self.slices = max_inflight, slices
+        self.ledgers = {g: GroupLedger(audit={} if audit else None) for g in groups}
         self.retired: set[str] = set()  # groups that stopped: no more batches, no window
         self.produced_by_version: dict[int, int] = {}  # version -> batches published
-        self.published: dict[int, IdSet] = {}  # pass -> ids handed to the groups
+        self.published: dict[int, PassBooks] = {}  # pass -> batches handed to the groups
         self.replayed_rows = 0  # rows a re-formed label group labelled again, dropped
+        self.skipped_batches = 0  # labelled batches a replay did not read again
         self._seq = 0
 
     @property
@@ -54,23 +66,20 @@ class SoftLabelStream:
         self.retired.add(group)
 
     def publish(self, refs: tuple[Any, ...], ids: np.ndarray, version: int, pass_index: int,
-                rows: np.ndarray | None = None) -> StreamItem | None:
-        """Hand one student batch to every group (the same refs: one stored copy).
+                key: Key, rows: np.ndarray | None = None) -> StreamItem | None:
+        """Hand one student batch, ``key`` = (rank, seq), to every group (the same refs:
+        one stored copy).
 
         ``rows``: the rows of the stored batch this student batch is (a slice of a
-        larger labelled batch; ``ids`` are theirs); None: all of it. Rows whose ids this
-        pass already published (a re-formed label group replaying the pass) are left
-        out; a batch with none left is dropped (None)."""
-        seen = self.published.setdefault(pass_index, IdSet())
-        new = ~seen.contains(ids)
-        if not new.all():
-            self.replayed_rows += int((~new).sum())
-            if not new.any():
-                return None
-            rows = np.flatnonzero(new) if rows is None else rows[new]
-            ids = ids[new]
-        seen.add(ids)
-        item = StreamItem(self._seq, refs, ids, version, pass_index, rows)
+        larger labelled batch; ``ids`` are theirs); None: all of it. A batch this pass
+        already published (a re-formed label group replaying the pass) is dropped
+        (None)."""
+        seen = self.published.setdefault(pass_index, PassBooks())
+        if key in seen:
+            self.replayed_rows += len(ids)
+            return None
+        seen.add(key, len(ids))
+        item = StreamItem(self._seq, refs, ids, version, pass_index, key, rows)
         self._seq += 1
         self.produced_by_version[version] = self.produced_by_version.get(version, 0) + 1
         for ledger in self.active.values():
@@ -78,15 +87,28 @@ class SoftLabelStream:
         return item
 
     def publish_slices(self, refs: tuple[Any, ...], ids: np.ndarray, batch_size: int,
-                       version: int, pass_index: int) -> None:
-        """A labelled batch (label_batch_size rows) as student batches of its row
-        ranges of ``batch_size``, each the same stored object; one that is a single
-        student batch goes whole."""
-        for start in range(0, len(ids), batch_size):
+                       version: int, pass_index: int, rank: int, seq: int) -> None:
+        """Labelled batch ``seq`` of ``rank`` (label_batch_size rows) as student
+        batches of its row ranges of ``batch_size``, each the same stored object; one
+        that is a single student batch goes whole."""
+        if len(ids) > self.slices * batch_size:
+            raise ValueError(f"a labelled batch of {len(ids)} rows is more than "
+                             f"{self.slices} student batches of {batch_size}")
+        for j, start in enumerate(range(0, len(ids), batch_size)):
             stop = min(start + batch_size, len(ids))
             whole = start == 0 and stop == len(ids)
             self.publish(refs, ids[start:stop], version, pass_index,
+                         (rank, seq * self.slices + j),
                          rows=None if whole else np.arange(start, stop))
+
+    def skip(self, pass_index: int, ranks: int) -> int:
+        """Labelled batches of each rank's share of ``pass_index`` that every training
+        group has trained: a replay of the pass (a re-formed label group, a resumed
+        driver) starts after them (counted in ``skipped_batches``)."""
+        floors = [b.books(pass_index).floor(ranks) for b in self.active.values()]
+        skip = min(floors, default=0) // self.slices
+        self.skipped_batches += skip * ranks
+        return skip
 
     def next_for(self, group: str) -> StreamItem | None:
         """The next batch to deliver to ``group``, skipping duplicates; None if none."""
@@ -96,7 +118,8 @@ class SoftLabelStream:
         """Book a settled training call of ``group``; batches lost with a node have their ids
         published again by the pass's replay."""
         for item in self.ledgers[group].apply(settlement):
-            self.published[item.pass_index].remove(item.ids)
+            if item.key in self.published[item.pass_index]:  # another group's may have
+                self.published[item.pass_index].remove(item.key, len(item.ids))
 
     def requeue_undelivered(self) -> None:
         """Before a re-formed label group replays the pass: every batch not delivered
@@ -104,13 +127,12 @@ class SoftLabelStream:
         be stored on a lost node; telling which would need a fetch each)."""
         for ledger in self.ledgers.values():
             for item in ledger.drop_queue():
-                self.published[item.pass_index].remove(item.ids)
+                if item.key in self.published[item.pass_index]:  # once for all groups
+                    self.published[item.pass_index].remove(item.key, len(item.ids))
 
     def drained(self) -> bool:
         return all(b.depth == 0 for b in self.active.values())
 
-    def trained_ids(self, group: str, pass_index: int) -> IdSet:
-        return self.ledgers[group].trained_ids(pass_index)
 
     def counters(self) -> dict[str, Any]:
         """The report's ``stream`` section, derived from the ledgers."""
@@ -131,5 +153,6 @@ class SoftLabelStream:
             "duplicates_dropped": sum(b.duplicates_dropped for _, b in groups),
             "max_depth": {g: b.max_depth for g, b in groups},
             "replayed_rows": self.replayed_rows,
+            "skipped_batches": self.skipped_batches,
             "relabelled_batches": {g: b.relabelled for g, b in groups},
         }

@@ -82,6 +82,10 @@ class FileStream:
         return len(self.chunks)
 
     @property
+    def chunk_sizes(self) -> list[int]:
+        return [c.rows for c in self.chunks]
+
+    @property
     def n_blocks(self) -> int:
         """Blocks evaluation scores one at a time (as ``ExampleTable.n_blocks``): chunks."""
         return len(self.chunks)

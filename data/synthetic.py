@@ -226,6 +226,11 @@ class SyntheticStream:
     def n_chunks(self) -> int:
         return self.cfg.n_chunks
 
+    @property
+    def chunk_sizes(self) -> list[int]:
+        c = self.cfg
+        return [min(c.chunk_rows, c.rows - i * c.chunk_rows) for i in range(c.n_chunks)]
+
     def num_batches(self, batch_size: int, world: int = 1) -> int:
         """Batches per rank of a pass (as ``ExampleTable.num_batches``)."""
         return -(-(len(self) // world) // batch_size)

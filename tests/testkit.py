@@ -185,7 +185,7 @@ def assert_exactly_once(run: Any, data: Dataset, passes: int) -> None:
     all_ids = set(data.train.ids.tolist())
     for name, books in run.stream.ledgers.items():
         for p in range(passes):
-            assert set(books.trained[p].to_array().tolist()) == all_ids, (name, p)
+            assert set(books.audit[p].to_array().tolist()) == all_ids, (name, p)
             assert books.examples_by_pass[p] == N, (name, p)  # no id twice
 
 

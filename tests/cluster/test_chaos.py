@@ -105,5 +105,5 @@ def test_seeded_kills_of_ranks_and_replicas_leave_counts_exact(ray_cluster,
     ids = sorted(data.train.ids.tolist())
     for name, ledger in run.stream.ledgers.items():
         for p in range(2):
-            assert sorted(ledger.trained[p].to_array().tolist()) == ids, (name, p)
+            assert sorted(ledger.audit[p].to_array().tolist()) == ids, (name, p)
         assert body["students"][name]["examples_per_pass"] == [len(ids)] * 2, name

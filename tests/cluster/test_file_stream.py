@@ -19,22 +19,33 @@ IDS = '[ids]\nkind = "hash"\nbuckets = 64\n'
 
 def test_streamed_file_pass_yields_every_row_once_in_a_seeded_order(
         ray_cluster, tmp_path: Path) -> None:
-    from recdistill.cluster.data import arrow_to_batch, pass_dataset, train_dataset
+    """A pass reads every row once, in an order its seed fixes; rank r of k reads rows
+    ``[r*m, (r+1)*m)`` of that order (m = n // k), so a pass read again gives each rank
+    the same batches, and a share started ``skip_rows`` in reads the rest of it."""
+    from recdistill.cluster.data import (arrow_to_batch, pass_dataset, pass_shards,
+                                         train_dataset)
+    from recdistill.data.spec import pass_seed
     from recdistill.data.tabular import load_tabular
     data = load_tabular(directory_dataset(tmp_path, ROWS, ids=IDS))
     stream = data.train
-    ds = train_dataset(stream)
-    assert ds.count() == stream.n_chunks == 8 * 3  # chunk indices: nothing read yet
+    assert train_dataset(stream) is None and stream.n_chunks == 8 * 3  # nothing read yet
+    assert sum(stream.chunk_sizes) == ROWS
 
-    def order(seed: int) -> np.ndarray:
-        batches = pass_dataset(ds, stream, seed).iter_batches(batch_size=100,
-                                                              batch_format="pyarrow")
+    def ids(ds) -> np.ndarray:
+        batches = ds.iter_batches(batch_size=100, batch_format="pyarrow")
         return np.concatenate([arrow_to_batch(b, ("workclass",)).ids for b in batches])
 
-    a, b, c = order(1), order(1), order(2)
+    a, b, c = (ids(pass_dataset(None, stream, s)) for s in (1, 1, 2))
     np.testing.assert_array_equal(np.sort(a), np.arange(ROWS))  # every row, once
     np.testing.assert_array_equal(a, b)  # the pass's seed fixes the order
     assert not np.array_equal(a, c)
+    whole = ids(pass_dataset(None, stream, pass_seed(7, 2)))
+    m = ROWS // 3
+    shares = pass_shards(None, stream, 7, 2, 3)
+    for r, share in enumerate(shares):
+        np.testing.assert_array_equal(ids(share), whole[r * m:(r + 1) * m])
+    late = pass_shards(None, stream, 7, 2, 3, skip_rows=250)
+    np.testing.assert_array_equal(ids(late[1]), whole[m + 250:2 * m])
 
 
 def _online(tmp_path: Path, data, passes: int = 1):
@@ -62,8 +73,8 @@ def _online(tmp_path: Path, data, passes: int = 1):
 def test_a_killed_teacher_rank_mid_streamed_pass_keeps_every_id_once(
         ray_cluster, tmp_path: Path) -> None:
     """kill -9 of one of 2 teacher ranks while they read a streamed pass of 8 files:
-    the label group re-forms, the pass is read again from the files, and the group
-    trains every row id exactly once in it."""
+    the label group re-forms, the pass is read again from the files from after the
+    batches trained (by seq), and the group trains every row id exactly once in it."""
     import os
     import signal
 
@@ -88,10 +99,13 @@ def test_a_killed_teacher_rank_mid_streamed_pass_keeps_every_id_once(
     assert body["teacher"]["restarts"] == 1
     per_pass = ROWS // 2 * 2
     books = run.stream.ledgers["kd"]
-    np.testing.assert_array_equal(books.trained[0].to_array(), np.arange(ROWS))  # all rows
+    np.testing.assert_array_equal(books.audit[0].to_array(), np.arange(ROWS))  # all rows
     assert books.examples_by_pass[0] == per_pass  # and none twice
     assert body["students"]["kd"]["examples_per_pass"] == [per_pass]
-    assert body["stream"]["replayed_rows"] > 0  # rows published before the kill, dropped
+    # the replay started after the batches trained before the kill (2 per rank at
+    # least: the kill came at the 4th), and no batch was handed to the group twice
+    assert body["stream"]["skipped_batches"] >= 4
+    assert body["stream"]["produced"] == 2 * -(-(ROWS // 2) // 64)
 
 
 def test_a_bad_row_met_mid_pass_ends_the_run_naming_it(ray_cluster, tmp_path: Path

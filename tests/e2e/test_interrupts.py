@@ -54,6 +54,11 @@ def _checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _trained(group: dict[str, Any]) -> int:
+    """Rows of the checkpoint's pass a group of a driver checkpoint had trained."""
+    return int(json.loads(group["trained"])["examples"])
+
+
 def _left_in(group: int) -> list[str]:
     """The processes still in process group ``group`` (the job's: Ray's daemons and
     actors are started in it)."""
@@ -83,7 +88,7 @@ def _stop_mid_pass(sig: signal.Signals, config: Path, data: Path, out: Path
         while True:
             doc = _checkpoint(state / "driver_state.pt")
             if doc is not None and (doc["pass"] > 0 or any(
-                    len(g["trained"]) for g in doc["groups"].values())):
+                    _trained(g) for g in doc["groups"].values())):
                 break
             assert p.poll() is None, f"the job ended before it was stopped: {p.returncode}"
             assert time.monotonic() < deadline, "no driver checkpoint with rows trained"
@@ -117,7 +122,7 @@ def test_a_stopped_run_says_where_and_resumes_exactly_once(
     config, data = job
     rc, err, doc = _stop_mid_pass(sig, config, data, tmp_path)
     assert rc == 128 + sig, err[-20:]
-    before = {g: len(d["trained"]) for g, d in doc["groups"].items()}
+    before = {g: _trained(d) for g, d in doc["groups"].items()}
     state = tmp_path / "state"
     where = (f"after pass {doc['pass'] + 1}/{PASSES} (driver checkpoint in {state})"
              if doc["pass_done"] else

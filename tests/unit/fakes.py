@@ -65,10 +65,14 @@ class FakeRuntime:
         for r in refs:
             r.done = True
 
-    def shards(self, pass_index: int, ranks: int) -> list[Any]:
+    skips = True
+    skipped: list[int] = []  # skip_rows of every share handed out (the class's)
+
+    def shards(self, pass_index: int, ranks: int, skip_rows: int = 0) -> list[Any]:
         order = np.random.default_rng(self.seed + pass_index).permutation(self.rows)
         m = self.rows // ranks
-        return [order[k * m:(k + 1) * m] for k in range(ranks)]
+        self.skipped = [*self.skipped, skip_rows]
+        return [order[k * m + skip_rows:(k + 1) * m] for k in range(ranks)]
 
     def table(self, split: str) -> Any:
         return split

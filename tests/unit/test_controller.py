@@ -61,7 +61,7 @@ def _run(c: Controller) -> Controller:
 def _assert_exactly_once(c: Controller, passes: int) -> None:
     for name, g in c.groups.items():
         for p in range(passes):
-            assert g.ledger.trained_ids(p) == set(range(ROWS)), (name, p)
+            assert g.ledger.audit[p] == set(range(ROWS)), (name, p)
             assert g.ledger.examples_by_pass[p] == ROWS, (name, p)  # no id twice
 
 
@@ -103,7 +103,9 @@ def test_checkpoints_at_pass_ends_and_every_n_labelling_calls(tmp_path: Path) ->
     saved = RunCheckpoint.load(tmp_path / "driver_state.pt", ["baseline", "kd"], "")
     assert (saved.pass_index, saved.pass_done) == (1, True)
     assert saved.groups["kd"].state == StateDict({"trained": 20})
-    assert len(saved.groups["kd"].trained) == ROWS
+    books = saved.groups["kd"].trained  # 320 rows per rank: 5 batches of 64 each
+    assert books.examples == ROWS and {r: m.low for r, m in books.marks.items()} == \
+        {0: 5, 1: 5} and books.out_of_order == 0
 
 
 def test_snapshots_at_the_start_every_n_acknowledged_batches_and_pass_ends() -> None:
@@ -191,8 +193,10 @@ def test_a_failed_labelling_call_reforms_the_label_source_and_replays_the_pass()
     assert labels.generation == 1
     assert labels.handed[:3] == [(0, 0), (1, 0), (0, 1)]  # the new ranks get pass 1 again
     counters = c.stream.counters()
-    # the replay's rows already published (8 batches of 64) are dropped, not trained
-    assert counters["replayed_rows"] == 8 * 64
+    # every group had trained the 4 labelled batches per rank published before the
+    # failure: the replay starts after them (skips by seq), reading none again
+    assert c.runtime.skipped == [0, 0, 4 * 64, 0]
+    assert (counters["skipped_batches"], counters["replayed_rows"]) == (8, 0)
     assert counters["produced"] == 2 * BATCHES_PER_PASS
 
 
@@ -269,7 +273,7 @@ def test_a_group_out_of_patience_stops_and_the_others_go_on(tmp_path: Path) -> N
     assert students["kd"].evaluations == 3  # validation of passes 1-3 only
     assert [kd.ledger.examples_by_pass.get(p, 0) for p in range(5)] == [ROWS] * 3 + [0, 0]
     for p in range(5):
-        assert baseline.ledger.trained_ids(p) == set(range(ROWS))
+        assert baseline.ledger.audit[p] == set(range(ROWS))
     assert c.stream.counters()["acked"] == {"baseline": 50, "kd": 30}
     assert baseline.stopped_after == 0 and labels.requests == 5 * CALLS_PER_PASS
     # a resumed run keeps it stopped
