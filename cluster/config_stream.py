@@ -83,13 +83,18 @@ class TeacherGroupConfig:
             costs several times the CPU of ``rows``' shuffle task and competes with the
             teacher for the cores (measured in BENCHMARKS.md, ``input``). Both give
             every rank the same rows in the same batches. A streamed dataset
-            (``synthetic-stream``, a dataset TOML read as a stream) always uses
-            ``stream``: its passes are too large to hold.
+            (``synthetic-stream``, a dataset TOML read as a stream) gives each rank a
+            Ray Data stream of its rows of the pass: its passes are too large to hold.
         read_ahead_mib: what a streamed pass's readers may hold in the object store
-            ahead of the ranks (Ray Data's limit for the pass). Ray Data's own default
-            is a share of the whole store, which a long pass fills; 768 MiB kept the
-            ranks fed at 1e6 and 1e7 rows where 512 halved the pass's speed
-            (BENCHMARKS.md, ``ingest``).
+            ahead of the ranks (Ray Data's limit for the pass, over all ranks). Ray
+            Data's own default is a share of the whole store, which a long pass fills;
+            768 MiB kept the ranks fed at 1e6 and 1e7 rows where 512 halved the pass's
+            speed (BENCHMARKS.md, ``ingest``).
+        shuffle_buffer_rows: a streamed pass's rows are shuffled in each rank through
+            a buffer of this many rows (Ray Data's local shuffle, seeded by the pass),
+            mixing rows across chunks; 0: a pass shuffles its chunk order and the rows
+            within each chunk only. A replay of the pass then reads the batches it
+            skips (without labelling them), as a batch's rows depend on the buffer.
         table_dtype: the embedding tables the teacher labels from: ``fp32`` (as
             trained), or quantized after loading to ``fp16``, ``int8`` or ``int4``
             (FBGEMM's inference kernels, per row scale and bias for the integer types;
@@ -121,6 +126,7 @@ class TeacherGroupConfig:
     calls_in_flight: int = 2
     split: str = "rows"
     read_ahead_mib: int = 768
+    shuffle_buffer_rows: int = 0
     table_dtype: str = "fp32"
     checkpoint: str = "runs/distill/teacher"
     version: str = "best"
@@ -150,6 +156,9 @@ class TeacherGroupConfig:
         if self.read_ahead_mib < 64:
             raise ConfigError("teacher_group.read_ahead_mib must be >= 64 (a few chunks), "
                               f"got {self.read_ahead_mib}")
+        if self.shuffle_buffer_rows < 0:
+            raise ConfigError("teacher_group.shuffle_buffer_rows must be >= 0, got "
+                              f"{self.shuffle_buffer_rows}")
         if self.table_dtype not in TABLE_DTYPES:
             raise ConfigError(f"teacher_group.table_dtype: unknown {self.table_dtype!r}; "
                               f"expected one of {TABLE_DTYPES}")

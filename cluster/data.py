@@ -1,9 +1,6 @@
-"""Ray Data input: an ExampleTable as an Arrow-backed Ray Dataset, and back to batches.
-
-Dense features and labels become fixed-size list columns, every sparse feature a list
-column (one bag per row), so a Ray Data batch in ``pyarrow`` format converts to a
-:class:`BatchArrays` with a few zero-copy Arrow calls.
-"""
+"""Ray Data input: the training rows as Ray Datasets, each pass's order of them split
+into the label ranks' shares, and the driver's Ray calls around them (``RayRuntime``).
+The Arrow layout of examples is cluster/arrow.py's."""
 
 from __future__ import annotations
 
@@ -13,36 +10,22 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.data
 
+from recdistill.cluster.arrow import (DENSE, ID, LABELS, arrow_to_batch, arrow_to_table,
+                                      to_arrow)
 from recdistill.cluster.config import SPLITS
 from recdistill.data.spec import BatchArrays, Dataset, ExampleTable, pass_seed
 from recdistill.data.file_stream import FileStream
 from recdistill.data.synthetic import SyntheticStream
 
+__all__ = ["DENSE", "ID", "LABELS", "RayRuntime", "RowShare", "StreamShare",
+           "arrow_to_batch", "arrow_to_table", "pass_dataset", "pass_shards",
+           "share_dataset", "to_arrow", "train_dataset"]
+
 # Training rows never held whole: chunk c is made where it is read (``chunk(c, seed)``).
 Streamed = SyntheticStream | FileStream
-
-ID, DENSE, LABELS = "_id", "_dense", "_labels"
-
-
-def to_arrow(table: ExampleTable) -> pa.Table:
-    n = len(table)
-
-    def fixed(values: np.ndarray) -> pa.Array:
-        width = values.shape[1]
-        flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
-        return pa.FixedSizeListArray.from_arrays(flat, width) if width else \
-            pa.array([[]] * n, type=pa.list_(pa.float32(), 0))
-
-    columns = {ID: pa.array(table.ids.astype(np.int64)), DENSE: fixed(table.dense),
-               LABELS: fixed(table.labels)}
-    for name, (offsets, values) in table.sparse.items():
-        columns[name] = pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64)),
-                                                      pa.array(values.astype(np.int64)))
-    return pa.table(columns)
 
 
 def to_ray_dataset(table: ExampleTable) -> ray.data.Dataset:
@@ -172,9 +155,32 @@ class RowShare:
         return (table.rows(a, b, keys) for table, a, b in self.ranges(batch_size))
 
 
+@dataclass(frozen=True)
+class StreamShare:
+    """One rank's share of a streamed pass: ``dataset`` (:func:`share_dataset`), read
+    through a local shuffle buffer of ``buffer_rows`` rows seeded with the pass's
+    ``seed`` (0: none; ``teacher_group.shuffle_buffer_rows``), the batches of its first
+    ``skip_rows`` rows read and dropped. (Without a buffer a replay's dataset starts
+    past the rows it skips; with one a batch's rows depend on every row before it.)"""
+
+    dataset: Any  # ray.data.Dataset
+    seed: int
+    buffer_rows: int = 0
+    skip_rows: int = 0
+
+    def batches(self, batch_size: int) -> Iterator[pa.Table]:
+        it = iter(self.dataset.iter_batches(
+            batch_size=batch_size, batch_format="pyarrow", prefetch_batches=2,
+            local_shuffle_buffer_size=self.buffer_rows or None,
+            local_shuffle_seed=self.seed if self.buffer_rows else None))
+        for _ in range(self.skip_rows // batch_size):
+            next(it, None)
+        return it
+
+
 def pass_shards(ds: ray.data.Dataset | None, train: ExampleTable | Streamed, seed: int,
-                pass_index: int, k: int, split: str = "rows", skip_rows: int = 0
-                ) -> list[ray.data.Dataset | ray.data.DataIterator | RowShare]:
+                pass_index: int, k: int, split: str = "rows", skip_rows: int = 0,
+                buffer_rows: int = 0) -> list[StreamShare | ray.data.DataIterator | RowShare]:
     """Pass ``pass_index``'s order of the training rows split into ``k`` equal shares,
     one per label-group rank (equal, so the ranks make the same number of forwards):
     rank r reads rows ``[r*m, (r+1)*m)`` of the pass's order, m = n // k. The seed fixes
@@ -185,15 +191,18 @@ def pass_shards(ds: ray.data.Dataset | None, train: ExampleTable | Streamed, see
     ``split``: ``rows`` gives an in-memory table's ranks :class:`RowShare` s (the same
     rows and batches as ``stream``; one shuffle task per pass, no coordinator actor);
     ``stream``, Ray Data's ``streaming_split`` of it. Streamed rows (a pass too large to
-    hold) give each rank a dataset of its rows (:func:`share_dataset`). ``skip_rows``:
-    each share starts that many rows in (a replay after batches every group trained;
-    not with ``stream``, :attr:`RayRuntime.skips`)."""
+    hold) give each rank a :class:`StreamShare` of its rows, shuffled through
+    ``buffer_rows`` if any. ``skip_rows``: each share starts that many rows in (a
+    replay after batches every group trained; not with ``stream``,
+    :attr:`RayRuntime.skips`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     seed, m = pass_seed(seed, pass_index), len(train) // k
     if isinstance(train, Streamed):
-        return [share_dataset(train, seed, r * m + skip_rows, (r + 1) * m,
-                              readers=max(1, 2 // k)) for r in range(k)]
+        late = 0 if buffer_rows else skip_rows  # where each share's dataset starts
+        return [StreamShare(share_dataset(train, seed, r * m + late, (r + 1) * m,
+                                          readers=max(1, 2 // k)),
+                            seed, buffer_rows, skip_rows - late) for r in range(k)]
     assert ds is not None
     if split == "stream":
         if skip_rows:
@@ -201,49 +210,6 @@ def pass_shards(ds: ray.data.Dataset | None, train: ExampleTable | Streamed, see
         return pass_dataset(ds, train, seed, readers=max(2, k)).streaming_split(k, equal=True)
     table = _shuffled_task.remote(pass_dataset(ds, train, seed))
     return [RowShare(table, r * m + skip_rows, (r + 1) * m) for r in range(k)]
-
-
-def _fixed_to_numpy(col: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    width = arr.type.list_size
-    if width == 0:
-        return np.zeros((n, 0), np.float32)
-    return pc.list_flatten(arr).to_numpy(zero_copy_only=False).reshape(n, width)
-
-
-def _bag(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """A list column -> (each row's bag length, the values of every bag, int64)."""
-    arr = col.combine_chunks()
-    return (pc.list_value_length(arr).to_numpy(zero_copy_only=False),
-            pc.list_flatten(arr).to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
-
-
-def _rows(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dense, labels, ids) of an Arrow table of :func:`to_arrow`'s layout."""
-    n = table.num_rows
-    return (_fixed_to_numpy(table.column(DENSE), n).astype(np.float32, copy=False),
-            _fixed_to_numpy(table.column(LABELS), n).astype(np.float32, copy=False),
-            table.column(ID).to_numpy().astype(np.int64, copy=False))
-
-
-def arrow_to_table(table: pa.Table) -> ExampleTable:
-    """An Arrow table of :func:`to_arrow`'s layout -> the :class:`ExampleTable` (every
-    sparse column)."""
-    sparse = {}
-    for k in table.column_names:
-        if k not in (ID, DENSE, LABELS):
-            lengths, values = _bag(table.column(k))
-            offsets = np.zeros(table.num_rows + 1, np.int64)
-            np.cumsum(lengths, out=offsets[1:])
-            sparse[k] = (offsets, values)
-    return ExampleTable(*_rows(table), sparse=sparse)
-
-
-def arrow_to_batch(batch: pa.Table, keys: tuple[str, ...]) -> BatchArrays:
-    """A Ray Data ``pyarrow`` batch -> BatchArrays holding the sparse features ``keys``."""
-    bags = [_bag(batch.column(k)) for k in keys]
-    return BatchArrays.key_major(*_rows(batch), keys, [ln for ln, _ in bags],
-                                 [v for _, v in bags])
 
 
 class RayRuntime:
@@ -257,10 +223,10 @@ class RayRuntime:
         split: ``teacher_group.split``.
     """
 
-    def __init__(self, data: Dataset, seed: int, split: str, read_ahead_mib: int = 768
-                 ) -> None:
+    def __init__(self, data: Dataset, seed: int, split: str, read_ahead_mib: int = 768,
+                 shuffle_buffer_rows: int = 0) -> None:
         self.data, self.seed, self.split = data, seed, split
-        self.read_ahead_mib = read_ahead_mib
+        self.read_ahead_mib, self.buffer_rows = read_ahead_mib, shuffle_buffer_rows
         self._train: ray.data.Dataset | None = None  # None: not made, or streamed
         self._tables: dict[str, Any] = {}
 
@@ -282,7 +248,7 @@ class RayRuntime:
         if self._train is None:  # the ranks' read-ahead together: the configured one
             self._train = train_dataset(self.data.train, self.read_ahead_mib // ranks)
         return pass_shards(self._train, self.data.train, self.seed, pass_index, ranks,
-                           self.split, skip_rows)
+                           self.split, skip_rows, self.buffer_rows)
 
     def table(self, split: str) -> Any:
         if split not in self._tables:

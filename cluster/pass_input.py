@@ -1,5 +1,6 @@
 """``PassInput``: a label source's share of one pass of the input (a ``RowShare`` of the
-pass's shuffled table, or a Ray Data stream shard), read and decoded ahead by a thread
+pass's shuffled table, a ``StreamShare`` of a streamed pass, or a Ray Data stream
+shard), read and decoded ahead by a thread
 when asked, and the labelling calls every label-source actor answers the same way
 (``label_many``, ``usage``). A plain class: ``TeacherRank`` (cluster/actors.py) and
 ``SoftLabelReader`` (cluster/soft_labels.py) build on it."""
@@ -15,7 +16,7 @@ from typing import Any, Iterator
 
 
 from recdistill.cluster.codec import LabelledBatch
-from recdistill.cluster.data import RowShare, arrow_to_batch
+from recdistill.cluster.data import RowShare, StreamShare, arrow_to_batch
 from recdistill.data.spec import BatchArrays, ExampleTable
 
 
@@ -33,8 +34,8 @@ class _PassReader:
     A :class:`RowShare` (``split = "rows"``): the pass was shuffled and decoded once by a
     task, a batch is a slice of it, taken in the labeller's
     thread when asked for; the driver hands a pass over while the one before it is
-    labelled, so its shuffle is done by then. A Ray Data stream (``split = "stream"``):
-    decoded here, Arrow -> numpy per batch; ``threaded``, a thread reads from the
+    labelled, so its shuffle is done by then. A Ray Data stream (a
+    :class:`StreamShare` of a streamed pass, or ``split = "stream"``): decoded here, Arrow -> numpy per batch; ``threaded``, a thread reads from the
     start (the stream starts, and its first batches are ready, by the time the
     labeller gets there), holding at most ``PREFETCH_BATCHES`` batches; otherwise a
     batch is read when asked for (the behaviour before prefetching existed, kept as
@@ -52,6 +53,8 @@ class _PassReader:
         self._batches: Iterator[Any]
         if isinstance(shard, RowShare):
             self._batches, self._convert = shard.ranges(batch_size), _slice
+        elif isinstance(shard, StreamShare):
+            self._batches, self._convert = shard.batches(batch_size), arrow_to_batch
         else:
             self._batches = iter(shard.iter_batches(batch_size=batch_size,
                                                     batch_format="pyarrow",

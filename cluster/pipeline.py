@@ -76,7 +76,8 @@ class OnlineDistillation:
         tg = cfg.teacher_group
         self.controller = Controller(
             cfg, data.spec.tasks, options, labels, groups,
-            RayRuntime(data, cfg.seed, tg.split, tg.read_ahead_mib), hooks,
+            RayRuntime(data, cfg.seed, tg.split, tg.read_ahead_mib,
+                       tg.shuffle_buffer_rows), hooks,
             Progress(options.progress, options.tensorboard),
             newest_teacher=lambda: str(resolve(tg.checkpoint, tg.version)))
 

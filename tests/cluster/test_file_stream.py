@@ -43,9 +43,39 @@ def test_streamed_file_pass_yields_every_row_once_in_a_seeded_order(
     m = ROWS // 3
     shares = pass_shards(None, stream, 7, 2, 3)
     for r, share in enumerate(shares):
-        np.testing.assert_array_equal(ids(share), whole[r * m:(r + 1) * m])
+        np.testing.assert_array_equal(ids(share.dataset), whole[r * m:(r + 1) * m])
     late = pass_shards(None, stream, 7, 2, 3, skip_rows=250)
-    np.testing.assert_array_equal(ids(late[1]), whole[m + 250:2 * m])
+    np.testing.assert_array_equal(read(late[1]), whole[m + 250:2 * m])
+
+
+def read(share, batch: int = 50) -> np.ndarray:
+    """A StreamShare's ids as a rank reads them (``batch``-row batches)."""
+    from recdistill.cluster.data import arrow_to_batch
+    return np.concatenate([arrow_to_batch(b, ("workclass",)).ids
+                           for b in share.batches(batch)])
+
+
+def test_a_shuffle_buffer_mixes_chunks_with_one_order_per_seed(ray_cluster,
+                                                               tmp_path: Path) -> None:
+    """``shuffle_buffer_rows``: a rank's share read through a seeded buffer of 300 rows
+    holds the same rows in another order, the same order every read; a replay that
+    skips 4 batches reads what the share's 5th batch on would have been."""
+    from recdistill.cluster.data import pass_shards
+    from recdistill.data.tabular import load_tabular
+    stream = load_tabular(directory_dataset(tmp_path, ROWS, ids=IDS)).train
+    plain = read(pass_shards(None, stream, 7, 2, 2)[0])
+    a, b = (read(pass_shards(None, stream, 7, 2, 2, buffer_rows=300)[0]) for _ in "ab")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.sort(a), np.sort(plain))
+    assert not np.array_equal(a, plain)
+    ends = np.cumsum(stream.chunk_sizes)  # chunk c holds ids [ends[c-1], ends[c])
+
+    def chunks(rows: np.ndarray) -> int:
+        return len(np.unique(np.searchsorted(ends, rows, side="right")))
+
+    assert chunks(a[:50]) > chunks(plain[:50])  # the first batch mixes more chunks
+    skipped = read(pass_shards(None, stream, 7, 2, 2, skip_rows=200, buffer_rows=300)[0])
+    np.testing.assert_array_equal(skipped, a[200:])
 
 
 def _online(tmp_path: Path, data, passes: int = 1):
