@@ -115,20 +115,20 @@ def _split_masks(user: np.ndarray, ts: np.ndarray, split: str, seed: int
 HASH_SPACE = 16  # movielens-hashed: buckets per distinct value, at least
 
 
-def _hashed(values: list[str]) -> tuple[np.ndarray, int]:
+def _hashed(values: list[str], space: int = HASH_SPACE) -> tuple[np.ndarray, int]:
     """(id -> hashed id, the table's rows) for a feature whose ids 1..V stand for
     ``values`` (id 0, unknown, stays 0): ``data.ids``' hash rule into the smallest power
-    of two of at least ``HASH_SPACE`` V buckets, as a user would size a hash space for
-    V values."""
-    buckets = 1 << max(3, (HASH_SPACE * len(values) - 1).bit_length())
+    of two of at least ``space`` V buckets, as a user would size a hash space for V
+    values."""
+    buckets = 1 << max(3, (space * len(values) - 1).bit_length())
     rule = IdRule("hash", buckets=buckets)
     return (np.concatenate([[OOV_ID], hash_ids(as_text(np.array(values, object)),
                                                  buckets)]), cardinality(rule, None))
 
 
 def load_movielens(split: str = "user_time", seed: int = 0,
-                   path: str | os.PathLike[str] | None = None, ids: str = "vocab"
-                   ) -> Dataset:
+                   path: str | os.PathLike[str] | None = None, ids: str = "vocab",
+                   hash_space: int = HASH_SPACE) -> Dataset:
     """Load MovieLens-100k as a :class:`Dataset`.
 
     Args:
@@ -137,7 +137,7 @@ def load_movielens(split: str = "user_time", seed: int = 0,
         seed: seed of the ``random`` split.
         path: folder holding ``ml-100k.{inter,user,item}``; defaults to recbole's copy.
         ids: ``vocab`` (each feature's values numbered 1..V) or ``hash`` (each value's
-            text hashed as a dataset TOML's ``ids = "hash"`` does, into ``HASH_SPACE`` V
+            text hashed as a dataset TOML's ``ids = "hash"`` does, into ``hash_space`` V
             buckets or more: the hashing path on a known dataset, collisions included).
     """
     if split not in SPLITS:
@@ -232,7 +232,7 @@ def load_movielens(split: str = "user_time", seed: int = 0,
     remap: dict[str, np.ndarray] = {}
     if ids == "hash":
         for k, v in values.items():
-            remap[k], sizes[k] = _hashed(v)
+            remap[k], sizes[k] = _hashed(v, hash_space)
     remap["user_history"] = remap.get("item_id", np.arange(n_items))
 
     def table(rows: np.ndarray) -> ExampleTable:

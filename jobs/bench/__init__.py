@@ -64,6 +64,12 @@ Suites:
           pages) and the object store's (``ingest.rss_ratio_*``; with shared pages,
           ``ingest.rss_with_shared_ratio_*``), ``ingest.throughput_ratio_*``,
           ``ingest.streamed_vs_in_memory``.
+  ids     MovieLens-100k's baseline student (true labels, no teacher) on each way of
+          making table rows of raw ids: the vocabulary, the ``hash`` rule at 16x and 64x
+          buckets per value (64x also with its first rows at the vocabulary's scale),
+          TorchRec's managed-collision remap (MCH, LFU) onto 2x the
+          values; test AUC paired by seed against the vocabulary, and the share of test
+          lookups that collide (``ids.schemes[s]``).
 
     python -m jobs.bench --suite pipeline [--repeats 3] [--passes 2]
     python -m jobs.bench --suite labelling [--repeats 3] [--passes 2] [--seeds 3]
@@ -74,6 +80,7 @@ Suites:
     python -m jobs.bench --suite student [--repeats 15] [--online-rows 30000]
     python -m jobs.bench --suite scale [--sizes 100000,1000000,10000000]
     python -m jobs.bench --suite ingest [--ingest-sizes 1000000,10000000]
+    python -m jobs.bench --suite ids [--seeds 3] [--student-passes 8]
 """
 
 from __future__ import annotations
@@ -85,15 +92,16 @@ from types import ModuleType
 
 import torch
 
-from recdistill.jobs.bench import (committee, fanout, ingest, inputs, labelling, lookup,
-                                   pipeline, scale, student, transport)
+from recdistill.jobs.bench import (committee, fanout, ids, ingest, inputs, labelling,
+                                   lookup, pipeline, scale, student, transport)
 from recdistill.jobs.bench.common import machine
 
 # One module per suite: ``run(args, teacher) -> dict`` and ``summary(result)``.
 SUITES: dict[str, ModuleType] = {"lookup": lookup, "pipeline": pipeline, "fanout": fanout,
                                  "transport": transport, "scale": scale,
                                  "committee": committee, "student": student,
-                                 "labelling": labelling, "input": inputs, "ingest": ingest}
+                                 "labelling": labelling, "input": inputs, "ingest": ingest,
+                                 "ids": ids}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=2,
                    help="pipeline, labelling: passes per run")
     p.add_argument("--seeds", type=int, default=3,
-                   help="labelling: student seeds trained from each table dtype's labels")
+                   help="labelling: student seeds trained from each table dtype's labels; "
+                        "ids: seeds of each id scheme")
     p.add_argument("--student-passes", type=int, default=8,
-                   help="labelling: passes of the students trained from each dtype")
+                   help="labelling, ids: passes of the students trained")
     p.add_argument("--sizes", default="100000,1000000,10000000",
                    help="scale: training rows of each run, comma-separated")
     p.add_argument("--big-teacher", default="runs/bench/teacher_1b",

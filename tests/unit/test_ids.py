@@ -303,3 +303,22 @@ def test_precompute_labels_a_streamed_split_chunk_by_chunk(tmp_path: Path) -> No
         np.testing.assert_allclose(np.concatenate([g.dense for g in got]),
                                    whole.split(split).dense, atol=1e-5)
     np.testing.assert_array_equal(_part(whole.train, 2, 150).ids, np.arange(300, 400))
+
+
+def test_ids_bench_counts_lookups_whose_bucket_another_value_shares() -> None:
+    """The ids benchmark's collision share, by hand: values 1 and 2 hash to bucket 5,
+    3 to 7; of the test lookups (buckets 5, 7, 5) two hit a shared bucket."""
+    from types import SimpleNamespace
+
+    from recdistill.jobs.bench.ids import _collisions
+
+    def split(values: list[int]) -> SimpleNamespace:
+        return SimpleNamespace(sparse={"f": (np.arange(len(values) + 1),
+                                             np.array(values))})
+
+    vocab = SimpleNamespace(train=split([1, 2, 3, 1]), valid=split([2]),
+                            test=split([1, 3, 2]))
+    hashed = SimpleNamespace(train=split([5, 5, 7, 5]), valid=split([5]),
+                             test=split([5, 7, 5]))
+    assert _collisions(vocab, hashed, ("f",)) == pytest.approx(2 / 3)
+    assert _collisions(vocab, vocab, ("f",)) == 0.0
