@@ -13,7 +13,7 @@ members' logits, the lead's features, and each member's logits by name.
 
 Failure handling is the label group's, for the whole committee: a rank of any member
 that dies ends the round as failed, every member is re-formed from the same checkpoint
-versions and the pass is read again (rows already published are dropped by id), so
+versions and the pass is read again (batches already published are dropped), so
 backpressure, exactly-once and the driver checkpoint see one label source.
 """
 

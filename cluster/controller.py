@@ -30,7 +30,7 @@ from recdistill.cluster.evaluation import Metrics, evaluate_groups, kd_guard
 from recdistill.cluster.progress import Progress
 from recdistill.cluster.recovery import Action, Executor, FailurePolicy
 from recdistill.cluster.report import DriverTiming
-from recdistill.cluster.run_state import Checkpointer, RunCheckpoint
+from recdistill.cluster.run_state import Checkpointer, RunCheckpoint, share_layout
 from recdistill.cluster.state import (Every, GroupState, Hooks, LabelSource, LabelState,
                                       PassState, Runtime, SnapshotSchedule, StudentActors)
 from recdistill.cluster.stream import SoftLabelStream
@@ -64,13 +64,13 @@ class Controller:
         self.progress = progress or Progress()
         self.newest_teacher = newest_teacher or (lambda: self.labels.source.source)
         self.stream = SoftLabelStream(list(groups), cfg.stream.max_inflight,
-                                      -(-cfg.label_rows // cfg.teacher_group.batch_size))
+                                      cfg.slices_per_label_batch)
         self.groups = {n: GroupState(a, self.stream.ledgers[n],
                                      SnapshotSchedule(a.cfg.snapshot_every))
                        for n, a in groups.items()}
         tg = cfg.teacher_group
         self.labels = LabelState(labels, Every(0 if options.soft_labels else tg.refresh_every))
-        self.checkpoints = Checkpointer(options)
+        self.checkpoints = Checkpointer(options, share_layout(cfg))
         self.executor = Executor(FailurePolicy(), self.stream, self.labels, self.groups,
                                  runtime.wait_all, self._trained, self._labels_restarted)
         self.teacher_valid: Metrics = {}

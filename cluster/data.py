@@ -134,9 +134,10 @@ class RowShare:
     Why not ``streaming_split``: Ray Data splits a stream lazily only through it, and
     its coordinator is a new actor every pass (a worker process starting: as much CPU
     as the teacher's labelling of a MovieLens pass, BENCHMARKS.md, ``input``), for rows
-    a rank can slice itself; its executor then runs beside the ranks. ``streaming_split(k, equal=True)`` of the one-block shuffled table gives rank
-    r the rows ``[r*m, (r+1)*m)``, m = n // k: a RowShare reads exactly those, in the
-    same batches.
+    a rank can slice itself; its executor then runs beside the ranks.
+    ``streaming_split(k, equal=True)`` of the one-block shuffled table gives rank r the
+    rows ``[r*m, (r+1)*m)``, m = n // k: a RowShare reads exactly those, in the same
+    batches.
     """
 
     table: Any  # ObjectRef[ExampleTable]

@@ -35,9 +35,9 @@ class _PassReader:
     task, a batch is a slice of it, taken in the labeller's
     thread when asked for; the driver hands a pass over while the one before it is
     labelled, so its shuffle is done by then. A Ray Data stream (a
-    :class:`StreamShare` of a streamed pass, or ``split = "stream"``): decoded here, Arrow -> numpy per batch; ``threaded``, a thread reads from the
-    start (the stream starts, and its first batches are ready, by the time the
-    labeller gets there), holding at most ``PREFETCH_BATCHES`` batches; otherwise a
+    :class:`StreamShare` of a streamed pass, or ``split = "stream"``): decoded here,
+    Arrow -> numpy per batch; ``threaded``, a thread reads from the start (the stream
+    starts, and its first batches are ready, by the time the labeller gets there), holding at most ``PREFETCH_BATCHES`` batches; otherwise a
     batch is read when asked for (the behaviour before prefetching existed, kept as
     ``teacher_group.prefetch = false``). A RowShare is sliced inline, not by a reader
     thread: beside the forward the thread's slicing waits for the GIL and costs more

@@ -28,7 +28,7 @@ from recdistill.cluster.data import RayRuntime
 from recdistill.cluster.evaluation import evaluate_teacher
 from recdistill.cluster.progress import Progress
 from recdistill.cluster.report import DistillReport, student_summary
-from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint
+from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint, share_layout
 from recdistill.cluster.state import Hooks
 from recdistill.cluster.stream import SoftLabelStream
 from recdistill.cluster.student_group import StudentGroup
@@ -57,7 +57,7 @@ class OnlineDistillation:
         self.cfg, self.data, self.options = cfg, data, options
         state = Path(options.state_dir) / STATE_FILE if options.state_dir else None
         self.resume_from = RunCheckpoint.load(state, [g.name for g in cfg.groups],
-                                              options.soft_labels) \
+                                              options.soft_labels, share_layout(cfg)) \
             if options.resume and state is not None else None
         if options.soft_labels:
             labels = Committee.soft_labels(cfg, options.soft_labels)

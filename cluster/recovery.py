@@ -11,8 +11,8 @@ as one that dies mid-pass: its group is re-formed and the call made again.
   group) from a surviving replica's state; if none survived, from the group's last
   snapshot, and the batches it acknowledged since are delivered again.
 - A label-group rank dies: the label source is re-formed from the same checkpoint
-  versions and the pass is read again from its start; rows already published are
-  dropped by id. A rank's call that failed on bad input (``calls.input_error``) is no
+  versions and the pass is read again from after the batches every group trained
+  (``SoftLabelStream.skip``); batches already published are dropped by ``(rank, seq)``. A rank's call that failed on bad input (``calls.input_error``) is no
   failure: the run ends with that error (``LabelGroup.outcomes`` raises it).
 - A batch lost with its node is not a decision: the settlement says which batches go
   again (one per call while the lost one is looked for) and the ledger books that.

@@ -114,7 +114,7 @@ class StudentReplica:
         labelled = members[0]
         assert labelled.inputs is not None, "the lead's batch carries the inputs"
         rows = self._my_rows(labelled.inputs.batch_size, rows)
-        # A replayed batch's leftover may give this replica no rows; it still takes part
+        # A short batch (a share's last) may give this replica no rows; it still takes part
         # in the step (DDP's all-reduce needs every replica) with a zero-weighted row.
         step_rows, weight = (rows, 1.0) if len(rows) else (np.zeros(1, np.int64), 0.0)
         batch = labelled.inputs.to_table().take(step_rows, self.model.feature_names).to_batch()

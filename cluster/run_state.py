@@ -5,8 +5,9 @@ the previous one) at pass ends and every ``checkpoint_every`` labelling calls. I
 holds every group's state (a plain group's replica 0's, or a sharded group's DCP
 directory), the batches each group trained of the current pass (per-rank watermarks, a
 few ints: ``cluster/watermark.py``), its history and its ledger's counts per teacher
-version, and the teacher version the run labels with. It loads with ``weights_only=True``: tensors and plain
-types only, the history as JSON text.
+version, and the teacher version the run labels with. It loads with
+``weights_only=True``: tensors and plain types only, the history and the books as JSON
+text.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from recdistill.cluster.contracts import DcpState, StateDict
 from recdistill.cluster.ledger import VersionCount
-from recdistill.cluster.config import RunOptions
+from recdistill.cluster.config import DistillConfig, RunOptions
 from recdistill.cluster.recovery import Executor
 from recdistill.cluster.state import Every, GroupHistory, GroupState
 from recdistill.cluster.watermark import PassBooks
@@ -29,6 +30,14 @@ from recdistill.teacher.checkpoint import CheckpointError
 
 STATE_FILE = "driver_state.pt"
 FORMAT = 4  # 4: a pass's books by batch (watermarks), not by example id
+
+
+def share_layout(cfg: DistillConfig) -> dict[str, int]:
+    """What fixes which rows each batch ``(rank, seq)`` of a pass holds: a mid-pass
+    checkpoint's books are valid only for the same (with the same data and seed)."""
+    tg = cfg.teacher_group
+    return {"ranks": tg.ranks, "label_rows": cfg.label_rows, "batch_size": tg.batch_size,
+            "shuffle_buffer_rows": tg.shuffle_buffer_rows, "seed": cfg.seed}
 
 
 @dataclass
@@ -65,6 +74,7 @@ class RunCheckpoint:
     teacher_checkpoint: str
     soft_labels: str
     groups: dict[str, GroupCheckpoint]
+    layout: dict[str, int]  # share_layout of the run that wrote it
 
     def restore(self, groups: dict[str, GroupState]) -> int:
         """Put the checkpoint's counters, books and histories back (before the groups
@@ -87,7 +97,7 @@ class RunCheckpoint:
     def save(self, path: Path) -> None:
         doc = {"format": FORMAT, "pass": self.pass_index, "pass_done": self.pass_done,
                "teacher_checkpoint": self.teacher_checkpoint,
-               "soft_labels": self.soft_labels,
+               "soft_labels": self.soft_labels, "layout": json.dumps(self.layout),
                "groups": {name: {
                    "state_kind": "dcp" if isinstance(g.state, DcpState) else "dict",
                    "state": g.state.path if isinstance(g.state, DcpState) else g.state.state,
@@ -106,8 +116,10 @@ class RunCheckpoint:
         os.replace(tmp, path)  # a crash mid-write leaves the previous one
 
     @classmethod
-    def load(cls, path: Path, groups: list[str], soft_labels: str) -> "RunCheckpoint":
-        """Read ``path``, checking it was written for these groups and label source."""
+    def load(cls, path: Path, groups: list[str], soft_labels: str,
+             layout: dict[str, int] | None = None) -> "RunCheckpoint":
+        """Read ``path``, checking it was written for these groups and label source (and,
+        mid-pass, for the same ``layout`` of the pass's batches)."""
         if not path.is_file():
             raise CheckpointError(f"{path}: no driver checkpoint to resume from")
         try:
@@ -123,6 +135,13 @@ class RunCheckpoint:
         if doc["soft_labels"] != soft_labels:
             raise CheckpointError(f"{path}: was written with soft_labels = "
                                   f"{doc['soft_labels']!r}, not {soft_labels!r}")
+        saved = json.loads(doc["layout"])
+        if layout is not None and not doc["pass_done"] and saved != layout:
+            diff = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in layout.items()
+                             if saved.get(k) != v)
+            raise CheckpointError(f"{path}: interrupted mid-pass with other batches than "
+                                  f"this config makes ({diff}); resume with the same "
+                                  "teacher_group and seed")
         out = {}
         for name, d in doc["groups"].items():
             kept = json.loads(d["history"])
@@ -134,7 +153,7 @@ class RunCheckpoint:
                 by_version={int(v): VersionCount(*c) for v, c in kept["by_version"].items()},
                 stopped_after=kept["stopped_after"])
         return cls(doc["pass"], doc["pass_done"], doc["teacher_checkpoint"],
-                   doc["soft_labels"], out)
+                   doc["soft_labels"], out, saved)
 
 
 class Checkpointer:
@@ -142,9 +161,9 @@ class Checkpointer:
     labelling calls collected (:attr:`calls` counts them); nothing without a
     ``state_dir``."""
 
-    def __init__(self, options: RunOptions) -> None:
+    def __init__(self, options: RunOptions, layout: dict[str, int]) -> None:
         self.path = Path(options.state_dir) / STATE_FILE if options.state_dir else None
-        self.soft_labels = options.soft_labels
+        self.soft_labels, self.layout = options.soft_labels, layout
         self.calls = Every(options.checkpoint_every if self.path else 0)
 
     def write(self, executor: Executor, pass_index: int, pass_done: bool) -> None:
@@ -155,4 +174,5 @@ class Checkpointer:
                                              pass_index)
                   for n, g in executor.groups.items()}
         source = "" if self.soft_labels else executor.labels.source.source
-        RunCheckpoint(pass_index, pass_done, source, self.soft_labels, groups).save(self.path)
+        RunCheckpoint(pass_index, pass_done, source, self.soft_labels, groups,
+                      self.layout).save(self.path)

@@ -38,11 +38,12 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     ``options.address``) and shut down here; the report and its PNG are written where
     ``options`` says."""
     import ray
-    from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint
+    from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint, share_layout
     t0 = time.perf_counter()
     if options.resume:  # nothing to resume from fails now, before data, Ray or a teacher
         RunCheckpoint.load(Path(options.state_dir) / STATE_FILE,
-                           [g.name for g in cfg.groups], options.soft_labels)
+                           [g.name for g in cfg.groups], options.soft_labels,
+                           share_layout(cfg))
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows,
                         max_cardinality=cfg.max_cardinality)
     soft = options.soft_labels

@@ -21,7 +21,8 @@ from recdistill.cluster.contracts import StateDict
 from recdistill.cluster.controller import Controller
 from recdistill.cluster.evaluation import evaluate_teacher
 from recdistill.cluster.recovery import ATTEMPTS, RunAborted
-from recdistill.cluster.run_state import RunCheckpoint
+from recdistill.cluster.run_state import RunCheckpoint, share_layout
+from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.cluster.state import Hooks
 from recdistill.student.config import LossTerm, StudentConfig
 
@@ -88,6 +89,23 @@ def test_the_window_bounds_every_groups_queued_and_unacknowledged_batches() -> N
     _run(c)
     _assert_exactly_once(c, 1)
     assert c.stream.counters()["max_depth"] == {"baseline": 4, "kd": 4}
+
+
+def test_a_mid_pass_checkpoint_resumes_only_with_the_same_batches(tmp_path: Path) -> None:
+    """The books of an interrupted pass count batches (rank, seq): another number of
+    ranks or batch size makes other batches, and the resume fails naming what differs;
+    after a pass end there are no books to match."""
+    cfg = _cfg()
+    path = tmp_path / "driver_state.pt"
+    RunCheckpoint(0, False, "t", "", {}, share_layout(cfg)).save(path)
+    other = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
+        cfg.teacher_group, ranks=3))
+    assert RunCheckpoint.load(path, [], "", share_layout(cfg)).layout == share_layout(cfg)
+    with pytest.raises(CheckpointError, match="mid-pass with other batches than this "
+                                              r"config makes \(ranks 2 -> 3\)"):
+        RunCheckpoint.load(path, [], "", share_layout(other))
+    RunCheckpoint(0, True, "t", "", {}, share_layout(cfg)).save(path)
+    assert RunCheckpoint.load(path, [], "", share_layout(other)).pass_done
 
 
 def test_checkpoints_at_pass_ends_and_every_n_labelling_calls(tmp_path: Path) -> None:
