@@ -228,7 +228,8 @@ class RayRuntime:
                  shuffle_buffer_rows: int = 0) -> None:
         self.data, self.seed, self.split = data, seed, split
         self.read_ahead_mib, self.buffer_rows = read_ahead_mib, shuffle_buffer_rows
-        self._train: ray.data.Dataset | None = None  # None: not made, or streamed
+        self._train: ray.data.Dataset | None = None  # a streamed split has none
+        self._made = False
         self._tables: dict[str, Any] = {}
 
     def wait(self, refs: list[Any], timeout: float) -> set[Any]:
@@ -246,8 +247,9 @@ class RayRuntime:
         return self.split == "rows" or isinstance(self.data.train, Streamed)
 
     def shards(self, pass_index: int, ranks: int, skip_rows: int = 0) -> list[Any]:
-        if self._train is None:  # the ranks' read-ahead together: the configured one
+        if not self._made:  # the ranks' read-ahead together: the configured one
             self._train = train_dataset(self.data.train, self.read_ahead_mib // ranks)
+            self._made = True
         return pass_shards(self._train, self.data.train, self.seed, pass_index, ranks,
                            self.split, skip_rows, self.buffer_rows)
 

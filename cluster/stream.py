@@ -118,8 +118,7 @@ class SoftLabelStream:
         """Book a settled training call of ``group``; batches lost with a node have their ids
         published again by the pass's replay."""
         for item in self.ledgers[group].apply(settlement):
-            if item.key in self.published[item.pass_index]:  # another group's may have
-                self.published[item.pass_index].remove(item.key, len(item.ids))
+            self.published[item.pass_index].discard(item.key, len(item.ids))
 
     def requeue_undelivered(self) -> None:
         """Before a re-formed label group replays the pass: every batch not delivered
@@ -127,8 +126,7 @@ class SoftLabelStream:
         be stored on a lost node; telling which would need a fetch each)."""
         for ledger in self.ledgers.values():
             for item in ledger.drop_queue():
-                if item.key in self.published[item.pass_index]:  # once for all groups
-                    self.published[item.pass_index].remove(item.key, len(item.ids))
+                self.published[item.pass_index].discard(item.key, len(item.ids))
 
     def drained(self) -> bool:
         return all(b.depth == 0 for b in self.active.values())

@@ -68,6 +68,11 @@ class PassBooks:
         self.marks[key[0]].remove(key[1])
         self.examples -= examples
 
+    def discard(self, key: Key, examples: int) -> None:
+        """:meth:`remove` if booked (several groups may give one batch back)."""
+        if key in self:
+            self.remove(key, examples)
+
     def floor(self, ranks: int) -> int:
         """The first seq not done on some rank of ``ranks``: every rank's batches below it
         are done."""

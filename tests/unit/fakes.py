@@ -49,6 +49,7 @@ class FakeRuntime:
         self.rows, self.seed = rows, seed
         self.held: list[Ref] = []
         self.waits = 0
+        self.skipped: list[int] = []  # skip_rows of every share handed out
 
     def wait(self, refs: list[Any], timeout: float) -> set[Any]:
         self.waits += 1
@@ -66,12 +67,11 @@ class FakeRuntime:
             r.done = True
 
     skips = True
-    skipped: list[int] = []  # skip_rows of every share handed out (the class's)
 
     def shards(self, pass_index: int, ranks: int, skip_rows: int = 0) -> list[Any]:
         order = np.random.default_rng(self.seed + pass_index).permutation(self.rows)
         m = self.rows // ranks
-        self.skipped = [*self.skipped, skip_rows]
+        self.skipped.append(skip_rows)
         return [order[k * m + skip_rows:(k + 1) * m] for k in range(ranks)]
 
     def table(self, split: str) -> Any:
