@@ -65,7 +65,8 @@ Suites:
           ``ingest.rss_with_shared_ratio_*``), ``ingest.throughput_ratio_*``,
           ``ingest.streamed_vs_in_memory``.
   ids     MovieLens-100k's baseline student (true labels, no teacher) on each way of
-          making table rows of raw ids: the vocabulary, the ``hash`` rule at 16x and 64x
+          making table rows of raw ids: the vocabulary, the vocabulary renumbered (the
+          noise floor of any numbering), the ``hash`` rule at 16x and 64x
           buckets per value (64x also with its first rows at the vocabulary's scale),
           TorchRec's managed-collision remap (MCH, LFU) onto 2x the
           values; test AUC paired by seed against the vocabulary, and the share of test
@@ -80,7 +81,7 @@ Suites:
     python -m jobs.bench --suite student [--repeats 15] [--online-rows 30000]
     python -m jobs.bench --suite scale [--sizes 100000,1000000,10000000]
     python -m jobs.bench --suite ingest [--ingest-sizes 1000000,10000000]
-    python -m jobs.bench --suite ids [--seeds 3] [--student-passes 8]
+    python -m jobs.bench --suite ids [--seeds 10] [--student-passes 8]
 """
 
 from __future__ import annotations

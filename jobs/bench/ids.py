@@ -1,6 +1,8 @@
 """ids: how each way of turning raw ids into table rows trains a student, on
 MovieLens-100k with the baseline student (true labels, no teacher): each feature's
-vocabulary (``vocab``), the ``hash`` rule at 16x and 64x buckets per value, the 64x one
+vocabulary (``vocab``), the same vocabulary numbered in another order (``vocab_perm``,
+a seeded relabelling per run: no collision, the same tables and first rows, so how far
+any renumbering of ids moves a seed's AUC, the comparison's noise floor), the ``hash`` rule at 16x and 64x buckets per value, the 64x one
 with each table's first rows drawn at the vocabulary's scale (``hash_64x_init``:
 TorchRec draws a table's rows from U(+-sqrt(1/rows)), so a hashed table 64x larger
 starts 8x smaller), and TorchRec's managed-collision remap (MCH:
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMES = ("vocab", "hash_16x", "hash_64x", "hash_64x_init", "mch_2x")
+SCHEMES = ("vocab", "vocab_perm", "hash_16x", "hash_64x", "hash_64x_init", "mch_2x")
 MCH_SPACE = 1 << 20  # buckets per value of the hash MCH remaps: ids as good as raw
 
 
@@ -47,6 +49,23 @@ def _mch_spec(hashed_spec: Any, vocab_spec: Any) -> Any:
     return dataclasses.replace(hashed_spec, sparse=tuple(
         dataclasses.replace(f, cardinality=2 * vocab_spec.feature(f.name).cardinality)
         for f in hashed_spec.sparse))
+
+
+def _relabelled(vocab: Any, seed: int) -> Any:
+    """``vocab`` with each table's ids 1..V renumbered by a permutation drawn from
+    ``seed`` (id 0, unknown, stays 0; features sharing a table share it)."""
+    rng = np.random.default_rng(seed)
+    perm = {}
+    for f in vocab.spec.sparse:
+        if f.table not in perm:
+            n = vocab.spec.feature(f.table).cardinality
+            perm[f.table] = np.concatenate([[0], 1 + rng.permutation(n - 1)])
+
+    def table(t: Any) -> Any:
+        return dataclasses.replace(t, sparse={
+            k: (off, perm[vocab.spec.feature(k).table][v]) for k, (off, v) in t.sparse.items()})
+    return dataclasses.replace(vocab, train=table(vocab.train), valid=table(vocab.valid),
+                               test=table(vocab.test), name=f"{vocab.name}/relabelled")
 
 
 def _collisions(vocab: Any, hashed: Any, keys: tuple[str, ...]) -> float:
@@ -144,7 +163,7 @@ def bench_ids(seeds: int = 3, passes: int = 8) -> dict[str, Any]:
     seconds: dict[str, float] = {s: 0.0 for s in SCHEMES}
     for seed in range(seeds):
         for scheme in SCHEMES:  # interleaved per seed: the machine's drift hits each alike
-            data = datasets[scheme]
+            data = _relabelled(vocab, seed) if scheme == "vocab_perm" else datasets[scheme]
             cfg = _student(seed)
             t = time.perf_counter()
             if scheme == "mch_2x":

@@ -2,6 +2,7 @@
 and datasets whose splits are directories, globs and URIs of many files."""
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -322,3 +323,32 @@ def test_ids_bench_counts_lookups_whose_bucket_another_value_shares() -> None:
                              test=split([5, 7, 5]))
     assert _collisions(vocab, hashed, ("f",)) == pytest.approx(2 / 3)
     assert _collisions(vocab, vocab, ("f",)) == 0.0
+
+
+def test_ids_bench_renumbering_is_one_permutation_per_table(movielens: Any) -> None:
+    """The renumbered control: ids 1..V of a table map one to one onto 1..V (0 stays
+    0), ``user_history`` (on ``item_id``'s table) gets ``item_id``'s map, and the seed
+    fixes the map."""
+    from recdistill.jobs.bench.ids import _relabelled
+    data = movielens
+    shared = [f for f in data.spec.sparse if f.table != f.name]
+    assert [f.name for f in shared] == ["user_history"]
+    a, b = _relabelled(data, 3), _relabelled(data, 3)
+    for f in data.spec.sparse:
+        old = np.concatenate([getattr(data, s).sparse[f.name][1]
+                              for s in ("train", "valid", "test")])
+        new = np.concatenate([getattr(a, s).sparse[f.name][1]
+                              for s in ("train", "valid", "test")])
+        pairs = set(zip(old.tolist(), new.tolist()))
+        assert len({o for o, _ in pairs}) == len(pairs) == len({n for _, n in pairs})
+        assert all((o == 0) == (n == 0) for o, n in pairs)
+        assert max(n for _, n in pairs) < data.spec.feature(f.table).cardinality
+        np.testing.assert_array_equal(new, np.concatenate(
+            [getattr(b, s).sparse[f.name][1] for s in ("train", "valid", "test")]))
+    for f in shared:  # one map per table: the feature and its table's own agree
+        m = dict(zip(data.train.sparse[f.table][1].tolist(),
+                     a.train.sparse[f.table][1].tolist()))
+        v, w = data.train.sparse[f.name][1], a.train.sparse[f.name][1]
+        assert all(m.get(x, y) == y for x, y in zip(v.tolist(), w.tolist()))
+    assert not np.array_equal(a.train.sparse[data.spec.sparse[0].name][1],
+                              data.train.sparse[data.spec.sparse[0].name][1])
