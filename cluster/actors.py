@@ -21,14 +21,14 @@ import torch.distributed as dist
 from recdistill.cluster.codec import LabelledBatch, encode
 from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.pass_input import PassInput
-from recdistill.cluster.process import (enable_faulthandler, free_port, init_group,
-                                        node_address, peak_rss_bytes, rss_bytes)
+from recdistill.cluster.process import (actor_device, enable_faulthandler, free_port,
+                                        init_group, node_address, peak_rss_bytes, rss_bytes)
 from recdistill.data.spec import BatchArrays, EvalSplit, ExampleTable
 from recdistill.teacher.checkpoint import load_teacher_state, read_meta
 from recdistill.teacher.model import TeacherModel, feature_dims
 from recdistill.teacher.outputs import TeacherOutputs
 from recdistill.teacher.quantize import quantize_tables
-from recdistill.teacher.sharding import default_device, shard_teacher
+from recdistill.teacher.sharding import shard_teacher
 from recdistill.teacher.train import predict
 
 
@@ -47,7 +47,7 @@ class TeacherRank(PassInput):
         self.batch_size = batch_size  # rows per labelling forward
         self.logit_dtype, self.feature_dtype = logit_dtype, feature_dtype
         self.table_dtype, self.prefetch = table_dtype, prefetch
-        self.device = default_device()
+        self.device = actor_device()  # the GPU Ray gave this rank, else the CPU
         self.tables: dict[str, float] = {}
         # A committee's lead reads every member's features from the stream (read_keys);
         # each member's forward takes its own (model_keys).

@@ -16,6 +16,18 @@ def generation_suffix(generation: int) -> str:
     return f".{generation}" if generation else ""
 
 
+def get_all(refs: list[Any], call: str, names: list[str], timeout: float) -> list[Any]:
+    """``ray.get`` of one call made on several actors (``refs[i]`` on ``names[i]``);
+    past ``timeout`` a ``GetTimeoutError`` names the call and the actors that had not
+    answered, where ``ray.get``'s names neither."""
+    _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    if pending:
+        late = [n for r, n in zip(refs, names, strict=True) if r in pending]
+        raise ray.exceptions.GetTimeoutError(
+            f"{call}: no answer within {timeout:.0f} s from {', '.join(late)}")
+    return ray.get(refs)
+
+
 def kill_actors(actors: list[Any]) -> None:
     for a in actors:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from recdistill.cluster.config_stream import check_gpus
 from recdistill.data.errors import ConfigError
 from recdistill.student.config import LossTerm, StudentConfig
 from recdistill.teacher.config import TeacherConfig
@@ -41,6 +42,16 @@ class GroupConfig:
         student: the student model and its objective (its name is the group's name).
         replicas: M actors training it with DDP; each takes 1/M of every batch's rows.
         cpus: CPUs reserved per replica actor.
+        gpus: GPUs reserved per replica actor: 0 (the default) trains on CPU with
+            gloo; a replica given a GPU trains, evaluates and keeps its tables there
+            (FBGEMM's GPU kernels, the fused optimizer ``optimizer`` names, Adam
+            included), its group on nccl. Replicas of one group never share a GPU, so
+            a fraction needs ``replicas = 1``.
+        checkpoint_timeout_s: how long a sharded group's checkpoint I/O (DCP save and
+            load and their barriers, on a gloo group of their own) may wait on a peer
+            before it fails naming the call and the replica; training's collectives
+            keep 30 s, so a dead peer is found fast. The driver waits this long plus a
+            minute for a save.
         snapshot_every: every this many acknowledged batches (and at the start and each
             pass end) the driver keeps a snapshot of the group's state in the object
             store; if every replica dies, the group restarts from it and the batches
@@ -56,6 +67,8 @@ class GroupConfig:
     student: StudentConfig
     replicas: int = 1
     cpus: float = 1.0
+    gpus: float = 0.0
+    checkpoint_timeout_s: float = 600.0
     snapshot_every: int = 50
     patience: int = 0
 
@@ -65,6 +78,10 @@ class GroupConfig:
                               f"{self.replicas}")
         if self.cpus < 0:
             raise ConfigError(f"groups.{self.student.name}.cpus must be >= 0")
+        check_gpus(f"groups.{self.student.name}.gpus", self.gpus, self.replicas, "replicas")
+        if self.checkpoint_timeout_s <= 0:
+            raise ConfigError(f"groups.{self.student.name}.checkpoint_timeout_s must be > 0, "
+                              f"got {self.checkpoint_timeout_s:g}")
         if self.snapshot_every < 0:
             raise ConfigError(f"groups.{self.student.name}.snapshot_every must be >= 0, "
                               f"got {self.snapshot_every}")

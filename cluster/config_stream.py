@@ -48,6 +48,16 @@ class StreamConfig:
                                   f"expected one of {DTYPES}")
 
 
+def check_gpus(key: str, gpus: float, world: int, what: str) -> None:
+    """``gpus`` per actor of a group of ``world``: >= 0, and whole where the group's
+    actors are more than one (two of one nccl group cannot share a device)."""
+    if gpus < 0:
+        raise ConfigError(f"{key} must be >= 0, got {gpus:g}")
+    if world > 1 and gpus != int(gpus):
+        raise ConfigError(f"{key} = {gpus:g}: {world} {what} would share a GPU, which "
+                          f"nccl cannot; give each a whole GPU or set {what} = 1")
+
+
 @dataclass(frozen=True)
 class TeacherGroupConfig:
     """The teacher as a group of Ray actors.
@@ -113,6 +123,10 @@ class TeacherGroupConfig:
         train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
             does not exist; otherwise a missing checkpoint is an error.
         cpus: CPUs reserved per teacher actor.
+        gpus: GPUs reserved per teacher actor (Ray's ``num_gpus``, in the placement
+            bundles too): 0 (the default) runs the ranks on CPU with gloo; a rank given
+            a GPU runs on it, its group on nccl, with FBGEMM's GPU kernels. Ranks of one
+            group never share a GPU (nccl cannot), so a fraction needs ``ranks = 1``.
         placement: ``""`` (Ray places the ranks), ``spread`` (a placement group
             spreading them over nodes where it can) or ``strict_spread`` (one node per
             rank, or the job waits); a re-formed group gets a new placement group, so
@@ -133,6 +147,7 @@ class TeacherGroupConfig:
     refresh_every: int = 0
     train_if_missing: bool = True
     cpus: float = 1.0
+    gpus: float = 0.0
     placement: str = ""
 
     def __post_init__(self) -> None:
@@ -175,4 +190,5 @@ class TeacherGroupConfig:
                               f"number, got {self.version!r}")
         if self.cpus < 0:
             raise ConfigError(f"teacher_group.cpus must be >= 0, got {self.cpus}")
+        check_gpus("teacher_group.gpus", self.gpus, self.ranks, "ranks")
 

@@ -84,16 +84,18 @@ class LabelGroup:
         """Start the actors and set them up as one group; returns rank 0's setup info."""
         tg = self.cfg.teacher_group
         strategy: list[Any] = [None] * tg.ranks
+        gpus = 0 if self.soft_labels else tg.gpus  # a soft-label reader reads files
         if tg.placement:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+            bundle = {"CPU": tg.cpus, **({"GPU": gpus} if gpus else {})}
             self._placement = placement_group(
-                [{"CPU": tg.cpus}] * tg.ranks, strategy=tg.placement.upper(),
+                [bundle] * tg.ranks, strategy=tg.placement.upper(),
                 name=self.name + generation_suffix(self.generation))
             if not self._placement.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
                 self._release_placement()
                 raise RuntimeError(f"teacher_group.placement = {tg.placement!r}: no "
-                                   f"placement for {tg.ranks} ranks of {tg.cpus} CPUs "
+                                   f"placement for {tg.ranks} ranks of {bundle} "
                                    f"within {PLACEMENT_TIMEOUT_S:.0f} s")
             strategy = [PlacementGroupSchedulingStrategy(self._placement,
                                                          placement_group_bundle_index=k)
@@ -108,7 +110,8 @@ class LabelGroup:
         features = () if self.follower else self.cfg.requested_features
         self.actors = [ray.remote(cls).options(
             name=f"{self.name}-{k}{generation_suffix(self.generation)}", num_cpus=tg.cpus,
-            scheduling_strategy=strategy[k], max_restarts=0).remote(
+            num_gpus=gpus, scheduling_strategy=strategy[k],
+            max_restarts=0).remote(
             k, tg.ranks, self.source, features, self.cfg.label_rows, *extra, **kw)
             for k in range(tg.ranks)]
         addr, port = ray.get(self.actors[0].address.remote(), timeout=CALL_TIMEOUT_S)

@@ -1,6 +1,7 @@
 """``StudentReplica``: one of a student group's M replicas, as a plain class
-(``ray.remote`` is applied in cluster/groups.py). The M replicas of a group form their
-own gloo group; each trains on its 1/M of every labelled batch, all M step together.
+(``ray.remote`` is applied in cluster/student_group.py). The M replicas of a group form
+their own process group (gloo, or nccl on the GPUs Ray gave them); each trains on its
+1/M of every labelled batch, all M step together.
 
 A sharded student (``sharding`` other than ``none``, the default) holds its share of
 the embedding tables (TorchRec DistributedModelParallel over the group, fused FBGEMM
@@ -24,14 +25,15 @@ from recdistill.cluster.config import GroupConfig
 from recdistill.cluster.contracts import (DcpState, StateBlob, StateDict, StepResult,
                                           TrainResult)
 from recdistill.cluster.metrics import ActorMetrics
-from recdistill.cluster.process import enable_faulthandler, free_port, init_group, node_address
+from recdistill.cluster.process import (actor_device, enable_faulthandler, free_port,
+                                        init_group, io_call, io_group, node_address)
 from recdistill.data.spec import EvalSplit, FeatureSpec
 from recdistill.student.losses import build_objective
 from recdistill.student.metrics import MetricState
 from recdistill.student.model import StudentModel, count_parameters
 from recdistill.student.sharding import (clone_state, fill_local, load_sharded, local_state,
-                                         make_sharded_optimizer, prepare_optimizer, save_sharded,
-                                         serving_state, shard_student)
+                                         make_sharded_optimizer, on_cpu, prepare_optimizer,
+                                         save_sharded, serving_state, shard_student)
 from recdistill.student.train import (make_student_optimizer, mask_labels, predict_student,
                                       student_step)
 from recdistill.teacher.sharding import init_distributed
@@ -44,8 +46,10 @@ class StudentReplica:
                  rank: int, world: int) -> None:
         enable_faulthandler()
         torch.set_num_threads(1)
-        self.cfg = group.student
+        self.cfg, self.io_timeout_s = group.student, group.checkpoint_timeout_s
         self.rank, self.world = rank, world
+        self.device = actor_device()  # the GPU Ray gave this replica, else the CPU
+        self._who = f"group {self.cfg.name} replica {rank}/{world}"
         self.tasks = spec.tasks
         self.objective = build_objective(self.cfg, spec.tasks)
         self.sharded = self.cfg.sharding != "none"
@@ -56,6 +60,8 @@ class StudentReplica:
         self._counts = {"total": count_parameters(self.model),
                         "serving": sum(v.numel() for v in
                                        self.model.export_state_dict().values())}
+        if not self.sharded:
+            self.model.to(self.device)
         self.net: torch.nn.Module = self.model
         self.optimizer: Any = None if self.sharded else \
             make_student_optimizer(self.model, self.cfg)
@@ -74,10 +80,12 @@ class StudentReplica:
         tables, load ``state`` if given; returns this process's pid."""
         if self.sharded:
             if self.world > 1:
-                init_group(addr, port, self.rank, self.world, torch.device("cpu"))
+                init_group(addr, port, self.rank, self.world, self.device)
             # (M = 1: the teacher's group of one, an in-memory store, no port opened)
-            self.pg = init_distributed(torch.device("cpu"))
-            self.net = shard_student(self.model, self.cfg, self.pg, torch.device("cpu"),
+            self.pg = init_distributed(self.device)
+            # checkpoint I/O waits on its own group and timeout (a group of one: no wait)
+            self.io_pg = io_group(self.io_timeout_s) if self.world > 1 else self.pg
+            self.net = shard_student(self.model, self.cfg, self.pg, self.device,
                                      self.cfg.seed)
             self.optimizer = make_sharded_optimizer(self.net, self.cfg)  # type: ignore[arg-type]
             if state is not None:
@@ -86,11 +94,12 @@ class StudentReplica:
         if state is not None:
             self.load_state(state)
         if self.world > 1:
-            init_group(addr, port, self.rank, self.world, torch.device("cpu"))
+            init_group(addr, port, self.rank, self.world, self.device)
             # DDP all-reduces gradients inside backward; unused parameters (an auxiliary
             # head that no loss reads, say) must not stall it.
             self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, find_unused_parameters=True)
+                self.model, find_unused_parameters=True,
+                device_ids=[self.device] if self.device.type == "cuda" else None)
         return os.getpid()
 
     def _my_rows(self, n: int, rows: np.ndarray | None = None) -> np.ndarray:
@@ -120,11 +129,14 @@ class StudentReplica:
         batch = labelled.inputs.to_table().take(step_rows, self.model.feature_names).to_batch()
         batch = mask_labels(batch, self.tasks, self.cfg.label_tasks)
         teacher = committee_outputs(members, step_rows)
+        if self.device.type == "cuda":  # copies from pinned memory overlap the step
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+            teacher = teacher.pin_memory().to(self.device, non_blocking=True)
         t1 = time.perf_counter()
         staleness = max(0, (newest_version or labelled.version) - labelled.version)
         kd_scale = math.exp(-staleness / self.cfg.staleness_tau) \
             if self.cfg.staleness_tau > 0 else 1.0
-        kd_tasks = torch.tensor([t not in self.kd_off for t in self.tasks]) \
+        kd_tasks = torch.tensor([t not in self.kd_off for t in self.tasks], device=self.device) \
             if self.kd_off else None
         out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
                            batch, teacher, kd_scale, weight, kd_tasks)
@@ -176,7 +188,7 @@ class StudentReplica:
         state = MetricState.empty(self.tasks)
         for b in range(split.n_blocks):
             state.update(*predict_student(self.model, split.block(b), batch_size,
-                                          self.net if self.sharded else None))
+                                          self.net if self.sharded else None, self.device))
         if current is not None:
             self._load_weights(current)
         return state
@@ -204,7 +216,8 @@ class StudentReplica:
         """A sharded group's state (weights, optimizer, best weights) to directory
         ``path`` with DCP; every replica calls this together. Returns the state to
         start a group from."""
-        save_sharded(path, self.net, self.optimizer, self.best, self.pg)
+        with io_call(self._who, f"save_state to {path}", self.io_timeout_s):
+            save_sharded(path, self.net, self.optimizer, self.best, self.io_pg)
         return DcpState(str(path))
 
     def save_serving(self, path: str) -> None:
@@ -215,13 +228,15 @@ class StudentReplica:
         weights = self.best if self.best is not None else self._weights()
         state = serving_state(weights)
         if self.sharded:
-            dcp.save(state, checkpoint_id=path, process_group=self.pg)
+            with io_call(self._who, f"save_serving to {path}", self.io_timeout_s):
+                dcp.save(state, checkpoint_id=path, process_group=self.io_pg)
         else:
             dcp.save(state, checkpoint_id=path, no_dist=True)
 
     def state(self) -> StateDict:
-        return StateDict({"model": {k: v.clone() for k, v in self.model.state_dict().items()},
-                          "optimizer": self.optimizer.state_dict(), "best": self.best})
+        """The whole state, on the CPU (the driver that keeps it may have no GPU)."""
+        return StateDict(on_cpu({"model": self.model.state_dict(),
+                                 "optimizer": self.optimizer.state_dict(), "best": self.best}))
 
     def state_blob(self) -> np.ndarray:
         """``state()`` as ``torch.save`` bytes (uint8); a sharded replica's own part of
@@ -249,7 +264,8 @@ class StudentReplica:
         if self.sharded:
             if isinstance(state, StateBlob):  # this replica's part (``state_blob``)
                 self._prepare()
-                saved = torch.load(io.BytesIO(state.data.tobytes()), weights_only=True)
+                saved = torch.load(io.BytesIO(state.data.tobytes()), weights_only=True,
+                                   map_location=self.device)
                 now = fill_local({"model": self.net.state_dict(),
                                   "optimizer": self.optimizer.state_dict()}, saved["local"])
                 self.net.load_state_dict(now["model"])
@@ -261,16 +277,19 @@ class StudentReplica:
                 raise ValueError(f"group {self.cfg.name}: a sharded student loads a "
                                  "torch.distributed.checkpoint state or its own part of a "
                                  f"snapshot, not a {type(state).__name__}")
-            self.best = load_sharded(state.path, self.net, self.optimizer, self.pg)
+            with io_call(self._who, f"load_state from {state.path}", self.io_timeout_s):
+                self.best = load_sharded(state.path, self.net, self.optimizer, self.io_pg)
             return
         if isinstance(state, DcpState):
             raise ValueError(f"group {self.cfg.name}: a plain student cannot load the "
                              f"sharded state {state.path}")
         saved = state.state if isinstance(state, StateDict) else \
-            torch.load(io.BytesIO(state.data.tobytes()), weights_only=True)
+            torch.load(io.BytesIO(state.data.tobytes()), weights_only=True,
+                       map_location=self.device)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.best = saved.get("best")
+        best = saved.get("best")
+        self.best = None if best is None else {k: v.to(self.device) for k, v in best.items()}
 
     def parameters_count(self) -> dict[str, int]:
         return dict(self._counts)

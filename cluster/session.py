@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from recdistill.cluster.config import DistillConfig
+from recdistill.cluster.demand import ACTORS_PER_CPU, Demand  # noqa: F401 - re-exported
 from recdistill.cluster.interrupts import rearm
 from recdistill.data.errors import ConfigError
 from recdistill.teacher.registry import PLUGINS_ENV
 
 JOIN_TIMEOUT_S = 60.0  # the most joining a Ray cluster may take before the job gives up
-ACTORS_PER_CPU = 8  # the most actor processes a local cluster starts per core
 
 
 class ClusterError(ConfigError):
@@ -27,41 +27,29 @@ class ClusterError(ConfigError):
 
 
 def start_ray(address: str, cfg: DistillConfig, join_timeout_s: float = JOIN_TIMEOUT_S,
-              verbose: bool = False) -> None:
+              verbose: bool = False, teacher: bool = True) -> None:
     """The distill job's cluster: join ``address`` (giving up after ``join_timeout_s``),
     or start a single-node cluster bound to 127.0.0.1; a ``ConfigError`` where it has
-    too few CPUs for ``cfg``'s actors (said before any starts)."""
+    too few CPUs or GPUs for ``cfg``'s actors (said before any starts). ``teacher``
+    false: the labels come from files (their readers hold no GPU)."""
     import ray
-    needed = len(cfg.members) * cfg.teacher_group.ranks * cfg.teacher_group.cpus + sum(
-        g.replicas * g.cpus for g in cfg.groups)
+    import torch
+    need = Demand.of(cfg, teacher)
     if address:
         # worker output stays in the workers' logs (the dashboard shows them) unless --verbose
         join_ray(address, timeout_s=join_timeout_s, log_to_driver=verbose)
-        have = ray.cluster_resources().get("CPU", 0.0)
-        # Actors reserve their CPUs; Ray Data's tasks need at least one more.
-        if have < needed + 1:
+        try:
+            need.check_cluster(address, ray.cluster_resources())
+        except ConfigError:
             ray.shutdown()
-            raise ConfigError(
-                f"the cluster at {address} has {have:g} CPUs; this job's actors reserve "
-                f"{needed:g} (teacher_group.cpus x ranks + groups' cpus x replicas) and Ray "
-                f"Data needs 1 more: start it with `ray start --head --num-cpus "
-                f"{int(needed) + 2}` or lower the cpus in the config")
+            raise
         return
-    # Logical CPUs: the actors mostly wait on each other, so the job may reserve more
-    # than the machine has (each actor runs one intra-op thread); on top of the actors'
-    # share, Ray Data's read and shuffle tasks need CPUs of their own or they never run.
-    # But each actor is a process of its own: past ACTORS_PER_CPU per core they only
-    # thrash (and hold ~0.5 GiB each); say so before any starts.
-    actors = len(cfg.members) * cfg.teacher_group.ranks + sum(g.replicas for g in cfg.groups)
-    cores = os.cpu_count() or 1
-    if actors > ACTORS_PER_CPU * cores:
-        raise ConfigError(
-            f"this job needs {actors} actor processes ({len(cfg.groups)} groups' "
-            f"replicas and {len(cfg.members)} x {cfg.teacher_group.ranks} teacher ranks); "
-            f"this machine's {cores} CPUs hold at most {ACTORS_PER_CPU * cores} "
-            f"({ACTORS_PER_CPU} per CPU): sweep fewer sizes or settings, run fewer "
-            f"--seeds, or join a larger cluster with --address")
-    start_local_ray(int(needed + 0.999) + max(2, os.cpu_count() or 1), verbose=verbose)
+    need.check_machine(os.cpu_count() or 1, torch.cuda.device_count(),
+                       f"{len(cfg.groups)} groups' replicas and {len(cfg.members)} x "
+                       f"{cfg.teacher_group.ranks} teacher ranks")
+    # On top of the actors' share, Ray Data's read and shuffle tasks need CPUs of their
+    # own or they never run.
+    start_local_ray(int(need.cpus + 0.999) + max(2, os.cpu_count() or 1), verbose=verbose)
 
 
 def _gcs_host_port(address: str) -> tuple[str, int] | None:

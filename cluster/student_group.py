@@ -14,7 +14,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError
 
-from recdistill.cluster.calls import CALL_TIMEOUT_S, generation_suffix, kill_actors
+from recdistill.cluster.calls import CALL_TIMEOUT_S, generation_suffix, get_all, kill_actors
 from recdistill.cluster.config import GroupConfig
 from recdistill.cluster.contracts import (DcpState, GroupSave, ShardedParts, StateBlob,
                                           StateDict)
@@ -70,6 +70,17 @@ class StudentGroup:
         return self.cfg.student.sharding != "none"
 
     @property
+    def _names(self) -> list[str]:
+        return [f"student-{self.name}-{j}{generation_suffix(self.generation)}"
+                for j in range(self.cfg.replicas)]
+
+    @property
+    def _io_timeout(self) -> float:
+        """A call that saves or loads a state: the replicas' own I/O timeout, a minute
+        more for them to say which of them failed, at least a control call's."""
+        return max(CALL_TIMEOUT_S, self.cfg.checkpoint_timeout_s + 60)
+
+    @property
     def _collective(self) -> list[Any]:
         """The replicas a forward or a save needs: all of a sharded group's (its calls
         are collective), replica 0 of a plain one."""
@@ -84,17 +95,18 @@ class StudentGroup:
         actor = ray.remote(StudentReplica)
         g = self.cfg
         self.replicas = [actor.options(
-            name=f"student-{g.name}-{j}{generation_suffix(self.generation)}",
-            num_cpus=g.cpus, max_restarts=0).remote(g, self.spec, self.teacher_dims, j,
-                                                    g.replicas)
+            name=self._names[j],
+            num_cpus=g.cpus, num_gpus=g.gpus, max_restarts=0).remote(
+                g, self.spec, self.teacher_dims, j, g.replicas)
             for j in range(g.replicas)]
         addr, port = ray.get(self.replicas[0].address.remote(), timeout=CALL_TIMEOUT_S)
         # a sharded group's snapshot: replica j loads its own part j
         parts = list(state.parts) if isinstance(state, ShardedParts) \
             else [state] * len(self.replicas)
-        self.pids = ray.get([r.setup.remote(addr, port, p)
+        self.pids = get_all([r.setup.remote(addr, port, p)
                              for r, p in zip(self.replicas, parts, strict=True)],
-                            timeout=CALL_TIMEOUT_S)
+                            "setup" + (" (loading a state)" if state is not None else ""),
+                            self._names, self._io_timeout)
 
     def set_kd_guard(self, off: tuple[str, ...]) -> None:
         """Every replica stops KD on tasks ``off`` (see ``StudentReplica.set_kd_guard``)."""
@@ -197,16 +209,17 @@ class StudentGroup:
         old = sorted(root.glob("c*[0-9]")) if root.is_dir() else []
         number = int(old[-1].name[1:]) + 1 if old else 0
         path = str(root / f"c{number:06d}")
-        state = ray.get([r.save_state.remote(path) for r in self.replicas],
-                        timeout=CALL_TIMEOUT_S)[0]
+        state = get_all([r.save_state.remote(path) for r in self.replicas],
+                        f"save_state to {path}", self._names, self._io_timeout)[0]
         for p in old[:-1]:
             shutil.rmtree(p, ignore_errors=True)
         return state
 
     def write_serving(self, path: str) -> None:
         """The best state's serving weights to DCP directory ``path``."""
-        ray.get([r.save_serving.remote(path) for r in self._collective],
-                timeout=CALL_TIMEOUT_S)
+        get_all([r.save_serving.remote(path) for r in self._collective],
+                f"save_serving to {path}", self._names[:len(self._collective)],
+                self._io_timeout)
 
     def parameters_count(self) -> dict[str, int]:
         return ray.get(self.replicas[0].parameters_count.remote(), timeout=CALL_TIMEOUT_S)

@@ -7,6 +7,7 @@ first, as Ray tasks side by side (:func:`ensure_teacher`)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,8 @@ def ensure_teacher(cfg: DistillConfig, train: TeacherRun) -> None:
     # generator (same feature spec).
     data, rows = (("synthetic", min(cfg.rows, 1_000_000)) if cfg.data == "synthetic-stream"
                   else (cfg.data, cfg.rows))
-    task = ray.remote(num_cpus=1)(_train_member)
+    # one GPU where the teacher's ranks have GPUs; none seen otherwise (_train_member)
+    task = ray.remote(num_cpus=1, num_gpus=1 if cfg.teacher_group.gpus else 0)(_train_member)
     # The training tasks' progress lines come to this driver through a queue (a small
     # Ray actor), so they are in the job's own output, terminal or not; Ray's forwarding
     # of worker output is off (it would bring every library's chatter with them).
@@ -208,8 +210,14 @@ def _drain(lines: Any) -> None:
 
 def _train_member(train: TeacherRun, job: TrainTeacherArgs, tcfg: Any, lines: Any,
                   prefix: str) -> None:
-    """The Ray task of one member: ``train``, its lines sent to the driver prefixed."""
+    """The Ray task of one member: ``train``, its lines sent to the driver prefixed.
+    A task Ray gave no GPU sees none: Ray leaves CUDA_VISIBLE_DEVICES alone for it, and
+    the training loop would take GPU 0 of the node (a worker that already used CUDA
+    keeps what it saw; Ray's workers for these tasks do not)."""
+    import ray
     import torch.distributed as dist
+    if not ray.get_gpu_ids():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     try:
         train(job, tcfg, echo=lambda msg: lines.put(f"{prefix}: {msg}"))
     finally:

@@ -215,9 +215,16 @@ class Batch:
     def batch_size(self) -> int:
         return int(self.ids.shape[0])
 
-    def to(self, device: torch.device) -> Batch:
-        return Batch(self.dense.to(device), self.sparse.to(device),
-                     self.labels.to(device), self.ids.to(device))
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        """On ``device`` (from pinned memory, ``non_blocking`` copies overlap)."""
+        return Batch(self.dense.to(device, non_blocking=non_blocking),
+                     self.sparse.to(device, non_blocking=non_blocking),
+                     self.labels.to(device, non_blocking=non_blocking),
+                     self.ids.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(),
+                     self.labels.pin_memory(), self.ids.pin_memory())
 
     def to_numpy(self) -> BatchArrays:
         return BatchArrays(

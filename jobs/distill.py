@@ -50,7 +50,8 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     cfg, dims = resolve_labels(cfg, data, soft)  # before any actor starts
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        start_ray(options.address, cfg, options.join_timeout_s, options.verbose)
+        start_ray(options.address, cfg, options.join_timeout_s, options.verbose,
+                  teacher=not soft)
     monitoring: dict[str, Any] = {}
     pipeline = None
     try:

@@ -124,6 +124,18 @@ def _map_state(state: dict[str, Any], sharded: Any) -> dict[str, Any]:
     return out
 
 
+def on_cpu(state: Any) -> Any:
+    """A copy of a (nested) plain state with every tensor on the CPU: what a process
+    without the GPU (the driver) can hold and load."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: on_cpu(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(on_cpu(v) for v in state)
+    return state
+
+
 def clone_state(state: dict[str, Any]) -> dict[str, Any]:
     """A copy of a (possibly sharded) state dict: each ShardedTensor keeps its global
     layout and gets copies of this replica's shards."""

@@ -92,18 +92,21 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
 
 @torch.no_grad()
 def predict_student(model: StudentModel, table: ExampleTable, batch_size: int = 4096,
-                    net: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    net: torch.nn.Module | None = None,
+                    device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Serving logits [N, T] and labels [N, T] of every row of ``table``, in row order.
 
     ``net``: what to call instead of ``model`` (its DistributedModelParallel wrapper:
-    every replica of a sharded student calls this on the same table)."""
+    every replica of a sharded student calls this on the same table). ``device``: where
+    the model is (batches go there; None: the CPU)."""
     was_training = model.training
     model.eval()
     forward = net if net is not None else model
     logits, labels = [], []
     for arrays in table.iter_batches(batch_size, keys=model.feature_names):
         batch = arrays.to_batch()
-        logits.append(forward(batch.dense, batch.sparse).logits)
+        on = batch if device is None or device.type == "cpu" else batch.to(device)
+        logits.append(forward(on.dense, on.sparse).logits.float().cpu())
         labels.append(batch.labels)
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()

@@ -36,6 +36,18 @@ class TeacherOutputs:
                               {k: v.detach() for k, v in self.features.items()},
                               self.version, {k: v.detach() for k, v in self.members.items()})
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> TeacherOutputs:
+        """On ``device`` (from pinned memory, ``non_blocking`` copies overlap)."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+        return TeacherOutputs(move(self.logits), {k: move(v) for k, v in self.features.items()},
+                              self.version, {k: move(v) for k, v in self.members.items()})
+
+    def pin_memory(self) -> TeacherOutputs:
+        return TeacherOutputs(self.logits.pin_memory(),
+                              {k: v.pin_memory() for k, v in self.features.items()},
+                              self.version, {k: v.pin_memory() for k, v in self.members.items()})
+
     def select(self, names: tuple[str, ...] | list[str]) -> TeacherOutputs:
         """Keep only the named features; unknown names raise with the known ones."""
         missing = [n for n in names if n not in self.features]

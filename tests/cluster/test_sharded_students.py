@@ -219,3 +219,56 @@ def test_too_many_actors_for_the_machine_fails_before_ray_starts(monkeypatch) ->
     assert not started
 
 
+
+
+@pytest.mark.timeout(180)
+def test_a_save_waiting_on_a_replica_that_never_comes_fails_naming_it(ray_cluster,
+                                                                     tmp_path) -> None:
+    """Checkpoint I/O waits ``checkpoint_timeout_s`` (here 2 s) on a gloo group of its
+    own, not training's 30 s: replica 0 saving alone fails after 2 s naming the group,
+    the replica, the call and the key; the driver's wait (``get_all``) names the actor
+    that has not answered."""
+    import time
+
+    import ray
+
+    from recdistill.cluster.calls import get_all
+    from recdistill.cluster.replica import StudentReplica
+    data = tiny_dataset(n=64)
+    group = GroupConfig(StudentConfig(name="io", embedding_dim=4, hidden=(8,),
+                                      sharding="row_wise"), replicas=2,
+                        checkpoint_timeout_s=2)
+    actor = ray.remote(StudentReplica)
+    two = [actor.options(name=f"student-io-{r}").remote(group, data.spec, {}, r, 2)
+           for r in range(2)]
+    try:
+        addr, port = ray.get(two[0].address.remote(), timeout=60)
+        ray.get([r.setup.remote(addr, port) for r in two], timeout=120)
+        path = str(tmp_path / "c000000")
+        with pytest.raises(ray.exceptions.RayTaskError) as e:
+            ray.get(two[0].save_state.remote(path), timeout=60)
+        msg = str(e.value)
+        assert (f"group io replica 0/2: save_state to {path} failed (checkpoint I/O waits "
+                "at most checkpoint_timeout_s = 2 s on the other ranks)") in msg
+        assert "2000ms" in msg  # gloo's own words: the I/O group's timeout, not 30 s
+    finally:
+        for r in two:
+            ray.kill(r)
+
+    @ray.remote(num_cpus=0)
+    class Slow:
+        def call(self, seconds: float) -> float:
+            time.sleep(seconds)
+            return seconds
+
+    slow = [Slow.options(name=f"slow-{i}").remote() for i in range(3)]
+    try:
+        assert get_all([s.call.remote(0) for s in slow], "c", ["a", "b", "c"], 30) == [0] * 3
+        with pytest.raises(ray.exceptions.GetTimeoutError,
+                           match=r"^save_state to /s: no answer within 2 s from slow-0, "
+                                 r"slow-2$"):
+            get_all([s.call.remote(t) for s, t in zip(slow, (60, 0, 60))],
+                    "save_state to /s", ["slow-0", "slow-1", "slow-2"], timeout=2)
+    finally:
+        for r in slow:
+            ray.kill(r)
