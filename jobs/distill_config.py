@@ -69,11 +69,13 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
                 patience: int | None = None, checkpoint: str | None = None, version: str | None = None,
                 seeds: int | None = None, kd_guard: bool | None = None,
                 label_batch_size: int | None = None, table_dtype: str | None = None,
-                prefetch: bool | None = None) -> DistillConfig:
+                prefetch: bool | None = None, teacher_gpus: float | None = None,
+                gpus: float | None = None) -> DistillConfig:
     """A DistillConfig from an optional TOML file plus command-line overrides (None:
     not given): ``ranks``, ``checkpoint``, ``version``, ``label_batch_size``,
-    ``table_dtype`` and ``prefetch`` of the teacher group,
-    ``replicas`` and ``patience`` of every group, the rest top-level fields.
+    ``table_dtype``, ``prefetch`` and ``teacher_gpus`` (its ``gpus``) of the teacher
+    group, ``replicas``, ``patience`` and ``gpus`` of every group, the rest top-level
+    fields.
 
     Fails before any actor starts, naming the file and the key as the file spells it
     (``groups.pred_kd.losses[0].params.temperature``).
@@ -85,12 +87,14 @@ def load_config(path: str | None, *, data: str | None = None, split: str | None 
             resolve_terms(g.student)
         tg = {k: v for k, v in (("ranks", ranks), ("checkpoint", checkpoint),
                                 ("version", version), ("label_batch_size", label_batch_size),
-                                ("table_dtype", table_dtype), ("prefetch", prefetch))
+                                ("table_dtype", table_dtype), ("prefetch", prefetch),
+                                ("gpus", teacher_gpus))
               if v is not None}
         if tg:
             cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
                 cfg.teacher_group, **tg))
-        group = {k: v for k, v in (("replicas", replicas), ("patience", patience))
+        group = {k: v for k, v in (("replicas", replicas), ("patience", patience),
+                                   ("gpus", gpus))
                  if v is not None}
         if group:
             cfg = dataclasses.replace(cfg, groups=tuple(
@@ -159,6 +163,9 @@ def parse_args(argv: list[str] | None, description: str = ""
                    help="start each pass's input stream only when the pass starts "
                         "(teacher_group.prefetch = false)")
     p.add_argument("--replicas", type=int, help="M replicas in every student group")
+    p.add_argument("--teacher-gpus", type=float, help="GPUs per teacher rank "
+                   "(teacher_group.gpus; 0: CPU)")
+    p.add_argument("--gpus", type=float, help="GPUs per replica of every group (groups' gpus)")
     p.add_argument("--patience", type=int,
                    help="every group stops once its validation AUC has not improved for "
                         "N passes (groups.patience; 0: never)")
@@ -210,7 +217,8 @@ def parse_args(argv: list[str] | None, description: str = ""
                       seed=a.seed, ranks=a.ranks, replicas=a.replicas, patience=a.patience,
                       checkpoint=a.checkpoint, version=a.version, seeds=a.seeds,
                       kd_guard=a.kd_guard, label_batch_size=a.label_batch_size,
-                      table_dtype=a.table_dtype, prefetch=a.prefetch)
+                      table_dtype=a.table_dtype, prefetch=a.prefetch,
+                      teacher_gpus=a.teacher_gpus, gpus=a.gpus)
     state_dir = a.state_dir if a.state_dir is not None else str(
         Path(a.report).parent / "state")
     students_dir = a.students_dir if a.students_dir is not None else str(

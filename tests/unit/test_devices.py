@@ -138,3 +138,23 @@ def test_a_replicas_state_is_a_cpu_copy_that_loads_back() -> None:
     for k, v in r.model.state_dict().items():
         torch.testing.assert_close(other.model.state_dict()[k], v, rtol=0, atol=0)
     assert other.best is not None and other.best.keys() == r.best.keys()
+
+
+def test_gpus_from_the_command_line_and_the_gpu_checks_books(monkeypatch) -> None:
+    """``--teacher-gpus`` / ``--gpus`` set the keys (and their checks); the GPU check's
+    summary: examples/s over training, exactly once = every group acked passes x rows."""
+    from recdistill.jobs import gpu_check
+    from recdistill.jobs.distill_config import load_config, parse_args
+    cfg, _, _ = parse_args(["--teacher-gpus", "0.25", "--gpus", "0.0625", "--replicas", "1"])
+    assert cfg.teacher_group.gpus == 0.25 and {g.gpus for g in cfg.groups} == {0.0625}
+    with pytest.raises(ConfigError, match=r"groups.baseline.gpus = 0.5: 2 replicas"):
+        load_config(None, replicas=2, gpus=0.5)
+    train = type("T", (), {"train": type("R", (), {"ids": np.arange(10)})()})()
+    monkeypatch.setattr("recdistill.data.movielens.load_movielens", lambda: train)
+    report = {"stream": {"acked_rows": {"a": 20, "b": 20}}, "train_wall_s": 4.0,
+              "students": {"a": {"test": {"like": {"auc": 0.7}, "n": 5}}}}
+    got = gpu_check._summary(report, passes=2)
+    assert got == {"examples_per_s": 10.0, "exactly_once": True,
+                   "test_auc": {"a": {"like": 0.7}}}
+    report["stream"]["acked_rows"]["b"] = 19
+    assert not gpu_check._summary(report, passes=2)["exactly_once"]
