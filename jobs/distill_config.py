@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from recdistill.cluster.config import (DistillConfig, GroupConfig, MemberConfig, RunOptions,
-                                       default_groups, default_teachers, with_seeds)
+                                       TeacherGroupConfig, default_groups, default_teachers,
+                                       with_seeds)
 from recdistill.cluster.session import JOIN_TIMEOUT_S
 from recdistill.common.registry import load_plugins
 from recdistill.data.configs import from_mapping
@@ -180,7 +181,14 @@ def parse_args(argv: list[str] | None, description: str = ""
     p.add_argument("--join-timeout", type=float, default=JOIN_TIMEOUT_S,
                    help="seconds joining --address may take before the job gives up "
                         f"(default {JOIN_TIMEOUT_S:.0f})")
-    p.add_argument("--report", default="runs/distill/report.json", help="JSON report path")
+    p.add_argument("--storage", default="",
+                   help="one directory, made absolute here, for every file of the run: "
+                        "report.json, state/, students/, tensorboard/, teacher/ (unless "
+                        "--teacher-checkpoint or the config names one); on a cluster, a "
+                        "path every node sees (default: runs/distill/, relative)")
+    p.add_argument("--report", default=None,
+                   help="JSON report path (default: runs/distill/report.json, or "
+                        "<storage>/report.json)")
     p.add_argument("--plot", default="", help="PNG path (default: beside the report)")
     p.add_argument("--students-dir", default=None,
                    help="where every group's best student is written, <dir>/<group>/ "
@@ -219,6 +227,13 @@ def parse_args(argv: list[str] | None, description: str = ""
                       kd_guard=a.kd_guard, label_batch_size=a.label_batch_size,
                       table_dtype=a.table_dtype, prefetch=a.prefetch,
                       teacher_gpus=a.teacher_gpus, gpus=a.gpus)
+    storage = Path(a.storage).resolve() if a.storage else None
+    if a.report is None:
+        a.report = str(storage / "report.json") if storage else "runs/distill/report.json"
+    if storage and a.checkpoint is None and \
+            cfg.teacher_group.checkpoint == TeacherGroupConfig.checkpoint:
+        cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
+            cfg.teacher_group, checkpoint=str(storage / "teacher")))
     state_dir = a.state_dir if a.state_dir is not None else str(
         Path(a.report).parent / "state")
     students_dir = a.students_dir if a.students_dir is not None else str(

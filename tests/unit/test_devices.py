@@ -158,3 +158,23 @@ def test_gpus_from_the_command_line_and_the_gpu_checks_books(monkeypatch) -> Non
                    "test_auc": {"a": {"like": 0.7}}}
     report["stream"]["acked_rows"]["b"] = 19
     assert not gpu_check._summary(report, passes=2)["exactly_once"]
+
+
+def test_storage_puts_every_file_of_the_run_under_one_absolute_root(tmp_path,
+                                                                   monkeypatch) -> None:
+    from recdistill.jobs.distill_config import parse_args
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "store"
+    cfg, opts, _ = parse_args(["--storage", "store"])
+    assert opts.report == str(root / "report.json")
+    assert (opts.state_dir, opts.artifacts, opts.tensorboard) == (
+        str(root / "state"), str(root / "students"), str(root / "tensorboard"))
+    assert [m.checkpoint for m in cfg.members] == [str(root / "teacher")] + [
+        f"{root / 'teacher'}-{m.name}" for m in cfg.members[1:]]
+    # what is named stays named; no --storage: today's relative defaults
+    cfg, opts, _ = parse_args(["--storage", "store", "--teacher-checkpoint", "/t",
+                               "--report", "/r/out.json"])
+    assert cfg.members[0].checkpoint == "/t" and opts.state_dir == "/r/state"
+    cfg, opts, _ = parse_args([])
+    assert cfg.members[0].checkpoint == "runs/distill/teacher"
+    assert opts.report == "runs/distill/report.json"
