@@ -10,6 +10,7 @@ from recdistill.cluster.config import DistillConfig
 from recdistill.data.errors import ConfigError
 
 ACTORS_PER_CPU = 8  # the most actor processes a local cluster starts per core
+EPS = 1e-6  # fractions of a GPU add up in floating point (0.1 x 3 > 0.3)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Demand:
                 f"{self.cpus:g} (teacher_group.cpus x ranks + groups' cpus x replicas) and "
                 f"Ray Data needs 1 more: start it with `ray start --head --num-cpus "
                 f"{int(self.cpus) + 2}` or lower the cpus in the config")
-        if have.get("GPU", 0.0) < self.gpus:
+        if have.get("GPU", 0.0) < self.gpus - EPS:
             raise self._gpu_error(f"the cluster at {address}", have.get("GPU", 0.0))
 
     def check_machine(self, cores: int, gpus: int, what: str) -> None:
@@ -66,5 +67,5 @@ class Demand:
                 f"{cores} CPUs hold at most {ACTORS_PER_CPU * cores} ({ACTORS_PER_CPU} per "
                 f"CPU): sweep fewer sizes or settings, run fewer --seeds, or join a larger "
                 f"cluster with --address")
-        if gpus < self.gpus:
+        if gpus < self.gpus - EPS:
             raise self._gpu_error("this machine", gpus)

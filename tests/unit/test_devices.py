@@ -78,6 +78,9 @@ def test_demand_counts_every_actor_and_names_the_keys_of_its_gpus() -> None:
                                           r"reserve 8 "):
         need.check_machine(cores=64, gpus=0, what="")
     Demand.of(_cfg(0, (0,))).check_machine(cores=2, gpus=0, what="")
+    tenths = Demand.of(DistillConfig(groups=tuple(  # 0.1 x 3 is 0.30000000000000004
+        GroupConfig(StudentConfig(name=f"t{i}"), gpus=0.1) for i in range(3))))
+    tenths.check_cluster("a:1", {"CPU": 16, "GPU": 0.3})
 
 
 def test_a_job_asking_for_gpus_this_machine_lacks_fails_before_ray_starts(monkeypatch) -> None:
