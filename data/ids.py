@@ -98,6 +98,13 @@ class Counter:
     def __init__(self) -> None:
         self.counts: pd.Series = pd.Series(dtype=np.int64)
 
+    @classmethod
+    def of(cls, counts: pd.Series) -> Counter:
+        """A counter holding ``counts`` (text -> count), merged elsewhere."""
+        c = cls()
+        c.counts = counts
+        return c
+
     def add(self, text: np.ndarray) -> None:
         c = pd.Series(text, dtype=object).value_counts(dropna=True)
         c.index = c.index.astype(object)

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -203,27 +204,48 @@ def _split_blocks(source: Source, columns: list[str], dense: list[str], tasks: l
                                               else ""), path=shown)
 
 
-def _stats(blocks: Iterator[pd.DataFrame], t: RowTransform) -> int:
-    """One pass over train: the vocabularies of ``t``'s vocab features and the dense
-    columns' mean and standard deviation (from sums), into ``t``; train's rows."""
-    counting = [c for c in t.categorical if t.rules[c].kind == "vocab"]
-    counters = {c: Counter() for c in counting}
-    total = np.zeros(len(t.dense))
-    squares = np.zeros(len(t.dense))
-    n = 0
-    t.mean, t.std = np.zeros(len(t.dense)), np.ones(len(t.dense))  # no dense: nothing
+@dataclass
+class StatsPart:
+    """Train's counting pass over some of its rows: each vocab column's value counts
+    (text -> count), the dense columns' sums and sums of squares, the rows. Parts of
+    different rows add up (``data.ids.Counter`` merges counts; sums add)."""
+
+    counts: dict[str, pd.Series]
+    total: np.ndarray
+    squares: np.ndarray
+    n: int
+
+
+def stats_part(blocks: Iterator[pd.DataFrame], t: RowTransform) -> StatsPart:
+    """The counting pass over ``blocks`` (checked blocks of train)."""
+    counters = {c: Counter() for c in t.categorical if t.rules[c].kind == "vocab"}
+    total, squares, n = np.zeros(len(t.dense)), np.zeros(len(t.dense)), 0
     for frame in blocks:
-        for c in counting:
-            counters[c].add(t.texts(frame, c)[1])
+        for c, counter in counters.items():
+            counter.add(t.texts(frame, c)[1])
         dense = t.raw_dense(frame)
         total += dense.sum(axis=0)
         squares += (dense * dense).sum(axis=0)
         n += len(frame)
-    t.vocabs = {c: counters[c].vocabulary(t.rules[c]) for c in counting}
-    if n:
-        t.mean = total / n
-        t.std = np.sqrt(np.maximum(squares / n - t.mean ** 2, 0.0)) + 1e-6
-    return n
+    return StatsPart({c: k.counts for c, k in counters.items()}, total, squares, n)
+
+
+def finish_stats(part: StatsPart, t: RowTransform) -> int:
+    """Train's vocabularies (by ``t``'s rules) and dense mean and standard deviation
+    from all of train's counts and sums, into ``t``; train's rows."""
+    t.vocabs = {c: Counter.of(counts).vocabulary(t.rules[c])
+                for c, counts in part.counts.items()}
+    t.mean, t.std = np.zeros(len(t.dense)), np.ones(len(t.dense))  # no dense: nothing
+    if part.n:
+        t.mean = part.total / part.n
+        t.std = np.sqrt(np.maximum(part.squares / part.n - t.mean ** 2, 0.0)) + 1e-6
+    return part.n
+
+
+def _stats(blocks: Iterator[pd.DataFrame], t: RowTransform) -> int:
+    """One pass over train in this process: its vocabularies and dense mean and
+    standard deviation (from sums), into ``t``; train's rows."""
+    return finish_stats(stats_part(blocks, t), t)
 
 
 def _gather(blocks: Iterator[pd.DataFrame], t: RowTransform, limit: int | None = None
@@ -246,14 +268,22 @@ def _gather(blocks: Iterator[pd.DataFrame], t: RowTransform, limit: int | None =
              for c in t.categorical})
 
 
+# count_train(train, part_of, t): train's counting pass elsewhere (Ray Data over its
+# files: ``cluster/train_stats.py``), ``part_of`` giving a source's ``StatsPart``
+CountTrain = Callable[[Source, Callable[[Source], StatsPart], RowTransform], int]
+
+
 def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
                  read: str | None = None, train_rows: int | None = None,
-                 instead_of_stream: int | None = None) -> Dataset:
+                 instead_of_stream: int | None = None,
+                 count_train: CountTrain | None = None) -> Dataset:
     """Load the dataset a TOML description names; see the module docstring.
 
     ``read`` overrides the TOML's ``read``; ``train_rows``: hold only train's first rows
     in memory, with the transform of the whole split; ``instead_of_stream``: where train
-    would stream, do that with this many rows instead (a streamed dataset's teacher)."""
+    would stream, do that with this many rows instead (a streamed dataset's teacher);
+    ``count_train``: how a streamed train's counting pass runs when its statistics are
+    not kept yet (None: in this process, block by block)."""
     toml_path = Path(toml_path)
     desc = _describe(toml_path)
     dense_cols: list[str] = list(desc.get("dense", []))
@@ -306,9 +336,15 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         if chunks is None:
             check_schemas(train, columns)
         need = dense_cols + [c for c in cat_cols if rules[c].kind == "vocab"] + tasks
-        n_train, stats_from = cached_stats(toml_path.parent, train, t, lambda: _stats(
-            _split_blocks(train, need, dense_cols, tasks, {
-                c: s for c, s in multi.items() if c in need}, False, block_rows, None), t))
+        multi_need = {c: s for c, s in multi.items() if c in need}
+
+        def part_of(src: Source) -> StatsPart:
+            return stats_part(_split_blocks(src, need, dense_cols, tasks, multi_need, False,
+                                            block_rows, None), t)
+        n_train, stats_from = cached_stats(toml_path.parent, train, t, (
+            lambda: count_train(train, part_of, t)) if count_train else lambda: _stats(
+            _split_blocks(train, need, dense_cols, tasks, multi_need, False, block_rows,
+                          None), t))
         train_part: Any = FileStream(train, t, chunks) if stream else \
             _gather(blocks_of("train", skipped), t, train_rows)
     else:  # all in memory: the exact numpy mean and std of the loaded rows

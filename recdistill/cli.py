@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "precompute": ("precompute", "label a dataset once with the teacher and store the soft "
                                  "labels for offline distillation"),
     "predict": ("predict", "score rows with a distilled student artifact"),
+    "stats": ("stats", "count a dataset TOML's train statistics (vocabularies, mean, std) "
+                       "with Ray Data, kept for every job"),
     "bench": ("bench", "benchmarks, measured side by side in one run"),
     "submit": ("submit", "submit a distill job to a running Ray cluster (Ray Jobs)"),
     "soak": ("soak", "long run with injected failures (exactly-once check)"),
