@@ -86,6 +86,18 @@ def make_frames(n: int = 40, seed: int = 0) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def many_files(root: Path, frames: dict[str, pd.DataFrame], files: int = 8,
+               ids: str = "") -> Path:
+    """Each split as ``files`` Parquet files in a directory named after it; the TOML."""
+    for split, frame in frames.items():
+        (root / split).mkdir(parents=True)
+        for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
+            frame.iloc[part].to_parquet(root / split / f"part-{i:05d}.parquet", index=False)
+    toml = root / "dataset.toml"
+    toml.write_text(TOML.format(ext="parquet").replace(".parquet", "") + ids)
+    return toml
+
+
 def write_dataset(root: Path, ext: str = "csv", frames: dict | None = None) -> Path:
     frames = frames or make_frames()
     for split, frame in frames.items():

@@ -12,21 +12,11 @@ import pandas as pd
 import pytest
 
 from recdistill.data.tabular import load_tabular
-from testkit import TOML, make_frames
+from testkit import make_frames, many_files
 
 IDS = ('[ids]\nkind = "hash"\n[ids.workclass]\nkind = "vocab"\n'
        '[ids.genres]\nkind = "vocab"\nmin_count = 300\n'
        '[ids.education]\nkind = "vocab"\nmax_size = 2\n')
-
-
-def _files(root: Path, frames: dict[str, pd.DataFrame], files: int = 4) -> Path:
-    for split, frame in frames.items():
-        (root / split).mkdir(parents=True)
-        for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
-            frame.iloc[part].to_parquet(root / split / f"part-{i:05d}.parquet", index=False)
-    toml = root / "dataset.toml"
-    toml.write_text(TOML.format(ext="parquet").replace(".parquet", "") + IDS)
-    return toml
 
 
 @pytest.mark.timeout(300)
@@ -36,7 +26,7 @@ def test_ray_data_counting_equals_the_pass_in_one_process(ray_cluster, tmp_path:
     from recdistill.data.train_stats import CACHE_DIR
     from recdistill.jobs.stats import main
     frames = make_frames(n=800, seed=5)
-    toml = _files(tmp_path, frames)
+    toml = many_files(tmp_path, frames, files=4, ids=IDS)
     here = load_tabular(toml, read="stream")  # counted in this process, kept
     shutil.rmtree(tmp_path / CACHE_DIR)
     ray_ = load_tabular(toml, read="stream", count_train=count_with_ray_data)
@@ -73,7 +63,7 @@ def test_a_bad_value_in_one_train_file_fails_the_count_naming_it(ray_cluster, tm
     from recdistill.data.train_stats import CACHE_DIR
     from recdistill.jobs.stats import main
     frames = make_frames(n=400, seed=6)
-    toml = _files(tmp_path, frames)
+    toml = many_files(tmp_path, frames, files=4, ids=IDS)
     bad = tmp_path / "train" / "part-00002.parquet"
     frame = pd.read_parquet(bad)
     frame.loc[frame.index[7], "income"] = 7  # same type: the footers pass, the row not

@@ -11,7 +11,7 @@ import pytest
 from recdistill.data.errors import DataError
 from recdistill.data.ids import Counter, IdRule, as_text, hash_ids
 from recdistill.data.tabular import load_tabular
-from testkit import TOML, make_frames, write_dataset
+from testkit import TOML, make_frames, many_files, write_dataset
 
 
 def test_hash_ids_are_golden_and_do_not_depend_on_how_a_value_is_stored() -> None:
@@ -42,18 +42,6 @@ def test_vocabulary_counts_across_blocks_with_min_count_and_max_size() -> None:
     assert v.ids(np.array(["b", "e", None, "a"], object)).tolist() == [2, 0, 0, 1]
 
 
-def _many_files(root: Path, frames: dict[str, pd.DataFrame], files: int = 8,
-                ids: str = "") -> Path:
-    """Each split as ``files`` Parquet files in a directory named after it."""
-    for split, frame in frames.items():
-        (root / split).mkdir(parents=True)
-        for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
-            frame.iloc[part].to_parquet(root / split / f"part-{i:05d}.parquet", index=False)
-    toml = root / "dataset.toml"
-    toml.write_text(TOML.format(ext="parquet").replace(".parquet", "") + ids)
-    return toml
-
-
 @pytest.mark.parametrize("kind", ["vocab", "hash"])
 def test_a_directory_of_files_loads_as_the_one_file(tmp_path: Path, kind: str) -> None:
     frames = make_frames(n=400, seed=3)
@@ -61,7 +49,7 @@ def test_a_directory_of_files_loads_as_the_one_file(tmp_path: Path, kind: str) -
     write_dataset(tmp_path, "parquet", frames)
     (tmp_path / "dataset.toml").write_text(TOML.format(ext="parquet") + ids)
     one = load_tabular(tmp_path / "dataset.toml", block_rows=13)
-    many = load_tabular(_many_files(tmp_path / "many", frames, ids=ids), block_rows=13)
+    many = load_tabular(many_files(tmp_path / "many", frames, ids=ids), block_rows=13)
     glob = tmp_path / "glob.toml"
     glob.write_text((tmp_path / "many" / "dataset.toml").read_text().replace(
         '"train"', '"many/train/part-*.parquet"').replace('"valid"', '"many/valid"')
@@ -83,9 +71,9 @@ def test_ids_default_to_vocab_for_one_file_and_hash_for_a_directory(tmp_path: Pa
     frames = make_frames(n=80)
     one = load_tabular(write_dataset(tmp_path, "parquet", frames))
     assert [f.cardinality for f in one.spec.sparse] == [4, 4, 4]
-    many = load_tabular(_many_files(tmp_path / "many", frames, files=2))
+    many = load_tabular(many_files(tmp_path / "many", frames, files=2))
     assert [f.cardinality for f in many.spec.sparse] == [(1 << 20) + 1] * 3
-    per = load_tabular(_many_files(tmp_path / "per", frames, files=2, ids=(
+    per = load_tabular(many_files(tmp_path / "per", frames, files=2, ids=(
         '[ids]\nbuckets = 50\n[ids.education]\nkind = "vocab"\n')))
     assert [f.cardinality for f in per.spec.sparse] == [51, 4, 51]
 
@@ -93,7 +81,7 @@ def test_ids_default_to_vocab_for_one_file_and_hash_for_a_directory(tmp_path: Pa
 def test_a_wrong_column_type_in_the_middle_of_train_names_file_and_column(
         tmp_path: Path) -> None:
     frames = make_frames(n=400)
-    toml = _many_files(tmp_path, frames)
+    toml = many_files(tmp_path, frames)
     bad = tmp_path / "train" / "part-00004.parquet"
     frame = pd.read_parquet(bad)
     frame["hours"] = frame["hours"].astype(str)
@@ -167,7 +155,7 @@ def test_a_streamed_split_is_the_in_memory_split_chunk_by_chunk(tmp_path: Path) 
     rows."""
     from recdistill.data.file_stream import FileStream
     frames = make_frames(n=400, seed=5)
-    toml = _many_files(tmp_path, frames, files=3)
+    toml = many_files(tmp_path, frames, files=3)
     for split in ("train",):  # row groups of 50 rows: 3 files of 134/133/133 -> 9 chunks
         for f in sorted((tmp_path / split).iterdir()):
             pd.read_parquet(f).to_parquet(f, index=False, row_group_size=50)
@@ -243,7 +231,7 @@ def test_a_bad_label_in_a_streamed_split_fails_at_load_naming_its_place(
     """A streamed train split is read once before any pass (its stats): a label other
     than 0/1 in the sixth file fails there, naming file, row and column, before the job
     starts anything."""
-    toml = _many_files(tmp_path, make_frames(n=400), ids='read = "stream"\n')
+    toml = many_files(tmp_path, make_frames(n=400), ids='read = "stream"\n')
     bad = tmp_path / "train" / "part-00005.parquet"
     frame = pd.read_parquet(bad)
     frame.loc[frame.index[6], "income"] = 2
@@ -261,7 +249,7 @@ def test_a_streamed_splits_statistics_are_counted_once_per_version_of_its_files(
     from recdistill.data import tabular
     from recdistill.data.train_stats import CACHE_DIR
     frames = make_frames(n=400, seed=9)
-    toml = _many_files(tmp_path, frames, files=3,
+    toml = many_files(tmp_path, frames, files=3,
                        ids='[ids]\nkind = "hash"\n[ids.workclass]\nkind = "vocab"\n')
     passes: list[int] = []
     count = tabular._stats
@@ -291,7 +279,7 @@ def test_precompute_labels_a_streamed_split_chunk_by_chunk(tmp_path: Path) -> No
     streamed split one chunk (row group) at a time, together every row once."""
     from recdistill.jobs.precompute import _part, _part_rows
     frames = make_frames(n=400, seed=11)
-    toml = _many_files(tmp_path, frames, files=3)
+    toml = many_files(tmp_path, frames, files=3)
     streamed, whole = load_tabular(toml, read="stream"), load_tabular(toml, read="memory")
     assert _part_rows(streamed.train, 150) == [134, 133, 133]  # one row group per file
     assert _part_rows(whole.train, 150) == [150, 150, 100]
