@@ -338,13 +338,15 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         need = dense_cols + [c for c in cat_cols if rules[c].kind == "vocab"] + tasks
         multi_need = {c: s for c, s in multi.items() if c in need}
 
-        def part_of(src: Source) -> StatsPart:
-            return stats_part(_split_blocks(src, need, dense_cols, tasks, multi_need, False,
-                                            block_rows, None), t)
-        n_train, stats_from = cached_stats(toml_path.parent, train, t, (
-            lambda: count_train(train, part_of, t)) if count_train else lambda: _stats(
-            _split_blocks(train, need, dense_cols, tasks, multi_need, False, block_rows,
-                          None), t))
+        def checked(src: Source) -> Iterator[pd.DataFrame]:  # the columns the pass reads
+            return _split_blocks(src, need, dense_cols, tasks, multi_need, False,
+                                 block_rows, None)
+
+        def count() -> int:
+            if count_train is not None:  # elsewhere (Ray Data): a part per source
+                return count_train(train, lambda src: stats_part(checked(src), t), t)
+            return _stats(checked(train), t)
+        n_train, stats_from = cached_stats(toml_path.parent, train, t, count)
         train_part: Any = FileStream(train, t, chunks) if stream else \
             _gather(blocks_of("train", skipped), t, train_rows)
     else:  # all in memory: the exact numpy mean and std of the loaded rows
