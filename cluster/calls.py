@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import ray
@@ -19,8 +20,13 @@ def generation_suffix(generation: int) -> str:
 def get_all(refs: list[Any], call: str, names: list[str], timeout: float) -> list[Any]:
     """``ray.get`` of one call made on several actors (``refs[i]`` on ``names[i]``);
     past ``timeout`` a ``GetTimeoutError`` names the call and the actors that had not
-    answered, where ``ray.get``'s names neither."""
-    _, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    answered, where ``ray.get``'s names neither. The first call that fails raises at
+    once: a rank that died in setup does not keep the driver waiting on the others."""
+    deadline = time.monotonic() + timeout
+    pending = list(refs)
+    while pending and (left := deadline - time.monotonic()) > 0:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=left)
+        ray.get(ready)  # a finished call's error, raised now
     if pending:
         late = [n for r, n in zip(refs, names, strict=True) if r in pending]
         raise ray.exceptions.GetTimeoutError(

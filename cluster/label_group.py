@@ -13,7 +13,7 @@ from ray.exceptions import RayError
 
 from recdistill.cluster.actors import TeacherRank
 from recdistill.cluster.calls import (CALL_TIMEOUT_S, PLACEMENT_TIMEOUT_S, generation_suffix,
-                                      input_error, kill_actors)
+                                      get_all, input_error, kill_actors)
 from recdistill.cluster.config import DistillConfig
 from recdistill.cluster.contracts import LabelCall, LabelResult, RankCall
 from recdistill.cluster.soft_labels import SoftLabelReader
@@ -109,17 +109,24 @@ class LabelGroup:
                       table_dtype=tg.table_dtype)
         features = () if self.follower else self.cfg.requested_features
         self.actors = [ray.remote(cls).options(
-            name=f"{self.name}-{k}{generation_suffix(self.generation)}", num_cpus=tg.cpus,
+            name=self._names[k], num_cpus=tg.cpus,
             num_gpus=gpus, scheduling_strategy=strategy[k],
             max_restarts=0).remote(
             k, tg.ranks, self.source, features, self.cfg.label_rows, *extra, **kw)
             for k in range(tg.ranks)]
         addr, port = ray.get(self.actors[0].address.remote(), timeout=CALL_TIMEOUT_S)
-        infos = ray.get([t.setup.remote(addr, port) for t in self.actors],
-                        timeout=CALL_TIMEOUT_S)
+        # each rank loads the checkpoint: a wait that expires names the ranks it waits on
+        infos = get_all([t.setup.remote(addr, port) for t in self.actors],
+                        f"setup (loading {self.source})", self._names, CALL_TIMEOUT_S)
         self.pids = [int(i["pid"]) for i in infos]
         self.info = infos[0]
         return self.info
+
+    @property
+    def _names(self) -> list[str]:
+        """The ranks' actor names (``teacher-0``, a re-formed group's ``teacher-0.1``)."""
+        return [f"{self.name}-{k}{generation_suffix(self.generation)}"
+                for k in range(self.cfg.teacher_group.ranks)]
 
     def shutdown(self) -> None:
         """Kill the actors and free the placement; calls in flight are dropped."""
@@ -215,8 +222,8 @@ class LabelGroup:
 
     def reload(self, checkpoint: str) -> int:
         """Every rank loads another version of the same teacher; returns it."""
-        versions = ray.get([t.reload.remote(checkpoint) for t in self.actors],
-                           timeout=CALL_TIMEOUT_S)
+        versions = get_all([t.reload.remote(checkpoint) for t in self.actors],
+                           f"reload of {checkpoint}", self._names, CALL_TIMEOUT_S)
         self.source = checkpoint  # a re-formed group loads this one
         return int(versions[0])
 

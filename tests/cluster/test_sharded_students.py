@@ -227,7 +227,7 @@ def test_a_save_waiting_on_a_replica_that_never_comes_fails_naming_it(ray_cluste
     """Checkpoint I/O waits ``checkpoint_timeout_s`` (here 2 s) on a gloo group of its
     own, not training's 30 s: replica 0 saving alone fails after 2 s naming the group,
     the replica, the call and the key; the driver's wait (``get_all``) names the actor
-    that has not answered."""
+    that has not answered, and raises the first failure without waiting for the rest."""
     import time
 
     import ray
@@ -258,6 +258,8 @@ def test_a_save_waiting_on_a_replica_that_never_comes_fails_naming_it(ray_cluste
     @ray.remote(num_cpus=0)
     class Slow:
         def call(self, seconds: float) -> float:
+            if seconds < 0:
+                raise ValueError("rank died")
             time.sleep(seconds)
             return seconds
 
@@ -269,6 +271,11 @@ def test_a_save_waiting_on_a_replica_that_never_comes_fails_naming_it(ray_cluste
                                  r"slow-2$"):
             get_all([s.call.remote(t) for s, t in zip(slow, (60, 0, 60))],
                     "save_state to /s", ["slow-0", "slow-1", "slow-2"], timeout=2)
+        t0 = time.monotonic()  # a failed call raises before the others answer
+        with pytest.raises(ray.exceptions.RayTaskError, match="rank died"):
+            get_all([s.call.remote(t) for s, t in zip(slow, (60, -1, 60))],
+                    "setup", ["slow-0", "slow-1", "slow-2"], timeout=50)
+        assert time.monotonic() - t0 < 20
     finally:
         for r in slow:
             ray.kill(r)
