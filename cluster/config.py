@@ -44,6 +44,8 @@ class RunOptions:
         verbose: keep Ray's own log lines (start-up, token auth) in the output.
         tensorboard: where the driver writes TensorBoard event files, one run per group
             (``cluster/tensorboard.py``); "" for none.
+        storage: the run's root (``--storage``, absolute or a URI); its ``teacher/`` is
+            the default teacher checkpoint ("": ``teacher_group.checkpoint``'s default).
     """
 
     soft_labels: str = ""
@@ -58,6 +60,7 @@ class RunOptions:
     artifacts: str = ""
     verbose: bool = False
     tensorboard: str = ""
+    storage: str = ""
 
     def __post_init__(self) -> None:
         if self.checkpoint_every < 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from recdistill.cluster.config_stream import check_gpus
+from recdistill.cluster.config_stream import check_gpus, check_resources
 from recdistill.data.errors import ConfigError
 from recdistill.student.config import LossTerm, StudentConfig
 from recdistill.teacher.config import TeacherConfig
@@ -47,6 +47,8 @@ class GroupConfig:
             (FBGEMM's GPU kernels, the fused optimizer ``optimizer`` names, Adam
             included), its group on nccl. Replicas of one group never share a GPU, so
             a fraction needs ``replicas = 1``.
+        resources: custom Ray resources reserved per replica (``{student_node = 1}``):
+            the replicas run only on nodes that declare them.
         checkpoint_timeout_s: how long a sharded group's checkpoint I/O (DCP save and
             load and their barriers, on a gloo group of their own) may wait on a peer
             before it fails naming the call and the replica; training's collectives
@@ -68,6 +70,7 @@ class GroupConfig:
     replicas: int = 1
     cpus: float = 1.0
     gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
     checkpoint_timeout_s: float = 600.0
     snapshot_every: int = 50
     patience: int = 0
@@ -79,6 +82,7 @@ class GroupConfig:
         if self.cpus < 0:
             raise ConfigError(f"groups.{self.student.name}.cpus must be >= 0")
         check_gpus(f"groups.{self.student.name}.gpus", self.gpus, self.replicas, "replicas")
+        check_resources(f"groups.{self.student.name}.resources", self.resources)
         if self.checkpoint_timeout_s <= 0:
             raise ConfigError(f"groups.{self.student.name}.checkpoint_timeout_s must be > 0, "
                               f"got {self.checkpoint_timeout_s:g}")

@@ -3,7 +3,7 @@ soft-label stream (``[stream]``). Re-exported by ``cluster.config``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from recdistill.data.errors import ConfigError
 from recdistill.teacher.config import TABLE_DTYPES
@@ -46,6 +46,16 @@ class StreamConfig:
             if getattr(self, key) not in DTYPES:
                 raise ConfigError(f"stream.{key}: unknown dtype {getattr(self, key)!r}; "
                                   f"expected one of {DTYPES}")
+
+
+def check_resources(key: str, resources: dict[str, float]) -> None:
+    """Custom Ray resources per actor: names other than Ray's own, amounts >= 0."""
+    for name, amount in resources.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ConfigError(f"{key}.{name}: set cpus / gpus instead; resources are the "
+                              "custom ones nodes declare (ray start --resources)")
+        if not isinstance(amount, (int, float)) or amount < 0:
+            raise ConfigError(f"{key}.{name} must be a number >= 0, got {amount!r}")
 
 
 def check_gpus(key: str, gpus: float, world: int, what: str) -> None:
@@ -127,6 +137,9 @@ class TeacherGroupConfig:
             bundles too): 0 (the default) runs the ranks on CPU with gloo; a rank given
             a GPU runs on it, its group on nccl, with FBGEMM's GPU kernels. Ranks of one
             group never share a GPU (nccl cannot), so a fraction needs ``ranks = 1``.
+        resources: custom Ray resources reserved per rank (``{teacher_node = 1}``): the
+            ranks run only on nodes that declare them (declared at ``ray start``), in
+            the placement bundles too.
         placement: ``""`` (Ray places the ranks), ``spread`` (a placement group
             spreading them over nodes where it can) or ``strict_spread`` (one node per
             rank, or the job waits); a re-formed group gets a new placement group, so
@@ -148,6 +161,7 @@ class TeacherGroupConfig:
     train_if_missing: bool = True
     cpus: float = 1.0
     gpus: float = 0.0
+    resources: dict[str, float] = field(default_factory=dict)
     placement: str = ""
 
     def __post_init__(self) -> None:
@@ -191,4 +205,5 @@ class TeacherGroupConfig:
         if self.cpus < 0:
             raise ConfigError(f"teacher_group.cpus must be >= 0, got {self.cpus}")
         check_gpus("teacher_group.gpus", self.gpus, self.ranks, "ranks")
+        check_resources("teacher_group.resources", self.resources)
 

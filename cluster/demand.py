@@ -15,12 +15,14 @@ EPS = 1e-6  # fractions of a GPU add up in floating point (0.1 x 3 > 0.3)
 
 @dataclass(frozen=True)
 class Demand:
-    """A job's reservations: CPUs and GPUs over its actors, and how many actors."""
+    """A job's reservations: CPUs, GPUs and custom resources over its actors, and how
+    many actors."""
 
     cpus: float
     gpus: float
     actors: int
     gpu_terms: str  # how ``gpus`` adds up, in config keys
+    resources: tuple[tuple[str, float], ...] = ()  # custom ones, summed over the actors
 
     @classmethod
     def of(cls, cfg: DistillConfig, teacher: bool = True) -> Demand:
@@ -31,7 +33,12 @@ class Demand:
         terms = [f"teacher_group.gpus {teacher_gpus:g} x {ranks} ranks"] + [
             f"groups.{g.name}.gpus {g.gpus:g} x {g.replicas} replicas"
             for g in cfg.groups if g.gpus]
-        return cls(cpus=ranks * tg.cpus + sum(g.replicas * g.cpus for g in cfg.groups),
+        custom: dict[str, float] = {}
+        for n, per in [(ranks, tg.resources)] + [(g.replicas, g.resources) for g in cfg.groups]:
+            for name, amount in per.items():
+                custom[name] = custom.get(name, 0.0) + n * amount
+        return cls(resources=tuple(sorted(custom.items())),
+                   cpus=ranks * tg.cpus + sum(g.replicas * g.cpus for g in cfg.groups),
                    gpus=ranks * teacher_gpus + sum(g.replicas * g.gpus for g in cfg.groups),
                    actors=ranks + sum(g.replicas for g in cfg.groups),
                    gpu_terms=" + ".join(terms))
@@ -54,6 +61,13 @@ class Demand:
                 f"{int(self.cpus) + 2}` or lower the cpus in the config")
         if have.get("GPU", 0.0) < self.gpus - EPS:
             raise self._gpu_error(f"the cluster at {address}", have.get("GPU", 0.0))
+        for name, need in self.resources:
+            if have.get(name, 0.0) < need - EPS:
+                raise ConfigError(
+                    f"the cluster at {address} has {have.get(name, 0.0):g} of resource "
+                    f"{name!r}; this job's actors reserve {need:g} (teacher_group.resources "
+                    f"and groups' resources): start nodes with `ray start --resources "
+                    f"'{{\"{name}\": N}}'` or change those keys")
 
     def check_machine(self, cores: int, gpus: int, what: str) -> None:
         """Against this machine, for the single-node cluster the job starts. CPUs are
@@ -67,5 +81,11 @@ class Demand:
                 f"{cores} CPUs hold at most {ACTORS_PER_CPU * cores} ({ACTORS_PER_CPU} per "
                 f"CPU): sweep fewer sizes or settings, run fewer --seeds, or join a larger "
                 f"cluster with --address")
+        if self.resources:
+            raise ConfigError(
+                f"this job's actors reserve custom resources {dict(self.resources)} "
+                "(teacher_group.resources, groups' resources), which the single-node "
+                "cluster it starts does not declare: join a cluster whose nodes do "
+                "(--address)")
         if gpus < self.gpus - EPS:
             raise self._gpu_error("this machine", gpus)

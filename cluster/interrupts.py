@@ -16,7 +16,6 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -96,10 +95,11 @@ def where_stopped(state_dir: str, groups: list[str], soft_labels: str, passes: i
     if not state_dir:
         return None
     from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint
+    from recdistill.data import storage
     from recdistill.teacher.checkpoint import CheckpointError
-    path = Path(state_dir) / STATE_FILE
+    path = storage.join(state_dir, STATE_FILE)
     try:
-        if not resumed and path.stat().st_mtime < since:
+        if not resumed and storage.mtime(path) < since:
             return None
         s = RunCheckpoint.load(path, groups, soft_labels).summary()
     except (OSError, CheckpointError):

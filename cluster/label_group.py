@@ -88,7 +88,7 @@ class LabelGroup:
         if tg.placement:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-            bundle = {"CPU": tg.cpus, **({"GPU": gpus} if gpus else {})}
+            bundle = {"CPU": tg.cpus, **({"GPU": gpus} if gpus else {}), **tg.resources}
             self._placement = placement_group(
                 [bundle] * tg.ranks, strategy=tg.placement.upper(),
                 name=self.name + generation_suffix(self.generation))
@@ -110,7 +110,8 @@ class LabelGroup:
         features = () if self.follower else self.cfg.requested_features
         self.actors = [ray.remote(cls).options(
             name=self._names[k], num_cpus=tg.cpus,
-            num_gpus=gpus, scheduling_strategy=strategy[k],
+            num_gpus=gpus, resources=None if tg.placement else tg.resources,
+            scheduling_strategy=strategy[k],
             max_restarts=0).remote(
             k, tg.ranks, self.source, features, self.cfg.label_rows, *extra, **kw)
             for k in range(tg.ranks)]

@@ -15,10 +15,9 @@ the whole group from a checkpoint on failure, which would re-train or lose batch
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
-from pathlib import Path
+import uuid
 from typing import Any
 
 from recdistill.cluster.committee import Committee
@@ -31,6 +30,7 @@ from recdistill.cluster.report import DistillReport, student_summary
 from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint, share_layout
 from recdistill.cluster.state import Hooks
 from recdistill.cluster.stream import SoftLabelStream
+from recdistill.data import storage
 from recdistill.cluster.student_group import StudentGroup
 from recdistill.data.spec import Dataset
 from recdistill.teacher.checkpoint import resolve
@@ -55,7 +55,7 @@ class OnlineDistillation:
     def __init__(self, cfg: DistillConfig, data: Dataset, teacher_dims: dict[str, int],
                  options: RunOptions = RunOptions(), hooks: Hooks = Hooks()) -> None:
         self.cfg, self.data, self.options = cfg, data, options
-        state = Path(options.state_dir) / STATE_FILE if options.state_dir else None
+        state = storage.join(options.state_dir, STATE_FILE) if options.state_dir else None
         self.resume_from = RunCheckpoint.load(state, [g.name for g in cfg.groups],
                                               options.soft_labels, share_layout(cfg)) \
             if options.resume and state is not None else None
@@ -66,10 +66,12 @@ class OnlineDistillation:
         else:
             labels = Committee.teacher(cfg)
         # Sharded groups write their checkpointed states as DCP directories: under the
-        # run's state_dir, or a directory of this run's own (removed at shutdown).
-        self._own_root = "" if options.state_dir else tempfile.mkdtemp(
-            prefix="recdistill-students-")
-        root = str(Path(options.state_dir) / "groups") if options.state_dir \
+        # run's state_dir, or a directory of this run's own (removed at shutdown) beside
+        # the report, where every replica's node finds it.
+        self._own_root = "" if options.state_dir else storage.join(
+            storage.parent(options.report), f".groups-{uuid.uuid4().hex[:12]}") \
+            if options.report else tempfile.mkdtemp(prefix="recdistill-students-")
+        root = storage.join(options.state_dir, "groups") if options.state_dir \
             else self._own_root
         groups = {g.name: StudentGroup(g, data.spec, teacher_dims, state_root=root)
                   for g in cfg.groups}
@@ -164,7 +166,7 @@ class OnlineDistillation:
             metrics = {"test": s["test"], "valid_best": s["valid_best"],
                        "best_pass": s["best_pass"]}
             path = write_artifact(
-                Path(root) / name,
+                storage.join(root, name),
                 lambda d, n=name: self.controller.executor.on_group(
                     n, lambda a: a.write_serving(d)),
                 cfg=g.cfg.student, spec=self.data.spec, fingerprint=fp,
@@ -172,7 +174,7 @@ class OnlineDistillation:
                                        "rows": self.cfg.rows,
                                        "max_cardinality": self.cfg.max_cardinality},
                 transform=self.data.transform)
-            paths[name] = str(path)
+            paths[name] = path
         return paths
 
     def shutdown(self) -> None:
@@ -181,4 +183,4 @@ class OnlineDistillation:
         for g in self.groups.values():
             g.shutdown()
         if self._own_root:
-            shutil.rmtree(self._own_root, ignore_errors=True)
+            storage.rmtree(self._own_root)

@@ -27,6 +27,8 @@ from recdistill.cluster.contracts import (DcpState, StateBlob, StateDict, StepRe
 from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.process import (actor_device, enable_faulthandler, free_port,
                                         init_group, io_call, io_group, node_address)
+from recdistill.common.checkpoint import dcp_writer
+from recdistill.data.storage import shown
 from recdistill.data.spec import EvalSplit, FeatureSpec
 from recdistill.student.losses import build_objective
 from recdistill.student.metrics import MetricState
@@ -216,7 +218,7 @@ class StudentReplica:
         """A sharded group's state (weights, optimizer, best weights) to directory
         ``path`` with DCP; every replica calls this together. Returns the state to
         start a group from."""
-        with io_call(self._who, f"save_state to {path}", self.io_timeout_s):
+        with io_call(self._who, f"save_state to {shown(path)}", self.io_timeout_s):
             save_sharded(path, self.net, self.optimizer, self.best, self.io_pg)
         return DcpState(str(path))
 
@@ -228,10 +230,10 @@ class StudentReplica:
         weights = self.best if self.best is not None else self._weights()
         state = serving_state(weights)
         if self.sharded:
-            with io_call(self._who, f"save_serving to {path}", self.io_timeout_s):
-                dcp.save(state, checkpoint_id=path, process_group=self.io_pg)
+            with io_call(self._who, f"save_serving to {shown(path)}", self.io_timeout_s):
+                dcp.save(state, storage_writer=dcp_writer(path), process_group=self.io_pg)
         else:
-            dcp.save(state, checkpoint_id=path, no_dist=True)
+            dcp.save(state, storage_writer=dcp_writer(path), no_dist=True)  # path or URI
 
     def state(self) -> StateDict:
         """The whole state, on the CPU (the driver that keeps it may have no GPU)."""

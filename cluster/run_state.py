@@ -13,12 +13,8 @@ text.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from recdistill.cluster.contracts import DcpState, StateDict
 from recdistill.cluster.ledger import VersionCount
@@ -26,6 +22,7 @@ from recdistill.cluster.config import DistillConfig, RunOptions
 from recdistill.cluster.recovery import Executor
 from recdistill.cluster.state import Every, GroupHistory, GroupState
 from recdistill.cluster.watermark import PassBooks
+from recdistill.data import storage
 from recdistill.teacher.checkpoint import CheckpointError
 
 STATE_FILE = "driver_state.pt"
@@ -94,7 +91,7 @@ class RunCheckpoint:
         return {"pass": self.pass_index + 1, "pass_done": self.pass_done,
                 "trained_in_pass": {n: s.trained.examples for n, s in self.groups.items()}}
 
-    def save(self, path: Path) -> None:
+    def save(self, path: str) -> None:
         doc = {"format": FORMAT, "pass": self.pass_index, "pass_done": self.pass_done,
                "teacher_checkpoint": self.teacher_checkpoint,
                "soft_labels": self.soft_labels, "layout": json.dumps(self.layout),
@@ -110,36 +107,34 @@ class RunCheckpoint:
                        "by_version": {str(v): [c.batches, c.examples]
                                       for v, c in g.by_version.items()}})}
                    for name, g in self.groups.items()}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(doc, tmp)
-        os.replace(tmp, path)  # a crash mid-write leaves the previous one
+        storage.torch_save(doc, path)  # written whole: a crash leaves the previous one
 
     @classmethod
-    def load(cls, path: Path, groups: list[str], soft_labels: str,
+    def load(cls, path: str, groups: list[str], soft_labels: str,
              layout: dict[str, int] | None = None) -> "RunCheckpoint":
         """Read ``path``, checking it was written for these groups and label source (and,
         mid-pass, for the same ``layout`` of the pass's batches)."""
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no driver checkpoint to resume from")
+        where = storage.shown(path)  # as messages name it: no credentials
+        if not storage.is_file(path):
+            raise CheckpointError(f"{where}: no driver checkpoint to resume from")
         try:
-            doc = torch.load(path, weights_only=True)
+            doc = storage.torch_load(path)
         except Exception as e:  # noqa: BLE001 - truncated, tampered or not ours
-            raise CheckpointError(f"{path}: cannot read the driver checkpoint: {e}") from None
+            raise CheckpointError(f"{where}: cannot read the driver checkpoint: {e}") from None
         if doc.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: format {doc.get('format')}, this version reads "
+            raise CheckpointError(f"{where}: format {doc.get('format')}, this version reads "
                                   f"{FORMAT}")
         if sorted(doc["groups"]) != sorted(groups):
-            raise CheckpointError(f"{path}: holds groups {sorted(doc['groups'])}, the "
+            raise CheckpointError(f"{where}: holds groups {sorted(doc['groups'])}, the "
                                   f"config has {sorted(groups)}")
         if doc["soft_labels"] != soft_labels:
-            raise CheckpointError(f"{path}: was written with soft_labels = "
+            raise CheckpointError(f"{where}: was written with soft_labels = "
                                   f"{doc['soft_labels']!r}, not {soft_labels!r}")
         saved = json.loads(doc["layout"])
         if layout is not None and not doc["pass_done"] and saved != layout:
             diff = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in layout.items()
                              if saved.get(k) != v)
-            raise CheckpointError(f"{path}: interrupted mid-pass with other batches than "
+            raise CheckpointError(f"{where}: interrupted mid-pass with other batches than "
                                   f"this config makes ({diff}); resume with the same "
                                   "teacher_group and seed")
         out = {}
@@ -162,7 +157,8 @@ class Checkpointer:
     ``state_dir``."""
 
     def __init__(self, options: RunOptions, layout: dict[str, int]) -> None:
-        self.path = Path(options.state_dir) / STATE_FILE if options.state_dir else None
+        self.path = storage.join(options.state_dir, STATE_FILE) if options.state_dir \
+            else None
         self.soft_labels, self.layout = options.soft_labels, layout
         self.calls = Every(options.checkpoint_every if self.path else 0)
 

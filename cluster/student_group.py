@@ -5,10 +5,9 @@ cluster/recovery.py, and what the driver knows of the group is its ``GroupState`
 
 from __future__ import annotations
 
-import shutil
+import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,6 +19,7 @@ from recdistill.cluster.contracts import (DcpState, GroupSave, ShardedParts, Sta
                                           StateDict)
 from recdistill.cluster.settlement import ReplicaOutcome, StreamItem
 from recdistill.cluster.replica import StudentReplica
+from recdistill.data import storage
 from recdistill.data.spec import FeatureSpec
 from recdistill.student.metrics import MetricState
 
@@ -89,14 +89,15 @@ class StudentGroup:
     def _dir(self, leaf: str) -> str:
         if not self.state_root:
             raise RuntimeError(f"group {self.name}: a sharded group needs a state_root")
-        return str(Path(self.state_root) / self.name / leaf)
+        return storage.join(self.state_root, self.name, leaf)
 
     def start(self, state: GroupSave | None = None) -> None:
         actor = ray.remote(StudentReplica)
         g = self.cfg
         self.replicas = [actor.options(
             name=self._names[j],
-            num_cpus=g.cpus, num_gpus=g.gpus, max_restarts=0).remote(
+            num_cpus=g.cpus, num_gpus=g.gpus, resources=g.resources,
+            max_restarts=0).remote(
                 g, self.spec, self.teacher_dims, j, g.replicas)
             for j in range(g.replicas)]
         addr, port = ray.get(self.replicas[0].address.remote(), timeout=CALL_TIMEOUT_S)
@@ -205,20 +206,21 @@ class StudentGroup:
         may still name it; older ones are deleted)."""
         if not self.sharded:
             return ray.get(self.replicas[0].state.remote(), timeout=CALL_TIMEOUT_S)
-        root = Path(self._dir("checkpoints"))
-        old = sorted(root.glob("c*[0-9]")) if root.is_dir() else []
-        number = int(old[-1].name[1:]) + 1 if old else 0
-        path = str(root / f"c{number:06d}")
+        root = self._dir("checkpoints")
+        old = [n for n in storage.listdir(root) if re.fullmatch(r"c\d+", n)]
+        number = int(old[-1][1:]) + 1 if old else 0
+        path = storage.join(root, f"c{number:06d}")
         state = get_all([r.save_state.remote(path) for r in self.replicas],
-                        f"save_state to {path}", self._names, self._io_timeout)[0]
-        for p in old[:-1]:
-            shutil.rmtree(p, ignore_errors=True)
+                        f"save_state to {storage.shown(path)}", self._names,
+                        self._io_timeout)[0]
+        for n in old[:-1]:
+            storage.rmtree(storage.join(root, n))
         return state
 
     def write_serving(self, path: str) -> None:
         """The best state's serving weights to DCP directory ``path``."""
         get_all([r.save_serving.remote(path) for r in self._collective],
-                f"save_serving to {path}", self._names[:len(self._collective)],
+                f"save_serving to {storage.shown(path)}", self._names[:len(self._collective)],
                 self._io_timeout)
 
     def parameters_count(self) -> dict[str, int]:

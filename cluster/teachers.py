@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 from recdistill.cluster.config import DistillConfig, TeacherGroupConfig
@@ -64,11 +63,12 @@ def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> No
         StudentModel(spec, g.student, dims, uncertainty=objective.uncertainty)
 
 
-def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
+def match_teacher(cfg: DistillConfig, data: Any,
+                  default: str = TeacherGroupConfig.checkpoint) -> DistillConfig:
     """The config with teacher checkpoints made for ``data``, checked before any actor
     starts: a teacher (or committee member) trained on another dataset fails naming
-    its checkpoint and the difference, unless its path derives from the default
-    ``teacher_group.checkpoint`` and ``train_if_missing`` holds; then this dataset's
+    its checkpoint and the difference, unless its path derives from the ``default``
+    teacher checkpoint (``<storage>/teacher`` in a job) and ``train_if_missing`` holds; then this dataset's
     teachers live at the default path keyed by the dataset (trained there if missing).
     A missing checkpoint without ``train_if_missing`` fails here too.
 
@@ -80,7 +80,7 @@ def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
     tg = cfg.teacher_group
     fp = fingerprint(data.spec, data.name)
 
-    def mismatches(c: DistillConfig) -> list[tuple[str, Path, list[str]]]:
+    def mismatches(c: DistillConfig) -> list[tuple[str, str, list[str]]]:
         out = []
         for m in c.members:
             if not member_exists(m.checkpoint):
@@ -95,7 +95,7 @@ def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
                 out.append((m.name, path, found))
         return out
 
-    def fail(found: list[tuple[str, Path, list[str]]]) -> CheckpointError:
+    def fail(found: list[tuple[str, str, list[str]]]) -> CheckpointError:
         _, path, what = found[0]
         return CheckpointError(
             f"{path}: this teacher was trained on another dataset than {data.name} "
@@ -105,7 +105,6 @@ def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
     found = mismatches(cfg)
     if not found:
         return cfg
-    default = TeacherGroupConfig.checkpoint
     explicit = {m.name for m in cfg.teachers if m.checkpoint}
     if tg.checkpoint != default or not tg.train_if_missing or \
             any(name in explicit for name, _, _ in found):
@@ -120,7 +119,8 @@ def match_teacher(cfg: DistillConfig, data: Any) -> DistillConfig:
     return keyed
 
 
-def resolve_labels(cfg: DistillConfig, data: Any, soft_labels: str
+def resolve_labels(cfg: DistillConfig, data: Any, soft_labels: str,
+                   default_teacher: str = TeacherGroupConfig.checkpoint
                    ) -> tuple[DistillConfig, dict[str, int]]:
     """What labels the run, checked before any actor starts: the soft labels at
     ``soft_labels`` (of this dataset, holding the teacher features the groups request),
@@ -143,7 +143,7 @@ def resolve_labels(cfg: DistillConfig, data: Any, soft_labels: str
                               f"{sorted(manifest.features)}); precompute with this config")
         dims = dict(manifest.features)
     else:
-        cfg = match_teacher(cfg, data)
+        cfg = match_teacher(cfg, data, default_teacher)
         dims = teacher_dims(cfg, data.spec)
     validate_students(cfg, data.spec, dims)
     return cfg, dims

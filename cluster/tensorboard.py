@@ -15,16 +15,21 @@ that group has trained. Tags:
   ``teacher`` (one point per pass, a flat line to compare against).
 
 The driver already books every step (the ledger's sums), so the actors write nothing
-and no file is shared between processes. Written with tensorboardX (in the lock); the
+and no file is shared between processes. A storage URI as ``logdir`` (``s3://...``):
+the files are written in a local directory and copied there at each pass end and at
+the close (tensorboardX writes local files; TensorBoard reads ``s3://`` itself). Written with tensorboardX (in the lock); the
 viewer is ``pip install tensorboard``.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from recdistill.cluster.ledger import GroupLedger
+from recdistill.data import storage
 
 SAMPLE_S = 2.0  # seconds between samples of the running curves
 
@@ -34,7 +39,10 @@ class TensorBoardLog:
 
     def __init__(self, logdir: str | Path, groups: list[str]) -> None:
         from tensorboardX import SummaryWriter
-        self.logdir = Path(logdir)
+        self.location = str(logdir)
+        local = storage.local_path(logdir)
+        self._stage = None if local else tempfile.mkdtemp(prefix="recdistill-tensorboard-")
+        self.logdir = Path(local or self._stage)
         self.writers = {g: SummaryWriter(str(self.logdir / g)) for g in groups}
         self.teacher = SummaryWriter(str(self.logdir / "teacher"))
         # per group at the last sample: (steps, loss sums, agreement sum, rows, time)
@@ -81,10 +89,18 @@ class TensorBoardLog:
         for task, m in teacher_valid.items():
             self.teacher.add_scalar(f"valid_auc/{task}", m["auc"], most)
         self.teacher.flush()
+        self._upload()
+
+    def _upload(self) -> None:
+        if self._stage is not None:
+            storage.upload_dir(self._stage, self.location)
 
     def close(self) -> None:
         for w in [*self.writers.values(), self.teacher]:
             w.close()
+        self._upload()
+        if self._stage is not None:
+            shutil.rmtree(self._stage, ignore_errors=True)
 
 
 def read_scalars(logdir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:

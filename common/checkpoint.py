@@ -9,6 +9,7 @@ with a :class:`CheckpointError` naming it instead of running what it asks for.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+from recdistill.data import storage
 
 
 class CheckpointError(RuntimeError):
@@ -64,11 +67,14 @@ class SafeFileSystemReader(FileSystemReader):
         Raises:
             CheckpointError: no ``.metadata``, or one that is unreadable or not DCP's.
         """
-        path = Path(self._get_metadata_path(kwargs.get("rank")))
+        meta = self._get_metadata_path(kwargs.get("rank"))
+        where = getattr(self, "shown", None) or str(Path(meta).parent)  # a URI's, redacted
+        path = f"{where}/{Path(meta).name}"
         try:
-            data = path.read_bytes()
+            with self.fs.create_stream(meta, "rb") as f:  # a local file or a URI's object
+                data = f.read()
         except FileNotFoundError:
-            raise CheckpointError(f"{path.parent}: not a complete checkpoint "
+            raise CheckpointError(f"{where}: not a complete checkpoint "
                                   "(no .metadata)") from None
         try:
             metadata = _MetadataUnpickler(io.BytesIO(data)).load()
@@ -91,3 +97,46 @@ def first_cause(e: BaseException) -> str:
             return line.split("read failed:", 1)[1].split(";")[0].strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else type(e).__name__
+
+
+def _fsspec_class() -> type:
+    from fsspec.implementations.arrow import ArrowFSWrapper
+    from torch.distributed.checkpoint._fsspec_filesystem import FileSystem
+
+    class ArrowDCPFileSystem(FileSystem):
+        """DCP's fsspec storage over pyarrow's filesystem of a URI (fsspec's own
+        ``url_to_fs`` would need s3fs/gcsfs installed for the same thing)."""
+
+        def init_path(self, path: str | os.PathLike, **kwargs: Any) -> str:
+            fs, inner = storage.filesystem(path)
+            self.fs = ArrowFSWrapper(fs)
+            return inner
+
+    return ArrowDCPFileSystem
+
+
+def dcp_writer(location: str | os.PathLike, **kwargs: Any) -> Any:
+    """A DCP ``StorageWriter`` for ``location``: DCP's file writer for a local path,
+    its fsspec writer over pyarrow for a URI."""
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+    if storage.local_path(location) is not None:
+        return FileSystemWriter(storage.local_path(location), **kwargs)
+    w = FsspecWriter.__new__(FsspecWriter)
+    FileSystemWriter.__init__(w, os.fspath(location), **kwargs)
+    w.fs = _fsspec_class()()
+    w.path = w.fs.init_path(location)
+    return w
+
+
+def dcp_reader(location: str | os.PathLike) -> Any:
+    """A DCP ``StorageReader`` for ``location`` whose ``.metadata`` is unpickled with
+    the restricted unpickler of :mod:`recdistill.common.checkpoint`."""
+    if storage.local_path(location) is not None:
+        return SafeFileSystemReader(str(storage.local_path(location)))
+    r = SafeFileSystemReader.__new__(SafeFileSystemReader)
+    SafeFileSystemReader.__init__(r, "/")  # a local reader, re-pointed at the URI
+    r.fs = _fsspec_class()()
+    r.path = r.fs.init_path(location)
+    r.shown = storage.shown(location)
+    return r

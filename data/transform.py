@@ -9,6 +9,7 @@ vocabulary), so ``recdistill predict`` scores raw files the way the student was 
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recdistill.data import storage
 from recdistill.data.errors import DataError
 from recdistill.data.ids import IdRule, Vocabulary, as_text, encode
 from recdistill.data.spec import ExampleTable
@@ -104,27 +106,28 @@ class RowTransform:
                     for c, (ln, v) in cats.items()})
 
     def save(self, root: str | Path) -> None:
-        """``root/transform.json`` and ``root/vocab-<i>.parquet`` per vocabulary."""
-        root = Path(root)
+        """``root/transform.json`` and ``root/vocab-<i>.parquet`` per vocabulary (a local
+        directory or a storage URI)."""
         files = {}
         for i, (c, v) in enumerate(self.vocabs.items()):
             files[c] = f"vocab-{i}.parquet"
-            pq.write_table(pa.table({"value": pa.array(v.values, pa.string())}),
-                           root / files[c])
+            buf = io.BytesIO()
+            pq.write_table(pa.table({"value": pa.array(v.values, pa.string())}), buf)
+            storage.write_bytes(storage.join(root, files[c]), buf.getvalue())
         doc = {"format": FORMAT, "dense": list(self.dense), "sparse": list(self.sparse),
                "multi_hot": self.multi_hot, "tasks": list(self.tasks),
                "ids": {c: asdict(r) for c, r in self.rules.items()}, "vocab_files": files,
                "mean": [] if self.mean is None else [float(x) for x in self.mean],
                "std": [] if self.std is None else [float(x) for x in self.std]}
-        (root / FILE).write_text(json.dumps(doc, indent=1))
+        storage.write_text(storage.join(root, FILE), json.dumps(doc, indent=1))
 
     @classmethod
     def load(cls, root: str | Path) -> RowTransform:
-        root = Path(root)
         try:
-            doc = json.loads((root / FILE).read_text())
+            doc = json.loads(storage.read_text(storage.join(root, FILE)))
             assert doc["format"] == FORMAT, f"format {doc['format']}, not {FORMAT}"
-            vocabs = {c: Vocabulary(pq.read_table(root / f).column("value").to_pylist())
+            vocabs = {c: Vocabulary(pq.read_table(io.BytesIO(storage.read_bytes(
+                storage.join(root, f)))).column("value").to_pylist())
                       for c, f in doc["vocab_files"].items()}
             return cls(tuple(doc["dense"]), tuple(doc["sparse"]), dict(doc["multi_hot"]),
                        tuple(doc["tasks"]), {c: IdRule(**r) for c, r in doc["ids"].items()},
@@ -132,4 +135,4 @@ class RowTransform:
                        np.array(doc["std"], np.float64))
         except Exception as e:  # noqa: BLE001 - any bad field: a bad file
             raise DataError(f"unreadable id and column transform ({e})",
-                            path=str(root / FILE)) from None
+                            path=storage.shown(storage.join(root, FILE))) from None

@@ -143,14 +143,12 @@ def in_memory(data: Dataset, job: str) -> Dataset:
     return data
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write JSON to a temp file beside ``path`` and rename it in: never half a report."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
-    os.replace(tmp, p)
-    return p
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> str:
+    """Write JSON whole to ``path`` (a local path or a storage URI): never half a
+    report."""
+    from recdistill.data import storage
+    storage.write_text(path, json.dumps(obj, indent=2, sort_keys=False))
+    return os.fspath(path)
 
 
 def quiet_library_warnings() -> None:
@@ -196,3 +194,44 @@ def command_line(argv: list[str] | None, prog: str) -> list[str]:
     if ours and len(typed) > len(args) and typed[len(typed) - len(args):] == args:
         return typed[:len(typed) - len(args)] + args
     return [*prog.split(), *args]
+
+
+def run_locations(cfg: Any, root: str, *, teacher_named: bool, **given: str | None
+                  ) -> tuple[Any, dict[str, str]]:
+    """Where a run's files go: every location the command line ``given`` (None: not
+    given, "": none) or its default under the storage ``root`` (``report.json``, and
+    beside the report ``state``, ``students``, ``tensorboard``; the PNG beside the
+    report), and the teacher checkpoints, made absolute here on the driver: an actor on
+    another node, or started in another directory, would resolve a relative path
+    against its own. ``<root>/teacher`` replaces ``teacher_group.checkpoint``'s
+    default unless ``teacher_named``. Returns the config and ``RunOptions`` fields.
+
+    Raises:
+        ConfigError: a URI with keys or an endpoint in it, naming the option.
+    """
+    import dataclasses
+
+    from recdistill.cluster.config import TeacherGroupConfig
+    from recdistill.data import storage
+    root = storage.location(root, "--storage")
+    report = given["report"] if given["report"] is not None else storage.join(
+        root, "report.json")
+    beside = storage.parent(storage.location(report, "--report")) if report else root
+    defaults = {"state_dir": "state", "artifacts": "students", "tensorboard": "tensorboard"}
+    out = {"storage": root, "report": report}
+    for key, value in given.items():
+        if key != "report":
+            out[key] = value if value is not None else \
+                storage.join(beside, defaults[key]) if key in defaults else ""
+    if not report:
+        out["tensorboard"] = given["tensorboard"] or ""
+    option = {"artifacts": "--students-dir", "storage": "--storage"}
+    out = {k: storage.location(v, option.get(k, "--" + k.replace("_", "-"))) if v else ""
+           for k, v in out.items()}
+    tg = cfg.teacher_group
+    checkpoint = storage.join(root, "teacher") if not teacher_named and \
+        tg.checkpoint == TeacherGroupConfig.checkpoint else tg.checkpoint
+    return dataclasses.replace(
+        cfg, teacher_group=dataclasses.replace(tg, checkpoint=storage.absolute(checkpoint)),
+        teachers=tuple(dataclasses.replace(m, checkpoint=storage.absolute(m.checkpoint))
+                       if m.checkpoint else m for m in cfg.teachers)), out

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recdistill.cluster.config import DistillConfig, RunOptions
+from recdistill.cluster.config import DistillConfig, RunOptions, TeacherGroupConfig
 from recdistill.cluster.interrupts import signal_of, stop_on_signals, where_stopped
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from recdistill.cluster.report import DistillReport
 from recdistill.cluster.session import dashboard_line, exit_process, ray_dashboard, start_ray
 from recdistill.cluster.teachers import ensure_teacher, resolve_labels, teacher_dims
+from recdistill.data import storage
 from recdistill.data.configs import to_mapping
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.jobs.common import (command_line, load_dataset, quiet_library_warnings,
@@ -41,13 +42,15 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint, share_layout
     t0 = time.perf_counter()
     if options.resume:  # nothing to resume from fails now, before data, Ray or a teacher
-        RunCheckpoint.load(Path(options.state_dir) / STATE_FILE,
+        RunCheckpoint.load(storage.join(options.state_dir, STATE_FILE),
                            [g.name for g in cfg.groups], options.soft_labels,
                            share_layout(cfg))
     data = load_dataset(cfg.data, split=cfg.split, seed=cfg.seed, rows=cfg.rows,
                         max_cardinality=cfg.max_cardinality)
     soft = options.soft_labels
-    cfg, dims = resolve_labels(cfg, data, soft)  # before any actor starts
+    cfg, dims = resolve_labels(  # before any actor starts
+        cfg, data, soft, storage.join(options.storage, "teacher") if options.storage
+        else TeacherGroupConfig.checkpoint)
     own_cluster = not ray.is_initialized()
     if own_cluster:
         start_ray(options.address, cfg, options.join_timeout_s, options.verbose,
@@ -79,11 +82,11 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     if options.report:
         doc = report.to_json()
         write_json_atomic(options.report, doc)
-        png = Path(options.plot) if options.plot else Path(options.report).with_suffix(".png")
+        png = options.plot or options.report.removesuffix(".json") + ".png"
         from recdistill.jobs.figure import plot, plot_pareto
         plot(doc, png)
         if report.sweep is not None:
-            plot_pareto(doc, png.with_name(png.stem + "_pareto.png"))
+            plot_pareto(doc, png.removesuffix(".png") + "_pareto.png")
     return report
 
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
           f"re-delivered {s['redelivered']}, duplicates dropped {s['duplicates_dropped']}")
     if options.report:
         print(f"wall {report.wall_s:.0f}s; report {options.report}, figure "
-              f"{options.plot or Path(options.report).with_suffix('.png')}")
+              f"{options.plot or options.report.removesuffix('.json') + '.png'}")
     else:
         print(f"wall {report.wall_s:.0f}s; no report written (--report '')")
     if options.artifacts:

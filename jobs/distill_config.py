@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 from recdistill.cluster.config import (DistillConfig, GroupConfig, MemberConfig, RunOptions,
@@ -18,7 +17,8 @@ from recdistill.common.registry import load_plugins
 from recdistill.data.configs import from_mapping
 from recdistill.data.errors import ConfigError
 from recdistill.jobs.common import (add_data_arguments, add_labelling_arguments,
-                                    add_plugin_argument, check_sections, read_toml)
+                                    add_plugin_argument, check_sections, read_toml,
+                                    run_locations)
 from recdistill.teacher.config import TeacherConfig
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(DistillConfig))  # the file's keys
@@ -181,11 +181,13 @@ def parse_args(argv: list[str] | None, description: str = ""
     p.add_argument("--join-timeout", type=float, default=JOIN_TIMEOUT_S,
                    help="seconds joining --address may take before the job gives up "
                         f"(default {JOIN_TIMEOUT_S:.0f})")
-    p.add_argument("--storage", default="",
-                   help="one directory, made absolute here, for every file of the run: "
-                        "report.json, state/, students/, tensorboard/, teacher/ (unless "
-                        "--teacher-checkpoint or the config names one); on a cluster, a "
-                        "path every node sees (default: runs/distill/, relative)")
+    p.add_argument("--storage", default="runs/distill",
+                   help="where every file of the run goes: report.json, state/, "
+                        "students/, tensorboard/, teacher/ (unless --teacher-checkpoint "
+                        "or the config names one); a local path (made absolute here: on "
+                        "a cluster, one every node sees) or a URI, s3://bucket/prefix or "
+                        "gs://..., credentials and endpoint from the environment "
+                        "(default: %(default)s)")
     p.add_argument("--report", default=None,
                    help="JSON report path (default: runs/distill/report.json, or "
                         "<storage>/report.json)")
@@ -227,23 +229,11 @@ def parse_args(argv: list[str] | None, description: str = ""
                       kd_guard=a.kd_guard, label_batch_size=a.label_batch_size,
                       table_dtype=a.table_dtype, prefetch=a.prefetch,
                       teacher_gpus=a.teacher_gpus, gpus=a.gpus)
-    storage = Path(a.storage).resolve() if a.storage else None
-    if a.report is None:
-        a.report = str(storage / "report.json") if storage else "runs/distill/report.json"
-    if storage and a.checkpoint is None and \
-            cfg.teacher_group.checkpoint == TeacherGroupConfig.checkpoint:
-        cfg = dataclasses.replace(cfg, teacher_group=dataclasses.replace(
-            cfg.teacher_group, checkpoint=str(storage / "teacher")))
-    state_dir = a.state_dir if a.state_dir is not None else str(
-        Path(a.report).parent / "state")
-    students_dir = a.students_dir if a.students_dir is not None else str(
-        Path(a.report).parent / "students")
-    tensorboard = a.tensorboard if a.tensorboard is not None else (
-        str(Path(a.report).parent / "tensorboard") if a.report else "")
-    return cfg, RunOptions(soft_labels=a.soft_labels, state_dir=state_dir,
-                           artifacts=students_dir,
-                           checkpoint_every=a.checkpoint_every, resume=a.resume,
+    cfg, where = run_locations(cfg, a.storage, report=a.report, plot=a.plot,
+                               state_dir=a.state_dir, artifacts=a.students_dir,
+                               tensorboard=a.tensorboard, soft_labels=a.soft_labels,
+                               teacher_named=a.checkpoint is not None)
+    return cfg, RunOptions(checkpoint_every=a.checkpoint_every, resume=a.resume,
                            progress=not a.no_progress, address=a.address,
-                           join_timeout_s=a.join_timeout,
-                           report=a.report, plot=a.plot, verbose=a.verbose,
-                           tensorboard=tensorboard), a.readme_table
+                           join_timeout_s=a.join_timeout, verbose=a.verbose,
+                           **where), a.readme_table

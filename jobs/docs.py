@@ -31,7 +31,7 @@ RUN_FLAGS = {"soft_labels": "--soft-labels", "state_dir": "--state-dir",
              "progress": "--no-progress", "address": "--address",
              "join_timeout_s": "--join-timeout", "report": "--report", "plot": "--plot",
              "artifacts": "--students-dir", "verbose": "--verbose",
-             "tensorboard": "--tensorboard"}
+             "tensorboard": "--tensorboard", "storage": "--storage"}
 _ROLE = re.compile(r":(?:attr|class|func|meth|mod):`~?([^`]+)`")
 _SCALARS = {int: "integer", float: "float", bool: "boolean", str: "string", Any: "any"}
 

@@ -11,7 +11,7 @@ legend for the whole figure; a 1-pass run still reads (dots, padded axes).
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,16 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: str | Path) -> str:
+    """The figure as a PNG, written whole to ``path`` (a local path or a storage URI)."""
     import matplotlib.pyplot as plt
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+
+    from recdistill.data import storage
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    storage.write_bytes(path, buf.getvalue())
+    return str(path)
 
 
 def _pad(ax: Any, values: list[float], least: float) -> None:
@@ -52,7 +54,7 @@ def _passes_axis(ax: Any, single: bool) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot(report: dict[str, Any], path: Path) -> Path:
+def plot(report: dict[str, Any], path: str | Path) -> str:
     """The report's figure at ``path`` (written atomically)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -152,7 +154,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_pareto(report: dict[str, Any], path: Path) -> Path:
+def plot_pareto(report: dict[str, Any], path: str | Path) -> str:
     """The sweep's trade-off: serving parameters (log x) vs test AUC of the first task,
     KD and no-KD students, the teacher as a line."""
     import matplotlib

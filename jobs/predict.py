@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from recdistill.data import storage
 from recdistill.data.errors import ConfigError
 from recdistill.jobs.common import load_dataset, write_json_atomic
 
@@ -85,7 +86,7 @@ def score_files(model: Any, student: str, data: str, batch_size: int
     from recdistill.data.files import blocks, resolve
     from recdistill.data.tabular import check_block
     from recdistill.data.transform import FILE, RowTransform
-    if not (Path(student) / FILE).is_file():
+    if not storage.is_file(storage.join(student, FILE)):
         raise DataError(f"this student has no {FILE}: raw files can be scored only by a "
                         "student trained on a dataset TOML; give --data that TOML",
                         path=student)

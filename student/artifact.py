@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed.checkpoint as dcp
 
-from recdistill.common.checkpoint import CheckpointError, SafeFileSystemReader
+from recdistill.common.checkpoint import CheckpointError, dcp_reader
+from recdistill.data import storage
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.spec import Batch, FeatureSpec
 from recdistill.student.config import LossTerm, StudentConfig
@@ -45,8 +46,11 @@ def serving_config(cfg: StudentConfig) -> StudentConfig:
 def write_artifact(path: str | os.PathLike[str], write_weights: Callable[[str], None], *,
                    cfg: StudentConfig, spec: FeatureSpec, fingerprint: dict[str, Any],
                    metrics: dict[str, Any], data: dict[str, Any] | None = None,
-                   transform: Any = None) -> Path:
-    """Write a student artifact to ``path`` (replaced atomically if it exists).
+                   transform: Any = None) -> str:
+    """Write a student artifact to ``path``, a local directory (replaced atomically if
+    it exists: written as ``<path>.partial`` and renamed) or a storage URI (no rename
+    there: the old one is deleted first and ``student.json`` written last; a reader
+    refuses a directory without it).
 
     ``data``: how the dataset was loaded (``split``, ``seed``, ``rows``,
     ``max_cardinality``), the defaults of ``jobs.predict``.
@@ -54,11 +58,12 @@ def write_artifact(path: str | os.PathLike[str], write_weights: Callable[[str], 
     ``write_weights(dir)`` writes the serving weights there with DCP (every replica of
     a sharded group together).
     """
-    final = Path(path)
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    write_weights(str(partial / WEIGHTS))
+    final = os.fspath(path)
+    local = not storage.is_uri(final)
+    partial = final + ".partial" if local else final
+    storage.rmtree(partial)
+    storage.makedirs(partial)
+    write_weights(storage.join(partial, WEIGHTS))
     if transform is not None:  # a data.transform.RowTransform
         transform.save(partial)
     model = StudentModel(spec, serving_config(cfg), table_device="meta")
@@ -67,19 +72,20 @@ def write_artifact(path: str | os.PathLike[str], write_weights: Callable[[str], 
                 n: spec.feature(n).cardinality for n in model.feature_names},
             "serving_parameters": sum(p.numel() for p in model.parameters()),
             "data": data or {}, "metrics": metrics}
-    (partial / META_FILE).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
+    storage.write_text(storage.join(partial, META_FILE), json.dumps(meta, indent=2))
+    if local:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
     return final
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path) / META_FILE
+    p = storage.shown(storage.join(path, META_FILE))
     try:
-        meta = json.loads(p.read_text())
+        meta = json.loads(storage.read_text(storage.join(path, META_FILE)))
     except FileNotFoundError:
-        raise CheckpointError(f"{Path(path)}: not a student artifact (no {META_FILE})") \
-            from None
+        raise CheckpointError(f"{storage.shown(path)}: not a student artifact (no "
+                              f"{META_FILE})") from None
     except ValueError as e:
         raise CheckpointError(f"{p}: unreadable ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -91,7 +97,7 @@ def load_artifact(path: str | os.PathLike[str]
                   ) -> tuple[StudentModel, FeatureSpec, dict[str, Any]]:
     """The serving student of artifact ``path`` (eval mode), its schema and metadata."""
     meta = read_meta(path)
-    where = Path(path) / META_FILE
+    where = storage.shown(storage.join(path, META_FILE))
     try:
         spec = FeatureSpec.from_dict(meta["spec"])
         cfg = from_mapping(StudentConfig, meta["student"], "student")
@@ -100,9 +106,9 @@ def load_artifact(path: str | os.PathLike[str]
     model = StudentModel(spec, serving_config(cfg))
     state = model.state_dict()
     try:
-        dcp.load(state, storage_reader=SafeFileSystemReader(str(Path(path) / WEIGHTS)))
+        dcp.load(state, storage_reader=dcp_reader(storage.join(path, WEIGHTS)))
     except BaseException as e:  # noqa: BLE001 - DCP wraps reader errors in a BaseException
-        raise CheckpointError(f"{Path(path) / WEIGHTS}: cannot load the student's "
+        raise CheckpointError(f"{storage.shown(storage.join(path, WEIGHTS))}: cannot load the student's "
                               f"weights ({str(e).splitlines()[-1] if str(e) else e})") from None
     model.load_state_dict(state)
     return model.eval(), spec, meta

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,7 +41,8 @@ from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recdistill.common.checkpoint import CheckpointError, SafeFileSystemReader
+from recdistill.data import storage
+from recdistill.common.checkpoint import CheckpointError, dcp_reader, dcp_writer
 from recdistill.common.sharding import FUSED_OPTIMIZERS, TableSharder
 from recdistill.student.config import StudentConfig
 from recdistill.student.model import StudentModel
@@ -180,28 +180,32 @@ def prepare_optimizer(optimizer: CombinedOptimizer) -> None:
 
 def save_sharded(path: str | os.PathLike[str], model: nn.Module,
                  optimizer: CombinedOptimizer, best: dict[str, Any] | None,
-                 pg: dist.ProcessGroup, info: dict[str, Any] | None = None) -> Path:
+                 pg: dist.ProcessGroup, info: dict[str, Any] | None = None) -> str:
     """Write a sharded student's state (weights, optimizer, best weights) to directory
-    ``path`` with DCP; every replica calls this. Atomic: written to ``<path>.partial``
-    and renamed when complete."""
-    final = Path(path)
-    partial = final.with_name(final.name + ".partial")
+    ``path`` (a local path or a storage URI) with DCP; every replica calls this.
+    Atomic: a local directory is written as ``<path>.partial`` and renamed when
+    complete; an object store has no rename, so there ``STATE_META`` is written last
+    and :func:`load_sharded` refuses a directory without it."""
+    final = os.fspath(path)
+    local = not storage.is_uri(final)
+    partial = final + ".partial" if local else final
     rank = dist.get_rank(pg)
     if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        storage.rmtree(partial)
+        storage.makedirs(partial)
     dist.barrier(pg)
     prepare_optimizer(optimizer)
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
     if best is not None:
         state["best"] = best
-    dcp.save(state, checkpoint_id=str(partial), process_group=pg)
+    dcp.save(state, storage_writer=dcp_writer(partial), process_group=pg)
     dist.barrier(pg)
     if rank == 0:
         meta = {"best": best is not None, "world": dist.get_world_size(pg), **(info or {})}
-        (partial / STATE_META).write_text(json.dumps(meta))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+        storage.write_text(storage.join(partial, STATE_META), json.dumps(meta))
+        if local:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
     dist.barrier(pg)
     return final
 
@@ -211,9 +215,9 @@ def load_sharded(path: str | os.PathLike[str], model: nn.Module,
                  ) -> dict[str, Any] | None:
     """Load :func:`save_sharded`'s directory into this replica's shards (whatever
     number of replicas wrote it); returns the best weights (a state dict) or None."""
-    p = Path(path)
+    p = storage.shown(path)
     try:
-        meta = json.loads((p / STATE_META).read_text())
+        meta = json.loads(storage.read_text(storage.join(path, STATE_META)))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{p}: not a sharded student state ({e})") from None
     prepare_optimizer(optimizer)
@@ -221,7 +225,7 @@ def load_sharded(path: str | os.PathLike[str], model: nn.Module,
     if meta.get("best"):
         state["best"] = clone_state(state["model"])
     try:
-        dcp.load(state, storage_reader=SafeFileSystemReader(str(p)), process_group=pg)
+        dcp.load(state, storage_reader=dcp_reader(path), process_group=pg)
     except BaseException as e:  # noqa: BLE001 - DCP wraps reader errors in a BaseException
         raise CheckpointError(f"{p}: cannot load student state ({e})") from e
     model.load_state_dict(state["model"])

@@ -5,8 +5,11 @@ tables saved as they are sharded) plus ``recdistill.json`` with the schema, the 
 config and training facts. DCP reshards on load, so a checkpoint written by 2 ranks loads
 on 1 or 3, into a sharded or a plain model.
 
-Writes are atomic: everything goes to ``<dir>.partial`` and is renamed into place only
-when complete, so a crash mid-write leaves the previous checkpoint intact.
+A checkpoint lives in a local directory or under a storage URI (``s3://...``,
+``recdistill.data.storage``). Writes are atomic: a local one goes to ``<dir>.partial``
+and is renamed into place only when complete, so a crash mid-write leaves the previous
+checkpoint intact; an object store has no rename, so there ``recdistill.json`` is
+written last and a directory without it is not a checkpoint.
 
 A training run writes one such directory per version under a root
 (``<root>/v00001248``, the version being the training step) and records the best and
@@ -20,7 +23,6 @@ import json
 import os
 import re
 import shutil
-from pathlib import Path
 from typing import Any, Callable
 
 import torch.distributed as dist
@@ -29,7 +31,8 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 # CheckpointError is imported from here by cluster/, jobs/ and tests: one class either way.
-from recdistill.common.checkpoint import CheckpointError, SafeFileSystemReader, first_cause
+from recdistill.common.checkpoint import CheckpointError, dcp_reader, dcp_writer, first_cause
+from recdistill.data import storage
 from recdistill.data.configs import from_mapping, to_mapping
 from recdistill.data.spec import FeatureSpec
 from recdistill.teacher.config import TeacherConfig
@@ -51,34 +54,36 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def version_dir(root: str | os.PathLike[str], version: int) -> Path:
+def version_dir(root: str | os.PathLike[str], version: int) -> str:
     """``<root>/v{version:08d}``: where version ``version`` of a training run lives."""
-    return Path(root) / f"v{version:08d}"
+    return storage.join(root, f"v{version:08d}")
 
 
 def save_teacher(model: nn.Module | dict[str, Any], path: str | os.PathLike[str], *,
                  spec: FeatureSpec, cfg: TeacherConfig, info: dict[str, Any] | None = None,
-                 extra: Callable[[Path], None] | None = None) -> Path:
+                 extra: Callable[[str], None] | None = None) -> str:
     """Write the model's state to checkpoint directory ``path``; every rank calls this.
 
     Args:
         model: the teacher, sharded (DistributedModelParallel) or plain, or the state
             dict to write (``teacher.engine`` adds optimizer states).
-        path: checkpoint directory; replaced atomically if it exists.
+        path: checkpoint directory or URI; replaced atomically if it exists.
         spec: the schema the teacher was trained on.
         cfg: the teacher's config.
         info: extra JSON-ready facts (step, epoch, metrics).
-        extra: called on every rank with the partial directory, after the DCP shards
-            and before the copy is marked complete (the DeepSpeed engine's state).
+        extra: called on every rank with the partial directory (a local path or a
+            URI), after the DCP shards and before the copy is marked complete (the
+            DeepSpeed engine's state).
     """
-    final = Path(path)
-    partial = final.with_name(final.name + ".partial")
+    final = os.fspath(path)
+    local = storage.local_path(final) is not None
+    partial = final + ".partial" if local else final  # an object store: in place
     if _rank() == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.parent.mkdir(parents=True, exist_ok=True)
+        storage.rmtree(partial)
+        storage.makedirs(storage.parent(partial))
     _barrier()
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    dcp.save(state, checkpoint_id=str(partial))
+    dcp.save(state, storage_writer=dcp_writer(partial))
     if extra is not None:
         extra(partial)
     _barrier()
@@ -86,9 +91,10 @@ def save_teacher(model: nn.Module | dict[str, Any], path: str | os.PathLike[str]
         meta = {"format": FORMAT_VERSION, "spec": spec.to_dict(),
                 "teacher": to_mapping(cfg), "info": info or {},
                 "world_size": dist.get_world_size() if dist.is_initialized() else 1}
-        tmp = partial / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, partial / META_FILE)  # the meta file marks the copy complete
+        # the meta file marks the copy complete (written whole, last)
+        storage.write_text(storage.join(partial, META_FILE), json.dumps(meta, indent=2))
+    if _rank() == 0 and local:
+        final, partial = storage.local_path(final), storage.local_path(partial)
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
@@ -96,18 +102,15 @@ def save_teacher(model: nn.Module | dict[str, Any], path: str | os.PathLike[str]
         os.replace(partial, final)
         shutil.rmtree(old, ignore_errors=True)
     _barrier()
-    return final
+    return os.fspath(path)
 
 
 def versions(root: str | os.PathLike[str]) -> list[int]:
     """Complete versions under a run's checkpoint root, oldest first."""
-    p = Path(root)
-    if not p.is_dir():
-        return []
     found = []
-    for child in p.iterdir():
-        m = _VERSION_DIR.match(child.name)
-        if m and (child / META_FILE).is_file():
+    for name in storage.listdir(root):
+        m = _VERSION_DIR.match(name)
+        if m and storage.is_file(storage.join(root, name, META_FILE)):
             found.append(int(m.group(1)))
     return sorted(found)
 
@@ -117,15 +120,15 @@ def check_absent_or_checkpoint(path: str | os.PathLike[str]) -> bool:
     ``recdistill.json``, or a root of complete versions ``v<step>/``); False if nothing
     is there (a teacher may be trained into it). Anything else that is there fails,
     naming what was found: a job would otherwise train a teacher over it."""
-    p = Path(path)
-    if (p / META_FILE).is_file() or versions(p):
+    p = storage.shown(path)
+    if storage.is_file(storage.join(path, META_FILE)) or versions(path):
         return True
-    if not p.exists():
+    if not storage.exists(path):
         return False
-    what = "a file" if not p.is_dir() else "an empty directory" \
-        if not any(p.iterdir()) else None
+    names = storage.listdir(path)
+    what = "a file" if not storage.is_dir(path) else "an empty directory" \
+        if not names else None
     if what is None:
-        names = sorted(c.name for c in p.iterdir())
         partial = [n for n in names if _VERSION_DIR.match(n)]
         what = (f"a directory whose versions {partial[:3]} are incomplete (no {META_FILE})"
                 if partial else f"a directory of {len(names)} entries ({', '.join(names[:3])}"
@@ -139,31 +142,29 @@ def check_absent_or_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 def read_index(root: str | os.PathLike[str]) -> dict[str, int]:
     """``{"best": v, "latest": v}`` of a run's root; {} when there is none yet."""
-    p = Path(root) / INDEX_FILE
-    if not p.is_file():
+    p = storage.join(root, INDEX_FILE)
+    if not storage.is_file(p):
         return {}
     try:
-        index = json.loads(p.read_text())
+        index = json.loads(storage.read_text(p))
         return {k: int(index[k]) for k in ("best", "latest") if k in index}
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{p}: unreadable version index ({e})") from e
+        raise CheckpointError(f"{storage.shown(p)}: unreadable version index ({e})") from e
 
 
 def write_index(root: str | os.PathLike[str], *, best: int, latest: int,
                 keep: int = 0) -> None:
     """Record the best and latest versions atomically (rank 0 only); then delete all
     but the ``keep`` newest versions and the best (``keep=0`` keeps everything)."""
-    p = Path(root)
-    tmp = p / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps({"best": best, "latest": latest}))
-    os.replace(tmp, p / INDEX_FILE)
+    storage.write_text(storage.join(root, INDEX_FILE),
+                       json.dumps({"best": best, "latest": latest}))
     if keep > 0:
-        for v in versions(p)[:-keep]:
+        for v in versions(root)[:-keep]:
             if v not in (best, latest):
-                shutil.rmtree(version_dir(p, v), ignore_errors=True)
+                storage.rmtree(version_dir(root, v))
 
 
-def resolve(path: str | os.PathLike[str], version: int | str = "best") -> Path:
+def resolve(path: str | os.PathLike[str], version: int | str = "best") -> str:
     """The checkpoint directory to load.
 
     Args:
@@ -172,19 +173,19 @@ def resolve(path: str | os.PathLike[str], version: int | str = "best") -> Path:
         version: for a root: ``"best"`` (by validation AUC; the newest when no index
             says), ``"latest"``, or a version number.
     """
-    p = Path(path)
-    if (p / META_FILE).is_file():
+    p, where = os.fspath(path), storage.shown(path)
+    if storage.is_file(storage.join(p, META_FILE)):
         return p
     found = versions(p)
     if not found:
-        if not p.exists():
-            raise CheckpointError(f"{p}: checkpoint directory not found")
-        raise CheckpointError(f"{p}: neither a complete recdistill checkpoint (no "
+        if not storage.exists(p):
+            raise CheckpointError(f"{where}: checkpoint directory not found")
+        raise CheckpointError(f"{where}: neither a complete recdistill checkpoint (no "
                               f"{META_FILE}) nor a root of versions (no v######## inside)")
     if isinstance(version, int) or str(version).isdigit():
         v = int(version)
         if v not in found:
-            raise CheckpointError(f"{p}: no version {v}; it holds {found}")
+            raise CheckpointError(f"{where}: no version {v}; it holds {found}")
         return version_dir(p, v)
     if version not in ("best", "latest"):
         raise CheckpointError("checkpoint version must be best, latest or a number, "
@@ -197,13 +198,11 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[FeatureSpec, TeacherConfig,
     """The schema, teacher config and info of a checkpoint (a version directory, or a
     run's root: its best version), without loading weights."""
     p = resolve(path)
-    meta_path = p / META_FILE
-    if not p.is_dir():
-        raise CheckpointError(f"{p}: checkpoint directory not found")
-    if not meta_path.is_file():
-        raise CheckpointError(f"{p}: not a complete recdistill checkpoint (no {META_FILE})")
+    meta_path = storage.shown(storage.join(p, META_FILE))
+    if not storage.is_dir(p):
+        raise CheckpointError(f"{storage.shown(p)}: checkpoint directory not found")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(storage.read_text(storage.join(p, META_FILE)))
         if meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, this "
                                   f"version reads {FORMAT_VERSION}")
@@ -211,6 +210,9 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[FeatureSpec, TeacherConfig,
         cfg = from_mapping(TeacherConfig, meta["teacher"], "teacher")
     except CheckpointError:
         raise
+    except FileNotFoundError:
+        raise CheckpointError(f"{storage.shown(p)}: not a complete recdistill checkpoint "
+                              f"(no {META_FILE})") from None
     except Exception as e:  # noqa: BLE001 - JSON, key or value errors: a bad file
         raise CheckpointError(f"{meta_path}: unreadable checkpoint metadata ({e})") from e
     return spec, cfg, dict(meta.get("info", {}), world_size=meta.get("world_size", 1))
@@ -226,12 +228,12 @@ def load_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     path = resolve(path)  # a root loads its best version; clear error when missing
     read_meta(path)
     try:
-        dcp.load(state, storage_reader=SafeFileSystemReader(str(path)))
+        dcp.load(state, storage_reader=dcp_reader(path))
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP wraps reader
         # errors in CheckpointException, a BaseException; keep its first line only.
-        raise CheckpointError(f"{path}: cannot load checkpoint "
+        raise CheckpointError(f"{storage.shown(path)}: cannot load checkpoint "
                               f"({first_cause(e)})") from e
 
 

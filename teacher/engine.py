@@ -27,13 +27,13 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from recdistill.data import storage
 from recdistill.data.spec import Batch, FeatureSpec
 from recdistill.teacher.checkpoint import read_meta, load_state, save_teacher
 from recdistill.teacher.config import TeacherConfig
@@ -126,11 +126,11 @@ class TeacherTrainer:
         else:
             self.optimizer = make_optimizer(self.model, cfg)
         if init_from is not None:
-            self._load(Path(init_from))
+            self._load(os.fspath(init_from))
         if deep:
             self._start_deepspeed(device)
             if init_from is not None and resume_engine:
-                self._resume_engine(Path(init_from))
+                self._resume_engine(os.fspath(init_from))
 
     # -- DeepSpeed ---------------------------------------------------------------------
     def _start_deepspeed(self, device: torch.device) -> None:
@@ -148,20 +148,21 @@ class TeacherTrainer:
         # The engine takes the tower's place: the teacher's forward now runs through it.
         self.model.module.tower = self.engine
 
-    def _resume_engine(self, path: Path) -> None:
+    def _resume_engine(self, path: str) -> None:
         _, _, info = read_meta(path)
-        ds_dir = path / DEEPSPEED_DIR
+        ds_dir = storage.join(path, DEEPSPEED_DIR)
         same = (info.get("world_size") == self.world
-                and info.get("zero_stage") == self.cfg.zero_stage and ds_dir.is_dir())
+                and info.get("zero_stage") == self.cfg.zero_stage and storage.is_dir(ds_dir))
         if not same:
             log.warning("%s: written by %s rank(s) with ZeRO stage %s; this run has %d "
                         "and stage %d: dense weights loaded, dense optimizer state "
                         "restarted", path, info.get("world_size"), info.get("zero_stage"),
                         self.world, self.cfg.zero_stage)
             return
-        self.engine.load_checkpoint(str(ds_dir), tag=_DS_TAG, load_module_strict=True,
-                                    load_optimizer_states=True,
-                                    load_lr_scheduler_states=False)
+        with storage.fetched(ds_dir) as local:  # DeepSpeed reads a local directory
+            self.engine.load_checkpoint(local, tag=_DS_TAG, load_module_strict=True,
+                                        load_optimizer_states=True,
+                                        load_lr_scheduler_states=False)
 
     # -- training ----------------------------------------------------------------------
     def train_step(self, batch: Batch) -> float:
@@ -204,20 +205,22 @@ class TeacherTrainer:
         return {**self._table_state(), **self.dense_state()}
 
     def save(self, path: str | os.PathLike[str], *, spec: FeatureSpec,
-             info: dict[str, Any] | None = None) -> Path:
+             info: dict[str, Any] | None = None) -> str:
         """Write checkpoint version directory ``path`` atomically; every rank calls this."""
         state = {**self.model_state(), "optim": self.optimizer.state_dict()}
 
-        def write_engine(partial: Path) -> None:
-            if self.engine is not None:
-                self.engine.save_checkpoint(str(partial / DEEPSPEED_DIR), tag=_DS_TAG)
+        def write_engine(partial: str) -> None:
+            if self.engine is None:
+                return
+            with storage.staged(storage.join(partial, DEEPSPEED_DIR)) as local:
+                self.engine.save_checkpoint(local, tag=_DS_TAG)  # a local directory
 
         info = dict(info or {}, dense_engine=self.cfg.dense_engine,
                     zero_stage=self.cfg.zero_stage)
         return save_teacher(state, path, spec=spec, cfg=self.cfg, info=info,
                             extra=write_engine)
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: str) -> None:
         """Weights and optimizer states from ``path``, before any DeepSpeed engine exists."""
         deep = self.cfg.dense_engine == "deepspeed"
         if not deep:

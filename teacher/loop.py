@@ -15,7 +15,6 @@ import itertools
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
@@ -125,7 +124,7 @@ class Progress:
 
 
 def restore(job: TrainTeacherArgs, world: int, log: Callable[[str], None]
-            ) -> tuple[Path | None, Progress]:
+            ) -> tuple[str | None, Progress]:
     """The version to resume from and its progress; (None, fresh) without --resume.
 
     Raises:

@@ -49,3 +49,21 @@ def ray_cluster():
     start_local_ray(16, dashboard=False)  # as the jobs start theirs: loopback only
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-compatible server on 127.0.0.1 (SeaweedFS, tests/s3server.py) with the
+    bucket ``runs``; its variables set in this process (pyarrow reads them) while it
+    runs, so every process started after that reaches it too."""
+    from s3server import start_s3
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()

@@ -151,7 +151,7 @@ def test_zero2_checkpoint_from_two_ranks_loads_on_one_and_three(tmp_path: Path) 
     root = str(tmp_path / "run")
     _spawn(_save_worker, 2, root, str(tmp_path / "two.npy"), retry_on_signal=True)
     assert versions(root) == [16]
-    assert (version_dir(root, 16) / "deepspeed").is_dir()
+    assert (Path(version_dir(root, 16)) / "deepspeed").is_dir()
     two = np.load(tmp_path / "two.npy")
     for world in (1, 3):
         _spawn(_load_worker, world, root, str(tmp_path / f"w{world}.npy"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,8 +156,8 @@ def test_tampered_artifact_fails_with_its_path(tmp_path) -> None:
                                              model.export_state_dict().values())
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, model.state_dict()[k])
-    (path / "student.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match=str(path / "student.json")):
+    (Path(path) / "student.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=str(Path(path) / "student.json")):
         load_artifact(path)
     with pytest.raises(CheckpointError, match="not a student artifact"):
         load_artifact(tmp_path)

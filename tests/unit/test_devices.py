@@ -83,6 +83,30 @@ def test_demand_counts_every_actor_and_names_the_keys_of_its_gpus() -> None:
     tenths.check_cluster("a:1", {"CPU": 16, "GPU": 0.3})
 
 
+def test_custom_resources_place_actors_and_are_counted_before_any_starts() -> None:
+    """teacher ranks 2 x {teacher_node: 1}, a group's 3 replicas x {student_node: 0.5}:
+    the demand is 2 and 1.5; a cluster short of either, or the local cluster (which
+    declares none), fails naming the resource."""
+    with pytest.raises(ConfigError, match=r"^teacher_group.resources.GPU: set cpus / gpus"):
+        TeacherGroupConfig(resources={"GPU": 1})
+    with pytest.raises(ConfigError, match=r"^groups.kd.resources.node must be a number "
+                                          r">= 0, got -1"):
+        GroupConfig(StudentConfig(name="kd"), resources={"node": -1})
+    cfg = DistillConfig(
+        teacher_group=TeacherGroupConfig(ranks=2, resources={"teacher_node": 1}),
+        groups=(GroupConfig(StudentConfig(name="kd"), replicas=3,
+                            resources={"student_node": 0.5}),))
+    need = Demand.of(cfg)
+    assert need.resources == (("student_node", 1.5), ("teacher_node", 2.0))
+    need.check_cluster("a:1", {"CPU": 8, "teacher_node": 2, "student_node": 1.5})
+    with pytest.raises(ConfigError, match=r"^the cluster at a:1 has 1 of resource "
+                                          r"'teacher_node'; this job's actors reserve 2 "):
+        need.check_cluster("a:1", {"CPU": 8, "teacher_node": 1, "student_node": 2})
+    with pytest.raises(ConfigError, match=r"^this job's actors reserve custom resources "
+                                          r"\{'student_node': 1.5, 'teacher_node': 2.0\}"):
+        need.check_machine(cores=2, gpus=0, what="")
+
+
 def test_a_job_asking_for_gpus_this_machine_lacks_fails_before_ray_starts(monkeypatch) -> None:
     import recdistill.cluster.session as session
     started: list[object] = []
@@ -174,10 +198,22 @@ def test_storage_puts_every_file_of_the_run_under_one_absolute_root(tmp_path,
         str(root / "state"), str(root / "students"), str(root / "tensorboard"))
     assert [m.checkpoint for m in cfg.members] == [str(root / "teacher")] + [
         f"{root / 'teacher'}-{m.name}" for m in cfg.members[1:]]
-    # what is named stays named; no --storage: today's relative defaults
-    cfg, opts, _ = parse_args(["--storage", "store", "--teacher-checkpoint", "/t",
-                               "--report", "/r/out.json"])
-    assert cfg.members[0].checkpoint == "/t" and opts.state_dir == "/r/state"
+    # what is named stays named (made absolute); no --storage: runs/distill, absolute
+    cfg, opts, _ = parse_args(["--storage", "store", "--teacher-checkpoint", "t",
+                               "--report", "/r/out.json", "--soft-labels", "labels"])
+    assert cfg.members[0].checkpoint == str(tmp_path / "t") and opts.state_dir == "/r/state"
+    assert opts.soft_labels == str(tmp_path / "labels") and opts.storage == str(root)
     cfg, opts, _ = parse_args([])
-    assert cfg.members[0].checkpoint == "runs/distill/teacher"
-    assert opts.report == "runs/distill/report.json"
+    assert cfg.members[0].checkpoint == str(tmp_path / "runs/distill/teacher")
+    assert opts.report == str(tmp_path / "runs/distill/report.json")
+    # no report: the state and students still under the storage root; no TensorBoard
+    _, opts, _ = parse_args(["--report", ""])
+    assert (opts.report, opts.state_dir, opts.artifacts, opts.tensorboard) == (
+        "", str(tmp_path / "runs/distill/state"), str(tmp_path / "runs/distill/students"), "")
+    # a URI: every location under it, as given
+    cfg, opts, _ = parse_args(["--storage", "s3://bucket/run1"])
+    assert (opts.report, opts.state_dir, cfg.members[0].checkpoint) == (
+        "s3://bucket/run1/report.json", "s3://bucket/run1/state", "s3://bucket/run1/teacher")
+    with pytest.raises(ConfigError, match=r"^--storage: give the endpoint and credentials "
+                                          r"in the environment"):
+        parse_args(["--storage", "s3://bucket/run1?secret_key=k"])
