@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                         "checkout when run from one, none for an installed package)")
     a = p.parse_args(argv)
 
+    if not any(x == "--storage" or x.startswith("--storage=") for x in job_args):
+        print("warning: no --storage after --: the job writes under runs/distill of its "
+              "working directory on the cluster, a temporary copy; give --storage a "
+              "URI (s3://bucket/prefix) or a path every node sees", file=sys.stderr)
     from ray.job_submission import JobStatus, JobSubmissionClient
     client = JobSubmissionClient(a.address)
     entrypoint = " ".join(["python", "-m", "recdistill.jobs.distill",

@@ -30,7 +30,7 @@ MODULE_COMMAND = {module: name for name, (module, _) in COMMANDS.items()}
 # Flags of other tools the pages show (ray start, pip, torchrun, tensorboard, grafana).
 EXTERNAL_FLAGS = {"--head", "--node-ip-address", "--dashboard-host", "--num-cpus",
                   "--index-url", "--no-deps", "--all", "--standalone", "--logdir",
-                  "--homepath"}
+                  "--homepath", "--num-gpus", "--resources"}
 
 
 # The data generators the pages run as ``python -m data.NAME``.
@@ -110,7 +110,10 @@ def test_docs_commands_and_flags_exist() -> None:
             if module is None:
                 unknown.add(f"{doc}: {m.group(1)}")
                 continue
-            used.setdefault(module, set()).update(FLAG.findall(m.group(2)))
+            own, _, passed = m.group(2).partition(" -- ")  # submit passes the rest on
+            used.setdefault(module, set()).update(FLAG.findall(own))
+            if passed and module == "submit":
+                used.setdefault("distill", set()).update(FLAG.findall(passed))
     assert not unknown, f"README/docs name commands that do not exist: {sorted(unknown)}"
     missing = {module: sorted(f for f in flags if f not in _module_help(module))
                for module, flags in used.items()}
