@@ -2,7 +2,7 @@
 on 127.0.0.1 (SeaweedFS, the ``s3`` fixture).
 
 How the nodes are kept apart: each node of the ``ray.cluster_utils.Cluster`` is started
-from a directory of its own with ``TMPDIR`` pointing inside it, so its raylet and every
+from a directory of its own with a ``TMPDIR`` of its own, so its raylet and every
 worker process it starts (actors, tasks) have that working directory and temp dir: a
 relative path written on one node is not where another looks, and nothing may be kept in
 a node's temp dir for another. What this does not cover: the nodes are processes of one
@@ -25,28 +25,35 @@ import json, os, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 base, storage_uri, config, data = Path(sys.argv[1]), *sys.argv[2:5]
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-# Ray's own session directory: short (its sockets' paths), and not any node's TMPDIR
-os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+# short: Ray's and multiprocessing's sockets live under these (AF_UNIX paths are short)
+short = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
+os.environ["RAY_TMPDIR"] = str(short / "ray")  # Ray's session directory: shared
 import ray
 from ray.cluster_utils import Cluster
 from recdistill.data import storage
 
 def in_dir(name):
     """What a node started now inherits: this working directory and TMPDIR."""
-    d = base / "nodes" / name
-    (d / "tmp").mkdir(parents=True)
+    d, tmp = base / "nodes" / name, short / name
+    d.mkdir(parents=True)
+    tmp.mkdir()
     os.chdir(d)
-    os.environ["TMPDIR"] = str(d / "tmp")
+    os.environ["TMPDIR"] = str(tmp)
     return d
 
+T0 = time.monotonic()
+t = {}
 in_dir("head")  # the driver's node: Ray Data's tasks, no custom resource
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+t["head"] = time.monotonic() - T0
 in_dir("teachers")
 teachers = cluster.add_node(num_cpus=2, resources={"teacher_node": 2})
 in_dir("students")
 students = cluster.add_node(num_cpus=3, resources={"student_node": 3})
 cluster.wait_for_nodes()
+t["nodes"] = time.monotonic() - T0
 ray.init(address=cluster.address, log_to_driver=False)
+t["init"] = time.monotonic() - T0
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 @ray.remote(num_cpus=0)
@@ -58,6 +65,7 @@ homes = {name: ray.get(cwd.options(scheduling_strategy=NodeAffinitySchedulingStr
     for name, node in (("head", cluster.head_node), ("teachers", teachers),
                        ("students", students))}
 driver = in_dir("driver")
+t["cluster"] = time.monotonic() - T0
 cli = str(Path(sys.executable).parent / "recdistill")
 cmd = [cli, "distill", "--config", config, "--data", data, "--passes", "2",
        "--address", cluster.address, "--storage", storage_uri, "--checkpoint-every", "2",
@@ -83,6 +91,7 @@ deadline = time.monotonic() + 400
 while job.poll() is None and time.monotonic() < deadline:
     doc = checkpoint()
     if doc is not None and "removed" not in where:  # the first driver checkpoint
+        t["first_checkpoint"] = time.monotonic() - T0
         where["before"] = placed()
         where["removed"] = students.node_id
         cluster.remove_node(students)
@@ -90,6 +99,7 @@ while job.poll() is None and time.monotonic() < deadline:
         where["added"] = cluster.add_node(num_cpus=3, resources={"student_node": 3}).node_id
     elif doc is not None and doc["pass"] == 1 and not doc["pass_done"] and all(
             json.loads(g["trained"])["examples"] > 0 for g in doc["groups"].values()):
+        t["kill"] = time.monotonic() - T0
         where["after"] = placed()
         where["killed_in"] = {n: json.loads(g["trained"])["examples"]
                               for n, g in doc["groups"].items()}
@@ -103,6 +113,7 @@ second = subprocess.run(cmd + ["--resume"], cwd=driver, capture_output=True, tex
                         timeout=400)
 where["resume_rc"], where["resume_tail"] = second.returncode, second.stdout[-3000:] + \
     second.stderr[-3000:]
+t["resumed"] = time.monotonic() - T0
 report = json.loads(storage.read_text(storage.join(storage_uri, "report.json")))
 scored = {}
 for name in report["students"]:
@@ -114,18 +125,35 @@ for name in report["students"]:
     scored[name] = json.loads(out.read_text())["metrics"] if p.returncode == 0 \
         else p.stderr[-2000:]
 print("RESULT " + json.dumps({
-    "where": where, "homes": homes, "head": cluster.head_node.node_id, "teachers": teachers.node_id,
+    "t": t, "where": where, "homes": homes, "short": str(short), "head": cluster.head_node.node_id, "teachers": teachers.node_id,
     "students": {n: [s["examples_per_pass"], s["restarts"], s["test"], s["artifact"]]
                  for n, s in report["students"].items()},
+    "acked": report["stream"]["acked_rows"],
     "resumed": report["resumed"], "scored": scored,
     "stored": storage.walk(storage_uri),
     "local": sorted(str(p.relative_to(base)) for p in (base / "nodes").rglob("*")
-                    if p.is_file() and "/tmp/" not in str(p.relative_to(base)))}))
+                    if p.is_file())}))
 ray.shutdown()
 cluster.shutdown()
 import shutil
-shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+shutil.rmtree(short, ignore_errors=True)
 '''
+
+
+def _teacher_in(root: str, config, data) -> None:
+    """A teacher version of the config's model for this dataset in ``root`` (untrained:
+    what is measured here is where things go, not what the students learn)."""
+    from recdistill.data.fingerprint import fingerprint
+    from recdistill.jobs.common import load_dataset
+    from recdistill.jobs.distill_config import load_config
+    from recdistill.teacher.checkpoint import save_teacher, version_dir, write_index
+    from recdistill.teacher.model import TeacherModel
+    cfg = load_config(str(config), data=str(data))
+    ds = load_dataset(cfg.data)
+    save_teacher(TeacherModel(ds.spec, cfg.teacher, device="cpu"), version_dir(root, 1),
+                 spec=ds.spec, cfg=cfg.teacher,
+                 info={"step": 1, "fingerprint": fingerprint(ds.spec, ds.name)})
+    write_index(root, best=1, latest=1)
 
 
 @pytest.mark.timeout(900)
@@ -133,7 +161,8 @@ def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driv
         s3, tmp_path) -> None:
     """Teacher ranks (``teacher_group.resources``) on one node, student replicas
     (``groups.<g>.resources``) on another, the driver and Ray Data on the head; storage
-    ``s3://runs/...``. The job trains its teacher into the bucket; mid-pass 1 the
+    ``s3://runs/...``, the teacher's checkpoint already in it (a job training its
+    teacher into the bucket: tests/e2e/test_submit.py). Mid-pass 1 the
     students' node is removed (and a new one added): both groups restart on it from
     their snapshots; in pass 2 the driver is killed (SIGKILL) and ``--resume`` finishes
     from the driver checkpoint in the bucket with every row once per group per pass;
@@ -155,6 +184,7 @@ def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driv
         'losses = [{ name = "hard_label", weight = 0.2 },\n'
         '          { name = "prediction_kd", weight = 0.8 }]\n')
     uri = "s3://runs/three-nodes"
+    _teacher_in(uri + "/teacher", config, data)
     r = subprocess.run([sys.executable, "-c", _NODES, str(tmp_path), uri, str(config),
                         str(data)], capture_output=True, text=True, timeout=850,
                        env={**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1",
@@ -163,9 +193,10 @@ def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driv
     out = json.loads(next(line for line in r.stdout.splitlines()
                           if line.startswith("RESULT "))[7:])
     w = out["where"]
+    print("TIMES", out["t"])
     for name, (cwd, tmpdir, gettempdir) in out["homes"].items():  # each node's own
         assert cwd == str(tmp_path / "nodes" / name), (name, cwd)
-        assert tmpdir == gettempdir == str(tmp_path / "nodes" / name / "tmp"), name
+        assert tmpdir == gettempdir == f"{out['short']}/{name}", name
     first = (tmp_path / "first.log").read_text()
     assert w["first_rc"] == -9, first[-3000:]
     assert w["resume_rc"] == 0, w["resume_tail"]
@@ -179,6 +210,8 @@ def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driv
     # twice), the interrupted pass finished by the resume
     assert out["resumed"]["pass"] == 2 and not out["resumed"]["pass_done"]
     assert out["resumed"]["trained_in_pass"] == w["killed_in"]
+    # the resumed run trained the rest of pass 2 and nothing of it again
+    assert out["acked"] == {n: 400 - k for n, k in w["killed_in"].items()}
     for name, (per_pass, restarts, test, artifact) in out["students"].items():
         assert per_pass == [400, 400], name
         assert restarts >= 1, name  # re-formed after its node was removed
@@ -189,11 +222,9 @@ def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driv
     stored = out["stored"]
     for f in ("report.json", "report.png", "state/driver_state.pt",
               "students/baseline/student.json", "students/kd/student.json",
-              "students/kd/weights/.metadata", "teacher/versions.json",
-              "teacher_report.json"):
+              "students/kd/weights/.metadata", "teacher/versions.json"):
         assert f in stored, (f, stored)
     assert any(f.startswith("state/groups/kd/checkpoints/c") and f.endswith("/.metadata")
                for f in stored)
     assert any(f.startswith("tensorboard/kd/events.out.tfevents") for f in stored)
-    assert any(f.startswith("teacher/v") and f.endswith("/recdistill.json") for f in stored)
     assert out["local"] == []  # nothing written under a node's or the driver's directory
