@@ -18,7 +18,9 @@ floats; bfloat16 as its int16 bits, as on the online stream).
 A part is a fixed slice of a split's rows (by row order; a streamed split's chunk), so
 its example ids are one contiguous range. It is written into ``part-NNNNN.partial``
 with ``part.json`` (its rows, first example id and files) and renamed into place when
-complete: a part under its final name is finished. The manifest is written twice, when
+complete: a part under its final name is finished. Under a storage URI (``s3://``,
+which has no rename) it is written in place with ``part.json`` last: a part is finished
+when its ``part.json`` is there. The manifest is written twice, when
 the run starts (no parts) and when it ends (every part, ``complete``); in between, and
 for a restarted run, :meth:`Manifest.load` lists the finished parts from their
 ``part.json``, so a restart writes exactly the parts that are missing and no write
@@ -31,9 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recdistill.data import storage
 from recdistill.data.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -48,8 +50,8 @@ FORMAT = 2  # 2: each part's first example id (readers find a batch's part by id
 SPLITS = ("train", "valid", "test")
 
 
-def part_dir(root: Path, split: str, part: int) -> Path:
-    return root / split / f"part-{part:05d}"
+def part_dir(root: str, split: str, part: int) -> str:
+    return storage.join(root, split, f"part-{part:05d}")
 
 
 def part_slices(n: int, part_rows: int) -> list[slice]:
@@ -79,29 +81,34 @@ def labels_table(ids: np.ndarray, version: int, logits: np.ndarray,
 PART = "part.json"
 
 
-def write_part(root: Path, split: str, part: int, table: pa.Table) -> dict[str, Any]:
+def write_part(root: str, split: str, part: int, table: pa.Table) -> dict[str, Any]:
     """Write one part (example ids one contiguous range) through Ray Data, atomically;
     returns its manifest entry: rows, first example id, files."""
     import ray.data
     final = part_dir(root, split, part)
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    ray.data.from_arrow(table).write_parquet(str(partial))
+    local = storage.local_path(final) is not None
+    target = final + ".partial" if local else final  # an object store: in place
+    storage.rmtree(target)
+    fs, path = storage.filesystem(target)
+    ray.data.from_arrow(table).write_parquet(path, filesystem=fs)
     ids = table.column("_id")
     entry = {"rows": table.num_rows, "first_id": int(pc.min(ids).as_py()),
-             "files": sorted(p.name for p in partial.glob("*.parquet"))}
-    (partial / PART).write_text(json.dumps(entry))
-    os.replace(partial, final)
+             "files": [n for n in storage.listdir(target) if n.endswith(".parquet")]}
+    storage.write_text(storage.join(target, PART), json.dumps(entry))  # the marker, last
+    if local:
+        os.replace(target, final)
     return entry
 
 
-def finished_parts(root: Path) -> dict[str, dict[str, Any]]:
+def finished_parts(root: str) -> dict[str, dict[str, Any]]:
     """The parts under their final names ("train/00003" -> entry), from their
     ``part.json``."""
     out = {}
     for split in SPLITS:
-        for entry in sorted((root / split).glob(f"part-*/{PART}")):
-            out[f"{split}/{entry.parent.name[5:]}"] = json.loads(entry.read_text())
+        for name in storage.listdir(storage.join(root, split)):
+            entry = storage.join(root, split, name, PART)
+            if re.fullmatch(r"part-\d+", name) and storage.is_file(entry):
+                out[f"{split}/{name[5:]}"] = json.loads(storage.read_text(entry))
     return out
 
 
@@ -130,26 +137,26 @@ class Manifest:
     # the teacher's tables when it labelled (teacher_group.table_dtype)
     table_dtype: str = "fp32"
 
-    def save(self, root: Path) -> None:
+    def save(self, root: str) -> None:
         """Written when a run starts and when it ends (see the module docstring)."""
-        tmp = root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=1))
-        os.replace(tmp, root / MANIFEST)
+        storage.write_text(storage.join(root, MANIFEST), json.dumps(self.__dict__, indent=1))
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> "Manifest":
-        p = Path(root) / MANIFEST
-        if not p.is_file():
-            raise DataError(f"{Path(root)}: not a soft-label directory (no {MANIFEST})")
+        p = storage.join(root, MANIFEST)
+        if not storage.is_file(p):
+            raise DataError(f"{storage.shown(root)}: not a soft-label directory (no "
+                            f"{MANIFEST})")
         try:
-            doc = json.loads(p.read_text())
+            doc = json.loads(storage.read_text(p))
             m = cls(**doc)
         except (ValueError, TypeError) as e:
-            raise DataError(f"{p}: unreadable soft-label manifest ({e})") from e
+            raise DataError(f"{storage.shown(p)}: unreadable soft-label manifest ({e})") from e
         if m.format != FORMAT:
-            raise DataError(f"{p}: format {m.format}, this version reads {FORMAT}")
+            raise DataError(f"{storage.shown(p)}: format {m.format}, this version reads "
+                            f"{FORMAT}")
         if not m.complete:  # a run under way or stopped: its finished parts are on disk
-            m.parts = finished_parts(Path(root))
+            m.parts = finished_parts(os.fspath(root))
         return m
 
     def done(self, split: str, part: int) -> bool:
@@ -237,9 +244,10 @@ def read_parts(m: Manifest, root: str | os.PathLike[str], split: str, names: lis
     """Parts ``names`` of a split, sorted by id."""
     tables = []
     for key in names:
-        part = part_dir(Path(root), split, int(key.split("/")[1]))
+        part = part_dir(os.fspath(root), split, int(key.split("/")[1]))
         for f in m.parts[key]["files"]:
-            tables.append(pq.read_table(part / f, columns=[
+            fs, path = storage.filesystem(storage.join(part, f))
+            tables.append(pq.read_table(path, filesystem=fs, columns=[
                 "_id", "version", "logits", *[f"feature.{n}" for n in want],
                 *[f"member.{n}" for n in m.members]]))
     t = pa.concat_tables(tables)

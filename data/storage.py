@@ -206,13 +206,18 @@ def listdir(location: str | os.PathLike) -> list[str]:
     return sorted(i.base_name for i in infos)
 
 
-def walk(location: str | os.PathLike) -> list[str]:
-    """Every file under ``location``, as paths relative to it, sorted."""
+def sizes(location: str | os.PathLike) -> dict[str, int]:
+    """Every file under ``location`` (its path relative to it) -> its size in bytes."""
     import pyarrow.fs as pafs
     fs, path = filesystem(location)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    return sorted(i.path[len(path):].lstrip("/") for i in infos
-                  if i.type == pafs.FileType.File)
+    return {i.path[len(path):].lstrip("/"): i.size for i in infos
+            if i.type == pafs.FileType.File}
+
+
+def walk(location: str | os.PathLike) -> list[str]:
+    """Every file under ``location``, as paths relative to it, sorted."""
+    return sorted(sizes(location))
 
 
 def makedirs(location: str | os.PathLike) -> None:

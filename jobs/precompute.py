@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from recdistill.cluster.config import DistillConfig
 from recdistill.cluster.session import connect_ray, exit_process
 from recdistill.common.registry import load_plugins
+from recdistill.data import storage
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.data.fingerprint import fingerprint
 from recdistill.data.spec import Dataset
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> tuple[DistillConfig, argparse.Namespac
     return cfg, a
 
 
-def _check_resumable(m: Any, want: dict[str, Any], out: Path) -> None:
+def _check_resumable(m: Any, want: dict[str, Any], out: str) -> None:
     for key, value in want.items():
         if getattr(m, key) != value:
             raise ConfigError(f"{out} was precomputed with {key} = {getattr(m, key)!r}, this "
@@ -109,7 +109,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
     from recdistill.cluster.teachers import ensure_teacher, match_teacher
     from recdistill.jobs.train_teacher import run as train_teacher
     t0 = time.perf_counter()
-    root = Path(out)
+    root = storage.location(out, "--out")
     data = in_memory(dataset or load_dataset(cfg.data, split=cfg.split, seed=cfg.seed,
                                              rows=cfg.rows,
                                              max_cardinality=cfg.max_cardinality),
@@ -124,8 +124,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
         labels = Committee.teacher(cfg)
         sources = [m.source for m in labels.members]
         _, _, info = read_meta(sources[0])
-        checkpoint = str(Path(sources[0]).resolve()) if len(sources) == 1 else \
-            json.dumps([str(Path(p).resolve()) for p in sources])
+        checkpoint = storage.absolute(sources[0]) if len(sources) == 1 else \
+            json.dumps([storage.absolute(p) for p in sources])
         committee = labels.names if len(sources) > 1 else []
         want = {"checkpoint": checkpoint, "version": int(info.get("step", 0)),
                 "logit_dtype": cfg.stream.logit_dtype,
@@ -136,8 +136,8 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
                 "table_dtype": cfg.teacher_group.table_dtype}
         tinfo = labels.start()
         features = {k: int(tinfo["feature_dims"][k]) for k in cfg.requested_features}
-        root.mkdir(parents=True, exist_ok=True)
-        if (root / "manifest.json").is_file():
+        storage.makedirs(root)
+        if storage.is_file(storage.join(root, "manifest.json")):
             m = Manifest.load(root)
             _check_resumable(m, {**want, "features": features}, root)
         else:
@@ -182,7 +182,7 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
             labels.shutdown()
         if own_cluster:
             ray.shutdown()
-    size = sum(f.stat().st_size for f in root.rglob("*.parquet"))
+    size = sum(n for f, n in storage.sizes(root).items() if f.endswith(".parquet"))
     rows = sum(m.rows.values())
     print(f"soft labels of {rows:,} rows ({', '.join(f'{k} {v:,}' for k, v in m.rows.items())})"
           f" by teacher version {m.version} in {root}: {len(m.parts)} parts, "

@@ -41,8 +41,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One real single-node Ray cluster for every Ray test (ray.init costs ~5 s)."""
+def ray_cluster(s3):
+    """One real single-node Ray cluster for every Ray test (ray.init costs ~5 s); its
+    workers reach the ``s3`` server, as a cluster's nodes have their storage's keys in
+    their environment."""
     import ray
 
     from recdistill.cluster.session import start_local_ray

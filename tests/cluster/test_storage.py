@@ -105,3 +105,34 @@ def test_a_teacher_checkpoint_lives_and_loads_under_a_uri(root: str) -> None:
     with pytest.raises(CheckpointError, match=r"v00000006: neither a complete "
                                               r"recdistill checkpoint"):
         read_meta(storage.join(teacher, "v00000006"))
+
+
+def test_soft_label_parts_round_trip_and_an_unfinished_one_is_not_read(ray_cluster,
+                                                                       root: str) -> None:
+    """Parts written through Ray Data to the storage, the manifest, and the reader: the
+    ids, versions, logits and features back as written; a part without its part.json
+    (a crash while it was written) is not finished."""
+    from recdistill.cluster.soft_label_files import (Manifest, finished_parts,
+                                                     labels_table, read_split, write_part)
+    rng = np.random.default_rng(3)
+    ids = np.arange(100, dtype=np.int64)
+    logits = rng.standard_normal((100, 2)).astype(np.float16)
+    hidden = rng.standard_normal((100, 4)).astype(np.float16)
+    m = Manifest(checkpoint="t", version=7, tasks=["a", "b"], features={"h": 4},
+                 logit_dtype="float16", feature_dtype="float16", part_rows=60,
+                 dataset="d", rows={"train": 100, "valid": 0, "test": 0}, keys=[],
+                 parameters=1, parts={})
+    m.save(root)
+    for part, rows in enumerate((slice(0, 60), slice(60, 100))):
+        m.parts[f"train/{part:05d}"] = write_part(
+            root, "train", part, labels_table(ids[rows], 7, logits[rows], {"h": hidden[rows]}))
+    storage.write_text(storage.join(root, "train", "part-00002", "x.parquet"), "half")
+    assert sorted(finished_parts(root)) == ["train/00000", "train/00001"]
+    m.complete = True
+    m.save(root)
+    back = read_split(root, "train")
+    np.testing.assert_array_equal(back.ids, ids)
+    np.testing.assert_array_equal(back.versions, np.full(100, 7))
+    np.testing.assert_array_equal(back.logits, logits)
+    np.testing.assert_array_equal(back.features["h"], hidden)
+    assert Manifest.load(root).parts == m.parts
