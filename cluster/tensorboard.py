@@ -17,8 +17,8 @@ that group has trained. Tags:
 The driver already books every step (the ledger's sums), so the actors write nothing
 and no file is shared between processes. A storage URI as ``logdir`` (``s3://...``):
 the files are written in a local directory and copied there at each pass end and at
-the close (tensorboardX writes local files; TensorBoard reads ``s3://`` itself). Written with tensorboardX (in the lock); the
-viewer is ``pip install tensorboard``.
+the close (tensorboardX writes local files). Written with tensorboardX (in the lock);
+the viewer is ``pip install tensorboard``.
 """
 
 from __future__ import annotations

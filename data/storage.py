@@ -32,8 +32,22 @@ from recdistill.data.errors import ConfigError
 SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
 
 
-class StorageError(RuntimeError):
-    """A storage location that cannot be reached or read; the message names it."""
+class StorageError(ConfigError):
+    """A storage location that cannot be opened, read or written (no such bucket, no
+    credentials, an endpoint that does not answer); the message names it as
+    :func:`shown` does. A ``ConfigError``: the jobs end on it with one line, exit 2."""
+
+
+@contextlib.contextmanager
+def _named(location: str | os.PathLike, what: str) -> Iterator[None]:
+    """pyarrow's OSErrors (other than a missing file) as a StorageError naming
+    ``location``."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        raise StorageError(f"{shown(location)}: cannot {what} ({e})") from e
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -84,12 +98,6 @@ def parent(location: str | os.PathLike) -> str:
                        u.query, ""))
 
 
-def name(location: str | os.PathLike) -> str:
-    """The last part of ``location``'s path."""
-    s = os.fspath(location)
-    return (urlsplit(s).path if is_uri(s) else s).rstrip("/").rsplit("/", 1)[-1]
-
-
 def shown(location: str | os.PathLike) -> str:
     """``location`` as logs and messages print it: a URI without its query or user
     info (either may hold credentials)."""
@@ -97,7 +105,7 @@ def shown(location: str | os.PathLike) -> str:
     if not is_uri(s):
         return s
     u = urlsplit(s)
-    return urlunsplit((u.scheme, u.hostname or "", u.path, "", ""))
+    return urlunsplit((u.scheme, u.netloc.rsplit("@", 1)[-1], u.path, "", ""))
 
 
 @functools.lru_cache(maxsize=16)
@@ -142,11 +150,8 @@ def write_bytes(location: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, local)
         return
     fs, path = filesystem(location)
-    try:
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-    except OSError as e:
-        raise StorageError(f"{shown(location)}: cannot write ({e})") from e
+    with _named(location, "write"), fs.open_output_stream(path) as f:
+        f.write(data)
 
 
 def write_text(location: str | os.PathLike, text: str) -> None:
@@ -164,7 +169,7 @@ def read_bytes(location: str | os.PathLike) -> bytes:
         return local.read_bytes()
     fs, path = filesystem(location)
     try:
-        with fs.open_input_stream(path) as f:
+        with _named(location, "read"), fs.open_input_stream(path) as f:
             return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{shown(location)}: no such file") from None
@@ -176,7 +181,8 @@ def read_text(location: str | os.PathLike) -> str:
 
 def _type(location: str | os.PathLike) -> Any:
     fs, path = filesystem(location)
-    return fs.get_file_info(path).type
+    with _named(location, "look up"):
+        return fs.get_file_info(path).type
 
 
 def exists(location: str | os.PathLike) -> bool:
@@ -200,7 +206,8 @@ def listdir(location: str | os.PathLike) -> list[str]:
     import pyarrow.fs as pafs
     fs, path = filesystem(location)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        with _named(location, "list"):
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except NotADirectoryError:
         return []
     return sorted(i.base_name for i in infos)
@@ -210,7 +217,9 @@ def sizes(location: str | os.PathLike) -> dict[str, int]:
     """Every file under ``location`` (its path relative to it) -> its size in bytes."""
     import pyarrow.fs as pafs
     fs, path = filesystem(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    with _named(location, "list"):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True,
+                                                   allow_not_found=True))
     return {i.path[len(path):].lstrip("/"): i.size for i in infos
             if i.type == pafs.FileType.File}
 
@@ -222,7 +231,8 @@ def walk(location: str | os.PathLike) -> list[str]:
 
 def makedirs(location: str | os.PathLike) -> None:
     fs, path = filesystem(location)
-    fs.create_dir(path, recursive=True)
+    with _named(location, "create a directory"):
+        fs.create_dir(path, recursive=True)
 
 
 def rmtree(location: str | os.PathLike) -> None:
@@ -233,7 +243,8 @@ def rmtree(location: str | os.PathLike) -> None:
         return
     if exists(location):
         fs, path = filesystem(location)
-        fs.delete_dir(path)
+        with _named(location, "delete"):
+            fs.delete_dir(path)
 
 
 def upload_dir(local: str | os.PathLike, location: str | os.PathLike) -> None:
@@ -304,3 +315,23 @@ def mtime(location: str | os.PathLike) -> float:
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{shown(location)}: no such file")
     return info.mtime.timestamp()
+
+
+def probe(location: str | os.PathLike) -> None:
+    """Write, read back and delete a small file under ``location``: a storage the job
+    cannot use fails here, before any work, naming it.
+
+    Raises:
+        StorageError: as above.
+    """
+    path = join(location, f".recdistill-probe-{os.getpid()}")
+    try:
+        write_bytes(path, b"ok")
+        if read_bytes(path) != b"ok":
+            raise StorageError(f"{shown(location)}: a file written there reads back "
+                               "other bytes")
+        fs, inner = filesystem(path)
+        with _named(path, "delete"):
+            fs.delete_file(inner)
+    except OSError as e:  # local paths: permissions, a file where a directory must be
+        raise StorageError(f"{shown(location)}: cannot write there ({e})") from e

@@ -41,6 +41,8 @@ def run(cfg: DistillConfig, options: RunOptions = RunOptions(),
     import ray
     from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint, share_layout
     t0 = time.perf_counter()
+    if options.storage:  # a bucket or directory the job cannot write fails now, named
+        storage.probe(options.storage)
     if options.resume:  # nothing to resume from fails now, before data, Ray or a teacher
         RunCheckpoint.load(storage.join(options.state_dir, STATE_FILE),
                            [g.name for g in cfg.groups], options.soft_labels,

@@ -202,3 +202,7 @@ def test_bad_checkpoint_and_missing_resume_state_fail_before_any_training(tmp_pa
     assert err == [f"error: {tmp_path / 'none' / 'driver_state.pt'}: no driver checkpoint "
                    "to resume from"]
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "none").exists()
+    rc, err, _ = _distill("--storage", str(tmp_path / "some_file" / "run"))
+    assert rc == 2 and len(err) == 1  # a storage it cannot write: before any data
+    assert err[0].startswith(f"error: {tmp_path / 'some_file' / 'run'}: cannot write "
+                             "there ([Errno 20] Not a directory")

@@ -48,6 +48,19 @@ def test_files_round_trip_whole_and_name_what_is_missing(root: str) -> None:
     assert storage.walk(root) == []
 
 
+def test_a_storage_the_job_cannot_use_fails_at_once_naming_it(s3, tmp_path) -> None:
+    """``probe`` (the distill job's first step): a path under a file, and an endpoint
+    that does not answer (shown without its query); a usable one leaves nothing."""
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(storage.StorageError, match=rf"^{tmp_path}/f/sub: cannot write there"):
+        storage.probe(tmp_path / "f" / "sub")
+    with pytest.raises(storage.StorageError, match=r"^s3://runs/x/.recdistill-probe-\d+: "
+                                                   r"cannot write \(.*Could not connect"):
+        storage.probe("s3://runs/x?endpoint_override=http://127.0.0.1:1")
+    storage.probe("s3://runs/probed")
+    assert storage.walk("s3://runs/probed") == []
+
+
 def test_dcp_checkpoints_and_staged_directories_round_trip(root: str, tmp_path) -> None:
     """A DCP state saved and loaded through the storage's writer and reader (DCP's
     fsspec storage over pyarrow for a URI); a directory a library writes locally
