@@ -22,9 +22,11 @@ from recdistill.cluster.codec import LabelledBatch, encode
 from recdistill.cluster.metrics import ActorMetrics
 from recdistill.cluster.pass_input import PassInput
 from recdistill.cluster.process import (actor_device, enable_faulthandler, free_port,
-                                        init_group, node_address, peak_rss_bytes, rss_bytes)
+                                        init_group, io_call, io_group, node_address,
+                                        peak_rss_bytes, rss_bytes)
+from recdistill.data.storage import shown
 from recdistill.data.spec import BatchArrays, EvalSplit, ExampleTable
-from recdistill.teacher.checkpoint import load_teacher_state, read_meta
+from recdistill.teacher.checkpoint import CheckpointError, load_teacher_state, read_meta
 from recdistill.teacher.model import TeacherModel, feature_dims
 from recdistill.teacher.outputs import TeacherOutputs
 from recdistill.teacher.quantize import quantize_tables
@@ -38,8 +40,8 @@ class TeacherRank(PassInput):
     def __init__(self, rank: int, world: int, checkpoint: str, features: tuple[str, ...],
                  batch_size: int, logit_dtype: str = "float16",
                  feature_dtype: str = "float16", *, read_keys: tuple[str, ...] = (),
-                 member: str = "", table_dtype: str = "fp32", prefetch: bool = False
-                 ) -> None:
+                 member: str = "", table_dtype: str = "fp32", prefetch: bool = False,
+                 io_timeout_s: float = 600.0) -> None:
         enable_faulthandler()
         torch.set_num_threads(1)
         self.rank, self.world = rank, world
@@ -47,6 +49,7 @@ class TeacherRank(PassInput):
         self.batch_size = batch_size  # rows per labelling forward
         self.logit_dtype, self.feature_dtype = logit_dtype, feature_dtype
         self.table_dtype, self.prefetch = table_dtype, prefetch
+        self.io_timeout_s, self.io_pg = io_timeout_s, None
         self.device = actor_device()  # the GPU Ray gave this rank, else the CPU
         self.tables: dict[str, float] = {}
         # A committee's lead reads every member's features from the stream (read_keys);
@@ -62,6 +65,8 @@ class TeacherRank(PassInput):
     def setup(self, addr: str, port: int) -> dict[str, Any]:
         """Join the group, build the teacher on meta, shard it and load the checkpoint."""
         init_group(addr, port, self.rank, self.world, self.device)
+        if self.world > 1:  # checkpoint loads wait on their own group, longer
+            self.io_pg = io_group(self.io_timeout_s)
         spec, cfg, info = read_meta(self.checkpoint)
         model = TeacherModel(spec, cfg)
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -80,18 +85,31 @@ class TeacherRank(PassInput):
         """Shard ``model`` over the group, load ``checkpoint`` into it and quantize its
         tables to ``table_dtype`` (every rank calls it: sharding is collective)."""
         self.model = shard_teacher(model, self.cfg, dist.group.WORLD, self.device)
-        load_teacher_state(self.model, checkpoint)
+        self._load_state(checkpoint)
         self.model.eval()
         self.tables = quantize_tables(self.model, self.table_dtype)
         self.tables["peak_rss_bytes"] = float(peak_rss_bytes())
         self.tables["rss_bytes"] = float(rss_bytes())
+
+    def _load_state(self, checkpoint: str) -> None:
+        """Load on the I/O group; a failure names this rank (and the key, where a peer
+        did not come in time: gloo's "Timed out")."""
+        who = f"teacher {self.member or 'rank'} {self.rank}/{self.world}"
+        try:
+            with io_call(who, f"load of {shown(checkpoint)}", self.io_timeout_s):
+                load_teacher_state(self.model, checkpoint, self.io_pg)
+        except CheckpointError as e:
+            late = (" (checkpoint I/O waits at most teacher_group.checkpoint_timeout_s = "
+                    f"{self.io_timeout_s:g} s on the other ranks)") if "Timed out" in str(e) \
+                else ""
+            raise CheckpointError(f"{who}: {e}{late}") from e
 
     def reload(self, checkpoint: str) -> int:
         """Load another version of the same teacher between batches (teacher refresh);
         every rank calls it. Returns the new version."""
         _, _, info = read_meta(checkpoint)
         if self.table_dtype == "fp32":
-            load_teacher_state(self.model, checkpoint)
+            self._load_state(checkpoint)
             self.model.eval()
         else:  # quantized tables cannot be loaded into: build the new version afresh
             self.model = None

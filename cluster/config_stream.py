@@ -132,6 +132,10 @@ class TeacherGroupConfig:
             (0: never; a root of versions only).
         train_if_missing: train the teacher (``jobs.train_teacher``) when the checkpoint
             does not exist; otherwise a missing checkpoint is an error.
+        checkpoint_timeout_s: how long a rank's checkpoint load (DCP's collectives, on a
+            gloo group of their own) may wait on the other ranks before it fails naming
+            the rank and the checkpoint; labelling's collectives keep 30 s. The driver
+            waits this long plus a minute for a setup or reload.
         cpus: CPUs reserved per teacher actor.
         gpus: GPUs reserved per teacher actor (Ray's ``num_gpus``, in the placement
             bundles too): 0 (the default) runs the ranks on CPU with gloo; a rank given
@@ -159,6 +163,7 @@ class TeacherGroupConfig:
     version: str = "best"
     refresh_every: int = 0
     train_if_missing: bool = True
+    checkpoint_timeout_s: float = 600.0
     cpus: float = 1.0
     gpus: float = 0.0
     resources: dict[str, float] = field(default_factory=dict)
@@ -204,6 +209,9 @@ class TeacherGroupConfig:
                               f"number, got {self.version!r}")
         if self.cpus < 0:
             raise ConfigError(f"teacher_group.cpus must be >= 0, got {self.cpus}")
+        if self.checkpoint_timeout_s <= 0:
+            raise ConfigError("teacher_group.checkpoint_timeout_s must be > 0, got "
+                              f"{self.checkpoint_timeout_s:g}")
         check_gpus("teacher_group.gpus", self.gpus, self.ranks, "ranks")
         check_resources("teacher_group.resources", self.resources)
 

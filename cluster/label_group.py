@@ -18,6 +18,7 @@ from recdistill.cluster.config import DistillConfig
 from recdistill.cluster.contracts import LabelCall, LabelResult, RankCall
 from recdistill.cluster.soft_labels import SoftLabelReader
 from recdistill.data.spec import EvalSplit
+from recdistill.data.storage import shown
 from recdistill.teacher.checkpoint import resolve
 
 DRAIN_TIMEOUT_S = 10.0
@@ -106,7 +107,7 @@ class LabelGroup:
         kw: dict[str, Any] = {"prefetch": tg.prefetch}
         if not self.soft_labels:
             kw.update(read_keys=self.read_keys, member=self.member,
-                      table_dtype=tg.table_dtype)
+                      table_dtype=tg.table_dtype, io_timeout_s=tg.checkpoint_timeout_s)
         features = () if self.follower else self.cfg.requested_features
         self.actors = [ray.remote(cls).options(
             name=self._names[k], num_cpus=tg.cpus,
@@ -118,7 +119,8 @@ class LabelGroup:
         addr, port = ray.get(self.actors[0].address.remote(), timeout=CALL_TIMEOUT_S)
         # each rank loads the checkpoint: a wait that expires names the ranks it waits on
         infos = get_all([t.setup.remote(addr, port) for t in self.actors],
-                        f"setup (loading {self.source})", self._names, CALL_TIMEOUT_S)
+                        f"setup (loading {shown(self.source)})", self._names,
+                        max(CALL_TIMEOUT_S, tg.checkpoint_timeout_s + 60))
         self.pids = [int(i["pid"]) for i in infos]
         self.info = infos[0]
         return self.info
@@ -224,7 +226,9 @@ class LabelGroup:
     def reload(self, checkpoint: str) -> int:
         """Every rank loads another version of the same teacher; returns it."""
         versions = get_all([t.reload.remote(checkpoint) for t in self.actors],
-                           f"reload of {checkpoint}", self._names, CALL_TIMEOUT_S)
+                           f"reload of {shown(checkpoint)}", self._names,
+                           max(CALL_TIMEOUT_S, self.cfg.teacher_group.checkpoint_timeout_s
+                               + 60))
         self.source = checkpoint  # a re-formed group loads this one
         return int(versions[0])
 

@@ -218,17 +218,19 @@ def read_meta(path: str | os.PathLike[str]) -> tuple[FeatureSpec, TeacherConfig,
     return spec, cfg, dict(meta.get("info", {}), world_size=meta.get("world_size", 1))
 
 
-def load_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+def load_state(state: dict[str, Any], path: str | os.PathLike[str],
+               process_group: dist.ProcessGroup | None = None) -> None:
     """Fill ``state`` (its tensors in place, sharded or not) from checkpoint ``path`` (a
     version directory, or a run's root: its best version).
 
     DCP reads the pieces each rank's shards need, whatever world size wrote them; keys
-    the checkpoint holds but ``state`` lacks are not read. Every rank calls this.
+    the checkpoint holds but ``state`` lacks are not read. Every rank calls this;
+    ``process_group``: the group DCP's collectives wait on (default: the default one).
     """
     path = resolve(path)  # a root loads its best version; clear error when missing
     read_meta(path)
     try:
-        dcp.load(state, storage_reader=dcp_reader(path))
+        dcp.load(state, storage_reader=dcp_reader(path), process_group=process_group)
     except CheckpointError:
         raise
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP wraps reader
@@ -237,8 +239,9 @@ def load_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
                               f"({first_cause(e)})") from e
 
 
-def load_teacher_state(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def load_teacher_state(model: nn.Module, path: str | os.PathLike[str],
+                       process_group: dist.ProcessGroup | None = None) -> None:
     """Load checkpoint ``path`` into ``model`` (sharded or plain); every rank calls this."""
     state = model.state_dict()
-    load_state(state, path)
+    load_state(state, path, process_group)
     model.load_state_dict(state)

@@ -280,3 +280,38 @@ def test_a_save_waiting_on_a_replica_that_never_comes_fails_naming_it(ray_cluste
     finally:
         for r in slow:
             ray.kill(r)
+
+
+def test_a_teacher_load_waiting_on_a_rank_that_never_comes_fails_naming_it(ray_cluster,
+                                                                          tmp_path) -> None:
+    """Teacher ranks load checkpoints on a gloo group of their own too
+    (``teacher_group.checkpoint_timeout_s``, here 2 s): rank 0 reloading alone fails
+    after 2 s naming the rank, the checkpoint and the key."""
+    import ray
+
+    from recdistill.cluster.actors import TeacherRank
+    from recdistill.teacher.checkpoint import save_teacher
+    from recdistill.teacher.model import TeacherModel
+    from testkit import CFG
+    data = tiny_dataset(n=64)
+    path = str(tmp_path / "teacher")
+    save_teacher(TeacherModel(data.spec, CFG, device="cpu"), path, spec=data.spec, cfg=CFG,
+                 info={"step": 3})
+    actor = ray.remote(TeacherRank)
+    two = [actor.options(name=f"teacher-io-{r}").remote(r, 2, path, (), 64, io_timeout_s=2)
+           for r in range(2)]
+    try:
+        addr, port = ray.get(two[0].address.remote(), timeout=60)
+        assert [i["version"] for i in ray.get([t.setup.remote(addr, port) for t in two],
+                                              timeout=120)] == [3, 3]
+        with pytest.raises(ray.exceptions.RayTaskError) as e:
+            ray.get(two[0].reload.remote(path), timeout=60)
+        msg = str(e.value)
+        assert f"teacher rank 0/2: {path}: cannot load checkpoint" in msg
+        assert "Timed out waiting 2000ms" in msg  # gloo's: the I/O group's 2 s, not 30 s
+        assert msg.rstrip().endswith("(checkpoint I/O waits at most teacher_group."
+                                     "checkpoint_timeout_s = 2 s on the other ranks)")
+    finally:
+        for t in two:
+            ray.kill(t)
+
