@@ -226,3 +226,20 @@ def artifact_matches_report(saved: dict, students: Path, data: str, tmp: Path) -
             exact = float(compute_auc(1, [p], [y], [torch.ones_like(p)])[0])
             assert abs(m["auc"] - exact) <= m["auc_bound"] + 1e-9, (name, task, exact)
             assert 0 <= m["auc_bound"] < 1e-3
+
+
+# ---- from test_multinode_storage.py and test_submit.py
+def teacher_in(root: str, config, data) -> None:
+    """A teacher version of the config's model for this dataset in ``root`` (untrained:
+    what is measured here is where things go, not what the students learn)."""
+    from recdistill.data.fingerprint import fingerprint
+    from recdistill.jobs.common import load_dataset
+    from recdistill.jobs.distill_config import load_config
+    from recdistill.teacher.checkpoint import save_teacher, version_dir, write_index
+    from recdistill.teacher.model import TeacherModel
+    cfg = load_config(str(config), data=str(data))
+    ds = load_dataset(cfg.data)
+    save_teacher(TeacherModel(ds.spec, cfg.teacher, device="cpu"), version_dir(root, 1),
+                 spec=ds.spec, cfg=cfg.teacher,
+                 info={"step": 1, "fingerprint": fingerprint(ds.spec, ds.name)})
+    write_index(root, best=1, latest=1)

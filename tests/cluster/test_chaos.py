@@ -29,8 +29,9 @@ SCHEDULED = 2  # kills on the schedule the run sees at the least
 def test_seeded_kills_of_ranks_and_replicas_leave_counts_exact(ray_cluster,
                                                                 tmp_path: Path) -> None:
     """2 passes, 2 teacher ranks, 2 groups x 2 replicas. A seeded schedule kills a
-    random teacher rank or replica every ~20 s; a teacher rank is killed as the
-    teacher's validation evaluation starts, a replica as the students' first does.
+    random teacher rank or replica every ~20 s from the teacher's first validation
+    evaluation on; a teacher rank is killed as that evaluation starts, a replica as the
+    students' first does.
     The last batch of the run waits (at most 90 s) until the schedule has killed
     twice, so a fast run still sees its kills."""
     cfg, _, dims = online_setup(tmp_path, max_inflight=4)
@@ -39,7 +40,7 @@ def test_seeded_kills_of_ranks_and_replicas_leave_counts_exact(ray_cluster,
         dataclasses.replace(g, snapshot_every=10) for g in cfg.groups))
     schedule_rng, phase_rng = random.Random(1234), random.Random(4321)
     killed: list[tuple[str, str]] = []  # (when, whom)
-    stop = threading.Event()
+    stop, evaluating = threading.Event(), threading.Event()
     t0 = time.monotonic()
 
     def victims(prefix: str = "") -> list[tuple[str, int]]:
@@ -64,6 +65,11 @@ def test_seeded_kills_of_ranks_and_replicas_leave_counts_exact(ray_cluster,
         return True
 
     def schedule() -> None:
+        # from the teacher's first evaluation on: a scheduled kill before it would leave
+        # that phase's kill no rank to take, while the group is being re-formed
+        while not evaluating.wait(0.5):
+            if stop.is_set():
+                return
         wait = schedule_rng.uniform(*EVERY_S)
         while not stop.wait(wait):
             # nothing to kill while a group is re-formed: try again shortly
@@ -76,6 +82,8 @@ def test_seeded_kills_of_ranks_and_replicas_leave_counts_exact(ray_cluster,
         kinds = {"evaluate teacher valid": "teacher", "evaluate valid": "student"}
         if phase in kinds and not any(w == phase for w, _ in killed):
             kill(victims(kinds[phase]), phase, phase_rng)
+        if phase == "evaluate teacher valid":
+            evaluating.set()
 
     def last_batch(group: str, acked: int) -> None:
         if group == "kd" and acked == 2 * ROWS // 64 - 1:

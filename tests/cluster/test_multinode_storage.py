@@ -116,14 +116,13 @@ where["resume_rc"], where["resume_tail"] = second.returncode, second.stdout[-300
 t["resumed"] = time.monotonic() - T0
 report = json.loads(storage.read_text(storage.join(storage_uri, "report.json")))
 scored = {}
+from recdistill.jobs.predict import main as predict
+os.chdir(driver)
 for name in report["students"]:
     out = base / f"predict-{name}.json"
-    p = subprocess.run([cli, "predict", "--student",
-                        storage.join(storage_uri, "students", name), "--data", data,
-                        "--split", "test", "--report", str(out)], cwd=driver,
-                       capture_output=True, text=True, timeout=120)
-    scored[name] = json.loads(out.read_text())["metrics"] if p.returncode == 0 \
-        else p.stderr[-2000:]
+    rc = predict(["--student", storage.join(storage_uri, "students", name), "--data", data,
+                  "--split", "test", "--report", str(out)])
+    scored[name] = json.loads(out.read_text())["metrics"] if rc == 0 else rc
 print("RESULT " + json.dumps({
     "t": t, "where": where, "homes": homes, "short": str(short), "head": cluster.head_node.node_id, "teachers": teachers.node_id,
     "students": {n: [s["examples_per_pass"], s["restarts"], s["test"], s["artifact"]]
@@ -140,22 +139,6 @@ shutil.rmtree(short, ignore_errors=True)
 '''
 
 
-def _teacher_in(root: str, config, data) -> None:
-    """A teacher version of the config's model for this dataset in ``root`` (untrained:
-    what is measured here is where things go, not what the students learn)."""
-    from recdistill.data.fingerprint import fingerprint
-    from recdistill.jobs.common import load_dataset
-    from recdistill.jobs.distill_config import load_config
-    from recdistill.teacher.checkpoint import save_teacher, version_dir, write_index
-    from recdistill.teacher.model import TeacherModel
-    cfg = load_config(str(config), data=str(data))
-    ds = load_dataset(cfg.data)
-    save_teacher(TeacherModel(ds.spec, cfg.teacher, device="cpu"), version_dir(root, 1),
-                 spec=ds.spec, cfg=cfg.teacher,
-                 info={"step": 1, "fingerprint": fingerprint(ds.spec, ds.name)})
-    write_index(root, best=1, latest=1)
-
-
 @pytest.mark.timeout(900)
 def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driver(
         s3, tmp_path) -> None:
@@ -169,7 +152,7 @@ def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driv
     ``recdistill predict`` of each artifact in the bucket gives the report's test
     metrics; every file of the run is in the bucket and none under any node's or the
     driver's directory."""
-    from testkit import SMALL, toml_dataset
+    from testkit import SMALL, teacher_in, toml_dataset
     (tmp_path / "data").mkdir()
     data = toml_dataset(tmp_path / "data")  # 400 rows per split
     config = tmp_path / "distill.toml"
@@ -184,7 +167,7 @@ def test_three_nodes_keep_every_file_in_s3_through_a_lost_node_and_a_killed_driv
         'losses = [{ name = "hard_label", weight = 0.2 },\n'
         '          { name = "prediction_kd", weight = 0.8 }]\n')
     uri = "s3://runs/three-nodes"
-    _teacher_in(uri + "/teacher", config, data)
+    teacher_in(uri + "/teacher", config, data)
     r = subprocess.run([sys.executable, "-c", _NODES, str(tmp_path), uri, str(config),
                         str(data)], capture_output=True, text=True, timeout=850,
                        env={**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1",

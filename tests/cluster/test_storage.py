@@ -149,3 +149,40 @@ def test_soft_label_parts_round_trip_and_an_unfinished_one_is_not_read(ray_clust
     np.testing.assert_array_equal(back.logits, logits)
     np.testing.assert_array_equal(back.features["h"], hidden)
     assert Manifest.load(root).parts == m.parts
+
+
+@pytest.mark.timeout(300)
+def test_a_teacher_trained_into_s3_resumes_from_it(s3, tmp_path) -> None:
+    """``recdistill train-teacher --checkpoint s3://...`` with DeepSpeed's dense engine
+    (its state staged through a local directory): versions, index, DeepSpeed's files and
+    the report land in the bucket (one rank under torchrun, as DeepSpeed wants it);
+    ``--resume`` reads them back (DeepSpeed's fetched)
+    and trains on from the saved step."""
+    import subprocess
+    import sys
+
+    from testkit import SMALL, job_env, toml_dataset
+    data = toml_dataset(tmp_path)
+    config = tmp_path / "teacher.toml"
+    config.write_text(SMALL.replace("epochs = 4", "epochs = 1") + 'dense_engine = "deepspeed"\n')
+    root = "s3://runs/trained/teacher"
+
+    def train(*extra: str) -> dict:
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node=1", "-m", "jobs.train_teacher", "--data", str(data),
+                            "--config", str(config), "--checkpoint", root, "--report",
+                            "s3://runs/trained/report.json", *extra], capture_output=True,
+                           text=True, env=job_env(), timeout=240)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(storage.read_text("s3://runs/trained/report.json"))
+
+    first = train()
+    from recdistill.teacher.checkpoint import read_index, versions
+    (step,) = versions(root)
+    assert read_index(root) == {"best": step, "latest": step}
+    files = storage.walk(f"{root}/v{step:08d}")
+    assert "recdistill.json" in files and ".metadata" in files
+    assert any(f.startswith("deepspeed/") for f in files), files
+    second = train("--resume", "--epochs", "2")
+    assert versions(root) == [step, 2 * step]  # one epoch more, from the saved step
+    assert second["best_version"] in (step, 2 * step) and first["wall_s"] > 0

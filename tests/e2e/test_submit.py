@@ -49,7 +49,7 @@ def test_submit_writes_every_file_of_the_job_to_the_bucket(s3, tmp_path) -> None
     """The head node gets the server's endpoint and keys in its environment (as a cloud
     node gets an instance role); the submission carries none of them."""
     from recdistill.data import storage
-    from testkit import SMALL, toml_dataset
+    from testkit import SMALL, teacher_in, toml_dataset
     (tmp_path / "data").mkdir()
     data = toml_dataset(tmp_path / "data")
     config = tmp_path / "distill.toml"
@@ -72,9 +72,10 @@ def test_submit_writes_every_file_of_the_job_to_the_bucket(s3, tmp_path) -> None
          f"--temp-dir={ray_tmp}"],
         cwd=tmp_path, env=env, stdout=(tmp_path / "head.log").open("w"),
         stderr=subprocess.STDOUT, start_new_session=True)
+    uri = "s3://runs/submitted"
+    teacher_in(uri + "/teacher", config, data)  # (test_storage.py trains one into S3)
     submitting = tmp_path / "here"
     submitting.mkdir()
-    uri = "s3://runs/submitted"
     try:
         _wait_for_dashboard(dash, head, tmp_path / "head.log")
         job_env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
@@ -98,7 +99,7 @@ def test_submit_writes_every_file_of_the_job_to_the_bucket(s3, tmp_path) -> None
     assert s3.env["AWS_SECRET_ACCESS_KEY"] not in r.stdout + r.stderr  # never logged
     stored = storage.walk(uri)
     for f in ("report.json", "report.png", "state/driver_state.pt",
-              "students/kd/student.json", "teacher/versions.json", "teacher_report.json"):
+              "students/kd/student.json", "teacher/versions.json"):
         assert f in stored, (f, stored)
     assert any(f.startswith("tensorboard/kd/") for f in stored)
     report = json.loads(storage.read_text(f"{uri}/report.json"))
