@@ -30,8 +30,8 @@ from recdistill.cluster.report import DistillReport, student_summary
 from recdistill.cluster.run_state import STATE_FILE, RunCheckpoint, share_layout
 from recdistill.cluster.state import Hooks
 from recdistill.cluster.stream import SoftLabelStream
-from recdistill.data import storage
 from recdistill.cluster.student_group import StudentGroup
+from recdistill.data import storage
 from recdistill.data.spec import Dataset
 from recdistill.teacher.checkpoint import resolve
 

@@ -22,6 +22,7 @@ from recdistill.cluster.replica import StudentReplica
 from recdistill.data import storage
 from recdistill.data.spec import FeatureSpec
 from recdistill.student.metrics import MetricState
+from recdistill.student.sharding import STATE_META
 
 
 @dataclass
@@ -210,11 +211,15 @@ class StudentGroup:
         old = [n for n in storage.listdir(root) if re.fullmatch(r"c\d+", n)]
         number = int(old[-1][1:]) + 1 if old else 0
         path = storage.join(root, f"c{number:06d}")
+        # on an object store a save that died leaves its directory without STATE_META:
+        # keep the newest complete one (the last driver checkpoint may name it)
+        done = [n for n in old if storage.is_file(storage.join(root, n, STATE_META))]
         state = get_all([r.save_state.remote(path) for r in self.replicas],
                         f"save_state to {storage.shown(path)}", self._names,
                         self._io_timeout)[0]
-        for n in old[:-1]:
-            storage.rmtree(storage.join(root, n))
+        for n in old:
+            if n not in done[-1:]:
+                storage.rmtree(storage.join(root, n))
         return state
 
     def write_serving(self, path: str) -> None:
