@@ -21,7 +21,8 @@ BUCKET = "runs"
 START_TIMEOUT_S = 90.0
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 now."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -71,7 +72,7 @@ def start_s3(root: Path) -> S3Server:
     config.write_text(json.dumps({"identities": [{
         "name": "test", "credentials": [{"accessKey": key, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    p = _free_ports(11)
+    p = free_ports(11)
     flags = {"master.port": p[0], "master.port.grpc": p[1], "volume.port": p[2],
              "volume.port.grpc": p[3], "filer.port": p[4], "filer.port.grpc": p[5],
              "s3.port": p[6], "s3.port.grpc": p[7], "s3.port.iceberg": p[8],

@@ -9,23 +9,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait_for_dashboard(port: int, head: subprocess.Popen, log: Path) -> None:
@@ -49,6 +38,7 @@ def test_submit_writes_every_file_of_the_job_to_the_bucket(s3, tmp_path) -> None
     """The head node gets the server's endpoint and keys in its environment (as a cloud
     node gets an instance role); the submission carries none of them."""
     from recdistill.data import storage
+    from s3server import free_ports
     from testkit import SMALL, teacher_in, toml_dataset
     (tmp_path / "data").mkdir()
     data = toml_dataset(tmp_path / "data")
@@ -58,7 +48,7 @@ def test_submit_writes_every_file_of_the_job_to_the_bucket(s3, tmp_path) -> None
                       'losses = [{ name = "hard_label", weight = 0.2 },\n'
                       '          { name = "prediction_kd", weight = 0.8 }]\n')
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths
-    gcs, dash, client, agent, agent_grpc, runtime_env, metrics = _free_ports(7)
+    gcs, dash, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, **s3.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "RAY_AUTH_MODE": "token", "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "",
