@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
+from fsspec.implementations.arrow import ArrowFSWrapper
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint._fsspec_filesystem import (
+    FileSystem as _FsspecFileSystem)
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from recdistill.data import storage
@@ -99,44 +102,46 @@ def first_cause(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def _fsspec_class() -> type:
-    from fsspec.implementations.arrow import ArrowFSWrapper
-    from torch.distributed.checkpoint._fsspec_filesystem import FileSystem
+class _ArrowDCPFileSystem(_FsspecFileSystem):
+    """DCP's fsspec storage over pyarrow's filesystem of a URI (fsspec's own
+    ``url_to_fs`` would need s3fs/gcsfs installed for the same thing)."""
 
-    class ArrowDCPFileSystem(FileSystem):
-        """DCP's fsspec storage over pyarrow's filesystem of a URI (fsspec's own
-        ``url_to_fs`` would need s3fs/gcsfs installed for the same thing)."""
+    def init_path(self, path: str | os.PathLike, **kwargs: Any) -> str:
+        fs, inner = storage.filesystem(path)
+        self.fs = ArrowFSWrapper(fs)
+        return inner
 
-        def init_path(self, path: str | os.PathLike, **kwargs: Any) -> str:
-            fs, inner = storage.filesystem(path)
-            self.fs = ArrowFSWrapper(fs)
-            return inner
 
-    return ArrowDCPFileSystem
+class _UriWriter(FileSystemWriter):
+    """DCP's file writer on :class:`_ArrowDCPFileSystem` (as DCP's ``FsspecWriter``)."""
+
+    def __init__(self, location: str | os.PathLike, **kwargs: Any) -> None:
+        super().__init__(os.fspath(location), **kwargs)
+        self.fs = _ArrowDCPFileSystem()
+        self.path = self.fs.init_path(location)
+
+
+class _SafeUriReader(SafeFileSystemReader):
+    """:class:`SafeFileSystemReader` on :class:`_ArrowDCPFileSystem`."""
+
+    def __init__(self, location: str | os.PathLike) -> None:
+        super().__init__("/")  # a local reader, re-pointed at the URI
+        self.fs = _ArrowDCPFileSystem()
+        self.path = self.fs.init_path(location)
+        self.shown = storage.shown(location)
 
 
 def dcp_writer(location: str | os.PathLike, **kwargs: Any) -> Any:
     """A DCP ``StorageWriter`` for ``location``: DCP's file writer for a local path,
     its fsspec writer over pyarrow for a URI."""
-    from torch.distributed.checkpoint import FileSystemWriter
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
-    if storage.local_path(location) is not None:
-        return FileSystemWriter(storage.local_path(location), **kwargs)
-    w = FsspecWriter.__new__(FsspecWriter)
-    FileSystemWriter.__init__(w, os.fspath(location), **kwargs)
-    w.fs = _fsspec_class()()
-    w.path = w.fs.init_path(location)
-    return w
+    local = storage.local_path(location)
+    return FileSystemWriter(local, **kwargs) if local is not None \
+        else _UriWriter(location, **kwargs)
 
 
 def dcp_reader(location: str | os.PathLike) -> Any:
     """A DCP ``StorageReader`` for ``location`` whose ``.metadata`` is unpickled with
     the restricted unpickler of :mod:`recdistill.common.checkpoint`."""
-    if storage.local_path(location) is not None:
-        return SafeFileSystemReader(str(storage.local_path(location)))
-    r = SafeFileSystemReader.__new__(SafeFileSystemReader)
-    SafeFileSystemReader.__init__(r, "/")  # a local reader, re-pointed at the URI
-    r.fs = _fsspec_class()()
-    r.path = r.fs.init_path(location)
-    r.shown = storage.shown(location)
-    return r
+    local = storage.local_path(location)
+    return SafeFileSystemReader(str(local)) if local is not None \
+        else _SafeUriReader(location)
