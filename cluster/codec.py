@@ -72,11 +72,16 @@ class LabelledBatch:
 def committee_outputs(batches: tuple[LabelledBatch, ...],
                       rows: slice | np.ndarray = slice(None)) -> TeacherOutputs:
     """What the students see of one batch labelled by a committee (the lead's first):
-    the mean of the members' logits (fp32, after decoding), the lead's features, and
-    every member's logits by name in ``members``. One batch: the lead's outputs."""
-    lead = batches[0].teacher_outputs(rows)
+    the mean of the members' logits (fp32, after decoding), each feature as every
+    member's tensor side by side (the lead's columns first: the committee's
+    representation, of which the mean logit is a linear function), and every member's
+    logits by name in ``members``. One batch: the lead's outputs."""
+    outputs = [b.teacher_outputs(rows) for b in batches]
     if len(batches) == 1:
-        return lead
-    members = {b.member: decode(b.logits[rows], b.logit_dtype) for b in batches}
-    return TeacherOutputs(logits=torch.stack(list(members.values())).mean(dim=0),
-                          features=lead.features, version=lead.version, members=members)
+        return outputs[0]
+    return TeacherOutputs(
+        logits=torch.stack([o.logits for o in outputs]).mean(dim=0),
+        features={k: torch.cat([o.features[k] for o in outputs], dim=1)
+                  for k in outputs[0].features},
+        version=outputs[0].version,
+        members={b.member: o.logits for b, o in zip(batches, outputs)})

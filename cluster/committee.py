@@ -9,7 +9,7 @@ side by side, a batch apart, instead of each reading and decoding the stream aga
 A batch is published when every member has labelled it; the driver checks that the
 members' example ids agree (the fan-in join), and the stream item holds one ref per
 member. The replicas combine them (``codec.committee_outputs``): the mean of the
-members' logits, the lead's features, and each member's logits by name.
+members' logits, every member's features side by side, and each member's logits by name.
 
 Failure handling is the label group's, for the whole committee: a rank of any member
 that dies ends the round as failed, every member is re-formed from the same checkpoint
@@ -92,10 +92,14 @@ class Committee:
 
     @property
     def info(self) -> dict[str, Any]:
-        """The lead's setup info, with ``parameters`` summed over the members."""
+        """The lead's setup info, with ``parameters`` and the features' widths summed
+        over the members (a committee's features are every member's side by side)."""
         info = dict(self.lead.info)
         if len(self.members) > 1 and info:
             info["parameters"] = sum(int(m.info["parameters"]) for m in self.members)
+            info["feature_dims"] = {k: sum(int(m.info["feature_dims"][k])
+                                           for m in self.members)
+                                    for k in info["feature_dims"]}
         return info
 
     @property

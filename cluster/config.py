@@ -147,7 +147,9 @@ class DistillConfig:
         for g in self.groups:
             unknown = set(g.teacher_features) - set(FEATURE_NAMES)
             if unknown:
-                raise ConfigError(f"groups.{g.name}.adapters: the teacher produces "
+                key = "adapters" if unknown & set(g.student.adapters.values()) else \
+                    "losses (relation_kd's teacher_feature)"
+                raise ConfigError(f"groups.{g.name}.{key}: the teacher produces "
                                   f"{list(FEATURE_NAMES)}, not {sorted(unknown)}")
             if self.teacher_group.batch_size < g.replicas:
                 raise ConfigError(f"groups.{g.name}.replicas ({g.replicas}) exceeds "

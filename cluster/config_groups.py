@@ -99,8 +99,10 @@ class GroupConfig:
 
     @property
     def teacher_features(self) -> tuple[str, ...]:
-        """The teacher features this group's adapters read."""
-        return tuple(sorted(set(self.student.adapters.values())))
+        """The teacher features this group's adapters and relation terms read."""
+        named = {t.params.get("teacher_feature", "last_hidden")
+                 for t in self.student.losses if t.name == "relation_kd"}
+        return tuple(sorted(set(self.student.adapters.values()) | named))
 
 
 def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
@@ -120,9 +122,11 @@ def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
         GroupConfig(StudentConfig(name="pred_kd", losses=(
             LossTerm("hard_label", 0.2),
             LossTerm("prediction_kd", 0.8, {"temperature": 1.0})), **common)),
+        # Relation KD on the committee's representation (every member's last_hidden):
+        # of the feature terms tried (FitNets hints on the lead's or the committee's
+        # features, relation KD at weights 1, 3, 10), the best on validation.
         GroupConfig(StudentConfig(name="feat_kd", losses=(
-            LossTerm("hard_label", 1.0), LossTerm("feature_kd", 0.3, {"metric": "mse"})),
-            adapters={"last_hidden": "last_hidden"}, **common)),
+            LossTerm("hard_label", 1.0), LossTerm("relation_kd", 3.0)), **common)),
         # Per-task KD with learned task weights; `label_tasks = ["like"]` in a config
         # would make it learn the other tasks from the teacher alone.
         GroupConfig(StudentConfig(name="multitask_kd", losses=(

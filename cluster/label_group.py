@@ -108,13 +108,12 @@ class LabelGroup:
         if not self.soft_labels:
             kw.update(read_keys=self.read_keys, member=self.member,
                       table_dtype=tg.table_dtype, io_timeout_s=tg.checkpoint_timeout_s)
-        features = () if self.follower else self.cfg.requested_features
         self.actors = [ray.remote(cls).options(
             name=self._names[k], num_cpus=tg.cpus,
             num_gpus=gpus, resources=None if tg.placement else tg.resources,
             scheduling_strategy=strategy[k],
             max_restarts=0).remote(
-            k, tg.ranks, self.source, features, self.cfg.label_rows, *extra, **kw)
+            k, tg.ranks, self.source, self.cfg.requested_features, self.cfg.label_rows, *extra, **kw)
             for k in range(tg.ranks)]
         addr, port = ray.get(self.actors[0].address.remote(), timeout=CALL_TIMEOUT_S)
         # each rank loads the checkpoint: a wait that expires names the ranks it waits on

@@ -29,14 +29,18 @@ def teacher_exists(cfg: DistillConfig) -> bool:
 
 
 def teacher_dims(cfg: DistillConfig, spec: Any) -> dict[str, int]:
-    """Width of each teacher feature (the lead member's: a committee's features are its
-    lead's): from the checkpoint if there is one, else the config."""
+    """Width of each teacher feature (a committee's: the sum of its members', whose
+    tensors travel side by side): from each checkpoint if there is one, else the
+    config."""
     from recdistill.teacher.checkpoint import read_meta, resolve
     from recdistill.teacher.model import feature_dims
-    lead = cfg.members[0]
-    tcfg = read_meta(resolve(lead.checkpoint, cfg.teacher_group.version))[1] \
-        if member_exists(lead.checkpoint) else lead.teacher
-    return feature_dims(spec, tcfg)
+    dims: dict[str, int] = {}
+    for m in cfg.members:
+        tcfg = read_meta(resolve(m.checkpoint, cfg.teacher_group.version))[1] \
+            if member_exists(m.checkpoint) else m.teacher
+        for k, d in feature_dims(spec, tcfg).items():
+            dims[k] = dims.get(k, 0) + d
+    return dims
 
 
 def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> None:

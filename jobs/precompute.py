@@ -160,14 +160,16 @@ def run(cfg: DistillConfig, out: str, part_rows: int = 20_000, address: str = ""
                 _, first = np.unique(ids, return_index=True)  # drop the ranks' padding
                 per.append((ids[first], np.concatenate([r[1] for r in results])[first],
                             {k: np.concatenate([r[2][k] for r in results])[first]
-                             for k in features} if member == 0 else {}))  # the lead's
-            ids, logits, feats = per[0]  # the lead's features; every member's ids agree
+                             for k in features}))
+            ids, logits, feats = per[0]  # every member's ids agree
             members = {}
             if committee:
                 dtype = cfg.stream.logit_dtype
                 decoded = [decode(p[1], dtype) for p in per]
                 logits = encode(torch.stack(decoded).mean(dim=0), dtype)
                 members = {name: p[1] for name, p in zip(committee, per)}
+                # a committee's features: every member's side by side, the lead's first
+                feats = {k: np.concatenate([p[2][k] for p in per], axis=1) for k in feats}
             table = labels_table(ids, m.version, logits, feats, members)
             # the part on disk is the record (no manifest rewrite per part)
             m.parts[f"{split}/{i:05d}"] = write_part(root, split, i, table)

@@ -30,17 +30,18 @@ class RegisteredLoss:
     fn: LossFn
     config_cls: type
     needs_teacher: bool
+    reads_features: bool = False  # a feature term: the KD guard weighs it on its own
 
 
 LOSSES: dict[str, RegisteredLoss] = {}
 
 
-def register_loss(name: str, config_cls: type, needs_teacher: bool = True
-                  ) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, config_cls: type, needs_teacher: bool = True,
+                  reads_features: bool = False) -> Callable[[LossFn], LossFn]:
     def wrap(fn: LossFn) -> LossFn:
         if name in LOSSES:
             raise ValueError(f"loss {name!r} registered twice")
-        LOSSES[name] = RegisteredLoss(fn, config_cls, needs_teacher)
+        LOSSES[name] = RegisteredLoss(fn, config_cls, needs_teacher, reads_features)
         return fn
     return wrap
 
@@ -185,7 +186,7 @@ class FeatureKD:
                               f"{self.metric!r}")
 
 
-@register_loss("feature_kd", FeatureKD)
+@register_loss("feature_kd", FeatureKD, reads_features=True)
 def feature_kd(student: StudentOutputs, teacher: TeacherOutputs | None, batch: Batch,
                cfg: FeatureKD) -> torch.Tensor:
     """Feature (hint) distillation through learned adapters (FitNets, Romero et al.
@@ -218,6 +219,42 @@ def feature_kd(student: StudentOutputs, teacher: TeacherOutputs | None, batch: B
         weight += w
     assert total is not None
     return total / max(weight, 1e-12)
+
+
+@dataclass(frozen=True)
+class RelationKD:
+    """Config of ``relation_kd``: which student and teacher tensors are compared."""
+
+    student_feature: str = "last_hidden"
+    teacher_feature: str = "last_hidden"
+
+
+@register_loss("relation_kd", RelationKD, reads_features=True)
+def relation_kd(student: StudentOutputs, teacher: TeacherOutputs | None, batch: Batch,
+                cfg: RelationKD) -> torch.Tensor:
+    """Similarity-preserving distillation (Tung & Mori, ICCV 2019, with cosine
+    similarities): the student's pairwise similarities between the batch's examples
+    match the teacher's. No adapter: the two tensors may differ in width, and no free
+    projector can match for a student whose own features do not.
+
+    G_s = n(h) n(h)^T, G_t = n(z) n(z)^T (n: each row scaled to unit L2 norm), [B, B];
+    L = mean_ij (G_s - G_t)_ij^2.
+
+    Args:
+        student.features[cfg.student_feature]: (B, d_s).
+        teacher.features[cfg.teacher_feature]: (B, d_t), a committee's every member's
+            tensor side by side.
+    """
+    t = _need_teacher(teacher, "relation_kd")
+    if cfg.teacher_feature not in t.features:
+        raise KeyError(f"relation_kd: teacher sent no feature {cfg.teacher_feature!r}; "
+                       f"it sent {sorted(t.features)}")
+    if cfg.student_feature not in student.features:
+        raise KeyError(f"relation_kd: the student has no feature {cfg.student_feature!r}; "
+                       f"it has {sorted(student.features)}")
+    h = F.normalize(student.features[cfg.student_feature].float(), dim=1)
+    z = F.normalize(t.features[cfg.teacher_feature].detach().float(), dim=1)
+    return ((h @ h.T - z @ z.T) ** 2).mean()
 
 
 @dataclass(frozen=True)
@@ -302,19 +339,30 @@ class Objective:
     def uncertainty(self) -> bool:
         return any(getattr(c, "uncertainty", False) for _, _, _, c in self.terms)
 
+    @property
+    def feature_terms(self) -> tuple[str, ...]:
+        """The names of its terms that read teacher features (weighted > 0)."""
+        return tuple(dict.fromkeys(n for n, w, r, _ in self.terms
+                                   if w > 0 and r.reads_features))
+
     def __call__(self, student: StudentOutputs, teacher: TeacherOutputs | None,
-                 batch: Batch, kd_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+                 batch: Batch, kd_scale: float = 1.0,
+                 off: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and each term's (unweighted) value; ``kd_scale`` multiplies the
-        weight of every term that reads the teacher (staleness weighting)."""
+        weight of every term that reads the teacher (staleness weighting); terms named
+        in ``off`` (the KD guard's) are left out."""
         total: torch.Tensor | None = None
         parts: dict[str, float] = {}
         for name, weight, reg, cfg in self.terms:
+            if name in off:
+                continue
             value = reg.fn(student, teacher, batch, cfg)
             parts[name] = float(value.detach())
             if reg.needs_teacher:
                 weight = weight * kd_scale
             total = weight * value if total is None else total + weight * value
-        assert total is not None
+        if total is None:
+            raise ValueError(f"every loss term is off ({list(off)})")
         return total, parts
 
 
@@ -331,6 +379,13 @@ def resolve_terms(cfg: StudentConfig) -> list[tuple[str, float, Any, Any]]:
         terms.append((term.name, term.weight, reg,
                       from_mapping(reg.config_cls, term.params, f"{where}.params")))
     return terms
+
+
+def feature_terms(cfg: StudentConfig) -> tuple[str, ...]:
+    """The loss terms of a student that read teacher features (the KD guard turns them
+    off on their own); unknown names are left to :func:`resolve_terms` to refuse."""
+    return tuple(dict.fromkeys(t.name for t in cfg.losses if t.weight > 0
+                               and t.name in LOSSES and LOSSES[t.name].reads_features))
 
 
 def build_objective(cfg: StudentConfig, tasks: tuple[str, ...]) -> Objective:

@@ -16,6 +16,7 @@ import torch
 
 from recdistill.cluster.codec import LabelledBatch, committee_outputs, encode
 from recdistill.cluster.committee import Committee
+from recdistill.cluster.teachers import teacher_dims
 from recdistill.cluster.config import MemberConfig, RunOptions, StreamConfig
 from recdistill.cluster.data import pass_shards, train_dataset
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
@@ -35,7 +36,9 @@ def _committee(tmp_path: Path, **kw):
                  spec=data.spec, cfg=B, info={"step": 7})
     cfg = dataclasses.replace(cfg, teachers=(
         MemberConfig("a", str(tmp_path / "teacher"), CFG), MemberConfig("b", teacher=B)))
-    return cfg, data, dims
+    # a committee's features are both members' side by side
+    assert teacher_dims(cfg, data.spec) == {k: 2 * d for k, d in dims.items()}
+    return cfg, data, teacher_dims(cfg, data.spec)
 
 
 def test_select_keeps_the_named_features() -> None:
@@ -50,17 +53,22 @@ def test_select_keeps_the_named_features() -> None:
 
 
 def test_committee_outputs_are_the_members_mean() -> None:
+    """Logits: the members' mean; features: every member's side by side, the lead's
+    columns first."""
     rng = np.random.default_rng(0)
     arrays = tiny_dataset(n=4).train.take(np.arange(4))
     la, lb = (torch.tensor(rng.normal(size=(4, 2)), dtype=torch.float32) for _ in "ab")
+    hb = torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float32)
     a = LabelledBatch(arrays, encode(la, "float32"), {"last_hidden": encode(la, "float32")},
                       version=3, logit_dtype="float32", feature_dtype="float32", member="a")
-    b = LabelledBatch(None, encode(lb, "float32"), {}, version=7, logit_dtype="float32",
-                      member="b")
+    b = LabelledBatch(None, encode(lb, "float32"), {"last_hidden": encode(hb, "float32")},
+                      version=7, logit_dtype="float32", feature_dtype="float32", member="b")
     out = committee_outputs((a, b), np.array([2, 0]))
     torch.testing.assert_close(out.logits, ((la + lb) / 2)[[2, 0]])
     torch.testing.assert_close(out.members["b"], lb[[2, 0]])
-    torch.testing.assert_close(out.features["last_hidden"], la[[2, 0]])
+    assert out.features["last_hidden"].shape == (2, 5)
+    torch.testing.assert_close(out.features["last_hidden"],
+                               torch.cat([la, hb], dim=1)[[2, 0]])
     assert out.version == 3  # the lead's
     single = committee_outputs((a,))
     assert single.members == {} and torch.equal(single.logits, la)
@@ -100,7 +108,11 @@ def test_combined_logits_equal_the_mean_of_the_members(ray_cluster, tmp_path) ->
                 arrays: BatchArrays = lead.inputs.select(m.feature_names)
                 batch = arrays.to_batch()
                 with torch.no_grad():
-                    want[name] = m(batch.dense, batch.sparse).logits
+                    want[name] = m(batch.dense, batch.sparse)
+            hidden = torch.cat([want[n].features["last_hidden"] for n in "ab"], dim=1)
+            torch.testing.assert_close(got.features["last_hidden"], hidden, rtol=1e-2,
+                                       atol=1e-2)  # fp16 on the way
+            want = {n: o.logits for n, o in want.items()}
             torch.testing.assert_close(got.members["a"], want["a"], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(got.members["b"], want["b"], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(got.logits, (want["a"] + want["b"]) / 2,

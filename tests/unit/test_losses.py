@@ -10,9 +10,9 @@ from recdistill.data.errors import ConfigError
 from recdistill.data.spec import Batch, ExampleTable, FeatureSpec, SparseFeature
 from recdistill.student.config import StudentConfig
 from recdistill.student.losses import (AuxHeadKD, FeatureKD, HardLabel, LogitMSE, MultiTaskKD,
-                                       PredictionKD, aux_head_kd, build_objective, feature_kd,
-                                       hard_label, logit_mse, make_term, multitask_kd,
-                                       prediction_kd)
+                                       PredictionKD, RelationKD, aux_head_kd, build_objective,
+                                       feature_kd, hard_label, logit_mse, make_term,
+                                       multitask_kd, prediction_kd, relation_kd)
 from recdistill.student.model import StudentModel, StudentOutputs
 from recdistill.student.train import make_student_optimizer, mask_labels, student_step
 from recdistill.teacher.outputs import TeacherOutputs
@@ -72,6 +72,47 @@ def test_logit_mse_and_feature_kd() -> None:
         pytest.approx(0.04, abs=1e-6)
     with pytest.raises(ConfigError, match="feature_kd.metric"):
         FeatureKD("l1")
+
+
+def test_relation_kd_matches_hand_computation() -> None:
+    """Student rows orthogonal (G_s = I), teacher rows parallel (G_t = all ones): the
+    off-diagonal differences are 1, so L = 2 / 4. Widths may differ; the teacher's
+    scale does not count."""
+    s = StudentOutputs(logits=torch.zeros(2, 1),
+                       features={"last_hidden": torch.tensor([[2.0, 0.0], [0.0, 0.5]])})
+    for z in ([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], [[3.0, 0.0, 0.0], [7.0, 0.0, 0.0]]):
+        got = relation_kd(s, teach([[0.0], [0.0]], last_hidden=z), batch([[0], [0]]),
+                          RelationKD())
+        assert got.item() == pytest.approx(0.5)
+    # the same geometry: nothing to learn
+    same = teach([[0.0], [0.0]], last_hidden=[[0.0, 5.0], [1.0, 0.0]])
+    assert relation_kd(s, same, batch([[0], [0]]), RelationKD()).item() == \
+        pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(KeyError, match="teacher sent no feature 'interaction'"):
+        relation_kd(s, same, batch([[0], [0]]), RelationKD(teacher_feature="interaction"))
+
+
+def test_objective_leaves_out_the_terms_the_guard_turned_off() -> None:
+    """A hard-label + relation-KD student with ``relation_kd`` off steps exactly as the
+    hard-label student; on, it steps otherwise."""
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    teacher = TeacherOutputs(torch.zeros(6, 2), {"last_hidden": z})
+
+    def step(losses, off=()) -> dict[str, torch.Tensor]:
+        model, b = _tiny_student(losses=losses, seed=3)
+        student_step(model, make_student_optimizer(model, model_cfg(losses)),
+                     build_objective(model_cfg(losses), ("a", "b")), b, teacher,
+                     terms_off=off)
+        return model.state_dict()
+
+    def model_cfg(losses) -> StudentConfig:
+        return StudentConfig(name="s", hidden=(8, 4), losses=losses, seed=3)
+
+    rel = (make_term("hard_label"), make_term("relation_kd", 3.0))
+    hard = step((make_term("hard_label"),))
+    for k, v in step(rel, ("relation_kd",)).items():
+        torch.testing.assert_close(v, hard[k], msg=k)
+    assert any(not torch.equal(v, hard[k]) for k, v in step(rel).items())
 
 
 def test_multitask_kd_fixed_and_uncertainty_weights() -> None:
