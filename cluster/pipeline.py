@@ -136,7 +136,8 @@ class OnlineDistillation:
         for n, s in students.items():
             s["kd_guard"] = {"enabled": self.cfg.kd_guard and "baseline" in c.groups
                              and bool(s["kd"]),
-                             "off": c.groups[n].guard_log}  # task -> pass turned off
+                             # task or term -> the pass after which it was turned off
+                             "off": c.groups[n].guard_log, "why": c.groups[n].guard_why}
         if self.options.artifacts:
             c.phase("write students")
             for n, path in self.write_artifacts(self.options.artifacts, students).items():

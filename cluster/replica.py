@@ -69,6 +69,7 @@ class StudentReplica:
             make_student_optimizer(self.model, self.cfg)
         self.best: dict[str, Any] | None = None
         self.kd_off: tuple[str, ...] = ()  # tasks the KD guard turned off
+        self.terms_off: tuple[str, ...] = ()  # and loss terms
         self.metrics = ActorMetrics("student", {"group": self.cfg.name})
         self._t_last = time.perf_counter()
 
@@ -141,7 +142,7 @@ class StudentReplica:
         kd_tasks = torch.tensor([t not in self.kd_off for t in self.tasks], device=self.device) \
             if self.kd_off else None
         out = student_step(self.net, self.optimizer, self.objective,  # type: ignore[arg-type]
-                           batch, teacher, kd_scale, weight, kd_tasks)
+                           batch, teacher, kd_scale, weight, kd_tasks, self.terms_off)
         agree = out.pop("agreement")
         now = time.perf_counter()
         timing = {"prepare_s": t1 - t0, "step_s": now - t1}
@@ -162,9 +163,7 @@ class StudentReplica:
         batch is ``members`` consecutive entries (a committee's labels of it).
 
         A step that fails after others were done (a peer died in its all-reduce) ends
-        the call with the steps done and ``error`` set: the driver books exactly those
-        as trained.
-        """
+        the call with the steps done and ``error`` set: the driver books exactly those."""
         steps: list[StepResult] = []
         batches = [tuple(labelled[i:i + members]) for i in range(0, len(labelled), members)]
         for batch, r in zip(batches, rows, strict=True):
@@ -206,10 +205,10 @@ class StudentReplica:
             return clone_state(self.net.state_dict())
         return {k: v.clone() for k, v in self.model.state_dict().items()}
 
-    def set_kd_guard(self, off: tuple[str, ...]) -> None:
-        """The KD guard: the teacher teaches no more on tasks ``off`` (with every task
-        off, feature KD stops too; see ``student_step``'s ``kd_tasks``)."""
-        self.kd_off = tuple(off)
+    def set_kd_guard(self, off: tuple[str, ...], terms: tuple[str, ...] = ()) -> None:
+        """The KD guard: no more KD on tasks ``off`` (with every task off, no feature KD
+        either: ``student_step``'s ``kd_tasks``), and loss terms ``terms`` left out."""
+        self.kd_off, self.terms_off = tuple(off), tuple(terms)
 
     def keep_best(self) -> None:
         self.best = self._weights()

@@ -13,7 +13,7 @@ text.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from recdistill.cluster.contracts import DcpState, StateDict
@@ -23,6 +23,7 @@ from recdistill.cluster.recovery import Executor
 from recdistill.cluster.state import Every, GroupHistory, GroupState
 from recdistill.cluster.watermark import PassBooks
 from recdistill.data import storage
+from recdistill.student.losses import feature_terms
 from recdistill.teacher.checkpoint import CheckpointError
 
 STATE_FILE = "driver_state.pt"
@@ -48,6 +49,7 @@ class GroupCheckpoint:
     restores: int
     by_version: dict[int, VersionCount]
     stopped_after: int = 0
+    guard: dict[str, list[Any]] = field(default_factory=dict)  # name -> [pass, why]
 
     @classmethod
     def capture(cls, g: GroupState, state: StateDict | DcpState, pass_index: int
@@ -59,7 +61,8 @@ class GroupCheckpoint:
         for item in g.actors.in_flight():
             trained.add(item.key, len(item.ids))
         return cls(state, trained, g.history, g.actors.generation, g.restores,
-                   g.ledger.by_version, g.stopped_after)
+                   g.ledger.by_version, g.stopped_after,
+                   {k: [p, g.guard_why.get(k, "")] for k, p in g.guard_log.items()})
 
 
 @dataclass
@@ -80,6 +83,11 @@ class RunCheckpoint:
             g = groups[name]
             g.actors.generation, g.restores = saved.restarts, saved.restores
             g.stopped_after = saved.stopped_after
+            g.guard_log = {k: int(v[0]) for k, v in saved.guard.items()}
+            g.guard_why = {k: str(v[1]) for k, v in saved.guard.items()}
+            features = feature_terms(g.cfg.student)
+            g.kd_off = tuple(k for k in g.guard_log if k not in features)
+            g.terms_off = tuple(k for k in g.guard_log if k in features)
             g.history = saved.history
             g.ledger.restore(saved.by_version, None if self.pass_done else self.pass_index,
                              saved.trained)
@@ -104,6 +112,7 @@ class RunCheckpoint:
                        "curve": g.history.curve, "best_auc": g.history.best_auc,
                        "best_pass": g.history.best_pass, "restarts": g.restarts,
                        "restores": g.restores, "stopped_after": g.stopped_after,
+                       "guard": g.guard,
                        "by_version": {str(v): [c.batches, c.examples]
                                       for v, c in g.by_version.items()}})}
                    for name, g in self.groups.items()}}
@@ -146,7 +155,7 @@ class RunCheckpoint:
                 history=GroupHistory(kept["curve"], kept["best_auc"], kept["best_pass"]),
                 restarts=kept["restarts"], restores=kept["restores"],
                 by_version={int(v): VersionCount(*c) for v, c in kept["by_version"].items()},
-                stopped_after=kept["stopped_after"])
+                stopped_after=kept["stopped_after"], guard=kept.get("guard", {}))
         return cls(doc["pass"], doc["pass_done"], doc["teacher_checkpoint"],
                    doc["soft_labels"], out, saved)
 

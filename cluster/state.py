@@ -83,7 +83,7 @@ class StudentActors(Protocol):
     def survivor_state(self) -> GroupSave | None: ...
     def take_snapshot(self) -> None: ...
     def read_snapshot(self) -> GroupSave: ...
-    def set_kd_guard(self, off: tuple[str, ...]) -> None: ...
+    def set_kd_guard(self, off: tuple[str, ...], terms: tuple[str, ...] = ()) -> None: ...
     def evaluate_async(self, split_ref: Any, batch_size: int, best: bool = False) -> Any: ...
     def evaluation(self, ref: Any) -> Any: ...
     def evaluate(self, split_ref: Any, batch_size: int, best: bool = False) -> Any: ...
@@ -174,7 +174,10 @@ class GroupState:
         history: its validation curve and best pass.
         snapshots: when it keeps a snapshot.
         kd_off: tasks the KD guard turned off (a re-formed group gets them again).
-        guard_log: task -> the pass after which the guard turned it off.
+        terms_off: loss terms (feature terms) the KD guard turned off.
+        guard_log: task or term -> the pass after which the guard turned it off.
+        guard_why: task or term -> why (the baseline reached the teacher, or the group
+            trailed its baseline).
         failed_in_a_row: training calls that failed since the last that did not.
         restores: re-formations that started from the snapshot (no replica survived).
         stopped_after: the pass after which it stopped (``GroupConfig.patience``); 0:
@@ -186,7 +189,9 @@ class GroupState:
     snapshots: SnapshotSchedule
     history: GroupHistory = field(default_factory=GroupHistory)
     kd_off: tuple[str, ...] = ()
+    terms_off: tuple[str, ...] = ()
     guard_log: dict[str, int] = field(default_factory=dict)
+    guard_why: dict[str, str] = field(default_factory=dict)
     failed_in_a_row: int = 0
     restores: int = 0
     stopped_after: int = 0
@@ -208,8 +213,8 @@ class GroupState:
     def start(self, state: GroupSave | None = None) -> None:
         """Start the actors (from ``state``) with the guard's decisions applied."""
         self.actors.start(state)
-        if self.kd_off:
-            self.actors.set_kd_guard(self.kd_off)
+        if self.kd_off or self.terms_off:
+            self.actors.set_kd_guard(self.kd_off, self.terms_off)
 
 
 @dataclass

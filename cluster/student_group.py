@@ -110,9 +110,11 @@ class StudentGroup:
                             "setup" + (" (loading a state)" if state is not None else ""),
                             self._names, self._io_timeout)
 
-    def set_kd_guard(self, off: tuple[str, ...]) -> None:
-        """Every replica stops KD on tasks ``off`` (see ``StudentReplica.set_kd_guard``)."""
-        ray.get([r.set_kd_guard.remote(off) for r in self.replicas], timeout=CALL_TIMEOUT_S)
+    def set_kd_guard(self, off: tuple[str, ...], terms: tuple[str, ...] = ()) -> None:
+        """Every replica stops KD on tasks ``off`` and leaves out loss terms ``terms``
+        (see ``StudentReplica.set_kd_guard``)."""
+        ray.get([r.set_kd_guard.remote(off, terms) for r in self.replicas],
+                timeout=CALL_TIMEOUT_S)
 
     def shutdown(self) -> None:
         kill_actors(self.replicas)

@@ -36,15 +36,16 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
                  objective: Objective, batch: Batch,
                  teacher: TeacherOutputs | None, kd_scale: float = 1.0,
                  weight: float = 1.0,
-                 kd_tasks: torch.Tensor | None = None) -> dict[str, float]:
+                 kd_tasks: torch.Tensor | None = None,
+                 terms_off: tuple[str, ...] = ()) -> dict[str, float]:
     """One optimizer step on ``batch``.
 
     ``kd_tasks``: [T] bool, the tasks the teacher may teach (the KD guard); on the
     others the teacher's logit is replaced by the student's own (detached), so every
     prediction-KD term gives them no gradient and their true labels still train them
     (also inside ``multitask_kd``, which holds the hard-label term). With no task left,
-    the teacher's features are replaced by the student's adapter outputs too: no
-    feature-KD gradient either.
+    the terms that read teacher features are left out too. ``terms_off``: loss terms
+    the guard turned off (feature terms), left out of the objective.
 
     ``kd_scale`` multiplies the KD terms (staleness weighting). ``weight`` multiplies
     the whole loss before backward (0: this replica contributes no gradient to a DDP
@@ -69,13 +70,12 @@ def student_step(model: StudentModel, optimizer: torch.optim.Optimizer,
     if teacher is not None and kd_tasks is not None and not bool(kd_tasks.all()):
         # The guard: no KD gradient on the tasks off, while every loss term (a
         # multi-task KD term holds the hard labels too) keeps training on the labels.
-        features = teacher.features
         if not bool(kd_tasks.any()):  # every task off: no feature KD either
-            features = {**features, **{k: v.detach() for k, v in out.adapted.items()}}
+            terms_off = (*terms_off, *objective.feature_terms)
         teacher = TeacherOutputs(
             logits=torch.where(kd_tasks, teacher.logits.float(), out.logits.detach()),
-            features=features, version=teacher.version, members=teacher.members)
-    loss, parts = objective(out, teacher, batch, kd_scale)
+            features=teacher.features, version=teacher.version, members=teacher.members)
+    loss, parts = objective(out, teacher, batch, kd_scale, terms_off)
     if adapter_loss is not None:
         loss = loss + adapter_loss
         parts["teacher_adapter"] = float(adapter_loss.detach())

@@ -225,9 +225,9 @@ class FakeStudents:
     def read_snapshot(self) -> StateDict:
         return self.snapshot
 
-    def set_kd_guard(self, off: tuple[str, ...]) -> None:
+    def set_kd_guard(self, off: tuple[str, ...], terms: tuple[str, ...] = ()) -> None:
         self._alive_or_die()
-        self.guard_calls.append(tuple(off))
+        self.guard_calls.append(tuple(off) + tuple(terms))
 
     def evaluate_async(self, table_ref: Any, batch_size: int, best: bool = False) -> Ref:
         q = self.quality[min(self.evaluations, len(self.quality) - 1)]

@@ -166,6 +166,37 @@ def test_kd_guard_turns_kd_off_once_the_baseline_reaches_the_teacher() -> None:
     assert c.groups["baseline"].kd_off == () and students["baseline"].guard_calls == []
 
 
+def test_kd_guard_turns_off_a_trailing_groups_feature_terms_then_its_kd(
+        tmp_path: Path) -> None:
+    """The baseline improves in passes 1-2 and not in 3 or 4; a relation-KD group
+    trails it all along. Not judged while the baseline improves; after pass 3 its
+    feature term goes, after pass 4 (trailing still) its KD on both tasks. A resumed
+    run starts with the same decisions."""
+    base = _cfg(passes=4)
+    feat = GroupConfig(StudentConfig(name="feat", losses=(
+        LossTerm("hard_label"), LossTerm("relation_kd", 3.0))), replicas=2,
+        snapshot_every=0)
+    cfg = dataclasses.replace(base, groups=(*base.groups, feat))
+    c, _, students = _controller(cfg, RunOptions(progress=False, state_dir=str(tmp_path)))
+    students["baseline"].quality = [(0.5, 0.5), (0.8, 0.8), (0.6, 0.6), (0.7, 0.7)]
+    students["feat"].quality = [(0.3, 0.3)]
+    students["kd"].quality = [(0.5, 0.5), (0.9, 0.9)]  # ahead from pass 2: left alone
+    _run(c)
+    g = c.groups["feat"]
+    assert g.guard_log == {"relation_kd": 3, "click": 4, "like": 4}
+    assert (g.kd_off, g.terms_off) == (("click", "like"), ("relation_kd",))
+    assert g.guard_why["relation_kd"] == "it trailed its baseline on ['click', 'like']"
+    assert students["feat"].guard_calls == [("relation_kd",), ("click", "like", "relation_kd")]
+    assert c.groups["kd"].guard_log == {} and students["kd"].guard_calls == []
+    saved = RunCheckpoint.load(tmp_path / "driver_state.pt", ["baseline", "kd", "feat"], "")
+    again, _, _ = _controller(cfg)
+    saved.restore(again.groups)
+    g = again.groups["feat"]
+    assert (g.kd_off, g.terms_off, g.guard_log) == (("click", "like"), ("relation_kd",),
+                                                    {"relation_kd": 3, "click": 4, "like": 4})
+    assert g.guard_why["click"] == "it trailed its baseline on ['click', 'like']"
+
+
 def test_a_failed_training_call_reforms_the_group_from_a_survivor() -> None:
     c, _, students = _controller(_cfg(passes=1))
     students["baseline"].fail_calls = 1
