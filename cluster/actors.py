@@ -186,9 +186,11 @@ class TeacherRank(PassInput):
                 np.concatenate([p.logits for p in parts]),
                 {k: np.concatenate([p.features[k] for p in parts]) for k in self.features})
 
-    def evaluate(self, split: EvalSplit, block: int, batch_size: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Teacher (logits, labels) of every row of block ``block`` of ``split``, by
-        example id; every rank must call it."""
-        p = predict(self.model, split.block(block), self.model_keys, batch_size, self.device)
-        return p.logits, p.labels
+    def evaluate(self, split: EvalSplit, block: int, batch_size: int, group_key: str = ""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Teacher (logits, labels, the rows' ``group_key`` ids or None) of every row of
+        block ``block`` of ``split``, by example id; every rank must call it."""
+        table = split.block(block)
+        p = predict(self.model, table, self.model_keys, batch_size, self.device)
+        keys = table.group_keys(group_key)[np.argsort(table.ids)] if group_key else None
+        return p.logits, p.labels, keys

@@ -186,16 +186,17 @@ class Committee:
             batches.append((rank, i, ids, tuple(joined)))
         return LabelResult(batches, lead.ended)
 
-    def evaluate_members(self, split_ref: Any, block: int, batch_size: int
-                         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """(labels, member -> logits) of every row of one block of a split, the members
-        side by side."""
+    def evaluate_members(self, split_ref: Any, block: int, batch_size: int,
+                         group_key: str = ""
+                         ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """(labels, member -> logits, the rows' ``group_key`` ids or None) of every row
+        of one block of a split, the members side by side."""
         import ray
 
-        refs = [[t.evaluate.remote(split_ref, block, batch_size) for t in m.actors]
-                for m in self.members]
+        refs = [[t.evaluate.remote(split_ref, block, batch_size, group_key)
+                 for t in m.actors] for m in self.members]
         got = [ray.get(r, timeout=CALL_TIMEOUT_S)[0] for r in refs]
-        return got[0][1], {name: g[0] for name, g in zip(self.names, got)}
+        return got[0][1], {name: g[0] for name, g in zip(self.names, got)}, got[0][2]
 
     def reload(self, checkpoint: str) -> int:
         if len(self.members) > 1:  # DistillConfig refuses refresh_every for a committee

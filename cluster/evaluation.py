@@ -40,7 +40,8 @@ def evaluate_groups(executor: Executor, split_ref: Any, batch_size: int,
 
 
 def evaluate_teacher(executor: Executor, split_ref: Any, n_blocks: int, batch_size: int,
-                     tasks: tuple[str, ...]) -> tuple[Metrics, dict[str, Metrics]]:
+                     tasks: tuple[str, ...], group_key: str = ""
+                     ) -> tuple[Metrics, dict[str, Metrics]]:
     """The teacher's metrics on a split of ``n_blocks`` blocks (every rank takes part):
     of the logits the students learn from (a committee's mean), and per committee member
     ({} for a single teacher). A rank lost mid-way re-forms the source, which scores
@@ -49,12 +50,15 @@ def evaluate_teacher(executor: Executor, split_ref: Any, n_blocks: int, batch_si
     def score(source: Any) -> tuple[MetricState, dict[str, MetricState]]:
         combined, members = MetricState.empty(tasks), {}
         for b in range(n_blocks):
-            labels, logits = source.evaluate_members(split_ref, b, batch_size)
+            labels, logits, keys = source.evaluate_members(split_ref, b, batch_size,
+                                                           group_key)
             combined.update(np.mean(np.stack([np.asarray(v, np.float32)
-                                              for v in logits.values()]), axis=0), labels)
+                                              for v in logits.values()]), axis=0), labels,
+                            keys)
             if len(logits) > 1:  # a committee: each member's own metrics too
                 for name, v in logits.items():
-                    members.setdefault(name, MetricState.empty(tasks)).update(v, labels)
+                    members.setdefault(name, MetricState.empty(tasks)).update(v, labels,
+                                                                              keys)
         return combined, members
 
     combined, members = executor.on_labels(score)
@@ -81,10 +85,11 @@ def guard_off(teacher: Metrics, baseline_curve: list[dict[str, Any]], kd_off: tu
 def trailing(curve: list[dict[str, Any]], baseline_curve: list[dict[str, Any]],
              tasks: tuple[str, ...], margin: float = GUARD_MARGIN) -> tuple[str, ...]:
     """The tasks on which a KD group's best validation AUC so far trails its same-seed
-    baseline's by more than ``margin``, each task judged only once the baseline has
-    stopped improving on it (its best pass is before the last): KD groups learn slower
-    at first (relation KD trailed by up to 0.015 after pass 1 on MovieLens and led by
-    0.005 from pass 4), so an early gap says nothing yet."""
+    baseline's by more than ``margin``, each task judged only once both have stopped
+    improving on it (their best pass is before the last): KD groups learn slower at
+    first (relation KD trailed by up to 0.015 after pass 1 on MovieLens and led by 0.005
+    from pass 4), and a baseline's early dip is noise, so a gap while either still
+    improves says nothing yet."""
     if len(curve) < 2 or len(baseline_curve) < len(curve):
         return ()
     base = baseline_curve[:len(curve)]
@@ -93,6 +98,7 @@ def trailing(curve: list[dict[str, Any]], baseline_curve: list[dict[str, Any]],
         return max(x["valid"][task]["auc"] for x in c)
 
     return tuple(t for t in tasks if best(base, t) <= best(base[:-1], t)
+                 and best(curve, t) <= best(curve[:-1], t)
                  and best(curve, t) < best(base, t) - margin)
 
 

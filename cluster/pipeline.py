@@ -153,7 +153,7 @@ class OnlineDistillation:
         c.phase(f"evaluate teacher {split}")
         return evaluate_teacher(c.executor, c.runtime.table(split),
                                 self.data.split(split).n_blocks, self.cfg.eval_batch_size,
-                                self.data.spec.tasks)
+                                self.data.spec.tasks, self.data.spec.group_key)
 
     def write_artifacts(self, root: str, students: dict[str, Any]) -> dict[str, str]:
         """Every group's best student to ``<root>/<group>/`` (``student/artifact.py``),

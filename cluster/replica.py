@@ -52,7 +52,7 @@ class StudentReplica:
         self.rank, self.world = rank, world
         self.device = actor_device()  # the GPU Ray gave this replica, else the CPU
         self._who = f"group {self.cfg.name} replica {rank}/{world}"
-        self.tasks = spec.tasks
+        self.tasks, self.spec = spec.tasks, spec
         self.objective = build_objective(self.cfg, spec.tasks)
         self.sharded = self.cfg.sharding != "none"
         self.model = StudentModel(spec, self.cfg, teacher_dims,
@@ -180,16 +180,17 @@ class StudentReplica:
                  ) -> MetricState:
         """The metric state of the serving logits of every row of ``split`` (the best
         state if asked), scored block by block (``split.block``: an in-memory table's
-        rows or a file's chunk): nothing here grows with the split. Every replica of a
-        sharded group calls this on the same split."""
+        rows or a file's chunk). Every replica of a sharded group calls this."""
         current = None
         if best and self.best is not None:
             current = self._weights()
             self._load_weights(self.best)
-        state = MetricState.empty(self.tasks)
+        state, key = MetricState.empty(self.tasks), self.spec.group_key
         for b in range(split.n_blocks):
-            state.update(*predict_student(self.model, split.block(b), batch_size,
-                                          self.net if self.sharded else None, self.device))
+            table = split.block(b)
+            state.update(*predict_student(self.model, table, batch_size,
+                                          self.net if self.sharded else None, self.device),
+                         table.group_keys(key) if key else None)
         if current is not None:
             self._load_weights(current)
         return state

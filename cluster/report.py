@@ -155,17 +155,48 @@ def seed_summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]
                 "gain_over_2_paired_sd": bool(sd is not None and gain > 2 * sd),
                 "teacher_lead": float(lead),
                 "eta": gain / lead if lead > 0 else None}
+            for metric in RANKING:  # per-key metrics, where the dataset has a key
+                if metric in teacher[task]:
+                    got = np.array([runs[k][task][metric] for k in ks])
+                    d = got - np.array([baseline[k][task][metric] for k in ks])
+                    msd = float(d.std(ddof=1)) if len(ks) > 1 else None
+                    out[group][task][metric] = {
+                        "mean": float(got.mean()), "gain_mean": float(d.mean()),
+                        "gain_paired_sd": msd,
+                        "gain_over_2_paired_sd": bool(msd is not None and d.mean() > 2 * msd)}
     return out
+
+
+RANKING = ("gauc", "ndcg@10")  # the per-key metrics (student/ranking.py)
+
+
+def _ranking_cells(t: dict[str, Any], group: str) -> str:
+    """The GAUC and NDCG@10 cells of a markdown row: mean, and the paired gain."""
+    cells = []
+    for metric in RANKING:
+        m = t.get(metric)
+        if m is None:
+            continue
+        gain = "" if group == "baseline" else f" ({m['gain_mean']:+.4f}" + (
+            f" ± {m['gain_paired_sd']:.4f})" if m["gain_paired_sd"] is not None else ")")
+        cells.append(f" {m['mean']:.4f}{gain} |")
+    return "".join(cells)
 
 
 def table(report: dict[str, Any]) -> str:
     """Task x model: AUC, logloss, NE, AUC gain vs baseline, share of the gap recovered."""
     g = report.get("gains", {})
+    ranked = [r for r in RANKING if r in next(iter(report["teacher"]["test"].values()))]
     lines = [f"{'task':<8}{'model':<14}{'params':>9}{'AUC':>8}{'logloss':>9}{'NE':>8}"
-             f"{'gain':>9}{'gap rec.':>10}"]
+             + "".join(f"{'GAUC' if r == 'gauc' else 'NDCG@10':>8}" for r in ranked)
+             + f"{'gain':>9}{'gap rec.':>10}"]
+
+    def ranks(m: dict[str, Any]) -> str:
+        return "".join(f"{m[r]:>8.4f}" for r in ranked)
+
     for task, m in report["teacher"]["test"].items():
         lines.append(f"{task:<8}{'teacher':<14}{report['teacher']['parameters']:>9,}"
-                     f"{m['auc']:>8.4f}{m['logloss']:>9.4f}{m['ne']:>8.4f}")
+                     f"{m['auc']:>8.4f}{m['logloss']:>9.4f}{m['ne']:>8.4f}{ranks(m)}")
         for name, s in report["students"].items():
             m = s["test"][task]
             extra = ""
@@ -175,7 +206,7 @@ def table(report: dict[str, Any]) -> str:
                 extra = f"{gg['auc_gain_vs_baseline']:>+9.4f}" + (
                     f"{rec:>10.0%}" if rec is not None else f"{'n/a':>10}")
             lines.append(f"{'':<8}{name:<14}{s['parameters']:>9,}{m['auc']:>8.4f}"
-                         f"{m['logloss']:>9.4f}{m['ne']:>8.4f}{extra}")
+                         f"{m['logloss']:>9.4f}{m['ne']:>8.4f}{ranks(m)}{extra}")
     summary = report.get("seeds") or {}
     n = max((t["seeds"] for g in summary.values() for t in g.values()), default=1)
     if n > 1:
@@ -206,27 +237,36 @@ def markdown_table(report: dict[str, Any]) -> str:
     summary = report.get("seeds") or seed_summary(report)
     n = max((t["seeds"] for g in summary.values() for t in g.values()), default=1)
     teacher = report["teacher"]
+    ranked = [m for m in RANKING if m in next(iter(teacher["test"].values()))]
+    head = "".join(f" {'GAUC' if m == 'gauc' else 'NDCG@10'} (paired gain) |"
+                   for m in ranked)
     lines = [f"| task | model | params | test AUC (mean of {n}) | sd | gain vs baseline "
-             "| paired sd | > 2 sd | eta |", "|---|---|---:|---:|---:|---:|---:|:-:|---:|"]
+             f"| paired sd | > 2 sd | eta |{head}",
+             "|---|---|---:|---:|---:|---:|---:|:-:|---:|" + "---:|" * len(ranked)]
     members = teacher.get("members", {})
+
+    def plain(m: dict[str, Any]) -> str:  # a teacher's cells: AUC, GAUC, NDCG@10
+        return f"{m['auc']:.4f} | | | | | |" + "".join(f" {m[r]:.4f} |" for r in ranked)
+
     for task in teacher["test"]:
         label = f"teacher ({len(members)} members, mean logits)" if members else "teacher"
         lines.append(f"| {task} | {label} | {teacher['parameters']:,} | "
-                     f"{teacher['test'][task]['auc']:.4f} | | | | | |")
+                     f"{plain(teacher['test'][task])}")
         for name, m in members.items():
             lines.append(f"| {task} | member {name} | {m['parameters']:,} | "
-                         f"{m['test'][task]['auc']:.4f} | | | | | |")
+                         f"{plain(m['test'][task])}")
         for group, per in summary.items():
             t = per[task]
             params = report["students"][group]["parameters"]
             sd = f"{t['auc_sd']:.4f}" if t["auc_sd"] is not None else ""
             if group == "baseline":
                 lines.append(f"| {task} | {group} | {params:,} | {t['auc_mean']:.4f} | {sd} "
-                             "| | | | |")
+                             f"| | | | |{_ranking_cells(t, group)}")
                 continue
             psd = f"{t['gain_paired_sd']:.4f}" if t["gain_paired_sd"] is not None else ""
             sig = ("yes" if t["gain_over_2_paired_sd"] else "no") if psd else ""
             eta = f"{t['eta']:.2f}" if t["eta"] is not None else "n/a"
             lines.append(f"| {task} | {group} | {params:,} | {t['auc_mean']:.4f} | {sd} | "
-                         f"{t['gain_mean']:+.4f} | {psd} | {sig} | {eta} |")
+                         f"{t['gain_mean']:+.4f} | {psd} | {sig} | {eta} |"
+                         f"{_ranking_cells(t, group)}")
     return "\n".join(lines)

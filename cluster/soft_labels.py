@@ -127,10 +127,10 @@ class SoftLabelReader(PassInput):
         self._account(labelled)
         return arrays.ids, labelled
 
-    def evaluate(self, split: EvalSplit, block: int, batch_size: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Stored teacher logits (float32) and labels of every row of block ``block`` of
-        ``split``."""
+    def evaluate(self, split: EvalSplit, block: int, batch_size: int, group_key: str = ""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Stored teacher logits (float32), labels and ``group_key`` ids (or None) of
+        every row of block ``block`` of ``split``."""
         table = split.block(block)
         for name in ("valid", "test", "train"):
             if name not in self._splits:
@@ -138,7 +138,8 @@ class SoftLabelReader(PassInput):
                     SplitLabels(self.manifest, self.root, name, ())
             if self._splits[name].covers(table.ids):
                 got = self._splits[name].take(table.ids, f"{self.root} ({name})")
-                return decode(got.logits, self.manifest.logit_dtype).numpy(), table.labels
+                return (decode(got.logits, self.manifest.logit_dtype).numpy(), table.labels,
+                        table.group_keys(group_key) if group_key else None)
         raise DataError(f"{self.root}: no precomputed split holds these examples")
 
 

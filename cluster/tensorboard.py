@@ -11,8 +11,9 @@ that group has trained. Tags:
   of 0.5), mean over the same steps;
 - ``examples_per_s``, ``queue_depth`` (batches queued or in flight, what
   ``stream.max_inflight`` bounds);
-- ``valid_auc/<task>`` after each pass; the teacher's own validation AUC is the run
-  ``teacher`` (one point per pass, a flat line to compare against).
+- ``valid_auc/<task>`` after each pass, and where the dataset has a user or request
+  key ``valid_gauc/<task>`` and ``valid_ndcg@10/<task>``; the teacher's own are the
+  run ``teacher`` (one point per pass, a flat line to compare against).
 
 The driver already books every step (the ledger's sums), so the actors write nothing
 and no file is shared between processes. A storage URI as ``logdir`` (``s3://...``):
@@ -27,6 +28,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from recdistill.cluster.ledger import GroupLedger
 from recdistill.data import storage
@@ -83,11 +85,11 @@ class TensorBoardLog:
             rows = ledgers[name].acked_rows
             most = max(most, rows)
             for task, m in valid[name].items():
-                w.add_scalar(f"valid_auc/{task}", m["auc"], rows)
+                _metrics(w, task, m, rows)
             w.add_scalar("pass", pass_number, rows)
             w.flush()
         for task, m in teacher_valid.items():
-            self.teacher.add_scalar(f"valid_auc/{task}", m["auc"], most)
+            _metrics(self.teacher, task, m, most)
         self.teacher.flush()
         self._upload()
 
@@ -125,3 +127,10 @@ def read_scalars(logdir: str | Path) -> dict[str, dict[str, list[tuple[int, floa
                     (int(event.step), float(v.simple_value)))
     return out
 
+
+def _metrics(w: Any, task: str, m: dict[str, float], step: int) -> None:
+    """One task's validation AUC, GAUC and NDCG@10 (those it has) at ``step``."""
+    for key, tag in (("auc", "valid_auc"), ("gauc", "valid_gauc"),
+                     ("ndcg@10", "valid_ndcg@10")):
+        if key in m:
+            w.add_scalar(f"{tag}/{task}", m[key], step)

@@ -265,6 +265,7 @@ def load_movielens(split: str = "user_time", seed: int = 0,
         ),
         tasks=("like", "love"),
         privileged=("user_history",),
+        group_key="user_id",  # GAUC and NDCG@10 per user
     )
     tr, va, te = _split_masks(user, ts, split, seed)
     # Dense features are standardised with train statistics only.

@@ -72,7 +72,8 @@ def frames(shape: str, rows: int, seed: int = 0) -> tuple[dict[str, pd.DataFrame
         score["z"] += 0.7 * bias_i[item] + 1.2 * inter - 1.0
         cols.update(user=user, item=item, ctx=np.array([f"ctx{i}" for i in ctx]),
                     hour=rng.integers(0, 24, rows).astype(float))
-        toml = 'dense = ["hour"]\nsparse = ["user", "item", "ctx"]\ntasks = ["y", "z"]\n'
+        toml = ('dense = ["hour"]\nsparse = ["user", "item", "ctx"]\ntasks = ["y", "z"]\n'
+                'group_key = "user"\n')
         tasks = ["y", "z"]
     else:  # multi_hot
         n_tags, n_items = 300, 800

@@ -56,12 +56,16 @@ class FeatureSpec:
         tasks: binary label names, in column order of ``Batch.labels``.
         privileged: sparse features only the teacher may use (privileged-feature
             distillation, Xu et al. KDD 2020); students never see them.
+        group_key: the sparse feature whose value groups rows into the lists a
+            recommender ranks (the user, or the request): GAUC and NDCG@10 are computed
+            per value, and ``listwise_kd`` normalises within it. "": none.
     """
 
     dense: tuple[str, ...]
     sparse: tuple[SparseFeature, ...]
     tasks: tuple[str, ...]
     privileged: tuple[str, ...] = ()
+    group_key: str = ""
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.sparse]
@@ -75,6 +79,9 @@ class FeatureSpec:
         unknown = set(self.privileged) - set(names)
         if unknown:
             raise ValueError(f"FeatureSpec.privileged: not sparse features {sorted(unknown)}")
+        if self.group_key and self.group_key not in names:
+            raise ValueError(f"FeatureSpec.group_key: {self.group_key!r} is not a sparse "
+                             f"feature; they are {names}")
         tables: dict[str, int] = {}
         for f in self.sparse:
             if tables.setdefault(f.table, f.cardinality) != f.cardinality:
@@ -287,6 +294,15 @@ class ExampleTable:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def group_keys(self, name: str) -> np.ndarray:
+        """int64 [N]: each row's first id of sparse feature ``name`` (-1 where empty),
+        the key rows are ranked within (``FeatureSpec.group_key``)."""
+        offsets, values = self.sparse[name]
+        first = np.full(len(self), -1, np.int64)
+        has = offsets[1:] > offsets[:-1]
+        first[has] = values[offsets[:-1][has]]
+        return first
 
     def take(self, rows: np.ndarray, keys: tuple[str, ...] | None = None) -> BatchArrays:
         """Gather ``rows`` into a batch holding the sparse features ``keys`` (all if None)."""

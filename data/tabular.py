@@ -54,7 +54,7 @@ from recdistill.data.transform import RowTransform, multi_texts, numeric
 
 _KEYS = {"train": str, "valid": str, "test": str, "dense": list, "sparse": list,
          "multi_hot": dict, "tasks": list, "skip_bad_rows": bool, "ids": dict,
-         "read": str}
+         "read": str, "group_key": str}
 READS = ("auto", "memory", "stream")
 AUTO_STREAM_ROWS = 2_000_000  # "auto" streams a Parquet train split of more rows
 _FIRST = 5  # places of skipped rows kept per split
@@ -96,6 +96,10 @@ def _describe(toml_path: Path) -> dict[str, Any]:
                 raise DataError(f"column {col!r} is listed in both {seen[col]!r} and "
                                 f"{key!r}", path=str(toml_path))
             seen[col] = key
+    group = desc.get("group_key", "")
+    if group and seen.get(group) != "sparse":
+        raise DataError(f"group_key: {group!r} must be one of the 'sparse' columns "
+                        f"{desc.get('sparse', [])}", path=str(toml_path))
     return desc
 
 
@@ -380,7 +384,7 @@ def load_tabular(toml_path: str | Path, *, block_rows: int = BLOCK_ROWS,
         dense=tuple(dense_cols),
         sparse=tuple(SparseFeature(c, cardinality(rules[c], t.vocabs.get(c)),
                                    multi_valued=c in multi) for c in cat_cols),
-        tasks=tuple(tasks))
+        tasks=tuple(tasks), group_key=desc.get("group_key", ""))
     why = (read if instead_of_stream is not None and train_rows == instead_of_stream
            else f"read = {read!r}") + (f": more than {AUTO_STREAM_ROWS:,} Parquet rows"
                                        if read == "auto" and stream else "")

@@ -71,19 +71,24 @@ def plot(report: dict[str, Any], path: str | Path) -> str:
     fig = plt.figure(figsize=(max(11, 4.2 * (len(tasks) + 1)), 8.5))
     grid = fig.add_gridspec(2, len(tasks) + 1, height_ratios=(1, 1.1))
 
-    # --- test AUC gain over the baseline, per group and task
+    # --- test AUC (and GAUC, with a user key) gain over the baseline, per group and task
     ax = fig.add_subplot(grid[0, :])
-    width = 0.8 / max(1, len(tasks))
+    series = [(j, t, "") for j, t in enumerate(tasks)] + \
+        [(j, t, "gauc") for j, t in enumerate(tasks) if "gauc" in report["teacher"]["test"][t]]
+    width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
-    for j, task in enumerate(tasks):
-        gains = [seeds.get(g, {}).get(task, {}).get("gain_mean", float("nan")) for g in groups]
-        sds = [seeds.get(g, {}).get(task, {}).get("gain_paired_sd") for g in groups]
+    for n, (j, task, metric) in enumerate(series):
+        at = [seeds.get(g, {}).get(task, {}) for g in groups]
+        at = [a.get(metric, {}) for a in at] if metric else at
+        gains = [a.get("gain_mean", float("nan")) for a in at]
+        sds = [a.get("gain_paired_sd") for a in at]
         err = [s if s is not None else 0.0 for s in sds] if n_seeds > 1 else None
-        bars = ax.bar(x + (j - (len(tasks) - 1) / 2) * width, gains, width * 0.92,
+        bars = ax.bar(x + (n - (len(series) - 1) / 2) * width, gains, width * 0.92,
                       yerr=err, capsize=3, color=f"C{j}", alpha=0.35 + 0.5 / (j + 1),
-                      edgecolor="black", linewidth=0.5, label=f"task {task}")
+                      hatch="//" if metric else None, edgecolor="black", linewidth=0.5,
+                      label=f"task {task}" + (" GAUC" if metric else ""))
         for i, (g, rect) in enumerate(zip(groups, bars)):
-            eta = seeds.get(g, {}).get(task, {}).get("eta")
+            eta = None if metric else seeds.get(g, {}).get(task, {}).get("eta")
             gain = rect.get_height()
             if gain != gain:
                 continue
@@ -94,7 +99,7 @@ def plot(report: dict[str, Any], path: str | Path) -> str:
                         ha="center", va="bottom" if gain >= 0 else "top", fontsize=7)
     ax.axhline(0.0, color="black", lw=0.8)
     ax.set_xticks(x, [f"{g}\n{_size(params.get(g, 0))} params" for g in groups])
-    ax.set_ylabel("test AUC - baseline's")
+    ax.set_ylabel("test AUC (GAUC: hatched) - baseline's")
     base = {t: seeds.get("baseline", {}).get(t, {}).get("auc_mean") for t in tasks}
     lead = ", ".join(f"{t}: baseline {base[t]:.4f}, teacher "
                      f"{report['teacher']['test'][t]['auc']:.4f}" for t in tasks

@@ -21,12 +21,16 @@ everything added. Nothing in it grows with rows.
   from the same state and reported with the AUC (typically 1e-6 to 1e-4). Written here
   because TorchRec's ``AUCMetric`` keeps every prediction of its window: its memory
   grows with the split.
+- GAUC and NDCG@10 per user (or request) key, where the split has a key
+  (``FeatureSpec.group_key``): ``student/ranking.py``. These need every row's (key,
+  logit, label), 4 + 8 bytes per row and task: the one part of the state that grows
+  with the evaluated split.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,12 +51,15 @@ class MetricState:
         pos, neg: int64 [T, AUC_BINS] positives / negatives per logit bin.
         sums: float64 [T, 5] per task: cross-entropy (bits), examples, positives,
             negatives, sum of predicted probabilities.
+        ranked: the (keys int64 [B], logits float32 [B, T], labels float32 [B, T]) of
+            each block added with keys, for GAUC and NDCG@10.
     """
 
     tasks: tuple[str, ...]
     pos: np.ndarray
     neg: np.ndarray
     sums: np.ndarray
+    ranked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @classmethod
     def empty(cls, tasks: tuple[str, ...] | list[str]) -> "MetricState":
@@ -72,9 +79,15 @@ class MetricState:
         return int(self.sums[0, 1]) if len(self.tasks) else 0
 
     def update(self, logits: np.ndarray | torch.Tensor,
-               labels: np.ndarray | torch.Tensor) -> None:
-        """Add a block: ``logits`` [B, T] pre-sigmoid scores, ``labels`` [B, T] 0/1."""
+               labels: np.ndarray | torch.Tensor, keys: np.ndarray | None = None) -> None:
+        """Add a block: ``logits`` [B, T] pre-sigmoid scores, ``labels`` [B, T] 0/1;
+        ``keys`` [B], each row's user or request key (GAUC, NDCG@10)."""
         x, y = _f64(logits), _f64(labels)
+        if keys is not None:
+            if len(keys) != len(x):
+                raise ValueError(f"{len(keys)} keys for {len(x)} rows")
+            self.ranked.append((np.asarray(keys, np.int64), x.astype(np.float32),
+                                y.astype(np.float32)))
         t = len(self.tasks)
         if x.shape != y.shape or x.ndim != 2 or x.shape[1] != t:
             raise ValueError(f"logits {tuple(x.shape)} and labels {tuple(y.shape)} "
@@ -101,11 +114,13 @@ class MetricState:
         self.pos += other.pos
         self.neg += other.neg
         self.sums += other.sums
+        self.ranked += other.ranked
         return self
 
     def compute(self) -> Metrics:
         """task -> {"auc", "auc_bound", "logloss" (nats), "ne", "calibration",
-        "positive_rate", "n"}."""
+        "positive_rate", "n"}, and with keys "gauc", "ndcg@10" (and how many keys each
+        averages over, "gauc_keys", "ndcg_keys")."""
         from torchrec.metrics.calibration import compute_calibration
         from torchrec.metrics.ne import compute_logloss, compute_ne
         if self.n == 0:
@@ -121,6 +136,11 @@ class MetricState:
             out[task] = {"auc": auc, "auc_bound": bound, "logloss": float(logloss[i]),
                          "ne": float(ne[i]), "calibration": float(calibration[i]),
                          "positive_rate": float(pos[i] / num[i]), "n": int(num[i])}
+        if self.ranked:
+            from recdistill.student.ranking import ranking_metrics
+            keys, x, y = (np.concatenate(parts) for parts in zip(*self.ranked))
+            for task, m in ranking_metrics(keys, x, y, self.tasks).items():
+                out[task].update(m)
         return out
 
 

@@ -146,9 +146,9 @@ class FakeLabels:
         call = self.pending.popleft()
         return LabelResult.from_ids([rank.ids.value for rank in call], call)
 
-    def evaluate_members(self, split_ref: Any, block: int, batch_size: int
-                         ) -> tuple[np.ndarray, Any]:
-        return EVAL_LABELS, {"teacher": scored(self.quality)}
+    def evaluate_members(self, split_ref: Any, block: int, batch_size: int,
+                         group_key: str = "") -> tuple[np.ndarray, Any, None]:
+        return EVAL_LABELS, {"teacher": scored(self.quality)}, None
 
     def reload(self, checkpoint: str) -> int:
         self.source = checkpoint

@@ -67,6 +67,33 @@ def test_seed_summary_pairs_each_seed_with_its_baseline() -> None:
         in table(report)
 
 
+def test_gauc_and_ndcg_are_summarised_paired_and_tabled() -> None:
+    """With a user key the summary pairs GAUC and NDCG@10 by seed as AUC, and both
+    tables show them."""
+    from recdistill.cluster.report import markdown_table, seed_summary
+
+    def m(auc: float, g: float, n: float) -> dict:
+        return {**_m(auc), "gauc": g, "ndcg@10": n}
+
+    gaucs = {"baseline": (0.70, 0.71), "kd": (0.72, 0.74)}
+    students = {(n if k == 0 else f"{n}@{k}"): {
+        "test": {"a": m(0.78, v[k], 0.5 + k / 10)}, "parameters": 1}
+        for n, v in gaucs.items() for k in range(2)}
+    report = {"teacher": {"test": {"a": m(0.80, 0.75, 0.61)}, "parameters": 10},
+              "students": students}
+    s = seed_summary(report)["kd"]["a"]["gauc"]
+    assert (s["mean"], s["gain_mean"]) == (pytest.approx(0.73), pytest.approx(0.025))
+    assert s["gain_paired_sd"] == pytest.approx(0.0070711, abs=1e-6)
+    assert s["gain_over_2_paired_sd"] is True
+    assert seed_summary(report)["kd"]["a"]["ndcg@10"]["gain_mean"] == pytest.approx(0.0)
+    report["seeds"] = seed_summary(report)
+    md = markdown_table(report)
+    assert "| eta | GAUC (paired gain) | NDCG@10 (paired gain) |" in md
+    assert "| 0.7300 (+0.0250 ± 0.0071) | 0.5500 (+0.0000 ± 0.0000) |" in md
+    assert "| 0.8000 | | | | | | 0.7500 | 0.6100 |" in md
+    assert "    GAUC NDCG@10" in table({**report, "gains": gains(report)})
+
+
 def test_seeds_expand_groups_into_seeded_copies() -> None:
     from recdistill.jobs.distill_config import load_config
     cfg = load_config(None, seed=4, seeds=3)

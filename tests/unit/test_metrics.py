@@ -1,9 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from recdistill.student.metrics import task_metrics
+from recdistill.student.metrics import MetricState, task_metrics
 
 
 def test_metrics_match_hand_computation() -> None:
@@ -83,3 +84,49 @@ def test_the_state_holds_torchrecs_sums() -> None:
                         ne["pos_labels"], ne["neg_labels"],
                         next(iter(cal.values()))], dim=1).numpy()
     np.testing.assert_allclose(s, want, rtol=1e-12)
+
+
+def test_gauc_and_ndcg_match_hand_computation() -> None:
+    """Two users, 0.1 and 0.2. User 1: scores 0.9 (y 0), 0.5 (y 1), 0.5 (y 0), 0.1 (y 1):
+    pairs (pos, neg): (0.5, 0.9) 0, (0.5, 0.5) 1/2, (0.1, 0.9) 0, (0.1, 0.5) 0: AUC 1/8
+    over 4 rows; user 2: 0.3 (y 1), 0.2 (y 0): AUC 1 over 2 rows; user 3: one positive
+    only, no AUC. GAUC = (4/8 + 2) / 6. NDCG@10: user 1 ranks [0, 1, 0, 1] (the tie in
+    row order: 0.5 y 1 first), DCG = 1/log2(3) + 1/log2(5), ideal 1 + 1/log2(3); user 2
+    1; user 3 1."""
+    from recdistill.student.ranking import gauc, ndcg_at, ranking_metrics
+    keys = np.array([1, 1, 1, 1, 2, 2, 3])
+    scores = np.array([0.9, 0.5, 0.5, 0.1, 0.3, 0.2, 0.4])
+    labels = np.array([0, 1, 0, 1, 1, 0, 1], np.float64)
+    assert gauc(keys, scores, labels) == (pytest.approx((4 / 8 + 2) / 6), 2)
+    d = 1 / np.log2(np.arange(4) + 2)
+    user1 = (d[1] + d[3]) / (d[0] + d[1])
+    assert ndcg_at(keys, scores, labels) == (pytest.approx((user1 + 2) / 3), 3)
+    assert ndcg_at(keys, scores, labels, k=1) == (pytest.approx(2 / 3), 3)
+    # the order of the rows does not matter, but for the tie's
+    perm = np.array([6, 3, 0, 5, 1, 2, 4])
+    assert gauc(keys[perm], scores[perm], labels[perm])[0] == pytest.approx((4 / 8 + 2) / 6)
+    # with the metric state, over two blocks; NaN labels leave rows out of their task
+    state = MetricState.empty(("a", "b"))
+    two = np.stack([labels, np.r_[labels[:6], np.nan]], axis=1)
+    logits = np.log(np.stack([scores, scores], 1) / (1 - np.stack([scores, scores], 1)))
+    state.update(logits[:3], two[:3], keys[:3])
+    state.merge(_with_keys(logits[3:], two[3:], keys[3:]))
+    got = state.compute()
+    assert got["a"]["gauc"] == pytest.approx((4 / 8 + 2) / 6)
+    assert got["a"]["ndcg@10"] == pytest.approx((user1 + 2) / 3)
+    assert (got["b"]["ndcg_keys"], got["b"]["ndcg@10"]) == (2, pytest.approx((user1 + 1) / 2))
+    assert "gauc" not in MetricState.of(logits, np.nan_to_num(two), ("a", "b")).compute()["a"]
+    assert ranking_metrics(keys, logits, two, ("a", "b"))["b"]["gauc_keys"] == 2
+
+
+def _with_keys(logits: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> MetricState:
+    state = MetricState.empty(("a", "b"))
+    state.update(logits, labels, keys)
+    return state
+
+
+def test_group_keys_are_each_rows_first_id() -> None:
+    from recdistill.data.spec import ExampleTable
+    t = ExampleTable(np.zeros((3, 0), np.float32), np.zeros((3, 1), np.float32),
+                     np.arange(3), {"u": (np.array([0, 2, 2, 3]), np.array([7, 8, 9]))})
+    assert t.group_keys("u").tolist() == [7, -1, 9]

@@ -81,6 +81,10 @@ def test_unknown_column_and_unknown_key(tmp_path: Path) -> None:
     path.write_text(TOML.format(ext="csv") + 'weights = "w"\n')
     with pytest.raises(DataError, match=r"dataset\.toml: unknown key 'weights'"):
         load_tabular(path)
+    path.write_text(TOML.format(ext="csv") + 'group_key = "hours"\n')
+    with pytest.raises(DataError, match=r"dataset\.toml: group_key: 'hours' must be one "
+                                        r"of the 'sparse' columns"):
+        load_tabular(path)
 
 
 def test_missing_file_and_empty_multi_hot(tmp_path: Path) -> None:
@@ -163,6 +167,7 @@ def test_generated_shapes_load_and_are_seeded(tmp_path: Path, shape, sparse, tas
     from recdistill.data.shapes import frames, write
     d = load_tabular(write(tmp_path, shape, rows=4000, seed=3))
     assert d.spec.tasks == tasks
+    assert d.spec.group_key == ("user" if shape == "id_heavy" else "")
     got = [(f.name, f.cardinality, f.multi_valued) for f in d.spec.sparse]
     assert [(n, m) for n, _, m in got] == [(n, m) for n, _, m in sparse]
     assert all(c == want for (_, c, _), (_, want, _) in zip(got, sparse) if want)
