@@ -95,12 +95,19 @@ class DistillConfig:
         seeds: every group runs with this many student seeds, as extra groups of the
             same stream (``pred_kd@1`` is ``pred_kd`` with its seed + 1): one teacher
             pass gives the spread over seeds (:func:`with_seeds`).
-        kd_guard: after each pass, turn KD off, per task, in every KD group whose
-            baseline (``baseline``, or ``baseline@k`` for seed k) has reached the
-            teacher's validation AUC on that task: the teacher's logits there are
-            replaced by the student's own (no KD gradient; the labels still train it),
-            and with every task off feature KD stops too. Needs a ``baseline`` group;
-            the report says what it did (``students[g].kd_guard``).
+        kd_guard: judge every KD group against its same-seed baseline (``baseline``,
+            or ``baseline@k`` for seed k) on validation: per task, KD goes off where
+            the baseline reached the teacher's validation AUC (checked in pass 1 by
+            the probe, then after every pass), and a group that trails its baseline by
+            more than 0.001 once both stopped improving loses its feature terms
+            (``feature_kd``, ``relation_kd``), then, trailing still, its KD on those
+            tasks. KD off on a task: the teacher's logits there are replaced by the
+            student's own (no KD gradient; the labels still train it); with every task
+            off the feature terms stop too. Needs a ``baseline`` group; the report says
+            what it did and why (``students[g].kd_guard``).
+        kd_guard_probe: the share of pass 1 after which the baselines are evaluated
+            once, so a teacher the baseline already beats stops teaching within pass 1
+            rather than after it. 0: no probe.
         sweep: a grid of student sizes and KD settings (``[sweep]``), expanded into
             groups by ``cluster.sweep.sweep_groups``; the report adds its Pareto view.
     """
@@ -119,9 +126,12 @@ class DistillConfig:
     teachers: tuple[MemberConfig, ...] = ()
     seeds: int = 1
     kd_guard: bool = True
+    kd_guard_probe: float = 0.1
     sweep: SweepConfig | None = None
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.kd_guard_probe < 1.0:
+            raise ConfigError(f"kd_guard_probe must be in [0, 1), got {self.kd_guard_probe}")
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
         names = [m.name for m in self.teachers]

@@ -106,8 +106,8 @@ class GroupConfig:
 
 
 def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
-    """baseline (no KD), pred_kd, feat_kd, multitask_kd: the comparison of the results
-    (docs/results.md).
+    """baseline (no KD), pred_kd, feat_kd, multitask_kd, listwise_kd: the comparison of
+    the results (docs/results.md).
 
     Every group has the baseline's learning rate, its best of 2.5e-3, 5e-3 and 1e-2 on
     MovieLens validation; each KD setting is the best on validation of the ones tried
@@ -132,7 +132,27 @@ def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
         GroupConfig(StudentConfig(name="multitask_kd", losses=(
             LossTerm("multitask_kd", 1.0, {"temperature": 1.0, "alpha": 0.8,
                                            "uncertainty": True}),), **common)),
+        # pred_kd's objective, and the teacher's order within each user's rows of a
+        # batch (CLID); run only on data with a group_key (keyed_groups)
+        GroupConfig(StudentConfig(name="listwise_kd", losses=(
+            LossTerm("hard_label", 0.2),
+            LossTerm("prediction_kd", 0.8, {"temperature": 1.0}),
+            LossTerm("listwise_kd", 1.0)), **common)),
     )
+
+
+def keyed_groups(groups: tuple[GroupConfig, ...], group_key: str, seed: int = 0
+                 ) -> tuple[tuple[GroupConfig, ...], list[str]]:
+    """The groups without the default ``listwise_kd`` group (and its seed copies) when
+    the dataset has no ``group_key`` to make lists of, and the names dropped; a group
+    of a config's own that asks for listwise KD without a key is kept, to fail naming
+    itself."""
+    if group_key:
+        return groups, []
+    default = next(g for g in default_groups(seed) if g.name == "listwise_kd")
+    dropped = [g.name for g in groups if g.name.partition("@")[0] == "listwise_kd"
+               and g.student.losses == default.student.losses]
+    return tuple(g for g in groups if g.name not in dropped), dropped
 
 
 def default_teachers(base: TeacherConfig) -> tuple[MemberConfig, ...]:

@@ -13,12 +13,11 @@ Each turn of the pass loop (:meth:`Controller.turn`) runs its phases in order:
 5. **collect training**: finished training calls are settled and booked in the groups'
    ledgers; what the policy decides about them, the executor carries out;
 
-then the gauges are sampled. A pass ends when it is labelled and every group has
-trained it; then groups are evaluated, keep their best states, the KD guard decides,
-groups out of patience stop, and the driver checkpoints. State: cluster/state.py; calls
-that can lose an actor: the executor (cluster/recovery.py). Actors and Ray calls
-(:class:`Runtime`) are passed in: tests run the loop in-process on fakes.
-"""
+then (in pass 1, once) the KD guard's probe, and the gauges are sampled. A pass ends
+when it is labelled and every group has trained it; then groups are evaluated, keep
+their best states, the KD guard decides, groups out of patience stop, and the driver
+checkpoints. State: cluster/state.py; calls that can lose an actor: the executor
+(cluster/recovery.py). Actors and Ray calls (:class:`Runtime`) are passed in."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ import time
 from typing import Any, Callable
 
 from recdistill.cluster.config import DistillConfig, RunOptions
-from recdistill.cluster.evaluation import Metrics, evaluate_groups, kd_guard
+from recdistill.cluster.evaluation import Metrics, evaluate_groups, guard_probe, kd_guard
 from recdistill.cluster.progress import Progress
 from recdistill.cluster.recovery import Action, Executor, FailurePolicy
 from recdistill.cluster.report import DriverTiming
@@ -74,6 +73,7 @@ class Controller:
         self.executor = Executor(FailurePolicy(), self.stream, self.labels, self.groups,
                                  runtime.wait_all, self._trained, self._labels_restarted)
         self.teacher_valid: Metrics = {}
+        self.probe = cfg.kd_guard_probe if cfg.kd_guard else 0.0
         self.timing = DriverTiming()
 
     # ------------------------------------------------------------------ the run
@@ -93,8 +93,7 @@ class Controller:
                             if resume is not None else {}, hand_first_pass)
         self.labels.version = self.labels.first_version = \
             int(self.labels.source.info["version"])
-        # A group whose replicas all die restores from its last snapshot: keep one from
-        # the start, so a loss before the first `snapshot_every` batches is survived too.
+        # a snapshot from the start: a loss before the first `snapshot_every` is survived
         for g in self.training.values():
             if g.snapshots.every:
                 self._snapshot(g)
@@ -163,6 +162,11 @@ class Controller:
             return False
         self._collect_labels(ready)
         self._collect_training(ready)
+        if self.probe and self._pass.index == 0 and guard_probe(
+                self.executor, self.teacher_valid, self.probe, self.runtime.pass_rows,
+                lambda names: self.evaluate("valid", "kd guard probe", names=names),
+                self.progress.write):
+            self.probe = 0.0  # once (DistillConfig.kd_guard_probe)
         self.progress.sample(self.stream.ledgers)
         return True
 
@@ -214,8 +218,7 @@ class Controller:
         self.labels.failed_in_a_row = 0
         ps.labels_done = result.ended
         if self.cfg.teacher_group.prefetch:
-            # The next pass's input starts once this pass's has yielded (its first call
-            # is back), never beside it: two passes' shuffles would share the CPUs.
+            # the next pass's input starts once this one's first call is back, not beside it
             self.executor.on_labels(lambda _: self._hand(ps.index + 1))
         first = self.labels.next_seq[ps.index]
         for rank, i, ids, refs in result.batches:
@@ -243,13 +246,11 @@ class Controller:
         return self.labels.current
 
     def _start_pass(self) -> None:
-        """Hand the label ranks the current pass unless they have it (with ``prefetch``
-        the next follows once this one's first call is back: :meth:`_collect_labels`)."""
+        """Hand the label ranks the current pass unless they have it (and see prefetch)."""
         self._hand(self._pass.index)
         self._pass.labels_done = False
 
-    def _labels_restarted(self) -> None:
-        """A re-formed label source (a new generation) reads the pass in progress again."""
+    def _labels_restarted(self) -> None:  # a re-formed source reads the pass again
         if self.labels.current is not None and self.labels.current.active:
             self._start_pass()
 

@@ -253,6 +253,11 @@ class RayRuntime:
         return pass_shards(self._train, self.data.train, self.seed, pass_index, ranks,
                            self.split, skip_rows, self.buffer_rows)
 
+    @property
+    def pass_rows(self) -> int:
+        """Training rows per pass."""
+        return len(self.data.train)
+
     def table(self, split: str) -> Any:
         if split not in self._tables:
             self._tables[split] = ray.put(getattr(self.data, split))

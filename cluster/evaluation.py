@@ -124,10 +124,12 @@ def guard_step(teacher: Metrics, curve: list[dict[str, Any]],
 
 
 def kd_guard(executor: Executor, teacher_valid: Metrics, pass_number: int,
-             write: Callable[[str], None]) -> None:
+             write: Callable[[str], None], probe: dict[str, Metrics] | None = None) -> None:
     """The KD guard (``DistillConfig.kd_guard``) after a pass, for every KD group
     against its same-seed baseline (``baseline``, or ``baseline@k`` for seed k): see
-    :func:`guard_step`; ``write`` says what it turned off and why."""
+    :func:`guard_step`; ``write`` says what it turned off and why. ``probe``: the
+    baselines' validation metrics within pass 1 (``pass_number`` 0), which only the
+    "baseline reached the teacher" rule reads."""
     groups = executor.groups
     if "baseline" not in groups:
         return
@@ -137,10 +139,12 @@ def kd_guard(executor: Executor, teacher_valid: Metrics, pass_number: int,
                 all(t.name == "hard_label" for t in g.cfg.student.losses):
             continue
         paired = f"baseline{SEED_MARK}{k}" if k else "baseline"
-        curve = groups.get(paired, groups["baseline"]).history.curve
+        paired = paired if paired in groups else "baseline"
+        curve = groups[paired].history.curve if probe is None else \
+            [{"valid": probe[paired]}]
         features = feature_terms(g.cfg.student)
-        new = guard_step(teacher_valid, g.history.curve, curve, g.kd_off, g.terms_off,
-                         features)
+        new = guard_step(teacher_valid, g.history.curve if probe is None else [], curve,
+                         g.kd_off, g.terms_off, features)
         if not new:
             continue
         g.kd_off = tuple(t for t in teacher_valid if t in g.kd_off or t in new)
@@ -150,6 +154,22 @@ def kd_guard(executor: Executor, teacher_valid: Metrics, pass_number: int,
         executor.on_group(name, lambda a: a.set_kd_guard(g.kd_off, g.terms_off))
         for what, why in new.items():
             g.guard_log[what], g.guard_why[what] = pass_number, why
+            when = f"after pass {pass_number}" if pass_number else "in pass 1 (probe)"
             write(f"kd guard: {name}: {'KD on ' if what in teacher_valid else ''}{what} "
-                  f"off after pass {pass_number} ({why}; {paired})")
+                  f"off {when} ({why}; {paired})")
+
+
+def guard_probe(executor: Executor, teacher_valid: Metrics, share: float, pass_rows: int,
+                evaluate: Callable[[list[str]], dict[str, Metrics]],
+                write: Callable[[str], None]) -> bool:
+    """The KD guard's probe (``DistillConfig.kd_guard_probe``): once every baseline has
+    trained ``share`` of pass 1's ``pass_rows`` rows, the baselines are evaluated on
+    validation and every task a baseline already beats the teacher on loses its KD
+    then (a weak teacher taught a whole first pass before). Returns whether it ran."""
+    bases = [n for n in executor.groups if base_name(n)[0] == "baseline"]
+    if not bases or any(executor.groups[n].ledger.books(0).examples < share * pass_rows
+                        for n in bases):
+        return False
+    kd_guard(executor, teacher_valid, 0, write, probe=evaluate(bases))
+    return True
 

@@ -53,7 +53,7 @@ class StudentReplica:
         self.device = actor_device()  # the GPU Ray gave this replica, else the CPU
         self._who = f"group {self.cfg.name} replica {rank}/{world}"
         self.tasks, self.spec = spec.tasks, spec
-        self.objective = build_objective(self.cfg, spec.tasks)
+        self.objective = build_objective(self.cfg, spec.tasks, spec.group_key)
         self.sharded = self.cfg.sharding != "none"
         self.model = StudentModel(spec, self.cfg, teacher_dims,
                                   uncertainty=self.objective.uncertainty,

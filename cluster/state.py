@@ -140,6 +140,8 @@ class Runtime(Protocol):
     def skips(self) -> bool: ...  # whether shards can start past their first rows
     def shards(self, pass_index: int, ranks: int, skip_rows: int = 0) -> list[Any]: ...
     def table(self, split: str) -> Any: ...
+    @property
+    def pass_rows(self) -> int: ...  # training rows per pass
 
 
 

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from recdistill.cluster.config import DistillConfig, TeacherGroupConfig
+from recdistill.cluster.config_groups import keyed_groups
 from recdistill.data.errors import ConfigError, DataError
 from recdistill.teacher.checkpoint import CheckpointError
 from recdistill.teacher.loop import TeacherRun, TrainTeacherArgs
@@ -53,7 +54,7 @@ def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> No
             registered teacher tower) does not build.
     """
     from recdistill.student.losses import build_objective
-    from recdistill.student.model import StudentModel
+    from recdistill.student.model import StudentModel, student_features
     from recdistill.teacher.model import feature_dims
     for m in cfg.members:
         if m.teacher.arch != "builtin" and not member_exists(m.checkpoint):
@@ -63,7 +64,8 @@ def validate_students(cfg: DistillConfig, spec: Any, dims: dict[str, int]) -> No
         if unknown:
             raise ConfigError(f"groups.{g.name}.label_tasks: unknown tasks "
                               f"{sorted(unknown)}; tasks are {list(spec.tasks)}")
-        objective = build_objective(g.student, spec.tasks)
+        objective = build_objective(g.student, spec.tasks, spec.group_key,
+                                    student_features(spec, g.student))
         StudentModel(spec, g.student, dims, uncertainty=objective.uncertainty)
 
 
@@ -136,6 +138,12 @@ def resolve_labels(cfg: DistillConfig, data: Any, soft_labels: str,
         ConfigError, DataError, CheckpointError: naming the soft labels, the key or the
             checkpoint.
     """
+    groups, dropped = keyed_groups(cfg.groups, data.spec.group_key, cfg.seed)
+    if dropped:
+        print(f"groups {dropped} left out: listwise KD needs lists, and {data.name} has "
+              "no group_key (a dataset TOML names the column of its user or request)",
+              flush=True)
+        cfg = dataclasses.replace(cfg, groups=groups)
     if soft_labels:
         from recdistill.cluster.soft_labels import Manifest, spec_check
         manifest = Manifest.load(soft_labels)

@@ -9,7 +9,7 @@ A student's objective is a weighted sum of such terms (``build_objective``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -222,42 +222,6 @@ def feature_kd(student: StudentOutputs, teacher: TeacherOutputs | None, batch: B
 
 
 @dataclass(frozen=True)
-class RelationKD:
-    """Config of ``relation_kd``: which student and teacher tensors are compared."""
-
-    student_feature: str = "last_hidden"
-    teacher_feature: str = "last_hidden"
-
-
-@register_loss("relation_kd", RelationKD, reads_features=True)
-def relation_kd(student: StudentOutputs, teacher: TeacherOutputs | None, batch: Batch,
-                cfg: RelationKD) -> torch.Tensor:
-    """Similarity-preserving distillation (Tung & Mori, ICCV 2019, with cosine
-    similarities): the student's pairwise similarities between the batch's examples
-    match the teacher's. No adapter: the two tensors may differ in width, and no free
-    projector can match for a student whose own features do not.
-
-    G_s = n(h) n(h)^T, G_t = n(z) n(z)^T (n: each row scaled to unit L2 norm), [B, B];
-    L = mean_ij (G_s - G_t)_ij^2.
-
-    Args:
-        student.features[cfg.student_feature]: (B, d_s).
-        teacher.features[cfg.teacher_feature]: (B, d_t), a committee's every member's
-            tensor side by side.
-    """
-    t = _need_teacher(teacher, "relation_kd")
-    if cfg.teacher_feature not in t.features:
-        raise KeyError(f"relation_kd: teacher sent no feature {cfg.teacher_feature!r}; "
-                       f"it sent {sorted(t.features)}")
-    if cfg.student_feature not in student.features:
-        raise KeyError(f"relation_kd: the student has no feature {cfg.student_feature!r}; "
-                       f"it has {sorted(student.features)}")
-    h = F.normalize(student.features[cfg.student_feature].float(), dim=1)
-    z = F.normalize(t.features[cfg.teacher_feature].detach().float(), dim=1)
-    return ((h @ h.T - z @ z.T) ** 2).mean()
-
-
-@dataclass(frozen=True)
 class MultiTaskKD:
     """Config of ``multitask_kd``."""
 
@@ -388,18 +352,35 @@ def feature_terms(cfg: StudentConfig) -> tuple[str, ...]:
                                and t.name in LOSSES and LOSSES[t.name].reads_features))
 
 
-def build_objective(cfg: StudentConfig, tasks: tuple[str, ...]) -> Objective:
-    """Resolve a student's loss terms against the registry and the dataset's tasks."""
+def build_objective(cfg: StudentConfig, tasks: tuple[str, ...], group_key: str = "",
+                    readable: tuple[str, ...] | None = None) -> Objective:
+    """Resolve a student's loss terms against the registry and the dataset's tasks;
+    ``listwise_kd`` without a key of its own gets the dataset's ``group_key``, which
+    must be among the sparse features the student reads (``readable``, if given)."""
     terms = resolve_terms(cfg)
-    for i, (_, _, _, loss_cfg) in enumerate(terms):
+    for i, (name, weight, reg, loss_cfg) in enumerate(terms):
         for key in ("task_weights",):
             unknown = set(getattr(loss_cfg, key, {}) or {}) - set(tasks)
             if unknown:
                 raise ConfigError(f"groups.{cfg.name}.losses[{i}].params.{key}: unknown "
                                   f"tasks {sorted(unknown)}; tasks are {list(tasks)}")
+        if name == "listwise_kd":
+            loss_cfg = replace(loss_cfg, key=loss_cfg.key or group_key)
+            where = f"groups.{cfg.name}.losses[{i}] (listwise_kd)"
+            if not loss_cfg.key:
+                raise ConfigError(f"{where}: the dataset has no group_key; name the "
+                                  "feature whose value makes a list in params.key")
+            if readable is not None and loss_cfg.key not in readable:
+                raise ConfigError(f"{where}: the student does not read {loss_cfg.key!r}; "
+                                  f"it reads {list(readable)}")
+            terms[i] = (name, weight, reg, loss_cfg)
     return Objective(terms, tasks)
 
 
 def make_term(name: str, weight: float = 1.0, **params: Any) -> LossTerm:
     """Shorthand for building a :class:`LossTerm` in code."""
     return LossTerm(name, weight, dict(params))
+
+
+# Registers the losses over pairs and lists of a batch's rows (relation_kd, listwise_kd).
+from recdistill.student import relational  # noqa: E402,F401

@@ -47,6 +47,7 @@ class FakeRuntime:
 
     def __init__(self, rows: int, seed: int = 0) -> None:
         self.rows, self.seed = rows, seed
+        self.pass_rows = rows
         self.held: list[Ref] = []
         self.waits = 0
         self.skipped: list[int] = []  # skip_rows of every share handed out

@@ -156,7 +156,8 @@ def test_kd_guard_turns_kd_off_once_the_baseline_reaches_the_teacher() -> None:
             students["kd"].fail_calls, _ = 1, kills.append(phase)
 
     c, _, students = _controller(_cfg(passes=3), hooks=Hooks(on_phase=kill_kd_in_pass_3))
-    students["baseline"].quality = [(0.5, 0.5), (0.5, 1.0), (0.5, 0.2)]
+    # the first evaluation is the probe's, in pass 1
+    students["baseline"].quality = [(0.5, 0.5), (0.5, 0.5), (0.5, 1.0), (0.5, 0.2)]
     _run(c)
     kd = c.groups["kd"]
     assert (kd.kd_off, kd.guard_log) == (("like",), {"like": 2})
@@ -178,7 +179,8 @@ def test_kd_guard_turns_off_a_trailing_groups_feature_terms_then_its_kd(
         snapshot_every=0)
     cfg = dataclasses.replace(base, groups=(*base.groups, feat))
     c, _, students = _controller(cfg, RunOptions(progress=False, state_dir=str(tmp_path)))
-    students["baseline"].quality = [(0.5, 0.5), (0.8, 0.8), (0.6, 0.6), (0.7, 0.7)]
+    students["baseline"].quality = [(0.5, 0.5), (0.5, 0.5), (0.8, 0.8), (0.6, 0.6),
+                                    (0.7, 0.7)]  # the probe's, then passes 1-4
     students["feat"].quality = [(0.3, 0.3)]
     students["kd"].quality = [(0.5, 0.5), (0.9, 0.9)]  # ahead from pass 2: left alone
     _run(c)
@@ -195,6 +197,29 @@ def test_kd_guard_turns_off_a_trailing_groups_feature_terms_then_its_kd(
     assert (g.kd_off, g.terms_off, g.guard_log) == (("click", "like"), ("relation_kd",),
                                                     {"relation_kd": 3, "click": 4, "like": 4})
     assert g.guard_why["click"] == "it trailed its baseline on ['click', 'like']"
+
+
+def test_kd_guard_probe_turns_kd_off_within_pass_1() -> None:
+    """The baseline already reaches the teacher's `like` AUC when the probe evaluates
+    it, after a tenth of pass 1 (its only evaluation before pass 1 ends): KD is off
+    there from then on (logged as pass 0). Probing happens once, and not with the
+    probe off."""
+    c, _, students = _controller(_cfg(passes=2))
+    students["baseline"].quality = [(0.5, 1.0), (0.5, 0.5)]
+    trained: list[int] = []
+    students["kd"].set_kd_guard = lambda off, terms=(): trained.append(  # type: ignore
+        c.groups["kd"].ledger.books(0).examples)
+    _run(c)
+    kd = c.groups["kd"]
+    assert (kd.kd_off, kd.guard_log) == (("like",), {"like": 0})
+    assert kd.guard_why["like"] == "the baseline reached the teacher's validation AUC"
+    assert len(trained) == 1 and 0.1 * ROWS <= trained[0] < ROWS  # within pass 1
+    assert students["baseline"].evaluations == 2 + 1  # probe, 2 passes; kd: no probe
+    assert students["kd"].evaluations == 2
+    off, _, quiet = _controller(dataclasses.replace(_cfg(passes=2), kd_guard_probe=0.0))
+    quiet["baseline"].quality = [(0.5, 1.0), (0.5, 0.5)]
+    _run(off)
+    assert off.groups["kd"].guard_log == {"like": 1}
 
 
 def test_a_failed_training_call_reforms_the_group_from_a_survivor() -> None:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from recdistill.cluster.report import gains, table
@@ -98,6 +100,16 @@ def test_seeds_expand_groups_into_seeded_copies() -> None:
     from recdistill.jobs.distill_config import load_config
     cfg = load_config(None, seed=4, seeds=3)
     names = [g.name for g in cfg.groups]
-    assert names[:4] == ["baseline", "pred_kd", "feat_kd", "multitask_kd"]
-    assert names[4:8] == ["baseline@1", "pred_kd@1", "feat_kd@1", "multitask_kd@1"]
+    assert names[:5] == ["baseline", "pred_kd", "feat_kd", "multitask_kd", "listwise_kd"]
+    assert names[5:10] == ["baseline@1", "pred_kd@1", "feat_kd@1", "multitask_kd@1",
+                           "listwise_kd@1"]
     assert [g.student.seed for g in cfg.groups if g.name.startswith("pred_kd")] == [4, 5, 6]
+    # on data without a group key the default listwise group and its copies are left
+    # out; a config's own listwise group is kept (to fail naming itself)
+    from recdistill.cluster.config_groups import keyed_groups
+    kept, dropped = keyed_groups(cfg.groups, "", seed=4)
+    assert dropped == ["listwise_kd", "listwise_kd@1", "listwise_kd@2"] and len(kept) == 12
+    assert keyed_groups(cfg.groups, "user_id", seed=4) == (cfg.groups, [])
+    own = dataclasses.replace(cfg.groups[4], student=dataclasses.replace(
+        cfg.groups[4].student, losses=cfg.groups[4].student.losses[2:]))
+    assert keyed_groups((own,), "")[1] == []

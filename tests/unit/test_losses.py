@@ -10,9 +10,10 @@ from recdistill.data.errors import ConfigError
 from recdistill.data.spec import Batch, ExampleTable, FeatureSpec, SparseFeature
 from recdistill.student.config import StudentConfig
 from recdistill.student.losses import (AuxHeadKD, FeatureKD, HardLabel, LogitMSE, MultiTaskKD,
-                                       PredictionKD, RelationKD, aux_head_kd, build_objective,
-                                       feature_kd, hard_label, logit_mse, make_term,
-                                       multitask_kd, prediction_kd, relation_kd)
+                                       PredictionKD, aux_head_kd, build_objective, feature_kd,
+                                       hard_label, logit_mse, make_term, multitask_kd,
+                                       prediction_kd)
+from recdistill.student.relational import ListwiseKD, RelationKD, listwise_kd, relation_kd
 from recdistill.student.model import StudentModel, StudentOutputs
 from recdistill.student.train import make_student_optimizer, mask_labels, student_step
 from recdistill.teacher.outputs import TeacherOutputs
@@ -90,6 +91,37 @@ def test_relation_kd_matches_hand_computation() -> None:
         pytest.approx(0.0, abs=1e-7)
     with pytest.raises(KeyError, match="teacher sent no feature 'interaction'"):
         relation_kd(s, same, batch([[0], [0]]), RelationKD(teacher_feature="interaction"))
+
+
+def test_listwise_kd_matches_hand_computation() -> None:
+    """Rows 0 and 1 are user 5's list, row 2 user 7's alone (no list: left out).
+    Teacher probabilities 0.8, 0.2 normalise to q = (0.8, 0.2); a student at 0.5, 0.5
+    gives r = (0.5, 0.5): L = -(0.8 ln 0.5 + 0.2 ln 0.5) = ln 2. A student at 0.4, 0.1
+    has the teacher's order and ratios, r = q: L = H(q) whatever its scale."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["u"], values=torch.tensor([5, 5, 7]),
+                                              lengths=torch.tensor([1, 1, 1]))
+    b = Batch(dense=torch.zeros(3, 0), sparse=kjt, labels=torch.zeros(3, 1),
+              ids=torch.arange(3))
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    t = teach([[logit(0.8)], [logit(0.2)], [3.0]])
+    cfg = ListwiseKD(key="u")
+    assert listwise_kd(out([[0.0], [0.0], [-2.0]]), t, b, cfg).item() == \
+        pytest.approx(LN2, rel=1e-6)
+    h = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2))
+    assert listwise_kd(out([[logit(0.4)], [logit(0.1)], [0.0]]), t, b, cfg).item() == \
+        pytest.approx(h, rel=1e-5)
+    alone = KeyedJaggedTensor.from_lengths_sync(keys=["u"], values=torch.tensor([1, 2, 3]),
+                                                lengths=torch.tensor([1, 1, 1]))
+    assert listwise_kd(out([[0.0], [0.0], [0.0]]), t, Batch(b.dense, alone, b.labels, b.ids),
+                       cfg).item() == 0.0
+    # the objective takes the dataset's key, and refuses a student that cannot read it
+    cfg_s = StudentConfig(name="s", losses=(make_term("listwise_kd"),))
+    assert build_objective(cfg_s, ("a",), "u").terms[0][3].key == "u"
+    with pytest.raises(ConfigError, match=r"listwise_kd\): the dataset has no group_key"):
+        build_objective(cfg_s, ("a",))
+    with pytest.raises(ConfigError, match=r"the student does not read 'u'"):
+        build_objective(cfg_s, ("a",), "u", readable=("i",))
 
 
 def test_objective_leaves_out_the_terms_the_guard_turned_off() -> None:
