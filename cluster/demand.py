@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from recdistill.cluster.config import DistillConfig
 from recdistill.data.errors import ConfigError
 
-ACTORS_PER_CPU = 8  # the most actor processes a local cluster starts per core
+ACTORS_PER_CPU = 10  # the most actor processes a local cluster starts per core
 EPS = 1e-6  # fractions of a GPU add up in floating point (0.1 x 3 > 0.3)
 
 

@@ -1,4 +1,4 @@
-"""TOML datasets of three shapes, generated with a planted signal, to check that what
+"""TOML datasets of four shapes, generated with a planted signal, to check that what
 holds on MovieLens holds on data of other shapes (``python -m data.shapes``).
 
 - ``dense_tabular``: 16 dense columns, 3 low-cardinality categoricals, one task (an
@@ -6,6 +6,10 @@ holds on MovieLens holds on data of other shapes (``python -m data.shapes``).
 - ``id_heavy``: user and item ids with thousands of values, a small context feature,
   two tasks (an interaction log).
 - ``multi_hot``: a bag of tags per row, a few ids, two tasks.
+- ``id_drift``: ``id_heavy``'s users and items, but each user's taste drifts over the
+  rows (which are in time order, so valid and test come after train): what a model
+  memorises of an id early is partly wrong later. Validation peaks within a few passes
+  and a larger teacher is barely better than a student.
 
 Labels come from a hidden model: a logistic score made of linear terms, pairwise
 interactions between latent vectors of the categorical values (what embeddings learn),
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SHAPES = ("dense_tabular", "id_heavy", "multi_hot")
+SHAPES = ("dense_tabular", "id_heavy", "multi_hot", "id_drift")
 
 
 def _latent(rng: np.random.Generator, n: int, d: int = 4, scale: float = 1.0) -> np.ndarray:
@@ -60,6 +64,20 @@ def frames(shape: str, rows: int, seed: int = 0) -> tuple[dict[str, pd.DataFrame
         toml = ('dense = [' + ", ".join(f'"x{j}"' for j in range(16)) + ']\n'
                 'sparse = ["c0", "c1", "c2"]\ntasks = ["y"]\n')
         tasks = ["y"]
+    elif shape == "id_drift":
+        n_users, n_items = 3000, 2000
+        user, item = _zipf(rng, rows, n_users, 1.05), _zipf(rng, rows, n_items, 1.1)
+        before, after = _latent(rng, n_users, 8, 0.5), _latent(rng, n_users, 8, 0.5)
+        v, bias_i = _latent(rng, n_items, 8, 0.5), rng.normal(0, 0.5, n_items)
+        angle = (np.pi / 2) * np.arange(rows) / rows  # a quarter turn over the rows
+        taste = before[user] * np.cos(angle)[:, None] + after[user] * np.sin(angle)[:, None]
+        inter = np.sum(taste * v[item], 1)
+        score["y"] += bias_i[item] + 1.5 * inter
+        score["z"] += 0.7 * bias_i[item] + 1.2 * inter - 1.0
+        cols.update(user=user, item=item, hour=rng.integers(0, 24, rows).astype(float))
+        toml = ('dense = ["hour"]\nsparse = ["user", "item"]\ntasks = ["y", "z"]\n'
+                'group_key = "user"\n')
+        tasks = ["y", "z"]
     elif shape == "id_heavy":
         n_users, n_items = 3000, 2000
         user, item = _zipf(rng, rows, n_users, 1.05), _zipf(rng, rows, n_items, 1.1)

@@ -162,12 +162,13 @@ def test_skip_bad_rows_names_rows_when_no_line_was_dropped(tmp_path: Path) -> No
     ("id_heavy", [("user", None, False), ("item", None, False), ("ctx", 7, False)],
      ("y", "z")),
     ("multi_hot", [("item", None, False), ("region", 13, False), ("tags", None, True)],
-     ("y", "z"))])
+     ("y", "z")),
+    ("id_drift", [("user", None, False), ("item", None, False)], ("y", "z"))])
 def test_generated_shapes_load_and_are_seeded(tmp_path: Path, shape, sparse, tasks) -> None:
     from recdistill.data.shapes import frames, write
     d = load_tabular(write(tmp_path, shape, rows=4000, seed=3))
     assert d.spec.tasks == tasks
-    assert d.spec.group_key == ("user" if shape == "id_heavy" else "")
+    assert d.spec.group_key == ("user" if shape.startswith("id_") else "")
     got = [(f.name, f.cardinality, f.multi_valued) for f in d.spec.sparse]
     assert [(n, m) for n, _, m in got] == [(n, m) for n, _, m in sparse]
     assert all(c == want for (_, c, _), (_, want, _) in zip(got, sparse) if want)
