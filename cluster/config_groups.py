@@ -123,10 +123,11 @@ def default_groups(seed: int = 0) -> tuple[GroupConfig, ...]:
             LossTerm("hard_label", 0.2),
             LossTerm("prediction_kd", 0.8, {"temperature": 1.0})), **common)),
         # Relation KD on the committee's representation (every member's last_hidden):
-        # of the feature terms tried (FitNets hints on the lead's or the committee's
-        # features, relation KD at weights 1, 3, 10), the best on validation.
+        # of the feature terms tried (FitNets hints, relation KD at weights 1, 3, 10:
+        # jobs/configs/tune_feat.toml), the best on validation of MovieLens, id_heavy
+        # and dense_tabular (a tie there with weight 3).
         GroupConfig(StudentConfig(name="feat_kd", losses=(
-            LossTerm("hard_label", 1.0), LossTerm("relation_kd", 3.0)), **common)),
+            LossTerm("hard_label", 1.0), LossTerm("relation_kd", 10.0)), **common)),
         # Per-task KD with learned task weights; `label_tasks = ["like"]` in a config
         # would make it learn the other tasks from the teacher alone.
         GroupConfig(StudentConfig(name="multitask_kd", losses=(
