@@ -1,7 +1,6 @@
 """The driver loop: one label source streams labelled batches to G student groups.
 
 Each turn of the pass loop (:meth:`Controller.turn`) runs its phases in order:
-
 1. **request labels**: another labelling call on every rank, if fewer than
    ``teacher_group.calls_in_flight`` are in flight and every group's window
    (``stream.max_inflight``) has room for its batches;
@@ -12,12 +11,10 @@ Each turn of the pass loop (:meth:`Controller.turn`) runs its phases in order:
    :class:`SoftLabelStream` (refs, one stored copy each); a failed one to the policy;
 5. **collect training**: finished training calls are settled and booked in the groups'
    ledgers; what the policy decides about them, the executor carries out;
-
 then (in pass 1, once) the KD guard's probe, and the gauges are sampled. A pass ends
-when it is labelled and every group has trained it; then groups are evaluated, keep
-their best states, the KD guard decides, groups out of patience stop, and the driver
-checkpoints. State: cluster/state.py; calls that can lose an actor: the executor
-(cluster/recovery.py). Actors and Ray calls (:class:`Runtime`) are passed in."""
+when every group has trained it: groups are evaluated, keep their best states, the KD
+guard decides, groups out of patience stop, the driver checkpoints. State:
+cluster/state.py; calls that can lose an actor: the executor (cluster/recovery.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +22,8 @@ import time
 from typing import Any, Callable
 
 from recdistill.cluster.config import DistillConfig, RunOptions
-from recdistill.cluster.evaluation import Metrics, evaluate_groups, guard_probe, kd_guard
+from recdistill.cluster.evaluation import (Metrics, evaluate_groups, guard_probe, kd_guard,
+                                           probe_room)
 from recdistill.cluster.progress import Progress
 from recdistill.cluster.recovery import Action, Executor, FailurePolicy
 from recdistill.cluster.report import DriverTiming
@@ -73,7 +71,7 @@ class Controller:
         self.executor = Executor(FailurePolicy(), self.stream, self.labels, self.groups,
                                  runtime.wait_all, self._trained, self._labels_restarted)
         self.teacher_valid: Metrics = {}
-        self.probe = cfg.kd_guard_probe if cfg.kd_guard else 0.0
+        self.probe = cfg.kd_guard_probe if cfg.kd_guard and "baseline" in groups else 0.0
         self.timing = DriverTiming()
 
     # ------------------------------------------------------------------ the run
@@ -186,7 +184,11 @@ class Controller:
     def _submit_training(self) -> None:
         for g in self.groups.values():
             while len(g.actors.calls) <= CALLS_AHEAD:
-                items = g.ledger.take_call(self.cfg.stream.batches_per_call)
+                most = self.cfg.stream.batches_per_call
+                if self.probe and not self._pass.index:  # the guard's probe: wait there
+                    most = probe_room(g.ledger, self.probe, self.runtime.pass_rows, most,
+                                      self.cfg.teacher_group.batch_size)
+                items = g.ledger.take_call(most) if most else []
                 if not items:
                     break
                 g.actors.submit(items, self.labels.version)
@@ -287,10 +289,8 @@ class Controller:
             self.hooks.after_ack(name, acked)
 
     def phase(self, name: str) -> None:  # Hooks.on_phase
-        if self.hooks.on_phase is not None:
-            self.hooks.on_phase(name)
+        (self.hooks.on_phase or (lambda _: None))(name)
 
-    # ---------------------------------------------------------------- evaluation
     def evaluate(self, split: str, phase: str, best: bool = False,
                  names: list[str] | None = None) -> dict[str, Metrics]:
         """The metrics on ``split`` of groups ``names`` (default: every group; their best

@@ -162,14 +162,31 @@ def kd_guard(executor: Executor, teacher_valid: Metrics, pass_number: int,
 def guard_probe(executor: Executor, teacher_valid: Metrics, share: float, pass_rows: int,
                 evaluate: Callable[[list[str]], dict[str, Metrics]],
                 write: Callable[[str], None]) -> bool:
-    """The KD guard's probe (``DistillConfig.kd_guard_probe``): once every baseline has
-    trained ``share`` of pass 1's ``pass_rows`` rows, the baselines are evaluated on
-    validation and every task a baseline already beats the teacher on loses its KD
-    then (a weak teacher taught a whole first pass before). Returns whether it ran."""
+    """The KD guard's probe (``DistillConfig.kd_guard_probe``): once every group has
+    taken the batches up to ``share`` of pass 1's ``pass_rows`` rows (and no more:
+    :func:`probe_room`), the baselines are evaluated on validation (after those
+    batches: an actor's calls run in order) and every task a baseline already beats
+    the teacher on loses its KD from the next batch on (a weak teacher taught a whole
+    first pass before). Returns whether it ran."""
     bases = [n for n in executor.groups if base_name(n)[0] == "baseline"]
-    if not bases or any(executor.groups[n].ledger.books(0).examples < share * pass_rows
-                        for n in bases):
+    if not bases or any(_taken(g.ledger) < share * pass_rows
+                        for g in executor.groups.values() if not g.stopped_after):
         return False
     kd_guard(executor, teacher_valid, 0, write, probe=evaluate(bases))
     return True
 
+
+def probe_room(ledger: Any, share: float, pass_rows: int, most: int, batch_rows: int
+               ) -> int:
+    """Batches (of ``batch_rows``) a group may take now while the probe is pending in
+    pass 1: none past ``share`` of the pass. Every group waits there until the probe
+    has run, so its decision applies from the same batch in each group and a seed
+    still gives one answer (without the wait, how far the KD groups had got when the
+    baselines were evaluated depended on timing)."""
+    left = int(share * pass_rows) - _taken(ledger)
+    return min(most, max(0, -(-left // batch_rows)))
+
+
+def _taken(ledger: Any) -> int:
+    """Rows of pass 1 a group has trained or has in flight."""
+    return ledger.books(0).examples + sum(len(i.ids) for i in ledger.in_flight.values())

@@ -31,13 +31,14 @@ CALLS_PER_PASS, BATCHES_PER_PASS = 3, 10
 
 
 def _cfg(passes: int = 2, max_inflight: int = 8, snapshot_every: int = 4,
-         **teacher_group: Any) -> DistillConfig:
+         probe: float = 0.0, **teacher_group: Any) -> DistillConfig:
+    """Two groups (no KD guard probe unless asked: it cuts pass 1's calls at its point)."""
     groups = (GroupConfig(StudentConfig(name="baseline", losses=(LossTerm("hard_label"),)),
                           replicas=2, snapshot_every=0),
               GroupConfig(StudentConfig(name="kd", losses=(
                   LossTerm("hard_label", 0.5), LossTerm("prediction_kd", 0.5))),
                   replicas=2, snapshot_every=snapshot_every))
-    return DistillConfig(passes=passes, groups=groups, stream=StreamConfig(
+    return DistillConfig(passes=passes, groups=groups, kd_guard_probe=probe, stream=StreamConfig(
         max_inflight=max_inflight, batches_per_call=2), teacher_group=TeacherGroupConfig(
         ranks=2, batch_size=64, label_batch_size=64, checkpoint="unused", **teacher_group))
 
@@ -156,8 +157,7 @@ def test_kd_guard_turns_kd_off_once_the_baseline_reaches_the_teacher() -> None:
             students["kd"].fail_calls, _ = 1, kills.append(phase)
 
     c, _, students = _controller(_cfg(passes=3), hooks=Hooks(on_phase=kill_kd_in_pass_3))
-    # the first evaluation is the probe's, in pass 1
-    students["baseline"].quality = [(0.5, 0.5), (0.5, 0.5), (0.5, 1.0), (0.5, 0.2)]
+    students["baseline"].quality = [(0.5, 0.5), (0.5, 1.0), (0.5, 0.2)]
     _run(c)
     kd = c.groups["kd"]
     assert (kd.kd_off, kd.guard_log) == (("like",), {"like": 2})
@@ -179,8 +179,7 @@ def test_kd_guard_turns_off_a_trailing_groups_feature_terms_then_its_kd(
         snapshot_every=0)
     cfg = dataclasses.replace(base, groups=(*base.groups, feat))
     c, _, students = _controller(cfg, RunOptions(progress=False, state_dir=str(tmp_path)))
-    students["baseline"].quality = [(0.5, 0.5), (0.5, 0.5), (0.8, 0.8), (0.6, 0.6),
-                                    (0.7, 0.7)]  # the probe's, then passes 1-4
+    students["baseline"].quality = [(0.5, 0.5), (0.8, 0.8), (0.6, 0.6), (0.7, 0.7)]
     students["feat"].quality = [(0.3, 0.3)]
     students["kd"].quality = [(0.5, 0.5), (0.9, 0.9)]  # ahead from pass 2: left alone
     _run(c)
@@ -201,22 +200,26 @@ def test_kd_guard_turns_off_a_trailing_groups_feature_terms_then_its_kd(
 
 def test_kd_guard_probe_turns_kd_off_within_pass_1() -> None:
     """The baseline already reaches the teacher's `like` AUC when the probe evaluates
-    it, after a tenth of pass 1 (its only evaluation before pass 1 ends): KD is off
-    there from then on (logged as pass 0). Probing happens once, and not with the
-    probe off."""
-    c, _, students = _controller(_cfg(passes=2))
+    it, a quarter into pass 1 (its only evaluation before pass 1 ends): KD is off there
+    from then on (logged as pass 0). Every group waits at that point for the probe, so
+    the KD group had trained exactly the batches up to it. Probing happens once, and
+    not with the probe off."""
+    c, _, students = _controller(_cfg(passes=2, probe=0.25))
     students["baseline"].quality = [(0.5, 1.0), (0.5, 0.5)]
     trained: list[int] = []
+    ledger = c.groups["kd"].ledger
     students["kd"].set_kd_guard = lambda off, terms=(): trained.append(  # type: ignore
-        c.groups["kd"].ledger.books(0).examples)
+        ledger.books(0).examples + sum(len(i.ids) for i in ledger.in_flight.values()))
     _run(c)
     kd = c.groups["kd"]
     assert (kd.kd_off, kd.guard_log) == (("like",), {"like": 0})
     assert kd.guard_why["like"] == "the baseline reached the teacher's validation AUC"
-    assert len(trained) == 1 and 0.1 * ROWS <= trained[0] < ROWS  # within pass 1
+    point = -(-ROWS // 4 // 64) * 64  # the first whole batch of 64 past a quarter
+    assert trained == [point]
     assert students["baseline"].evaluations == 2 + 1  # probe, 2 passes; kd: no probe
     assert students["kd"].evaluations == 2
-    off, _, quiet = _controller(dataclasses.replace(_cfg(passes=2), kd_guard_probe=0.0))
+    _assert_exactly_once(c, 2)
+    off, _, quiet = _controller(_cfg(passes=2))
     quiet["baseline"].quality = [(0.5, 1.0), (0.5, 0.5)]
     _run(off)
     assert off.groups["kd"].guard_log == {"like": 1}
