@@ -30,7 +30,9 @@ for name in ${@:-movielens synthetic dense_tabular id_heavy multi_hot id_drift};
   case $name in
     dense_tabular)
       distill weak --config jobs/configs/weak_teacher.toml "${data[@]}" \
-        --teacher-checkpoint "$out/weak/teacher" --report "$out/weak/report.json" ;;
+        --teacher-checkpoint "$out/weak/teacher" --report "$out/weak/report.json"
+      distill weak_off --config jobs/configs/weak_teacher.toml "${data[@]}" --no-kd-guard \
+        --teacher-checkpoint "$out/weak/teacher" --report "$out/weak/guard_off.json" ;;
     id_drift)
       distill patience "${data[@]}" "${teacher[@]}" --patience 2 \
         --report "$out/id_drift/patience.json" ;;
