@@ -22,7 +22,7 @@ from recdistill.cluster.data import pass_shards, train_dataset
 from recdistill.cluster.pipeline import Hooks, OnlineDistillation
 from recdistill.data.spec import BatchArrays
 from recdistill.teacher.checkpoint import load_teacher_state, save_teacher
-from recdistill.teacher.model import TeacherModel
+from recdistill.teacher.model import TeacherModel, feature_dims
 from testkit import N, assert_exactly_once, online_setup
 from testkit import CFG, tiny_dataset
 
@@ -36,8 +36,10 @@ def _committee(tmp_path: Path, **kw):
                  spec=data.spec, cfg=B, info={"step": 7})
     cfg = dataclasses.replace(cfg, teachers=(
         MemberConfig("a", str(tmp_path / "teacher"), CFG), MemberConfig("b", teacher=B)))
-    # a committee's features are both members' side by side
-    assert teacher_dims(cfg, data.spec) == {k: 2 * d for k, d in dims.items()}
+    # a committee's features are both members' side by side (a reads one more table)
+    a, b = feature_dims(data.spec, CFG), feature_dims(data.spec, B)
+    assert teacher_dims(cfg, data.spec) == {k: a[k] + b[k] for k in a}
+    assert a["last_hidden"] == b["last_hidden"] == dims["last_hidden"]
     return cfg, data, teacher_dims(cfg, data.spec)
 
 
@@ -235,9 +237,12 @@ def test_committee_precompute_stores_mean_and_member_logits(ray_cluster, tmp_pat
     precompute(cfg, str(tmp_path / "labels"), part_rows=256, progress=False, dataset=data)
     m = Manifest.load(tmp_path / "labels")
     assert m.members == ["a", "b"] and m.keys == ["user", "item", "history", "genre"]
+    # the features stored are both members' side by side, as online
+    assert m.features == {"last_hidden": dims["last_hidden"]} == {"last_hidden": 32}
     for split in ("train", "test"):
         s = read_split(tmp_path / "labels", split)
         assert set(s.members) == {"a", "b"} and len(s.ids) == N
+        assert s.features["last_hidden"].shape == (N, 32)
         mean = (decode(s.members["a"], "float16") + decode(s.members["b"], "float16")) / 2
         # stored in fp16 after averaging: within half an fp16 step of the mean
         torch.testing.assert_close(decode(s.logits, "float16"), mean, rtol=1e-3, atol=1e-3)
