@@ -147,13 +147,11 @@ def kd_guard(executor: Executor, teacher_valid: Metrics, pass_number: int,
                          g.kd_off, g.terms_off, features)
         if not new:
             continue
-        g.kd_off = tuple(t for t in teacher_valid if t in g.kd_off or t in new)
-        g.terms_off = tuple(f for f in features if f in g.terms_off or f in new)
-        if g.kd_off and len(g.kd_off) == len(teacher_valid):  # no task left to teach
-            g.terms_off = features
-        executor.on_group(name, lambda a: a.set_kd_guard(g.kd_off, g.terms_off))
         for what, why in new.items():
             g.guard_log[what], g.guard_why[what] = pass_number, why
+        # (with every task off the replicas leave out the feature terms too)
+        executor.on_group(name, lambda a: a.set_kd_guard(g.kd_off, g.terms_off))
+        for what, why in new.items():
             when = f"after pass {pass_number}" if pass_number else "in pass 1 (probe)"
             write(f"kd guard: {name}: {'KD on ' if what in teacher_valid else ''}{what} "
                   f"off {when} ({why}; {paired})")

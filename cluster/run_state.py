@@ -23,7 +23,6 @@ from recdistill.cluster.recovery import Executor
 from recdistill.cluster.state import Every, GroupHistory, GroupState
 from recdistill.cluster.watermark import PassBooks
 from recdistill.data import storage
-from recdistill.student.losses import feature_terms
 from recdistill.teacher.checkpoint import CheckpointError
 
 STATE_FILE = "driver_state.pt"
@@ -85,9 +84,6 @@ class RunCheckpoint:
             g.stopped_after = saved.stopped_after
             g.guard_log = {k: int(v[0]) for k, v in saved.guard.items()}
             g.guard_why = {k: str(v[1]) for k, v in saved.guard.items()}
-            features = feature_terms(g.cfg.student)
-            g.kd_off = tuple(k for k in g.guard_log if k not in features)
-            g.terms_off = tuple(k for k in g.guard_log if k in features)
             g.history = saved.history
             g.ledger.restore(saved.by_version, None if self.pass_done else self.pass_index,
                              saved.trained)

@@ -16,6 +16,7 @@ from recdistill.cluster.config import GroupConfig
 from recdistill.cluster.contracts import GroupSave, LabelResult
 from recdistill.cluster.ledger import GroupLedger
 from recdistill.cluster.settlement import ReplicaOutcome, StreamItem
+from recdistill.student.losses import feature_terms
 
 
 # ------------------------------------------------------------------ schedules
@@ -176,9 +177,8 @@ class GroupState:
         ledger: its books (the stream fans batches out to it).
         history: its validation curve and best pass.
         snapshots: when it keeps a snapshot.
-        kd_off: tasks the KD guard turned off (a re-formed group gets them again).
-        terms_off: loss terms (feature terms) the KD guard turned off.
-        guard_log: task or term -> the pass after which the guard turned it off.
+        guard_log: task or loss term -> the pass after which the KD guard turned it off
+            (a re-formed group gets them again: :attr:`kd_off`, :attr:`terms_off`).
         guard_why: task or term -> why (the baseline reached the teacher, or the group
             trailed its baseline).
         failed_in_a_row: training calls that failed since the last that did not.
@@ -191,8 +191,6 @@ class GroupState:
     ledger: GroupLedger
     snapshots: SnapshotSchedule
     history: GroupHistory = field(default_factory=GroupHistory)
-    kd_off: tuple[str, ...] = ()
-    terms_off: tuple[str, ...] = ()
     guard_log: dict[str, int] = field(default_factory=dict)
     guard_why: dict[str, str] = field(default_factory=dict)
     failed_in_a_row: int = 0
@@ -206,6 +204,16 @@ class GroupState:
     @property
     def cfg(self) -> GroupConfig:
         return self.actors.cfg
+
+    @property
+    def kd_off(self) -> tuple[str, ...]:
+        """The tasks the KD guard turned off."""
+        return tuple(k for k in self.guard_log if k not in feature_terms(self.cfg.student))
+
+    @property
+    def terms_off(self) -> tuple[str, ...]:
+        """The loss terms the KD guard turned off."""
+        return tuple(k for k in self.guard_log if k in feature_terms(self.cfg.student))
 
     def out_of_patience(self, pass_number: int) -> bool:
         """Whether, after pass ``pass_number``, its best pass is ``patience`` or more
